@@ -1,0 +1,5 @@
+"""``python -m robustlab`` (also what ``torchrun -m robustlab`` runs)."""
+
+from robustlab.cli import main
+
+main()
