@@ -98,4 +98,3 @@ def check_images(x: Tensor) -> None:
 
 
 ATTACKS: Registry[Attack] = Registry("attack")
-

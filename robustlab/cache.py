@@ -22,7 +22,9 @@ __all__ = ["atomic_write", "cache_dir", "config_hash", "load_weights", "save_wei
 
 def cache_dir(*parts: str) -> Path:
     """``$ROBUSTLAB_HOME`` (default ``~/.cache/robustlab``) joined with ``parts``, created if missing."""
-    root = Path(os.environ.get("ROBUSTLAB_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustlab")
+    root = Path(
+        os.environ.get("ROBUSTLAB_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustlab"
+    )
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

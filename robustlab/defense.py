@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from robustlab.registry import Registry
 
-__all__ = ["DEFENSES", "EOT", "Defense", "PreprocessingDefense", "Preprocessed", "ThreatMode", "bpda"]
+__all__ = ["DEFENSES", "EOT", "Defense", "Preprocessed", "PreprocessingDefense", "ThreatMode", "bpda"]
 
 
 class ThreatMode(str, enum.Enum):

@@ -17,7 +17,15 @@ from torch import Tensor
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
 
-__all__ = ["DATASETS", "DataSpec", "ImageDataset", "iterate_batches", "load_dataset", "parse_kwargs"]
+__all__ = [
+    "DATASETS",
+    "DataSpec",
+    "ImageDataset",
+    "iterate_batches",
+    "load_dataset",
+    "parse_kwargs",
+    "register_builtin_datasets",
+]
 
 
 @runtime_checkable
@@ -79,7 +87,7 @@ def load_dataset(spec: str | DataSpec, *, split: str = "test", image_size: int |
         UnknownNameError: no dataset of that name.
         DataError: the data is missing, empty or unreadable.
     """
-    _register_builtin()
+    register_builtin_datasets()
     parsed = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)
     factory: Any = DATASETS.get(parsed.name).factory
     dataset: ImageDataset = factory(parsed.arg, split=split, image_size=image_size)
@@ -103,6 +111,6 @@ def iterate_batches(
         yield chunk, x, y
 
 
-def _register_builtin() -> None:
+def register_builtin_datasets() -> None:
     """Import the modules that register the built-in datasets (deferred: they pull in torchvision)."""
     from robustlab.data import real, synth  # noqa: F401

@@ -1,0 +1,54 @@
+"""Carlini & Wagner L2 attack (IEEE S&P 2017)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchattacks
+from robustlab.attacks._torchattacks import TorchattacksAttack, within_budget
+from torch import Tensor, nn
+
+from robustlab.attack import ATTACKS
+from robustlab.threat import Norm, ThreatModel
+
+__all__ = ["CW"]
+
+
+@ATTACKS.register(
+    "cw", summary="Carlini-Wagner L2, minimum-norm (white-box); bounded when eps is given.", stochastic=False
+)
+class CW(TorchattacksAttack):
+    """Towards Evaluating the Robustness of Neural Networks, https://arxiv.org/abs/1608.04644.
+
+    Minimizes the L2 norm of the perturbation with Adam on the tanh-reparameterised image, white-box,
+    ``steps`` forward+backward passes per sample, deterministic. With ``eps`` set, examples larger than
+    ``eps`` do not count (the clean input stands for them); without it the threat is unbounded and
+    the perturbation norms are the result.
+
+    Args:
+        c: weight of the misclassification term against the distance.
+        kappa: confidence margin.
+        steps: Adam iterations.
+        lr: Adam learning rate.
+        eps: optional L2 budget.
+    """
+
+    def __init__(
+        self, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01, eps: float | None = None
+    ) -> None:
+        self.c = c
+        self.kappa = kappa
+        self.steps = steps
+        self.lr = lr
+        self.eps = eps
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.L2, self.eps)
+
+    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
+        return torchattacks.CW(model, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        return within_budget(x, super()._run(model, x, y, generator=generator), Norm.L2, self.eps)

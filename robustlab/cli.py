@@ -1,0 +1,184 @@
+"""``robustlab`` command line: thin commands that parse, build a config, call the library, render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from robustlab.cli_options import EpsType
+from robustlab.errors import RobustlabError
+
+__all__ = ["cli", "main"]
+
+
+class _Group(click.Group):
+    """A click group whose every failure is one line on stderr and a non-zero exit, never a traceback.
+
+    Exit codes: 0 success; 1 a check failed (a regression against a baseline); 2 bad input or a
+    clear error (unknown name, missing data, unavailable weights...); 130 interrupted.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as error:
+            _fail(error.format_message(), error.exit_code)
+        except RobustlabError as error:
+            _fail(str(error), 2)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            _fail("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"robustlab: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="robustlab")
+def cli() -> None:
+    """Adversarial robustness of PyTorch image models: attacks, defenses, reports.
+
+    Every command works offline on the embedded synthetic world by default.
+    """
+
+
+@cli.command("list")
+def list_command() -> None:
+    """List every model, dataset, attack and defense with a one-line summary."""
+    import robustlab.attacks
+    import robustlab.defenses
+    from robustlab.data import DATASETS, register_builtin_datasets
+    from robustlab.models import MODELS
+
+    register_builtin_datasets()
+    for registry in (MODELS, DATASETS, robustlab.attacks.ATTACKS, robustlab.defenses.DEFENSES):
+        click.echo(f"{registry.kind}s:")
+        width = max(len(name) for name in registry.names())
+        for entry in registry.entries():
+            click.echo(f"  {entry.name.ljust(width)}  {entry.summary}")
+
+
+@cli.command("eval")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    default=("smallcnn",),
+    show_default=True,
+    metavar="NAME",
+    help="Architecture (robustlab list) or package.module:factory; repeat for a grid.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    metavar="WEIGHTS",
+    help="synth (train on the synthetic world, cached), synth-at (PGD adversarially trained), imagenet or a "
+    "torchvision tag (IMAGENET1K_V2), random, or a checkpoint PATH. Default: synth for embedded nets, "
+    "imagenet for torchvision nets.",
+)
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    default=("pgd",),
+    show_default=True,
+    metavar="NAME",
+    help="Attack to run; repeat for several (each also gets a worst-case row).",
+)
+@click.option(
+    "--defense",
+    "defenses",
+    multiple=True,
+    default=("none",),
+    show_default=True,
+    metavar="NAME",
+    help="Defense to put in front of the model; repeat for a grid.",
+)
+@click.option(
+    "--eps",
+    "eps",
+    multiple=True,
+    type=EpsType(),
+    help="Budget in [0, 1] pixel units (8/255, 0.5) for every attack that takes one; repeat for a sweep. "
+    "Default: each attack's standard budget (L∞ 8/255, L2 0.5).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Iterations for every attack that takes them.")
+@click.option(
+    "--attack-arg",
+    "attack_args",
+    multiple=True,
+    metavar="[ATTACK.]KEY=VALUE",
+    help="Any attack parameter, e.g. pgd.step_size=1/255 or n_restarts=5.",
+)
+@click.option(
+    "--defense-arg", "defense_args", multiple=True, metavar="[DEFENSE.]KEY=VALUE", help="Any defense parameter."
+)
+@click.option(
+    "--threat-mode",
+    type=click.Choice(["both", "transfer", "adaptive"]),
+    default="both",
+    show_default=True,
+    help="For defenses: attack the bare model (transfer), the whole pipeline (adaptive), or both.",
+)
+@click.option(
+    "--data",
+    default="synth",
+    show_default=True,
+    metavar="SPEC",
+    help="synth[:k=v,...], cifar10[:ROOT], imagefolder:PATH.",
+)
+@click.option(
+    "--train-data",
+    default=None,
+    metavar="SPEC",
+    help="Data that learned defenses train on (default: the train split of --data).",
+)
+@click.option("--n", type=int, default=1000, show_default=True, help="Number of test samples.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit.")
+@click.option(
+    "--eot-samples",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Forward passes averaged when attacking a randomized defense.",
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON report here (atomically).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep per-batch results in DIR/store.sqlite so an interrupted run can --resume.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def eval_command(**options: Any) -> None:
+    """Clean and robust accuracy for every model x defense x attack asked for.
+
+    \b
+    Examples:
+      robustlab eval
+      robustlab eval --model resnet50 --weights synth --attack pgd --attack fgsm
+      robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
+    """
+    from robustlab.commands import run_eval
+
+    run_eval(**options)
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    cli.main(prog_name="robustlab")

@@ -1,0 +1,91 @@
+"""What the CLI commands do once their options are parsed: build a config, run it, render the result.
+
+Kept apart from :mod:`robustlab.cli` so the click definitions stay declarative and the work stays testable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from robustlab.cli_options import build_specs
+from robustlab.errors import ConfigError
+from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
+from robustlab.models import ModelSpec
+from robustlab.report import Report, format_table
+from robustlab.store import MemoryStore, RunStore, SqliteStore
+
+__all__ = ["resolve_device", "run_eval"]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; anything else is checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available")
+    return str(device)
+
+
+def build_config(options: dict[str, Any]) -> EvalConfig:
+    """The :class:`EvalConfig` that ``robustlab eval``'s options describe."""
+    import robustlab.attacks
+    import robustlab.defenses
+
+    modes = ("transfer", "adaptive") if options["threat_mode"] == "both" else (options["threat_mode"],)
+    attacks = build_specs(
+        robustlab.attacks.ATTACKS,
+        options["attacks"],
+        options["attack_args"],
+        shared={"steps": options["steps"]},
+        sweep=options["eps"],
+    )
+    defenses = build_specs(robustlab.defenses.DEFENSES, options["defenses"], options["defense_args"])
+    from robustlab.defense import ThreatMode
+
+    return EvalConfig(
+        models=tuple(ModelSpec(name, options["weights"], options["num_classes"]) for name in options["models"]),
+        defenses=defenses,
+        attacks=attacks,
+        data=options["data"],
+        train_data=options["train_data"],
+        n=options["n"],
+        batch_size=options["batch_size"],
+        seed=options["seed"],
+        threat_modes=tuple(ThreatMode(mode) for mode in modes),
+        eot_samples=options["eot_samples"],
+        device=resolve_device(options["device"]),
+    )
+
+
+def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> RunStore:
+    """A SQLite store under ``run_dir``, or an in-memory one."""
+    if run_dir is None:
+        if resume:
+            raise ConfigError("--resume needs --run-dir: the directory of the run to continue")
+        return MemoryStore()
+    return SqliteStore(run_dir / "store.sqlite", config_hash=run_config_hash(config), resume=resume)
+
+
+def run_eval(**options: Any) -> Report:
+    """Run ``robustlab eval``: print the table, write the report if asked."""
+    config = build_config(options)
+    out: Path | None = options["out"]
+    if out is not None and not out.parent.exists():
+        raise ConfigError(f"cannot write the report: folder {out.parent} does not exist")
+    store = open_store(options["run_dir"], config, resume=options["resume"])
+    report = Evaluator(store, progress=not options["quiet"]).run(config)
+    click.echo(format_table(report.rows))
+    for diagnostic in report.diagnostics:
+        click.echo(f"! {diagnostic.code}: {diagnostic.message}")
+    if out is not None:
+        report.to_json(out)
+        click.echo(f"report written to {out}", err=True)
+    return report

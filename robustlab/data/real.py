@@ -1,0 +1,86 @@
+"""Real datasets through torchvision: CIFAR-10 and any class-per-folder tree (ImageNet-val layout).
+
+They load from disk; a missing dataset is a one-line :class:`DataError` saying where it was looked
+for and what to do, never a hidden download that hangs offline.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from robustlab.cache import cache_dir
+from robustlab.data import DATASETS
+from robustlab.errors import ConfigError, DataError
+
+__all__ = ["CheckedImageFolder", "load_cifar10", "load_imagefolder"]
+
+
+@DATASETS.register("cifar10", summary="CIFAR-10 via torchvision (cifar10:ROOT; downloads when online).")
+def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> CheckedImageFolder | object:
+    """CIFAR-10's 10,000 test images (``split=test``) or 50,000 training images, at 32x32 (or resized)."""
+    import torchvision
+    from torchvision import transforms
+
+    if split not in ("train", "test"):
+        raise ConfigError(f"cifar10 has splits train and test, not {split!r}")
+    root = Path(arg) if arg else cache_dir("data")
+    steps: list[object] = [transforms.Resize(image_size)] if image_size and image_size != 32 else []
+    transform = transforms.Compose([*steps, transforms.ToTensor()])
+    try:
+        dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform, download=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise DataError(
+            f"CIFAR-10 is not under {root} and cannot be downloaded ({type(error).__name__}): put "
+            f"cifar-10-batches-py there or pass --data cifar10:ROOT"
+        ) from None
+    dataset.num_classes = 10  # type: ignore[attr-defined]
+    return dataset
+
+
+class CheckedImageFolder:
+    """``torchvision.datasets.ImageFolder`` whose unreadable files raise a :class:`DataError` naming them."""
+
+    def __init__(self, root: Path, image_size: int) -> None:
+        import torchvision
+        from torchvision import transforms
+
+        transform = transforms.Compose(
+            [
+                transforms.Resize(round(image_size / 0.875)) if image_size >= 64 else transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+            ]
+        )
+        try:
+            self._folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
+        except (FileNotFoundError, OSError) as error:
+            raise DataError(f"no images in {root}: {error}") from None
+        self.classes: Sequence[str] = self._folder.classes
+        self.num_classes = len(self.classes)
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self._folder)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, _ = self._folder.samples[index]
+        try:
+            image, label = self._folder[index]
+        except OSError as error:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+            raise DataError(f"cannot read image {path}: {type(error).__name__}") from None
+        return image, label
+
+
+@DATASETS.register("imagefolder", summary="Class-per-folder image tree, e.g. ImageNet val (imagefolder:PATH).")
+def load_imagefolder(arg: str | None, *, split: str, image_size: int | None) -> CheckedImageFolder:
+    """Images under ``PATH/<class>/*``, resized and centre-cropped to the model's input size."""
+    if not arg:
+        raise ConfigError("imagefolder needs a path: --data imagefolder:PATH")
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    return CheckedImageFolder(root, image_size or 224)

@@ -1,0 +1,368 @@
+"""The evaluator: clean and robust accuracy for every model x defense x threat mode x attack.
+
+Semantics follow AutoAttack's: each attack runs only on the samples the scored model classifies
+correctly; a sample counts as robust against an attack when it stays correct, and as robust overall
+(the worst case) only when every attack failed on it. Work is done in units of one batch of one
+grid cell; each unit runs inside its own RNG fork seeded from ``(seed, unit key)``, so results do
+not depend on the order units run in, on a resume, or on which process ran them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustlab.attack import ATTACKS, Attack
+from robustlab.cache import config_hash
+from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
+from robustlab.errors import ConfigError, DataError
+from robustlab.models import ImageClassifier, ModelSpec, load_model
+from robustlab.registry import Registry
+from robustlab.report import WORST_CASE, Report, Row, environment
+from robustlab.store import MemoryStore, RunStore
+from robustlab.threat import perturbation_norm
+
+__all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "run_config_hash"]
+
+NO_MODE = "-"
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registry name plus keyword parameters, e.g. ``pgd`` with ``(("eps", 0.03), ("steps", 20))``."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def build(self, registry: Registry[Any]) -> Any:
+        """Instantiate the component, rejecting parameters its factory does not take."""
+        entry = registry.get(self.name)
+        accepted = entry.params()
+        unknown = [key for key, _ in self.params if key not in accepted]
+        if unknown:
+            takes = ", ".join(accepted) or "nothing"
+            raise ConfigError(f"{registry.kind} {self.name} has no parameter {unknown[0]!r}; it takes: {takes}")
+        try:
+            return entry.factory(**dict(self.params))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{registry.kind} {self.name}: {error}") from None
+
+    def label(self) -> str:
+        """Name plus the non-budget parameters, e.g. ``pgd(steps=20)`` (the budget has its own column)."""
+        shown = [f"{k}={v}" for k, v in self.params if k != "eps"]
+        return f"{self.name}({', '.join(shown)})" if shown else self.name
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation grid; its hash identifies a run for resuming."""
+
+    models: tuple[ModelSpec, ...] = (ModelSpec("smallcnn"),)
+    defenses: tuple[ComponentSpec, ...] = (ComponentSpec("none"),)
+    attacks: tuple[ComponentSpec, ...] = (ComponentSpec("pgd"),)
+    data: str = "synth"
+    train_data: str | None = None
+    n: int | None = 1000
+    batch_size: int = 256
+    seed: int = 0
+    threat_modes: tuple[ThreatMode, ...] = (ThreatMode.TRANSFER, ThreatMode.ADAPTIVE)
+    eot_samples: int = 20
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.n is not None and self.n <= 0:
+            raise ConfigError(f"n must be a positive number of samples, got {self.n}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+        if not (self.models and self.defenses and self.attacks and self.threat_modes):
+            raise ConfigError("the grid needs at least one model, defense, attack and threat mode")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, recorded in the report."""
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists and enums to strings, recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
+
+
+@dataclass
+class _Cell:
+    """Accumulated per-sample results of one (threat mode, attack) cell for one model and defense."""
+
+    mode: str
+    spec: ComponentSpec
+    attack: Attack
+    adv_pred: list[Tensor] = field(default_factory=list)
+    norm: list[Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Evaluator:
+    """Runs an :class:`EvalConfig` and returns its :class:`Report`.
+
+    Args:
+        store: where per-batch results go; a :class:`robustlab.store.SqliteStore` makes runs resumable.
+        progress: tqdm bars on stderr.
+    """
+
+    def __init__(self, store: RunStore | None = None, *, progress: bool = True) -> None:
+        self.store: RunStore = store if store is not None else MemoryStore()
+        self.progress = progress
+
+    def run(self, config: EvalConfig) -> Report:
+        """Evaluate the whole grid."""
+        started = time.perf_counter()
+        attacks = [(spec, spec.build(ATTACKS)) for spec in config.attacks]
+        defenses = [(spec, spec.build(DEFENSES)) for spec in config.defenses]
+        device = torch.device(config.device)
+        rows: list[Row] = []
+        samples: list[dict[str, Any]] = []
+        for mi, model_spec in enumerate(config.models):
+            model = load_model(
+                model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
+            ).to(device)
+            dataset = load_dataset(config.data, split="test", image_size=model.input_size)
+            indices = _sample_indices(dataset, config.n)
+            _check_classes(model, dataset, config.data)
+            for di, (defense_spec, defense) in enumerate(defenses):
+                self._fit(defense, model, config)
+                names = (model_spec.label(), defense_spec.label())
+                block_rows, block_samples = self._evaluate_pair(
+                    model, defense, dataset, indices, attacks, config, key=f"m{mi}/d{di}", names=names
+                )
+                rows += block_rows
+                samples += block_samples
+        return Report(
+            config=config.to_dict(),
+            environment=environment(str(device)),
+            rows=rows,
+            samples=samples,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _fit(self, defense: Defense, model: ImageClassifier, config: EvalConfig) -> None:
+        if type(defense).fit is Defense.fit:
+            return
+        train = load_dataset(config.train_data or config.data, split="train", image_size=model.input_size)
+        generator = torch.Generator().manual_seed(config.seed)
+        defense.fit(model, train, generator=generator, progress=self.progress)
+
+    def _evaluate_pair(
+        self,
+        model: ImageClassifier,
+        defense: Defense,
+        dataset: ImageDataset,
+        indices: Tensor,
+        attacks: Sequence[tuple[ComponentSpec, Attack]],
+        config: EvalConfig,
+        *,
+        key: str,
+        names: tuple[str, str],
+    ) -> tuple[list[Row], list[dict[str, Any]]]:
+        device = torch.device(config.device)
+        scored = _frozen(defense.wrap(model))
+        attacked = _attacked_models(model, defense, config)
+        cells = [_Cell(mode, spec, attack) for mode in attacked for spec, attack in attacks]
+        labels: list[Tensor] = []
+        clean_pred: list[Tensor] = []
+        n_batches = -(-len(indices) // config.batch_size)
+        bar = tqdm(
+            total=n_batches * (1 + len(cells)),
+            desc=" / ".join(names),
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for b, (_, x, y) in enumerate(iterate_batches(dataset, indices, config.batch_size)):
+            x, y = x.to(device), y.to(device)
+            clean = self._unit(f"{key}/clean/b{b}", config.seed, lambda g, x=x: {"pred": _predict(scored, x)})
+            bar.update()
+            labels.append(y.cpu())
+            clean_pred.append(clean["pred"].cpu())
+            correct = clean["pred"].to(device) == y
+            for ci, cell in enumerate(cells):
+                unit = self._unit(
+                    f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}",
+                    config.seed,
+                    lambda g, cell=cell, x=x, y=y, correct=correct, pred=clean["pred"]: _attack_batch(
+                        cell.attack, attacked[cell.mode], scored, x, y, correct, pred.to(device), g
+                    ),
+                )
+                cell.adv_pred.append(unit["adv_pred"].cpu())
+                cell.norm.append(unit["norm"].cpu())
+                cell.seconds += float(unit["seconds"])
+                bar.update()
+        bar.close()
+        return _aggregate(names, torch.cat(labels), torch.cat(clean_pred), cells, indices)
+
+    def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Return the stored result of ``key`` or compute and store it inside a seeded RNG fork."""
+        stored = self.store.get(key)
+        if stored is not None:
+            return stored
+        unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+        generator = torch.Generator().manual_seed(unit_seed)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+            result = compute(generator)
+        self.store.put(key, result)
+        return result
+
+
+def _sample_indices(dataset: ImageDataset, n: int | None) -> Tensor:
+    total = len(dataset)
+    if total == 0:
+        raise DataError("the dataset has no samples")
+    return torch.arange(total if n is None else min(n, total))
+
+
+def _check_classes(model: ImageClassifier, dataset: ImageDataset, data: str) -> None:
+    if model.num_classes > 0 and dataset.num_classes > model.num_classes:
+        raise ConfigError(
+            f"{data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "
+            f"pass --num-classes {dataset.num_classes} with matching weights, or other --data"
+        )
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _attacked_models(model: nn.Module, defense: Defense, config: EvalConfig) -> dict[str, nn.Module]:
+    """The model the attacker differentiates, per threat mode."""
+    if not defense.changes_model:
+        return {NO_MODE: model}
+    adaptive: nn.Module = _frozen(defense.wrap(model, adaptive=True))
+    if defense.randomized:
+        adaptive = EOT(adaptive, config.eot_samples).eval()
+    choice = {ThreatMode.TRANSFER: model, ThreatMode.ADAPTIVE: adaptive}
+    return {mode.value: choice[mode] for mode in config.threat_modes}
+
+
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.inference_mode():
+        return model(x).argmax(dim=1)
+
+
+def _attack_batch(
+    attack: Attack,
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    correct: Tensor,
+    clean_pred: Tensor,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
+    """Attack the still-correct samples of a batch; others keep their clean prediction and a zero norm."""
+    started = time.perf_counter()
+    index = correct.nonzero().flatten()
+    adv_pred = clean_pred.clone()
+    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    if len(index):
+        x_adv = attack(attacked, x[index], y[index], generator=generator)
+        adv_pred[index] = _predict(scored, x_adv)
+        norm[index] = perturbation_norm(x[index], x_adv, attack.threat.norm)
+    return {"adv_pred": adv_pred, "norm": norm, "seconds": torch.tensor([time.perf_counter() - started])}
+
+
+def _aggregate(
+    names: tuple[str, str], y: Tensor, clean_pred: Tensor, cells: list[_Cell], indices: Tensor
+) -> tuple[list[Row], list[dict[str, Any]]]:
+    model_name, defense_name = names
+    n = len(y)
+    correct = clean_pred == y
+    clean_acc = correct.double().mean().item()
+    rows: list[Row] = []
+    samples: list[dict[str, Any]] = []
+    for mode in dict.fromkeys(cell.mode for cell in cells):
+        mode_cells = [cell for cell in cells if cell.mode == mode]
+        robust_all = correct.clone()
+        block: dict[str, Any] = {
+            "model": model_name,
+            "defense": defense_name,
+            "threat_mode": mode,
+            "index": indices.tolist(),
+            "label": y.tolist(),
+            "clean_pred": clean_pred.tolist(),
+            "attacks": [],
+        }
+        for cell in mode_cells:
+            adv_pred, norm = torch.cat(cell.adv_pred), torch.cat(cell.norm)
+            success = correct & (adv_pred != y)
+            robust_all &= ~success
+            broken = norm[success]
+            rows.append(
+                Row(
+                    model=model_name,
+                    defense=defense_name,
+                    threat_mode=mode,
+                    attack=cell.spec.label(),
+                    threat=cell.attack.threat.describe(),
+                    n=n,
+                    clean_acc=clean_acc,
+                    robust_acc=(correct & ~success).double().mean().item(),
+                    attack_success_rate=_rate(success, correct),
+                    mean_norm=broken.mean().item() if len(broken) else None,
+                    max_norm=broken.max().item() if len(broken) else None,
+                    seconds=cell.seconds,
+                    attack_config=json_ready(cell.attack.config()),
+                )
+            )
+            block["attacks"].append(
+                {
+                    "attack": cell.spec.label(),
+                    "threat": cell.attack.threat.describe(),
+                    "adv_pred": adv_pred.tolist(),
+                    "success": success.tolist(),
+                    "norm": [round(v, 7) for v in norm.tolist()],
+                }
+            )
+        if len(mode_cells) > 1:
+            threats = {cell.attack.threat.describe() for cell in mode_cells}
+            rows.append(
+                Row(
+                    model=model_name,
+                    defense=defense_name,
+                    threat_mode=mode,
+                    attack=WORST_CASE,
+                    threat=threats.pop() if len(threats) == 1 else "mixed",
+                    n=n,
+                    clean_acc=clean_acc,
+                    robust_acc=robust_all.double().mean().item(),
+                    attack_success_rate=_rate(correct & ~robust_all, correct),
+                    mean_norm=None,
+                    max_norm=None,
+                    seconds=sum(cell.seconds for cell in mode_cells),
+                )
+            )
+        samples.append(block)
+    return rows, samples
+
+
+def _rate(hits: Tensor, of: Tensor) -> float:
+    total = int(of.sum())
+    return int(hits.sum()) / total if total else 0.0
+
+
+def run_config_hash(config: EvalConfig) -> str:
+    """Identity of a run for its store: every field that can change a number."""
+    return config_hash(config.to_dict(), length=16)

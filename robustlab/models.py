@@ -1,0 +1,288 @@
+"""Models by name: the torchvision zoo, small embedded nets, and user factories.
+
+:func:`load_model` always returns an :class:`ImageClassifier` in eval mode with frozen parameters.
+The classifier owns normalization (mean/std buffers), so everything outside it speaks ``[0, 1]``
+pixels and an ``eps`` of 8/255 means the same thing for every model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
+from robustlab.nets import SmallCNN, TinyResNet
+from robustlab.registry import Registry
+
+__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "load_model", "load_state_dict_file"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SYNTH_MEAN = (0.5, 0.5, 0.5)
+SYNTH_STD = (0.25, 0.25, 0.25)
+
+MODELS: Registry[nn.Module] = Registry("model")
+"""Architecture name -> ``factory(*, num_classes, image_size) -> nn.Module`` (random init)."""
+
+MODELS.register("smallcnn", summary="Embedded 5-layer CNN for the synthetic world (default model).", family="embedded")(
+    lambda *, num_classes, image_size: SmallCNN(num_classes)
+)
+MODELS.register("tinyresnet", summary="Embedded ResNet-8 for the synthetic world.", family="embedded")(
+    lambda *, num_classes, image_size: TinyResNet(num_classes)
+)
+
+_TORCHVISION = {
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "resnet101": "ResNet-101",
+    "wide_resnet50_2": "Wide ResNet-50-2",
+    "vgg16_bn": "VGG-16 with batch norm",
+    "mobilenet_v3_small": "MobileNetV3-Small",
+    "mobilenet_v3_large": "MobileNetV3-Large",
+    "efficientnet_b0": "EfficientNet-B0",
+    "convnext_tiny": "ConvNeXt-Tiny",
+    "densenet121": "DenseNet-121",
+    "vit_b_16": "ViT-B/16",
+}
+
+
+def _torchvision_factory(arch: str, *, num_classes: int, image_size: int) -> nn.Module:
+    import torchvision
+
+    extra = {"image_size": image_size} if arch.startswith("vit_") else {}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+
+
+for _arch, _title in _TORCHVISION.items():
+    MODELS.register(
+        _arch, summary=f"torchvision {_title} (ImageNet weights, a checkpoint, or synth).", family="torchvision"
+    )(partial(_torchvision_factory, _arch))
+
+
+class ImageClassifier(nn.Module):
+    """A classifier that takes ``[0, 1]`` images and normalizes them itself.
+
+    Shape:
+        - x: :math:`(B, C, H, W)` float in ``[0, 1]``.
+        - output: :math:`(B, K)` logits.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        num_classes: int,
+        name: str,
+        input_size: int,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.num_classes = num_classes
+        self.name = name
+        self.input_size = input_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the CLI asks for: an architecture (or ``module:factory``), weights and a class count."""
+
+    name: str
+    weights: str | None = None
+    num_classes: int | None = None
+
+    def label(self) -> str:
+        """Short name used in tables and reports."""
+        return self.name if self.weights is None else f"{self.name}[{Path(self.weights).name}]"
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> ImageClassifier:
+    """Build a classifier in eval mode with frozen parameters.
+
+    Args:
+        name: a registered architecture (``robustlab list``) or ``package.module:factory`` for a user model
+            (the factory takes no arguments and returns an ``nn.Module`` that accepts ``[0, 1]`` images).
+        weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
+            nets), ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision
+            nets), ``random`` (no training), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
+            ``weights_only=True``, or ``.safetensors``).
+        num_classes: output classes; defaults to what the weights define (10 for synth, 1000 for ImageNet).
+        image_size: input side length for synth training and for dataset resizing.
+        progress: show download/training progress on stderr.
+
+    Raises:
+        UnknownNameError: unknown architecture or weights tag.
+        WeightsUnavailableError: the weights cannot be downloaded or the file is missing.
+        CheckpointMismatchError: the checkpoint does not fit the architecture.
+    """
+    if ":" in name and name not in MODELS:
+        return _load_user_model(name, weights=weights)
+    entry = MODELS.get(name)
+    family = entry.tags["family"]
+    weights = weights or ("synth" if family == "embedded" else "imagenet")
+    if weights in ("synth", "synth-at"):
+        from robustlab.train import TrainConfig, trained_classifier
+
+        config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32)
+        return _finish(trained_classifier(config, adversarial=weights == "synth-at", progress=progress))
+    if weights == "random":
+        size = image_size or (32 if family == "embedded" else 224)
+        return _finish(
+            _wrap(
+                name,
+                entry.factory(num_classes=num_classes or _default_classes(family), image_size=size),
+                family=family,
+                input_size=size,
+            )
+        )
+    if family == "torchvision" and not _looks_like_path(weights):
+        return _finish(_load_torchvision_weights(name, weights, num_classes=num_classes, progress=progress))
+    return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
+
+
+def _default_classes(family: str) -> int:
+    return 10 if family == "embedded" else 1000
+
+
+def _wrap(name: str, net: nn.Module, *, family: str, input_size: int) -> ImageClassifier:
+    mean, std = (SYNTH_MEAN, SYNTH_STD) if family == "embedded" else (IMAGENET_MEAN, IMAGENET_STD)
+    classes = _num_outputs(net)
+    return ImageClassifier(net, mean=mean, std=std, num_classes=classes, name=name, input_size=input_size)
+
+
+def _num_outputs(net: nn.Module) -> int:
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else -1
+
+
+def _finish(model: ImageClassifier) -> ImageClassifier:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _looks_like_path(weights: str) -> bool:
+    return any(sep in weights for sep in ("/", "\\")) or Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _load_torchvision_weights(name: str, tag: str, *, num_classes: int | None, progress: bool) -> ImageClassifier:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    member = tag.split(".")[-1].upper()
+    member = "DEFAULT" if member == "IMAGENET" else member
+    try:
+        weight = enum[member]
+    except KeyError:
+        tags = ", ".join(["imagenet", *enum.__members__, "synth", "random"])
+        raise UnknownNameError(f"unknown weights {tag!r} for {name}; known: {tags}, or a checkpoint path") from None
+    classes = len(weight.meta["categories"])
+    if num_classes not in (None, classes):
+        raise ConfigError(f"{weight} has {classes} classes, not {num_classes}; pass a checkpoint for other heads")
+    try:
+        state = weight.get_state_dict(progress=progress, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise WeightsUnavailableError(
+            f"cannot download {weight} ({type(error).__name__}: offline?): fetch {weight.url} on a connected machine "
+            f"and pass --weights PATH, or use --weights synth"
+        ) from None
+    net = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    net.load_state_dict(state)
+    crop = weight.transforms().crop_size
+    size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    return ImageClassifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=classes, name=name, input_size=size)
+
+
+def load_state_dict_file(path: Path) -> dict[str, Tensor]:
+    """Read a state dict without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+
+    Accepts plain state dicts and the common ``{"state_dict": ...}`` / ``{"model": ...}`` envelopes, and
+    strips a ``module.`` prefix left by ``DataParallel``.
+    """
+    if not path.is_file():
+        raise WeightsUnavailableError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        from robustlab.cache import load_weights
+
+        state: Any = load_weights(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_checkpoint(
+    name: str, path: Path, *, family: str, num_classes: int | None, image_size: int | None
+) -> ImageClassifier:
+    state = load_state_dict_file(path)
+    size = image_size or (32 if family == "embedded" else 224)
+    net = MODELS.get(name).factory(num_classes=num_classes or _default_classes(family), image_size=size)
+    _load_strict(net, state, source=path)
+    return _wrap(name, net, family=family, input_size=size)
+
+
+def _load_strict(net: nn.Module, state: dict[str, Tensor], *, source: Path) -> None:
+    """``load_state_dict(strict=True)``, with a one-line error naming what does not fit."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)} (--num-classes?)")
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}...)")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}...)")
+        raise CheckpointMismatchError(f"checkpoint {source} does not fit {type(net).__name__}: " + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise UnknownNameError(f"cannot load user model {spec!r}: {error}") from None
+    net = factory()
+    if weights:
+        _load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
+    if isinstance(net, ImageClassifier):
+        return _finish(net)
+    return _finish(
+        ImageClassifier(net, mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=_num_outputs(net), name=spec, input_size=32)
+    )
