@@ -66,9 +66,9 @@ class Attack(ABC):
             raise ConfigError(f"labels have shape {tuple(y.shape)}, expected ({x.shape[0]},)")
         if x.shape[0] == 0:
             return x.detach().clone()
-        x_adv = self._run(model, x.detach(), y.detach(), generator=generator)
+        x_adv = self._run(model, x.detach(), y.detach(), generator=generator).detach()
         verify(self.threat, x, x_adv)
-        return x_adv.detach()
+        return x_adv
 
     @abstractmethod
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:

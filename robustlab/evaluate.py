@@ -31,7 +31,7 @@ from robustlab.report import WORST_CASE, Report, Row, environment
 from robustlab.store import MemoryStore, RunStore
 from robustlab.threat import perturbation_norm
 
-__all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "run_config_hash"]
+__all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "load_builtin_components", "run_config_hash"]
 
 NO_MODE = "-"
 
@@ -127,6 +127,7 @@ class Evaluator:
     def run(self, config: EvalConfig) -> Report:
         """Evaluate the whole grid."""
         started = time.perf_counter()
+        load_builtin_components()
         attacks = [(spec, spec.build(ATTACKS)) for spec in config.attacks]
         defenses = [(spec, spec.build(DEFENSES)) for spec in config.defenses]
         device = torch.device(config.device)
@@ -223,6 +224,12 @@ class Evaluator:
             result = compute(generator)
         self.store.put(key, result)
         return result
+
+
+def load_builtin_components() -> None:
+    """Import the built-in attacks and defenses so that their registry entries exist."""
+    import robustlab.attacks
+    import robustlab.defenses  # noqa: F401
 
 
 def _sample_indices(dataset: ImageDataset, n: int | None) -> Tensor:

@@ -45,7 +45,7 @@ class TrainConfig:
         if self.steps is not None:
             return self
         embedded = MODELS.get(self.arch).tags["family"] == "embedded"
-        return replace(self, steps=1200 if embedded else 400)
+        return replace(self, steps=800 if embedded else 400)
 
 
 def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progress: bool = True) -> ImageClassifier:

@@ -1,0 +1,67 @@
+"""Contracts every registered perturbation attack keeps, generated from the registry (timm/torchattacks style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import robustlab.attacks
+import torch
+
+from robustlab.attack import ATTACKS, AttackKind
+from robustlab.errors import ConfigError
+from robustlab.evaluate import ComponentSpec
+
+# Cheap settings so the whole table runs in seconds; each attack's defaults are tested elsewhere.
+CHEAP: dict[str, dict[str, Any]] = {
+    "pgd": {"steps": 3},
+    "pgdl2": {"steps": 3},
+    "cw": {"steps": 10},
+    "deepfool": {"steps": 5},
+    "apgd": {"steps": 5},
+    "apgdt": {"steps": 5, "n_target_classes": 2},
+    "square": {"n_queries": 30},
+}
+PERTURBATION = [name for name in robustlab.attacks.ATTACKS.names() if name != "autoattack"]
+
+
+def _build(name: str) -> Any:
+    return ComponentSpec(name, tuple(CHEAP.get(name, {}).items())).build(ATTACKS)
+
+
+@pytest.fixture(scope="module")
+def batch(synth_batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = synth_batch
+    return x[:6].clone(), y[:6].clone()
+
+
+@pytest.mark.parametrize("name", PERTURBATION)
+def test_output_contract(name: str, trained_model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    attack = _build(name)
+    assert attack.kind is AttackKind.PERTURBATION
+    x, y = batch
+    x_before = x.clone()
+    x_adv = attack(trained_model, x, y, generator=torch.Generator().manual_seed(1))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert torch.equal(x, x_before), "the attack modified its input in place"
+    assert not trained_model.training
+    again = attack(trained_model, x, y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x_adv, again), "same generator seed must give a bit-identical result on CPU"
+
+
+@pytest.mark.parametrize("name", PERTURBATION)
+def test_rejects_images_outside_unit_box(name: str, trained_model: torch.nn.Module) -> None:
+    x = torch.full((2, 3, 32, 32), 1.5)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        _build(name)(trained_model, x, torch.zeros(2, dtype=torch.long))
+
+
+def test_rejects_model_in_training_mode(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).train()
+    with pytest.raises(ConfigError, match="training mode"):
+        _build("fgsm")(model, *batch)
+
+
+def test_unknown_parameter_is_named() -> None:
+    with pytest.raises(ConfigError, match="no parameter 'stepz'"):
+        ComponentSpec("pgd", (("stepz", 3),)).build(ATTACKS)
