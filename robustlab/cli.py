@@ -154,6 +154,14 @@ def list_command() -> None:
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option(
+    "--amp",
+    type=click.Choice(["bf16"]),
+    default=None,
+    help="Run the model under bf16 autocast (GPU speed-up; clean predictions are checked against float32).",
+)
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout for model and images (faster convs on GPU).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,

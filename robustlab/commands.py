@@ -66,6 +66,9 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
         eot_samples=options["eot_samples"],
         device=resolve_device(options["device"]),
+        amp=options["amp"],
+        channels_last=options["channels_last"],
+        compile=options["compile_"],
     )
 
 
