@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,6 +38,24 @@ class _Group(click.Group):
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"robustlab: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
+
+
+def _gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tolerance`` and ``--margin-sigmas``, shared by ``eval --baseline`` and ``compare``."""
+    command = click.option(
+        "--margin-sigmas",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Also allow this many standard errors of the difference (binomial, from each row's n).",
+    )(command)
+    return click.option(
+        "--tolerance",
+        type=click.FloatRange(min=0),
+        default=0.02,
+        show_default=True,
+        help="Allowed absolute drop of any clean or robust accuracy (0.02 = two points).",
+    )(command)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -165,7 +184,14 @@ def list_command() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_command(**options: Any) -> None:
+@_gate_options
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Fail (exit 1) when a clean or robust accuracy of this report JSON drops by more than --tolerance.",
+)
+def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, **options: Any) -> None:
     """Clean and robust accuracy for every model x defense x attack asked for.
 
     \b
@@ -175,8 +201,32 @@ def eval_command(**options: Any) -> None:
       robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
     """
     from robustlab.commands import run_eval
+    from robustlab.gate import load_baseline
+    from robustlab.workflows import gate
 
-    run_eval(**options)
+    accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
+    report = run_eval(**options)
+    if accepted is not None:
+        gate(report, accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
+
+
+@cli.command("compare")
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("baseline", type=click.Path(dir_okay=False, path_type=Path))
+@_gate_options
+def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: float) -> None:
+    """Gate NEW report JSON against BASELINE: exit 1 naming every row whose accuracy fell too far.
+
+    \b
+    Example (a CI step):
+      robustlab compare run.json baselines/synth.json --tolerance 0.02 --margin-sigmas 2
+    """
+    from robustlab.gate import load_baseline
+    from robustlab.report import Report
+    from robustlab.workflows import gate
+
+    accepted = load_baseline(baseline)
+    gate(Report.from_json(new), accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
 
 
 def main() -> NoReturn:
