@@ -229,6 +229,21 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
     gate(Report.from_json(new), accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
 
 
+@cli.command("run")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def run_command(ctx: click.Context, experiment: Path) -> None:
+    """Run the grid an EXPERIMENT TOML file declares; its keys are the eval options (models, attacks, eps, out...).
+
+    \b
+    Example:
+      robustlab run experiments/synth_pgd_sweep.toml
+    """
+    from robustlab.experiment import experiment_options
+
+    ctx.invoke(eval_command, **experiment_options(experiment, eval_command, ctx))
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")
