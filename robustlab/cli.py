@@ -244,6 +244,39 @@ def run_command(ctx: click.Context, experiment: Path) -> None:
     ctx.invoke(eval_command, **experiment_options(experiment, eval_command, ctx))
 
 
+@cli.command("report")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output file (atomic)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "csv", "png"]),
+    default=None,
+    help="html (self-contained page), md, csv, or png (robustness curves). Default: from -o's suffix, else html.",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Adversarial examples in the HTML image grid, recomputed from the report's config (0: none).",
+)
+@click.option("--no-examples", is_flag=True, help="Same as --examples 0 (no model or data needed).")
+def report_command(source: Path, out: Path | None, fmt: str | None, examples: int, no_examples: bool) -> None:
+    """Render a report JSON as one HTML page (table, curves, examples), Markdown, CSV or a curves PNG.
+
+    \b
+    Examples:
+      robustlab report run.json -o report.html
+      robustlab report run.json --format md
+    """
+    from robustlab.workflows import render_report
+
+    render_report(source, out=out, fmt=fmt, examples=0 if no_examples else examples)
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")

@@ -6,12 +6,18 @@ Kept apart from :mod:`robustlab.cli` (declarative click definitions) and from th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from robustlab.cache import atomic_write
+from robustlab.errors import ConfigError, DataError
 from robustlab.gate import compare_reports, format_regressions
 from robustlab.report import Report
 
-__all__ = ["gate"]
+__all__ = ["REPORT_FORMATS", "gate", "render_report", "write_output"]
+
+REPORT_FORMATS = ("html", "md", "csv", "png")
 
 
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
@@ -21,3 +27,54 @@ def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: f
         click.echo(line)
     if regressions:
         click.get_current_context().exit(1)
+
+
+def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: int) -> None:
+    """Render a report JSON as HTML (default), Markdown, CSV or a PNG of the robustness curves.
+
+    The format comes from ``fmt``, else from ``out``'s suffix, else HTML. Markdown and CSV go to
+    stdout when ``out`` is not given; HTML and PNG need a file.
+    """
+    fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None else "") or "html"
+    fmt = {"htm": "html", "markdown": "md"}.get(fmt, fmt)
+    if fmt not in REPORT_FORMATS:
+        raise ConfigError(f"cannot tell the format from {out}; pass --format {'|'.join(REPORT_FORMATS)}")
+    if out is None and fmt in ("html", "png"):
+        raise ConfigError(f"a {fmt} report needs an output file: -o report.{fmt}")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    report = Report.from_json(source)
+    data = _render(report, fmt, examples)
+    if out is None:
+        click.echo(data.decode(), nl=False)
+        return
+    write_output(out, data)
+    click.echo(f"{fmt} report written to {out}", err=True)
+
+
+def _render(report: Report, fmt: str, examples: int) -> bytes:
+    from robustlab.plots import robustness_curves_png
+    from robustlab.tables import csv_table, markdown_table
+
+    if fmt == "md":
+        return (markdown_table(report.rows) + "\n").encode()
+    if fmt == "csv":
+        return csv_table(report.rows).encode()
+    curves = robustness_curves_png(report.rows)
+    if fmt == "png":
+        return curves
+    from robustlab.examples import regenerate_examples
+    from robustlab.html import render_html
+    from robustlab.plots import image_grid_png
+
+    note, shown = regenerate_examples(report, examples) if examples else ("examples not drawn (--examples 0)", [])
+    grid = image_grid_png(shown) if shown else None
+    return render_html(report, curves_png=curves, grid_png=grid, grid_note=note).encode()
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file atomically; a full disk or a read-only folder is one line and leaves nothing behind."""
+    try:
+        atomic_write(path, data)
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
