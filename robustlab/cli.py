@@ -277,6 +277,54 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
     render_report(source, out=out, fmt=fmt, examples=0 if no_examples else examples)
 
 
+@cli.command("generate")
+@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Architecture or module:factory.")
+@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
+@click.option("--eps", type=EpsType(), default=None, help="Budget in [0, 1] pixel units (default: the attack's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Attack iterations.")
+@click.option("--attack-arg", "attack_args", multiple=True, metavar="KEY=VALUE", help="Any attack parameter.")
+@click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
+@click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Any defense parameter.")
+@click.option(
+    "--threat-mode",
+    type=click.Choice(["adaptive", "transfer"]),
+    default="adaptive",
+    show_default=True,
+    help="For defenses: attack the whole pipeline (adaptive) or the bare model (transfer).",
+)
+@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
+@click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
+@click.option("--train-data", default=None, metavar="SPEC", help="Data that learned defenses train on.")
+@click.option("--n", type=int, default=1000, show_default=True, help="Number of source samples (the first n).")
+@click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eot-samples", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="New or empty folder, or an interrupted generation of the same config to resume.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def generate_command(**options: Any) -> None:
+    """Write an adversarial dataset: PNG class folders, lossless safetensors shards and a manifest.
+
+    Images are stored on the 8-bit grid inside the budget and predictions are measured on the stored
+    pixels. Read it back with --data adv:OUT.
+
+    \b
+    Example:
+      robustlab generate --attack pgd --eps 8/255 --n 1000 --out adv-pgd
+      robustlab eval --data adv:adv-pgd --attack fgsm
+    """
+    from robustlab.workflows import run_generate
+
+    run_generate(**options)
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")

@@ -7,6 +7,7 @@ Kept apart from :mod:`robustlab.cli` (declarative click definitions) and from th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,7 +16,7 @@ from robustlab.errors import ConfigError, DataError
 from robustlab.gate import compare_reports, format_regressions
 from robustlab.report import Report
 
-__all__ = ["REPORT_FORMATS", "gate", "render_report", "write_output"]
+__all__ = ["REPORT_FORMATS", "gate", "render_report", "run_generate", "write_output"]
 
 REPORT_FORMATS = ("html", "md", "csv", "png")
 
@@ -78,3 +79,45 @@ def write_output(path: Path, data: bytes) -> None:
         atomic_write(path, data)
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def run_generate(**options: Any) -> None:
+    """Build the generation config from ``robustlab generate``'s options, write the dataset, print its summary."""
+    import robustlab.attacks
+    import robustlab.defenses
+    from robustlab.cli_options import build_specs
+    from robustlab.commands import resolve_device
+    from robustlab.defense import ThreatMode
+    from robustlab.export import GenerateConfig, generate
+    from robustlab.models import ModelSpec
+
+    (attack,) = build_specs(
+        robustlab.attacks.ATTACKS,
+        [options["attack"]],
+        options["attack_args"],
+        shared={"steps": options["steps"]},
+        sweep=[options["eps"]] if options["eps"] is not None else [],
+    )
+    (defense,) = build_specs(robustlab.defenses.DEFENSES, [options["defense"]], options["defense_args"])
+    config = GenerateConfig(
+        model=ModelSpec(options["model"], options["weights"], options["num_classes"]),
+        attack=attack,
+        defense=defense,
+        threat_mode=ThreatMode(options["threat_mode"]),
+        data=options["data"],
+        split=options["split"],
+        train_data=options["train_data"],
+        n=options["n"],
+        shard_size=options["shard_size"],
+        seed=options["seed"],
+        eot_samples=options["eot_samples"],
+        device=resolve_device(options["device"]),
+    )
+    out: Path = options["out"]
+    summary = generate(config, out, progress=not options["quiet"])["summary"]
+    click.echo(
+        f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "
+        f"clean {summary['clean_acc']:.2%}, robust {summary['robust_acc']:.2%}, "
+        f"attack success {summary['success_rate']:.2%}"
+    )
+    click.echo(f"evaluate them with: robustlab eval --data adv:{out}", err=True)
