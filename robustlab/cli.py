@@ -235,13 +235,18 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
 def run_command(ctx: click.Context, experiment: Path) -> None:
     """Run the grid an EXPERIMENT TOML file declares; its keys are the eval options (models, attacks, eps, out...).
 
+    The report goes to `out`, by default NAME.json in the working directory.
+
     \b
     Example:
       robustlab run experiments/synth_pgd_sweep.toml
     """
     from robustlab.experiment import experiment_options
 
-    ctx.invoke(eval_command, **experiment_options(experiment, eval_command, ctx))
+    options = experiment_options(experiment, eval_command, ctx)
+    if options["out"] is None:
+        options["out"] = Path(f"{experiment.stem}.json")
+    ctx.invoke(eval_command, **options)
 
 
 @cli.command("report")

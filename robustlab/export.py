@@ -140,6 +140,11 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
     spec = config.model
     model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress).to(device)
     dataset = load_dataset(config.data, split=config.split, image_size=model.input_size)
+    if 0 < model.num_classes < dataset.num_classes:
+        raise ConfigError(
+            f"{config.data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "
+            f"pass --num-classes {dataset.num_classes} with matching weights, or other --data"
+        )
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
     try:
         _claim(out, header)

@@ -41,7 +41,7 @@ def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: 
     if fmt not in REPORT_FORMATS:
         raise ConfigError(f"cannot tell the format from {out}; pass --format {'|'.join(REPORT_FORMATS)}")
     if out is None and fmt in ("html", "png"):
-        raise ConfigError(f"a {fmt} report needs an output file: -o report.{fmt}")
+        raise ConfigError(f"the {fmt} format needs an output file: -o report.{fmt}")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
     report = Report.from_json(source)

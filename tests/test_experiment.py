@@ -35,6 +35,8 @@ def test_run_equals_eval_with_the_same_options(run: Callable[..., Result]) -> No
     assert run("eval", *cli_args).exit_code == 0
     assert _rows("toml.json") == _rows("cli.json")
     assert [row["threat"] for row in _rows("toml.json")] == ["linf 2/255", "linf 8/255", "mixed"]
+    Path("no_out.toml").write_text('attacks = ["fgsm"]\nn = 8\nquiet = true\n')
+    assert run("run", "no_out.toml").exit_code == 0 and Path("no_out.json").is_file()
 
 
 @pytest.mark.parametrize(
