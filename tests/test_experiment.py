@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli, eval_command
@@ -26,7 +27,7 @@ def _rows(path: str) -> list[dict[str, object]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(Path(path).read_text())["rows"]]
 
 
-def test_run_equals_eval_with_the_same_options(run: Callable[..., Result]) -> None:
+def test_run_equals_eval_with_the_same_options(run: Callable[..., Result], trained_model: torch.nn.Module) -> None:
     Path("sweep.toml").write_text(
         'attacks = ["fgsm"]\neps = ["2/255", 0.03137254901960784]\nn = 32\nquiet = true\nout = "toml.json"\n'
     )

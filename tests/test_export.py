@@ -125,8 +125,8 @@ def test_interrupted_run_resumes_to_the_same_files(
 
 
 def test_full_disk_or_unwritable_output_is_one_line_and_nothing_half_written(
-    run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
-) -> None:
+    run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, trained_model: torch.nn.Module
+) -> None:  # trained_model: the weights are cached before os.replace starts failing
     def full_disk(*args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
