@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack
+import torch
+from robustlab.attacks._pgd import linf_random_start, linf_step, projected_gradient_descent
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, Attack
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["PGD"]
 
 
 @ATTACKS.register("pgd", summary="Projected Gradient Descent, L∞, random start (white-box).", stochastic=True)
-class PGD(TorchattacksAttack):
+class PGD(Attack):
     """Towards Deep Learning Models Resistant to Adversarial Attacks, https://arxiv.org/abs/1706.06083.
 
-    L∞, white-box, ``steps`` forward+backward passes per sample; random start drawn from the
-    generator, so the result is deterministic given it.
+    L∞, white-box, ``steps`` forward+backward passes per sample (fewer with ``early_stop``, which the
+    evaluator asks for: a sample stops at its first misclassified iterate); random start drawn from the
+    generator, so the result is deterministic given it. Without a random start and without early
+    stopping it computes exactly what ``torchattacks.PGD`` does.
 
     Args:
         eps: L∞ budget in [0, 1] pixel units.
@@ -27,6 +27,8 @@ class PGD(TorchattacksAttack):
         steps: iterations.
         random_start: start from a uniform point in the eps-ball.
     """
+
+    early_stopping = True
 
     def __init__(
         self, *, eps: float = 8 / 255, step_size: float | None = None, steps: int = 10, random_start: bool = True
@@ -40,7 +42,9 @@ class PGD(TorchattacksAttack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.LINF, self.eps)
 
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        return torchattacks.PGD(
-            model, eps=self.eps, alpha=self.step_size, steps=self.steps, random_start=self.random_start
-        )
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+    ) -> Tensor:
+        start = linf_random_start(x, self.eps, generator) if self.random_start else x
+        step = linf_step(self.eps, self.step_size)
+        return projected_gradient_descent(model, x, y, start, steps=self.steps, step=step, early_stop=early_stop)

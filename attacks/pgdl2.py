@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack
+import torch
+from robustlab.attacks._pgd import l2_random_start, l2_step, projected_gradient_descent
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, Attack
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["PGDL2"]
 
 
 @ATTACKS.register("pgdl2", summary="Projected Gradient Descent, L2, random start (white-box).", stochastic=True)
-class PGDL2(TorchattacksAttack):
+class PGDL2(Attack):
     """Towards Deep Learning Models Resistant to Adversarial Attacks, https://arxiv.org/abs/1706.06083.
 
-    L2, white-box, ``steps`` forward+backward passes per sample; deterministic given the generator.
+    L2, white-box, ``steps`` forward+backward passes per sample (fewer with ``early_stop``); deterministic
+    given the generator. Without a random start and without early stopping it computes exactly what
+    ``torchattacks.PGDL2`` does.
 
     Args:
         eps: L2 budget in [0, 1] pixel units (0.5 is CIFAR-10's standard).
@@ -26,6 +26,8 @@ class PGDL2(TorchattacksAttack):
         steps: iterations.
         random_start: start from a random point in the eps-ball.
     """
+
+    early_stopping = True
 
     def __init__(
         self, *, eps: float = 0.5, step_size: float | None = None, steps: int = 10, random_start: bool = True
@@ -39,7 +41,9 @@ class PGDL2(TorchattacksAttack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.L2, self.eps)
 
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        return torchattacks.PGDL2(
-            model, eps=self.eps, alpha=self.step_size, steps=self.steps, random_start=self.random_start
-        )
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+    ) -> Tensor:
+        start = l2_random_start(x, self.eps, generator) if self.random_start else x
+        step = l2_step(self.eps, self.step_size)
+        return projected_gradient_descent(model, x, y, start, steps=self.steps, step=step, early_stop=early_stop)

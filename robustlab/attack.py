@@ -50,6 +50,8 @@ class Attack(ABC):
 
     kind: ClassVar[AttackKind] = AttackKind.PERTURBATION
     uses_gradients: ClassVar[bool] = True
+    early_stopping: ClassVar[bool] = False
+    """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
 
     @property
     @abstractmethod
@@ -57,8 +59,21 @@ class Attack(ABC):
         """The threat model every output is verified against."""
 
     @final
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached."""
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        early_stop: bool = False,
+    ) -> Tensor:
+        """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached.
+
+        ``early_stop`` says the caller only needs each sample misclassified by ``model`` once, as an
+        evaluation does: attacks with :attr:`early_stopping` then stop a sample at its first success
+        and return that point, which saves their remaining iterations; other attacks ignore it.
+        """
         check_images(x)
         if model.training:
             raise ConfigError("the model is in training mode: attack numbers would be wrong; call model.eval()")
@@ -66,7 +81,8 @@ class Attack(ABC):
             raise ConfigError(f"labels have shape {tuple(y.shape)}, expected ({x.shape[0]},)")
         if x.shape[0] == 0:
             return x.detach().clone()
-        x_adv = self._run(model, x.detach(), y.detach(), generator=generator).detach()
+        extra = {"early_stop": True} if early_stop and self.early_stopping else {}
+        x_adv = self._run(model, x.detach(), y.detach(), generator=generator, **extra).detach()
         verify(self.threat, x, x_adv)
         return x_adv
 

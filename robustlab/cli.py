@@ -159,7 +159,9 @@ def list_command() -> None:
     metavar="SPEC",
     help="Data that learned defenses train on (default: the train split of --data).",
 )
-@click.option("--n", type=int, default=1000, show_default=True, help="Number of test samples.")
+@click.option(
+    "--n", "-n", type=int, default=1000, show_default=True, help="Number of test samples (-n under torchrun)."
+)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit.")
 @click.option(

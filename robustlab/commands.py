@@ -12,6 +12,7 @@ import click
 import torch
 
 from robustlab.cli_options import build_specs
+from robustlab.distributed import Shard, init_from_env
 from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.models import ModelSpec
@@ -74,14 +75,36 @@ def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> Run
     return SqliteStore(run_dir / "store.sqlite", config_hash=run_config_hash(config), resume=resume)
 
 
+def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: bool, shard: Shard) -> RunStore:
+    """Rank 0 creates (or checks) the store first; the other ranks then join the same file, or fail with it."""
+    if shard.world_size == 1:
+        return open_store(run_dir, config, resume=resume)
+    import torch.distributed as dist
+
+    store: RunStore | None = None
+    outcome: list[str | None] = [None]
+    if shard.is_main:
+        try:
+            store = open_store(run_dir, config, resume=resume)
+        except ConfigError as error:
+            outcome[0] = str(error)
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise ConfigError(outcome[0])
+    return store if store is not None else open_store(run_dir, config, resume=run_dir is not None)
+
+
 def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
     config = build_config(options)
     out: Path | None = options["out"]
     if out is not None and not out.parent.exists():
         raise ConfigError(f"cannot write the report: folder {out.parent} does not exist")
-    store = open_store(options["run_dir"], config, resume=options["resume"])
-    report = Evaluator(store, progress=not options["quiet"]).run(config)
+    shard = init_from_env(config.device)
+    store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
+    report = Evaluator(store, progress=not options["quiet"] and shard.is_main, shard=shard).run(config)
+    if not shard.is_main:
+        return report
     click.echo(format_table(report.rows))
     for diagnostic in report.diagnostics:
         click.echo(f"! {diagnostic.code}: {diagnostic.message}")

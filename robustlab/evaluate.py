@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,14 +23,16 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
+from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
+from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError, DataError
 from robustlab.models import ImageClassifier, ModelSpec, load_model
 from robustlab.registry import Registry
-from robustlab.report import WORST_CASE, Report, Row, environment
+from robustlab.report import WORST_CASE, Diagnostic, Report, Row, environment
 from robustlab.store import MemoryStore, RunStore
-from robustlab.threat import perturbation_norm
+from robustlab.threat import Norm, perturbation_norm
 
 __all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "load_builtin_components", "run_config_hash"]
 
@@ -77,6 +80,7 @@ class EvalConfig:
     threat_modes: tuple[ThreatMode, ...] = (ThreatMode.TRANSFER, ThreatMode.ADAPTIVE)
     eot_samples: int = 20
     device: str = "cpu"
+    diagnostics: bool = True
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
@@ -118,11 +122,14 @@ class Evaluator:
     Args:
         store: where per-batch results go; a :class:`robustlab.store.SqliteStore` makes runs resumable.
         progress: tqdm bars on stderr.
+        shard: this process's rank under ``torchrun``: it computes the batches it owns, and rank 0 merges
+            everyone's units and returns the full report (other ranks return one without rows).
     """
 
-    def __init__(self, store: RunStore | None = None, *, progress: bool = True) -> None:
+    def __init__(self, store: RunStore | None = None, *, progress: bool = True, shard: Shard | None = None) -> None:
         self.store: RunStore = store if store is not None else MemoryStore()
         self.progress = progress
+        self.shard = shard or Shard()
 
     def run(self, config: EvalConfig) -> Report:
         """Evaluate the whole grid."""
@@ -133,6 +140,7 @@ class Evaluator:
         device = torch.device(config.device)
         rows: list[Row] = []
         samples: list[dict[str, Any]] = []
+        diagnostics: list[Diagnostic] = []
         for mi, model_spec in enumerate(config.models):
             model = load_model(
                 model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
@@ -148,10 +156,14 @@ class Evaluator:
                 )
                 rows += block_rows
                 samples += block_samples
+                if config.diagnostics and defense.changes_model:
+                    diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
+        diagnostics += threat_mode_gaps(rows)
         return Report(
             config=config.to_dict(),
             environment=environment(str(device)),
             rows=rows,
+            diagnostics=diagnostics,
             samples=samples,
             seconds=time.perf_counter() - started,
         )
@@ -178,37 +190,59 @@ class Evaluator:
         device = torch.device(config.device)
         scored = _frozen(defense.wrap(model))
         attacked = _attacked_models(model, defense, config)
+        # Stopping a sample at its first success is sound only when the attacked model's prediction is the
+        # scored one: under transfer the bare model may be fooled while the defended one is not.
+        early_stop = not defense.changes_model
         cells = [_Cell(mode, spec, attack) for mode in attacked for spec, attack in attacks]
-        labels: list[Tensor] = []
-        clean_pred: list[Tensor] = []
         n_batches = -(-len(indices) // config.batch_size)
+        own = [b for b in range(n_batches) if self.shard.owns(b)]
         bar = tqdm(
-            total=n_batches * (1 + len(cells)),
+            total=len(own) * (1 + len(cells)),
             desc=" / ".join(names),
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
         )
-        for b, (_, x, y) in enumerate(iterate_batches(dataset, indices, config.batch_size)):
+        units: dict[str, dict[str, Tensor]] = {}
+        for b in own:
+            clean_key = f"{key}/clean/b{b}"
+            cell_keys = [f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}" for ci, cell in enumerate(cells)]
+            stored = {k: self.store.get(k) for k in (clean_key, *cell_keys)}
+            if all(unit is not None for unit in stored.values()):
+                units.update({k: unit for k, unit in stored.items() if unit is not None})
+                bar.update(1 + len(cells))
+                continue  # a resumed batch: not even its images are needed again
+            chunk = indices[b * config.batch_size : (b + 1) * config.batch_size]
+            _, x, y = next(iterate_batches(dataset, chunk, config.batch_size))
             x, y = x.to(device), y.to(device)
-            clean = self._unit(f"{key}/clean/b{b}", config.seed, lambda g, x=x: {"pred": _predict(scored, x)})
+            clean = self._unit(clean_key, config.seed, lambda g, x=x, y=y: {"pred": _predict(scored, x), "label": y})
+            units[clean_key] = clean
             bar.update()
-            labels.append(y.cpu())
-            clean_pred.append(clean["pred"].cpu())
             correct = clean["pred"].to(device) == y
-            for ci, cell in enumerate(cells):
-                unit = self._unit(
-                    f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}",
+            for cell, cell_key in zip(cells, cell_keys, strict=True):
+                units[cell_key] = self._unit(
+                    cell_key,
                     config.seed,
                     lambda g, cell=cell, x=x, y=y, correct=correct, pred=clean["pred"]: _attack_batch(
-                        cell.attack, attacked[cell.mode], scored, x, y, correct, pred.to(device), g
+                        cell.attack, attacked[cell.mode], scored, x, y, correct, pred.to(device), g, early_stop
                     ),
                 )
+                bar.update()
+        bar.close()
+        units = gather_units(self.shard, units)
+        if not self.shard.is_main:
+            return [], []
+        labels: list[Tensor] = []
+        clean_pred: list[Tensor] = []
+        for b in range(n_batches):
+            clean = units[f"{key}/clean/b{b}"]
+            labels.append(clean["label"].cpu())
+            clean_pred.append(clean["pred"].cpu())
+            for ci, cell in enumerate(cells):
+                unit = units[f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}"]
                 cell.adv_pred.append(unit["adv_pred"].cpu())
                 cell.norm.append(unit["norm"].cpu())
                 cell.seconds += float(unit["seconds"])
-                bar.update()
-        bar.close()
         return _aggregate(names, torch.cat(labels), torch.cat(clean_pred), cells, indices)
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -216,14 +250,52 @@ class Evaluator:
         stored = self.store.get(key)
         if stored is not None:
             return stored
-        unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
-        generator = torch.Generator().manual_seed(unit_seed)
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+        with seeded(seed, key) as generator:
             result = compute(generator)
         self.store.put(key, result)
         return result
+
+    def _probe(
+        self,
+        model: ImageClassifier,
+        defense: Defense,
+        dataset: ImageDataset,
+        indices: Tensor,
+        attacks: Sequence[tuple[ComponentSpec, Attack]],
+        config: EvalConfig,
+        *,
+        names: tuple[str, str],
+    ) -> list[Diagnostic]:
+        """Gradient-masking probes on up to 128 clean-correct samples of the defended model."""
+        device = torch.device(config.device)
+        _, x, y = next(iter(iterate_batches(dataset, indices[:128], 128)))
+        x, y = x.to(device), y.to(device)
+        scored = _frozen(defense.wrap(model))
+        keep = _predict(scored, x) == y
+        budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
+        settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
+        attacked = _attacked_models(model, defense, replace(config, threat_modes=(ThreatMode.ADAPTIVE,)))["adaptive"]
+        with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
+            return probe_gradient_masking(
+                attacked,
+                scored,
+                x[keep],
+                y[keep],
+                settings=settings,
+                generator=generator,
+                model=names[0],
+                defense=names[1],
+            )
+
+
+@contextmanager
+def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
+    """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
+    unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+        yield torch.Generator().manual_seed(unit_seed)
 
 
 def load_builtin_components() -> None:
@@ -278,6 +350,7 @@ def _attack_batch(
     correct: Tensor,
     clean_pred: Tensor,
     generator: torch.Generator,
+    early_stop: bool,
 ) -> dict[str, Tensor]:
     """Attack the still-correct samples of a batch; others keep their clean prediction and a zero norm."""
     started = time.perf_counter()
@@ -285,7 +358,7 @@ def _attack_batch(
     adv_pred = clean_pred.clone()
     norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     if len(index):
-        x_adv = attack(attacked, x[index], y[index], generator=generator)
+        x_adv = attack(attacked, x[index], y[index], generator=generator, early_stop=early_stop)
         adv_pred[index] = _predict(scored, x_adv)
         norm[index] = perturbation_norm(x[index], x_adv, attack.threat.norm)
     return {"adv_pred": adv_pred, "norm": norm, "seconds": torch.tensor([time.perf_counter() - started])}
