@@ -22,7 +22,15 @@ REPORT_FORMATS = ("html", "md", "csv", "png")
 
 
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
-    """Print the gate's verdict; exit 1 when any row regressed (the documented "a check failed" code)."""
+    """Print the gate's verdict; exit 1 when any row regressed (the documented "a check failed" code).
+
+    Under ``torchrun`` only rank 0 judges: the other ranks return a report without rows, which would
+    otherwise read as "another grid".
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
     regressions = compare_reports(report, baseline, tolerance=tolerance, margin_sigmas=margin_sigmas)
     for line in format_regressions(regressions, baseline.rows, tolerance):
         click.echo(line)

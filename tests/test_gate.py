@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,3 +97,20 @@ def test_tolerance_is_absolute_and_the_margin_grows_as_n_shrinks() -> None:
     assert compare_reports(_report(_row(robust_acc=0.9, clean_acc=1.0)), baseline, tolerance=0.0) == []
     with pytest.raises(ConfigError, match="tolerance"):
         compare_reports(baseline, baseline, tolerance=-1)
+
+
+def test_gate_under_torchrun_judges_once_on_rank_0(tmp_path: Path, trained_model: torch.nn.Module) -> None:
+    args = ["eval", "-n", "32", "--batch-size", "16", "--attack", "fgsm", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "one.json")]
+    assert subprocess.run(single, capture_output=True, env=env, check=False).returncode == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    sharded = subprocess.run(
+        [*launcher, "-m", "robustlab", *args, "--baseline", str(tmp_path / "one.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    assert sharded.stdout.count("gate passed") == 1, sharded.stdout
