@@ -38,10 +38,18 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (mkstemp makes files private to the owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _umask_mode())
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,6 +38,24 @@ class _Group(click.Group):
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"robustlab: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
+
+
+def _gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tolerance`` and ``--margin-sigmas``, shared by ``eval --baseline`` and ``compare``."""
+    command = click.option(
+        "--margin-sigmas",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Also allow this many standard errors of the difference (binomial, from each row's n).",
+    )(command)
+    return click.option(
+        "--tolerance",
+        type=click.FloatRange(min=0),
+        default=0.02,
+        show_default=True,
+        help="Allowed absolute drop of any clean or robust accuracy (0.02 = two points).",
+    )(command)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -175,7 +194,14 @@ def list_command() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_command(**options: Any) -> None:
+@_gate_options
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Fail (exit 1) when a clean or robust accuracy of this report JSON drops by more than --tolerance.",
+)
+def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, **options: Any) -> None:
     """Clean and robust accuracy for every model x defense x attack asked for.
 
     \b
@@ -185,8 +211,133 @@ def eval_command(**options: Any) -> None:
       robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
     """
     from robustlab.commands import run_eval
+    from robustlab.gate import load_baseline
+    from robustlab.workflows import gate
 
-    run_eval(**options)
+    accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
+    report = run_eval(**options)
+    if accepted is not None:
+        gate(report, accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
+
+
+@cli.command("compare")
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("baseline", type=click.Path(dir_okay=False, path_type=Path))
+@_gate_options
+def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: float) -> None:
+    """Gate NEW report JSON against BASELINE: exit 1 naming every row whose accuracy fell too far.
+
+    \b
+    Example (a CI step):
+      robustlab compare run.json baselines/synth.json --tolerance 0.02 --margin-sigmas 2
+    """
+    from robustlab.gate import load_baseline
+    from robustlab.report import Report
+    from robustlab.workflows import gate
+
+    accepted = load_baseline(baseline)
+    gate(Report.from_json(new), accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
+
+
+@cli.command("run")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def run_command(ctx: click.Context, experiment: Path) -> None:
+    """Run the grid an EXPERIMENT TOML file declares; its keys are the eval options (models, attacks, eps, out...).
+
+    The report goes to `out`, by default NAME.json in the working directory.
+
+    \b
+    Example:
+      robustlab run experiments/synth_pgd_sweep.toml
+    """
+    from robustlab.experiment import experiment_options
+
+    options = experiment_options(experiment, eval_command, ctx)
+    if options["out"] is None:
+        options["out"] = Path(f"{experiment.stem}.json")
+    ctx.invoke(eval_command, **options)
+
+
+@cli.command("report")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output file (atomic)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "csv", "png"]),
+    default=None,
+    help="html (self-contained page), md, csv, or png (robustness curves). Default: from -o's suffix, else html.",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Adversarial examples in the HTML image grid, recomputed from the report's config (0: none).",
+)
+@click.option("--no-examples", is_flag=True, help="Same as --examples 0 (no model or data needed).")
+def report_command(source: Path, out: Path | None, fmt: str | None, examples: int, no_examples: bool) -> None:
+    """Render a report JSON as one HTML page (table, curves, examples), Markdown, CSV or a curves PNG.
+
+    \b
+    Examples:
+      robustlab report run.json -o report.html
+      robustlab report run.json --format md
+    """
+    from robustlab.workflows import render_report
+
+    render_report(source, out=out, fmt=fmt, examples=0 if no_examples else examples)
+
+
+@cli.command("generate")
+@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Architecture or module:factory.")
+@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
+@click.option("--eps", type=EpsType(), default=None, help="Budget in [0, 1] pixel units (default: the attack's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Attack iterations.")
+@click.option("--attack-arg", "attack_args", multiple=True, metavar="KEY=VALUE", help="Any attack parameter.")
+@click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
+@click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Any defense parameter.")
+@click.option(
+    "--threat-mode",
+    type=click.Choice(["adaptive", "transfer"]),
+    default="adaptive",
+    show_default=True,
+    help="For defenses: attack the whole pipeline (adaptive) or the bare model (transfer).",
+)
+@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
+@click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
+@click.option("--train-data", default=None, metavar="SPEC", help="Data that learned defenses train on.")
+@click.option("--n", type=int, default=1000, show_default=True, help="Number of source samples (the first n).")
+@click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eot-samples", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="New or empty folder, or an interrupted generation of the same config to resume.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def generate_command(**options: Any) -> None:
+    """Write an adversarial dataset: PNG class folders, lossless safetensors shards and a manifest.
+
+    Images are stored on the 8-bit grid inside the budget and predictions are measured on the stored
+    pixels. Read it back with --data adv:OUT.
+
+    \b
+    Example:
+      robustlab generate --attack pgd --eps 8/255 --n 1000 --out adv-pgd
+      robustlab eval --data adv:adv-pgd --attack fgsm
+    """
+    from robustlab.workflows import run_generate
+
+    run_generate(**options)
 
 
 @cli.command("train")

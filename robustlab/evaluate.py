@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
+from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
 from robustlab.distributed import Shard, gather_units
@@ -30,7 +32,7 @@ from robustlab.models import ImageClassifier, ModelSpec, load_model
 from robustlab.registry import Registry
 from robustlab.report import WORST_CASE, Diagnostic, Report, Row, environment
 from robustlab.store import MemoryStore, RunStore
-from robustlab.threat import perturbation_norm
+from robustlab.threat import Norm, perturbation_norm
 
 __all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "load_builtin_components", "run_config_hash"]
 
@@ -78,6 +80,7 @@ class EvalConfig:
     threat_modes: tuple[ThreatMode, ...] = (ThreatMode.TRANSFER, ThreatMode.ADAPTIVE)
     eot_samples: int = 20
     device: str = "cpu"
+    diagnostics: bool = True
     amp: str | None = None
     channels_last: bool = False
     compile: bool = False
@@ -155,6 +158,7 @@ class Evaluator:
         device = torch.device(config.device)
         rows: list[Row] = []
         samples: list[dict[str, Any]] = []
+        diagnostics: list[Diagnostic] = []
         for mi, model_spec in enumerate(config.models):
             model = load_model(
                 model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
@@ -170,11 +174,14 @@ class Evaluator:
                 )
                 rows += block_rows
                 samples += block_samples
+                if config.diagnostics and defense.changes_model:
+                    diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
+        diagnostics += threat_mode_gaps(rows)
         return Report(
             config=config.to_dict(),
             environment=environment(str(device)),
             rows=rows,
-            diagnostics=list(self._diagnostics),
+            diagnostics=[*self._diagnostics, *diagnostics],
             samples=samples,
             seconds=time.perf_counter() - started,
         )
@@ -291,14 +298,52 @@ class Evaluator:
         stored = self.store.get(key)
         if stored is not None:
             return stored
-        unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
-        generator = torch.Generator().manual_seed(unit_seed)
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+        with seeded(seed, key) as generator:
             result = compute(generator)
         self.store.put(key, result)
         return result
+
+    def _probe(
+        self,
+        model: ImageClassifier,
+        defense: Defense,
+        dataset: ImageDataset,
+        indices: Tensor,
+        attacks: Sequence[tuple[ComponentSpec, Attack]],
+        config: EvalConfig,
+        *,
+        names: tuple[str, str],
+    ) -> list[Diagnostic]:
+        """Gradient-masking probes on up to 128 clean-correct samples of the defended model."""
+        device = torch.device(config.device)
+        _, x, y = next(iter(iterate_batches(dataset, indices[:128], 128)))
+        x, y = x.to(device), y.to(device)
+        scored = _frozen(defense.wrap(model))
+        keep = _predict(scored, x) == y
+        budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
+        settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
+        attacked = _attacked_models(model, defense, replace(config, threat_modes=(ThreatMode.ADAPTIVE,)))["adaptive"]
+        with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
+            return probe_gradient_masking(
+                attacked,
+                scored,
+                x[keep],
+                y[keep],
+                settings=settings,
+                generator=generator,
+                model=names[0],
+                defense=names[1],
+            )
+
+
+@contextmanager
+def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
+    """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
+    unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+        yield torch.Generator().manual_seed(unit_seed)
 
 
 def load_builtin_components() -> None:

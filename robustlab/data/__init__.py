@@ -113,4 +113,4 @@ def iterate_batches(
 
 def register_builtin_datasets() -> None:
     """Import the modules that register the built-in datasets (deferred: they pull in torchvision)."""
-    from robustlab.data import real, synth  # noqa: F401
+    from robustlab.data import adv, real, synth  # noqa: F401

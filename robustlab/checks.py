@@ -1,0 +1,167 @@
+"""Gradient-masking and validity diagnostics, computed automatically for every defended run.
+
+Each check turns a symptom from the literature into a :class:`Diagnostic` in the report: Athalye,
+Carlini & Wagner (ICML 2018) warning signs (one-step beats iterative, black-box beats white-box,
+larger budgets do not help, unbounded attacks do not reach 100%), unusable gradients, randomized
+outputs (AutoAttack's ``checks.py``), and robustness that exists only against an attacker who ignores
+the defense (Carlini et al. 2019; Tramer et al. 2020). The checks never change a number; they say
+when a number should not be trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab.attack import ATTACKS
+from robustlab.report import Diagnostic, Row
+
+__all__ = ["ProbeSettings", "probe_gradient_masking", "threat_mode_gaps"]
+
+SLACK = 0.05  # success-rate differences below this are sampling noise on a probe of ~100 samples
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Budgets and sizes of the probe attacks (kept small: they run for every defended model)."""
+
+    eps: float = 8 / 255
+    eps_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    large_eps: float = 0.5
+    pgd_steps: int = 10
+    square_queries: int = 300
+    large_eps_max_accuracy: float = 0.05
+    zero_gradient_fraction: float = 0.1
+
+
+def probe_gradient_masking(
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    settings: ProbeSettings,
+    generator: torch.Generator,
+    model: str = "",
+    defense: str = "",
+) -> list[Diagnostic]:
+    """Run the masking probes on clean-correct samples ``(x, y)``.
+
+    Args:
+        attacked: what a white-box attacker differentiates (the adaptive pipeline).
+        scored: what is scored (the defended model).
+        x: probe images the scored model classifies correctly, in ``[0, 1]``.
+        y: their labels.
+        settings: probe budgets.
+        generator: randomness for the probe attacks.
+        model: model name for the diagnostics.
+        defense: defense name for the diagnostics.
+    """
+    import robustlab.attacks  # noqa: F401  (registers the probe attacks)
+
+    if len(x) == 0:
+        return []
+    found: list[tuple[str, str]] = []
+    found += _randomness(scored, x)
+    found += _gradients(attacked, x, y, settings)
+
+    def success(name: str, **params: object) -> float:
+        attack = ATTACKS.get(name).factory(**params)
+        x_adv = attack(attacked, x, y, generator=generator)
+        with torch.no_grad():
+            return (scored(x_adv).argmax(1) != y).double().mean().item()
+
+    sweep = [success("pgd", eps=min(1.0, settings.eps * f), steps=settings.pgd_steps) for f in settings.eps_factors]
+    pgd = sweep[settings.eps_factors.index(1.0)] if 1.0 in settings.eps_factors else max(sweep)
+    drops = [(a, b) for a, b in pairwise(sweep) if b < a - SLACK]
+    if drops:
+        found.append(
+            (
+                "eps_not_monotone",
+                f"PGD success falls as eps grows ({_percent(sweep)} over eps x "
+                f"{list(settings.eps_factors)}): the attack is not optimising the defended model",
+            )
+        )
+    large = 1 - success("pgd", eps=settings.large_eps, steps=settings.pgd_steps)
+    if large > settings.large_eps_max_accuracy:
+        found.append(
+            (
+                "large_eps_not_zero",
+                f"accuracy is {large:.0%} under PGD at L∞ eps {settings.large_eps}, "
+                "where any classifier can be broken: gradients are not usable",
+            )
+        )
+    fgsm = success("fgsm", eps=settings.eps)
+    if fgsm > pgd + SLACK:
+        found.append(("fgsm_beats_pgd", f"one-step FGSM breaks {fgsm:.0%}, iterative PGD only {pgd:.0%}"))
+    square = success("square", eps=settings.eps, n_queries=settings.square_queries)
+    if square > pgd + SLACK:
+        found.append(("blackbox_beats_whitebox", f"black-box Square breaks {square:.0%}, white-box PGD only {pgd:.0%}"))
+    return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+
+
+def _randomness(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:
+    with torch.no_grad():
+        first, second = scored(x), scored(x)
+    if torch.equal(first, second):
+        return []
+    return [
+        (
+            "randomized_outputs",
+            "the defended model gives different outputs for the same input: attacks need EOT "
+            "and single-draw accuracy varies between runs",
+        )
+    ]
+
+
+def _gradients(attacked: nn.Module, x: Tensor, y: Tensor, settings: ProbeSettings) -> list[tuple[str, str]]:
+    x = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(attacked(x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    if grad is None:
+        return [("zero_gradients", "the input gets no gradient at all (detached or non-differentiable pipeline)")]
+    flat = grad.flatten(1)
+    broken = (~torch.isfinite(flat)).any(1) | (flat.abs().amax(1) == 0)
+    fraction = broken.double().mean().item()
+    if fraction > settings.zero_gradient_fraction:
+        return [
+            (
+                "zero_gradients",
+                f"{fraction:.0%} of inputs have zero or non-finite gradients: shattered "
+                "gradients; give the defense a BPDA surrogate",
+            )
+        ]
+    return []
+
+
+def threat_mode_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagnostic]:
+    """Compare transfer and adaptive rows of the same attack.
+
+    Transfer robust accuracy far above adaptive means the defense only works against an attacker who
+    ignores it. Adaptive above transfer means the attacker differentiating the whole pipeline does
+    worse than one who ignores it: its gradients are masked.
+    """
+    adaptive = {(r.model, r.defense, r.attack, r.threat): r for r in rows if r.threat_mode == "adaptive"}
+    found = []
+    for row in rows:
+        other = adaptive.get((row.model, row.defense, row.attack, row.threat))
+        if row.threat_mode != "transfer" or other is None:
+            continue
+        where = (
+            f"{row.attack} at {row.threat}: {row.robust_acc:.0%} robust under transfer, {other.robust_acc:.0%} adaptive"
+        )
+        if row.robust_acc - other.robust_acc > threshold:
+            message = f"{where}; robust only against an oblivious attacker who ignores {row.defense}"
+            found.append(Diagnostic("oblivious_only", message, row.model, row.defense))
+        elif other.robust_acc - row.robust_acc > SLACK:
+            message = f"{where}; attacking through the defense does worse than ignoring it: masked gradients"
+            found.append(Diagnostic("masking.adaptive_weaker_than_transfer", message, row.model, row.defense))
+    return found
+
+
+def _percent(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.0%}" for v in values) + "]"

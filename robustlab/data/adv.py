@@ -1,0 +1,87 @@
+"""``adv:PATH``: an adversarial dataset written by ``robustlab generate``, read back for evaluation or training.
+
+It reads the uint8 safetensors shards, which hold exactly the pixels of the PNG tree, so evaluating
+``--data adv:PATH`` scores the very images whose predictions the manifest records. The folder has
+one split: every split name gives the same images, so it can serve as ``--data`` and ``--train-data``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from robustlab.cache import load_weights
+from robustlab.data import DATASETS
+from robustlab.errors import ConfigError, DataError
+
+__all__ = ["AdversarialDataset", "load_adversarial"]
+
+
+class AdversarialDataset:
+    """The stored adversarial images as float ``(C, H, W)`` in ``[0, 1]``, with their labels.
+
+    Attributes:
+        manifest: the generation's manifest (config, versions, per-sample records, summary).
+        source_indices: index of each image in the source dataset.
+        sources: the 8-bit source images the perturbations are measured from, float in ``[0, 1]``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        try:
+            self.manifest: dict[str, Any] = json.loads((root / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise DataError(f"{root} has no manifest.json: not a finished `robustlab generate` folder") from None
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(f"cannot read {root / 'manifest.json'}: {error}") from None
+        from robustlab.export import FORMAT, FORMAT_VERSION
+
+        found = (self.manifest.get("format"), self.manifest.get("format_version"))
+        if found != (FORMAT, FORMAT_VERSION):
+            raise DataError(f"{root} holds format {found}, this robustlab reads ({FORMAT!r}, {FORMAT_VERSION})")
+        try:
+            shards = [load_weights(root / name) for name in self.manifest["shards"]]
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read the shards of {root}: {error}") from None
+        self._images = torch.cat([shard["image"] for shard in shards])
+        self._sources = torch.cat([shard["source"] for shard in shards])
+        self._labels = torch.cat([shard["label"] for shard in shards]).long()
+        self.source_indices = torch.cat([shard["index"] for shard in shards]).long()
+        self.classes: Sequence[str] = tuple(self.manifest["classes"])
+        self.num_classes = len(self.classes)
+        self.image_size = int(self._images.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self._images[index].float() / 255, int(self._labels[index])
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Images and labels at ``indices``, vectorised."""
+        return self._images[indices].float() / 255, self._labels[indices]
+
+    def sources(self, indices: Tensor) -> Tensor:
+        """The 8-bit source images of ``indices`` as floats in ``[0, 1]``."""
+        return self._sources[indices].float() / 255
+
+
+@DATASETS.register("adv", summary="Adversarial dataset written by `robustlab generate` (adv:PATH).")
+def load_adversarial(arg: str | None, *, split: str, image_size: int | None) -> AdversarialDataset:
+    """The dataset under ``PATH``; the stored size must match the model's (images are never resampled)."""
+    if not arg:
+        raise ConfigError("adv needs a path: --data adv:PATH (a folder written by robustlab generate)")
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise DataError(f"adversarial dataset folder {root} does not exist")
+    dataset = AdversarialDataset(root)
+    if image_size is not None and image_size != dataset.image_size:
+        raise ConfigError(
+            f"{root} holds {dataset.image_size}px images but the model takes {image_size}px; resampling would "
+            f"change the perturbation, so generate the dataset for this model's input size"
+        )
+    return dataset

@@ -1,0 +1,73 @@
+"""Adversarial examples for a report's image grid, recomputed from the report's own config.
+
+A report stores per-sample predictions but no images (a 1000-sample report would otherwise grow by
+megabytes). The grid instead rebuilds the model, dataset and attack from ``report.config`` and
+re-attacks a few samples the report says were broken. The model, data and budget are exactly those
+of the run; the adversarial image itself is recomputed on its own, so for a randomized attack it may
+differ from the one evaluated, and the grid shows the predictions on the recomputed image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robustlab.attack import ATTACKS, AttackKind
+from robustlab.data import iterate_batches, load_dataset
+from robustlab.evaluate import ComponentSpec, load_builtin_components
+from robustlab.models import ModelSpec, load_model
+from robustlab.plots import Example
+from robustlab.report import Report
+
+__all__ = ["regenerate_examples"]
+
+
+def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Example]]:
+    """Return a title and up to ``count`` examples, broken samples first, or an explanation and ``[]``.
+
+    Only undefended blocks are used: a learned defense would have to be trained again just to draw
+    pictures. The attack shown is the one that broke the most samples.
+
+    Raises:
+        RobustlabError: the model or data of the report cannot be loaded here (weights unavailable...).
+    """
+    config = report.config
+    block = next((b for b in report.samples if b["defense"] == "none" and b["attacks"]), None)
+    if block is None or count <= 0:
+        return "no undefended results in this report: no examples", []
+    models = {ModelSpec(**spec).label(): ModelSpec(**spec) for spec in config["models"]}
+    spec = models[block["model"]]
+    position = max(range(len(block["attacks"])), key=lambda j: sum(block["attacks"][j]["success"]))
+    shown: dict[str, Any] = block["attacks"][position]
+    attack_spec = config["attacks"][position]
+    load_builtin_components()
+    attack = ComponentSpec(attack_spec["name"], tuple(tuple(p) for p in attack_spec["params"])).build(ATTACKS)
+    if attack.kind is not AttackKind.PERTURBATION:
+        return f"{attack_spec['name']} is a {attack.kind} attack: no per-input examples", []
+    order = sorted(range(len(block["index"])), key=lambda i: not shown["success"][i])[:count]
+    model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=False)
+    dataset = load_dataset(config["data"], split="test", image_size=model.input_size)
+    indices = [block["index"][i] for i in order]
+    (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
+    x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(config["seed"]))
+    with torch.inference_mode():
+        clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+    names = list(dataset.classes)
+
+    def name(k: int) -> str:  # a model may predict more classes than the dataset names
+        return names[k] if k < len(names) else str(k)
+
+    examples = [
+        Example(
+            index=int(indices[i]),
+            label=name(int(y[i])),
+            clean=x[i],
+            adversarial=x_adv[i],
+            clean_pred=name(int(clean_pred[i])),
+            adv_pred=name(int(adv_pred[i])),
+        )
+        for i in range(len(indices))
+    ]
+    title = f"{block['model']} / none / {shown['attack']} {shown['threat']} (recomputed from the report's config)"
+    return title, examples

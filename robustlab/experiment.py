@@ -1,0 +1,63 @@
+"""Experiment files: a TOML grid whose keys are exactly ``robustlab eval``'s options.
+
+``robustlab run experiments/NAME.toml`` reproduces a published number with one command. The keys are
+the eval command's own parameter names (``models``, ``attacks``, ``eps``, ``attack_args``, ``out``...),
+converted by the eval command's own click types and then passed to that same command, so an
+experiment file and the command line can never disagree about what an option means. Unknown keys
+are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
+
+from robustlab.errors import ConfigError, DataError
+
+__all__ = ["experiment_options"]
+
+
+def experiment_options(path: Path, command: click.Command, ctx: click.Context) -> dict[str, Any]:
+    """Read ``path`` and return the keyword arguments ``command`` takes, defaults filled in.
+
+    Args:
+        path: a TOML file with top-level ``key = value`` pairs; repeatable options take lists (a
+            single value is accepted as a one-element list). Relative paths are relative to the
+            working directory, as on the command line.
+        command: the click command whose options the keys name (``robustlab eval``).
+        ctx: the current click context, used for type conversion.
+
+    Raises:
+        DataError: the file is missing or not valid TOML.
+        ConfigError: an unknown key, or a value the option's type rejects.
+    """
+    try:
+        declared = tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise DataError(f"cannot read experiment {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise DataError(f"experiment {path} is not valid TOML: {error}") from None
+    params = {param.name: param for param in command.params if isinstance(param, click.Option) and param.name}
+    unknown = sorted(set(declared) - set(params))
+    if unknown:
+        raise ConfigError(
+            f"experiment {path} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(params))}"
+        )
+    options = dict(command.make_context(command.name, [], parent=ctx).params)  # every default, as click parses it
+    for name, value in declared.items():
+        param = params[name]
+        if param.multiple and not isinstance(value, list):
+            value = [value]
+        try:
+            options[name] = param.type_cast_value(ctx, value)
+        except click.BadParameter as error:
+            raise ConfigError(f"experiment {path}: key {name}: {error.format_message()}") from None
+    return options

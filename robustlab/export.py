@@ -1,0 +1,293 @@
+"""Adversarial datasets on disk: a PNG tree, lossless uint8 safetensors shards and a manifest.
+
+``robustlab generate`` attacks a dataset once so that others can train on, share or re-evaluate the
+adversarial images without rerunning the attack. PNG holds 8 bits per channel, so the stored image is
+put on the 8-bit grid *inside* the budget and every prediction and success flag is measured again on
+exactly the stored pixels: what the manifest says is what is on disk.
+
+What "source" means: the source image is the dataset image quantised to 8 bits,
+``round(x * 255) / 255`` (for PNG/JPEG datasets this is the original file; for the synthetic world
+it is the nearest 8-bit image). The attack runs on that source, and the stored adversarial image is
+within the budget of it, so both halves of a (source, adversarial) pair exist as exact 8-bit images.
+
+Layout of ``OUT``::
+
+    generate.json                  config of the generation (what a resume must match)
+    shards/shard-00000.safetensors image/source (uint8 N×C×H×W), label, index (int64)
+    shards/shard-00000.json        per-sample records of that shard
+    png/003-star/000012.png        class-per-folder tree named by source index; folders sort in label order
+                                   and exist for every class, so ImageFolder(..., allow_empty=True) gives
+                                   the same labels even when a small n leaves a class empty
+    manifest.json                  written last: config, versions, classes, every record, summary
+
+Every file is written atomically (temporary file + rename), and a shard counts as done once its
+safetensors file exists (written after its PNGs and records), so an interrupted run resumes at the
+first missing shard and produces the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustlab.attack import ATTACKS, Attack, AttackKind
+from robustlab.cache import atomic_write, config_hash, save_weights
+from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
+from robustlab.errors import ConfigError, DataError
+from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components
+from robustlab.models import ModelSpec, load_model
+from robustlab.report import environment
+from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "GenerateConfig", "generate", "quantize_within"]
+
+FORMAT = "robustlab-adv"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """One adversarial dataset: model x defense x attack on ``n`` samples of ``data``.
+
+    ``threat_mode`` only matters for defenses that change the model: ``adaptive`` attacks the whole
+    defended pipeline, ``transfer`` the bare model; predictions are always those of the defended model.
+    """
+
+    model: ModelSpec
+    attack: ComponentSpec
+    defense: ComponentSpec = field(default_factory=lambda: ComponentSpec("none"))
+    threat_mode: ThreatMode = ThreatMode.ADAPTIVE
+    data: str = "synth"
+    split: str = "test"
+    train_data: str | None = None
+    n: int | None = 1000
+    shard_size: int = 256
+    seed: int = 0
+    eot_samples: int = 20
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.n is not None and self.n <= 0:
+            raise ConfigError(f"n must be a positive number of samples, got {self.n}")
+        if self.shard_size <= 0:
+            raise ConfigError(f"shard size must be positive, got {self.shard_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form; the device is left out because it does not change the images' meaning."""
+        return {k: v for k, v in json_ready(dataclasses.asdict(self)).items() if k != "device"}
+
+
+def quantize_within(source: Tensor, x_adv: Tensor, threat: ThreatModel) -> Tensor:
+    """Round ``x_adv`` to 8 bits and pull it back inside the budget around the 8-bit ``source``.
+
+    Rounding alone can leave the budget (``8/255 + 0.4/255`` rounds up to ``9/255``). L∞ clamps to
+    ``source ± floor(eps·255)`` levels; L2 scales the integer perturbation down and truncates toward
+    zero, which can only shrink it. L0, patch and unbounded threats need nothing: a pixel the attack
+    left alone rounds back to its source level.
+
+    Args:
+        source: uint8 ``(B, C, H, W)`` source image.
+        x_adv: float ``(B, C, H, W)`` in ``[0, 1]``, an attack output for ``source / 255``.
+        threat: the attack's threat model.
+
+    Returns:
+        uint8 ``(B, C, H, W)`` whose ``/ 255`` is within ``threat`` of ``source / 255``.
+
+    Example:
+        >>> source = torch.tensor([100, 100], dtype=torch.uint8).view(1, 2, 1, 1)
+        >>> x_adv = torch.tensor([108.4, 91.6]).view(1, 2, 1, 1) / 255
+        >>> quantize_within(source, x_adv, ThreatModel(Norm.LINF, 8 / 255)).flatten().tolist()
+        [108, 92]
+    """
+    base = source.to(torch.int32)
+    levels = (x_adv.double() * 255).round().to(torch.int32)
+    eps = threat.eps
+    if eps is not None and threat.norm is Norm.LINF:
+        k = math.floor(eps * 255 + 1e-6)
+        levels = torch.minimum(torch.maximum(levels, base - k), base + k)
+    elif eps is not None and threat.norm is Norm.L2:
+        delta = (levels - base).double()
+        size = delta.flatten(1).norm(dim=1) / 255
+        scale = torch.where(size > eps, eps / size.clamp_min(1e-12), torch.ones_like(size)).view(-1, 1, 1, 1)
+        levels = base + torch.trunc(delta * scale).to(torch.int32)
+    return levels.clamp(0, 255).to(torch.uint8)
+
+
+def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Write the adversarial dataset of ``config`` under ``out`` (resuming a previous run) and return its manifest.
+
+    Raises:
+        ConfigError: ``out`` holds another generation or other files; the attack is not per-input.
+        DataError: a file cannot be written (full disk, read-only folder): nothing half-written is left.
+    """
+    load_builtin_components()
+    attack = config.attack.build(ATTACKS)
+    if attack.kind is not AttackKind.PERTURBATION:
+        raise ConfigError(f"{config.attack.name} is a {attack.kind} attack; generate needs a per-input attack")
+    defense: Defense = config.defense.build(DEFENSES)
+    device = torch.device(config.device)
+    spec = config.model
+    model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress).to(device)
+    dataset = load_dataset(config.data, split=config.split, image_size=model.input_size)
+    if 0 < model.num_classes < dataset.num_classes:
+        raise ConfigError(
+            f"{config.data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "
+            f"pass --num-classes {dataset.num_classes} with matching weights, or other --data"
+        )
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+    try:
+        _claim(out, header)
+        for label, name in enumerate(dataset.classes):  # every class, even an empty one: ImageFolder labels by rank
+            (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
+        if type(defense).fit is not Defense.fit:
+            train = load_dataset(config.train_data or config.data, split="train", image_size=model.input_size)
+            defense.fit(model, train, generator=torch.Generator().manual_seed(config.seed), progress=progress)
+        scored, attacked = _models(model, defense, config)
+        total = len(dataset) if config.n is None else min(config.n, len(dataset))
+        if total == 0:
+            raise DataError(f"{config.data} has no samples")
+        starts = range(0, total, config.shard_size)
+        records: list[dict[str, Any]] = []
+        for s, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
+            indices = torch.arange(start, min(start + config.shard_size, total))
+            records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
+        manifest = {
+            **header,
+            "source": {"data": config.data, "split": config.split, "quantization": "round(x * 255) / 255"},
+            "attack": {"name": config.attack.name, "config": json_ready(attack.config())},
+            "threat": {"norm": str(attack.threat.norm), "eps": attack.threat.eps, "describe": attack.threat.describe()},
+            "seed": config.seed,
+            "versions": environment(str(device)),
+            "classes": list(dataset.classes),
+            "shards": [f"shards/shard-{s:05d}.safetensors" for s in range(len(starts))],
+            "summary": _summary(records),
+            "samples": records,
+        }
+        atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    except OSError as error:
+        raise DataError(f"cannot write the dataset under {out}: {error.strerror or error}") from None
+    return manifest
+
+
+def _claim(out: Path, header: dict[str, Any]) -> None:
+    """Start ``out`` or check that it holds an interrupted run of the same config (never mix two datasets)."""
+    marker = out / "generate.json"
+    if marker.is_file():
+        if json.loads(marker.read_text()) != header:
+            raise ConfigError(f"{out} holds an adversarial dataset of another config; choose another --out")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an adversarial dataset folder; choose a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, (json.dumps(header, indent=1) + "\n").encode())
+
+
+def _models(model: nn.Module, defense: Defense, config: GenerateConfig) -> tuple[nn.Module, nn.Module]:
+    """The scored (defended) model and the one the attacker differentiates."""
+    scored = _frozen(defense.wrap(model))
+    if not defense.changes_model or config.threat_mode is ThreatMode.TRANSFER:
+        return scored, model
+    attacked = _frozen(defense.wrap(model, adaptive=True))
+    return scored, EOT(attacked, config.eot_samples).eval() if defense.randomized else attacked
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _shard(
+    out: Path,
+    s: int,
+    indices: Tensor,
+    dataset: ImageDataset,
+    attack: Attack,
+    scored: nn.Module,
+    attacked: nn.Module,
+    config: GenerateConfig,
+) -> list[dict[str, Any]]:
+    """Attack one shard and write it, or read back its records when a previous run finished it."""
+    tensors, records_file = out / "shards" / f"shard-{s:05d}.safetensors", out / "shards" / f"shard-{s:05d}.json"
+    if tensors.is_file() and records_file.is_file():
+        return list(json.loads(records_file.read_text()))
+    device = next((p.device for p in scored.parameters()), torch.device(config.device))
+    (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
+    source = (x * 255).round().clamp(0, 255).to(torch.uint8)
+    x_source, y = (source.float() / 255).to(device), y.to(device)
+    seed = int(hashlib.sha256(f"{config.seed}|shard{s}".encode()).hexdigest()[:15], 16)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # randomized defenses and third-party code draw from the global RNG
+        x_adv = attack(attacked, x_source, y, generator=torch.Generator().manual_seed(seed))
+        stored = quantize_within(source, x_adv.cpu(), attack.threat)
+        x_stored = (stored.float() / 255).to(device)
+        verify(attack.threat, x_source, x_stored)
+        with torch.inference_mode():
+            clean_pred, adv_pred = scored(x_source).argmax(1), scored(x_stored).argmax(1)
+    norm = perturbation_norm(x_source, x_stored, attack.threat.norm)
+    records = []
+    for i, index in enumerate(indices.tolist()):
+        label = int(y[i])
+        png = f"{_class_folder(label, dataset.classes[label])}/{index:06d}.png"
+        atomic_write(out / png, _png_bytes(stored[i]))
+        correct = int(clean_pred[i]) == label
+        records.append(
+            {
+                "index": index,
+                "label": label,
+                "clean_pred": int(clean_pred[i]),
+                "adv_pred": int(adv_pred[i]),
+                "success": correct and int(adv_pred[i]) != label,
+                "norm": round(float(norm[i]), 7),
+                "png": png,
+                "shard": s,
+            }
+        )
+    atomic_write(records_file, json.dumps(records).encode())
+    save_weights(
+        tensors,
+        {"image": stored, "source": source, "label": y.cpu(), "index": indices},
+        metadata={"format": FORMAT, "config_hash": config_hash(config.to_dict())},
+    )
+    return records
+
+
+def _class_folder(label: int, name: str) -> str:
+    """``png/003-star``: the label prefix makes the alphabetical order ImageFolder uses the label order."""
+    return f"png/{label:03d}-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _png_bytes(image: Tensor) -> bytes:
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracies of the stored images, with the evaluator's definitions (success over clean-correct samples)."""
+    n = len(records)
+    correct = [r for r in records if r["clean_pred"] == r["label"]]
+    broken = [r for r in correct if r["success"]]
+    return {
+        "n": n,
+        "clean_acc": len(correct) / n,
+        "robust_acc": (len(correct) - len(broken)) / n,
+        "adversarial_acc": sum(r["adv_pred"] == r["label"] for r in records) / n,
+        "success_rate": len(broken) / len(correct) if correct else 0.0,
+        "mean_norm": sum(r["norm"] for r in broken) / len(broken) if broken else None,
+    }

@@ -1,0 +1,123 @@
+"""Robustness curves and image grids, drawn with matplotlib's headless Agg backend.
+
+Figures are returned as PNG bytes so that callers can write them or embed them (base64) in a
+self-contained HTML page; nothing here opens a window or needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI machines and servers have no display
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from robustlab.report import WORST_CASE, Row
+from robustlab.threat import format_eps
+
+__all__ = ["Example", "curve_points", "image_grid_png", "robustness_curves_png"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One clean/adversarial pair to show, with the model's predictions as class names."""
+
+    index: int
+    label: str
+    clean: Tensor
+    adversarial: Tensor
+    clean_pred: str
+    adv_pred: str
+
+
+def curve_points(rows: Sequence[Row]) -> dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]]:
+    """Group rows into curves: panel ``(model, defense, mode)`` -> line ``attack (norm)`` -> ``[(eps, acc)]``.
+
+    Every line starts at ``eps = 0`` with the clean accuracy (no budget, no attack); rows without a
+    budget (worst case over several threats, minimum-norm attacks) have no place on an ε axis and
+    are left out.
+    """
+    panels: dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(dict)
+    for row in rows:
+        eps = row.attack_config.get("eps")
+        if row.attack == WORST_CASE or not isinstance(eps, (int, float)):
+            continue
+        line = panels[(row.model, row.defense, row.threat_mode)].setdefault(
+            f"{row.attack} ({row.threat.split()[0]})", [(0.0, row.clean_acc)]
+        )
+        line.append((float(eps), row.robust_acc))
+    return {panel: {name: sorted(set(points)) for name, points in lines.items()} for panel, lines in panels.items()}
+
+
+def robustness_curves_png(rows: Sequence[Row]) -> bytes:
+    """Accuracy against budget, one panel per model x defense x threat mode, one line per attack."""
+    panels = curve_points(rows)
+    columns = min(3, max(len(panels), 1))
+    count = max(len(panels), 1)
+    figure, axes = plt.subplots(
+        math.ceil(count / columns), columns, figsize=(4.6 * columns, 3.4 * math.ceil(count / columns)), squeeze=False
+    )
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no budgeted attacks to plot", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    for ax, ((model, defense, mode), lines) in zip(axes.flat, panels.items(), strict=False):
+        for name, points in lines.items():
+            ax.plot([e for e, _ in points], [a for _, a in points], marker="o", label=name)
+        budgets = sorted({e for points in lines.values() for e, _ in points})
+        ax.set_xticks(budgets, [format_eps(e) if e else "0" for e in budgets], rotation=45, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("ε (pixel units)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{model} / {defense}" + ("" if mode == "-" else f" / {mode}"), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def image_grid_png(examples: Sequence[Example]) -> bytes:
+    """Rows of clean image, adversarial image and perturbation amplified to the full colour range.
+
+    The perturbation is shown as ``0.5 + δ · 0.5 / max|δ|`` so that an invisible 8/255 change becomes
+    visible; the amplification factor (``0.5 / max|δ|``) is printed with it.
+    """
+    figure, axes = plt.subplots(max(len(examples), 1), 3, figsize=(6.6, 2.3 * max(len(examples), 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for (left, middle, right), example in zip(axes, examples, strict=False):
+        delta = example.adversarial - example.clean
+        peak = float(delta.abs().max())
+        scale = 0.5 / peak if peak > 0 else 1.0
+        ok = "✓" if example.clean_pred == example.label else "✗"
+        left.imshow(_hwc(example.clean), interpolation="nearest")
+        left.set_title(f"#{example.index} clean: {example.clean_pred} {ok}\n(label {example.label})", fontsize=8)
+        middle.imshow(_hwc(example.adversarial), interpolation="nearest")
+        fooled = "fooled" if example.adv_pred != example.label else "not fooled"
+        middle.set_title(f"adversarial: {example.adv_pred}\n({fooled})", fontsize=8)
+        right.imshow(_hwc((0.5 + delta * scale).clamp(0, 1)), interpolation="nearest")
+        right.set_title(f"perturbation ×{scale:.0f}\n(L∞ {peak * 255:.1f}/255)", fontsize=8)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _hwc(image: Tensor) -> np.ndarray:
+    image = image.detach().float().cpu()
+    return image.expand(3, -1, -1).permute(1, 2, 0).numpy()  # grey images as RGB: one code path for imshow
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,70 @@
+"""Gradient-masking diagnostics fire on a masking defense and stay quiet on an honest model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from robustlab.defenses.quantize import Quantize
+from torch import nn
+
+from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
+from robustlab.report import Row
+
+SETTINGS = ProbeSettings(eps_factors=(0.5, 1.0, 2.0), pgd_steps=5, square_queries=200)
+
+
+@pytest.fixture(scope="module")
+def probe_batch(
+    trained_model: nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = synth_batch[0][:64], synth_batch[1][:64]
+    keep = trained_model(x).argmax(1) == y
+    return x[keep], y[keep]
+
+
+def _codes(attacked: nn.Module, scored: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> set[str]:
+    found = probe_gradient_masking(
+        attacked, scored, *batch, settings=SETTINGS, generator=torch.Generator().manual_seed(0)
+    )
+    return {d.code for d in found}
+
+
+def test_quiet_on_undefended_model(trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    assert _codes(trained_model, trained_model, probe_batch) == set()
+
+
+def test_fires_on_quantiser_without_surrogate(
+    trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    defense = Quantize(levels=8, bpda=False)
+    codes = _codes(defense.wrap(trained_model, adaptive=True), defense.wrap(trained_model), probe_batch)
+    assert "masking.zero_gradients" in codes
+    assert "masking.large_eps_not_zero" in codes
+
+
+def test_bpda_removes_the_symptoms(trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    defense = Quantize(levels=8)
+    codes = _codes(defense.wrap(trained_model, adaptive=True), defense.wrap(trained_model), probe_batch)
+    assert "masking.zero_gradients" not in codes
+    assert "masking.large_eps_not_zero" not in codes
+
+
+def test_fires_on_randomized_outputs(trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    class Noisy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return trained_model((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+    assert "masking.randomized_outputs" in _codes(trained_model, Noisy().eval(), probe_batch)
+
+
+def _row(mode: str, robust: float) -> Row:
+    return Row("m", "d", mode, "pgd", "linf 8/255", 100, 0.99, robust, 0.5, 0.03, 0.03, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("transfer", "adaptive", "expected"),
+    [(0.8, 0.1, {"oblivious_only"}), (0.1, 0.8, {"masking.adaptive_weaker_than_transfer"}), (0.3, 0.28, set())],
+)
+def test_threat_mode_gaps(transfer: float, adaptive: float, expected: set[str]) -> None:
+    found = threat_mode_gaps([_row("transfer", transfer), _row("adaptive", adaptive)])
+    assert {d.code for d in found} == expected

@@ -1,0 +1,116 @@
+"""The regression gate: passes on an unchanged model, fails naming the row on a weaker one, refuses bad baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from safetensors.torch import save_file
+
+from robustlab.cli import cli
+from robustlab.errors import ConfigError
+from robustlab.gate import compare_reports
+from robustlab.models import load_model
+from robustlab.report import Report, Row
+
+EVAL = ("eval", "--model", "smallcnn", "--weights", "model.safetensors", "--attack", "fgsm", "--n", "64", "-q")
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: CliRunner().invoke(cli, list(args))
+
+
+def _row(**changes: object) -> Row:
+    base = Row("m", "none", "-", "pgd", "linf 8/255", 100, 0.9, 0.5, 0.44, 0.03, 0.03, 1.0)
+    return dataclasses.replace(base, **changes)
+
+
+def _report(*rows: Row) -> Report:
+    return Report(config={}, environment={}, rows=list(rows))
+
+
+def _save(model: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(path))
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robustlab: error: "), result.stderr
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+
+
+def test_gate_passes_unchanged_and_fails_naming_the_row_for_a_weaker_model(
+    run: Callable[..., Result], trained_model: torch.nn.Module
+) -> None:
+    _save(trained_model, Path("model.safetensors"))
+    assert run(*EVAL, "--out", "baseline.json").exit_code == 0
+
+    unchanged = run(*EVAL, "--out", "new.json", "--baseline", "baseline.json", "--tolerance", "0.02")
+    assert unchanged.exit_code == 0, unchanged.output
+    assert "gate passed" in unchanged.stdout
+    assert run("compare", "new.json", "baseline.json").exit_code == 0
+
+    _save(load_model("smallcnn", weights="random"), Path("model.safetensors"))  # same label, weaker weights
+    weaker = run(*EVAL, "--out", "weak.json", "--baseline", "baseline.json")
+    assert weaker.exit_code == 1, weaker.output
+    regressed = [line for line in weaker.stdout.splitlines() if line.startswith("REGRESSED")]
+    assert regressed and all("smallcnn[model.safetensors] / none / - / fgsm / linf 8/255" in line for line in regressed)
+    assert any("clean_acc" in line for line in regressed)
+    compared = run("compare", "weak.json", "baseline.json", "--tolerance", "0.02")
+    assert compared.exit_code == 1 and compared.stdout == weaker.stdout.split("\n", 3)[-1]
+
+
+def test_baseline_of_another_schema_version_is_one_line(run: Callable[..., Result]) -> None:
+    _report(_row()).to_json(Path("new.json"))
+    data = json.loads(Path("new.json").read_text())
+    Path("old.json").write_text(json.dumps({**data, "schema_version": 0}))
+    assert_one_line_error(run("compare", "new.json", "old.json"), "old.json", "schema version 0")
+    assert_one_line_error(run("eval", "--baseline", "old.json", "--n", "8"), "schema version 0")
+
+
+def test_report_of_another_grid_is_one_line(run: Callable[..., Result]) -> None:
+    _report(_row(attack="fgsm")).to_json(Path("new.json"))
+    _report(_row(), _row(attack="fgsm")).to_json(Path("baseline.json"))
+    assert_one_line_error(run("compare", "new.json", "baseline.json"), "another grid", "m / none / - / pgd")
+
+
+def test_tolerance_is_absolute_and_the_margin_grows_as_n_shrinks() -> None:
+    baseline = _report(_row(robust_acc=0.50))
+    assert compare_reports(_report(_row(robust_acc=0.49)), baseline, tolerance=0.02) == []
+    (regression,) = compare_reports(_report(_row(robust_acc=0.47)), baseline, tolerance=0.02)
+    assert (regression.metric, regression.baseline, regression.new) == ("robust_acc", 0.50, 0.47)
+    # two standard errors of a difference of proportions near 0.5 at n=100: 2*sqrt(2*0.25/100) ~ 0.14
+    assert compare_reports(_report(_row(robust_acc=0.40)), baseline, tolerance=0.02, margin_sigmas=2) == []
+    large = _report(_row(robust_acc=0.50, n=100_000))
+    assert compare_reports(_report(_row(robust_acc=0.40, n=100_000)), large, tolerance=0.02, margin_sigmas=2)
+    assert compare_reports(_report(_row(robust_acc=0.9, clean_acc=1.0)), baseline, tolerance=0.0) == []
+    with pytest.raises(ConfigError, match="tolerance"):
+        compare_reports(baseline, baseline, tolerance=-1)
+
+
+def test_gate_under_torchrun_judges_once_on_rank_0(tmp_path: Path, trained_model: torch.nn.Module) -> None:
+    args = ["eval", "-n", "32", "--batch-size", "16", "--attack", "fgsm", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "one.json")]
+    assert subprocess.run(single, capture_output=True, env=env, check=False).returncode == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    sharded = subprocess.run(
+        [*launcher, "-m", "robustlab", *args, "--baseline", str(tmp_path / "one.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    assert sharded.stdout.count("gate passed") == 1, sharded.stdout
