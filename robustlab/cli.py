@@ -179,7 +179,7 @@ def list_command() -> None:
     help="Run the model under bf16 autocast (GPU speed-up; clean predictions are checked against float32).",
 )
 @click.option("--channels-last", is_flag=True, help="NHWC memory layout for model and images (faster convs on GPU).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
+@click.option("--compile", is_flag=True, help="torch.compile the model (CUDA only).")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

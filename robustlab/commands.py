@@ -68,7 +68,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         device=resolve_device(options["device"]),
         amp=options["amp"],
         channels_last=options["channels_last"],
-        compile=options["compile_"],
+        compile=options["compile"],
     )
 
 
