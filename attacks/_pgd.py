@@ -86,7 +86,9 @@ def projected_gradient_descent(
     for _ in range(steps):
         adva = adva.detach().requires_grad_(True)
         logits = model(adva)
-        loss = F.cross_entropy(logits, ya)
+        # torchattacks' mean over the batch, but always over the *full* batch: the L2 step's 1e-10 guard makes
+        # it depend on the gradient's scale, which must not change as the active batch shrinks.
+        loss = F.cross_entropy(logits, ya, reduction="sum") / len(x)
         (grad,) = torch.autograd.grad(loss, adva)
         adva = adva.detach()
         if early_stop:

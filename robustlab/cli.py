@@ -173,6 +173,14 @@ def list_command() -> None:
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option(
+    "--amp",
+    type=click.Choice(["bf16"]),
+    default=None,
+    help="Run the model under bf16 autocast (GPU speed-up; clean predictions are checked against float32).",
+)
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout for model and images (faster convs on GPU).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only).")
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -330,6 +338,49 @@ def generate_command(**options: Any) -> None:
     from robustlab.workflows import run_generate
 
     run_generate(**options)
+
+
+@cli.command("train")
+@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Registered architecture.")
+@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Default: the dataset's classes.")
+@click.option("--image-size", type=click.IntRange(min=8), default=None, help="Default: 32 embedded, 224 torchvision.")
+@click.option(
+    "--adversarial",
+    type=click.Choice(["none", "pgd"]),
+    default="none",
+    show_default=True,
+    help="pgd: PGD adversarial training (Madry et al. 2018) within --eps.",
+)
+@click.option("--eps", type=EpsType(), default="8/255", show_default=True, help="L∞ budget of adversarial training.")
+@click.option(
+    "--attack-steps",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="PGD steps per training batch (1: FGSM with random start, 'fast AT').",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps (default 800 / 400).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, one cycle).")
+@click.option("--eval-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test samples scored.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Safetensors file to write."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train_command(**options: Any) -> None:
+    """Train a model on a dataset, optionally adversarially; load it back with eval --weights PATH.
+
+    \b
+    Examples:
+      robustlab train --model smallcnn --adversarial pgd --out smallcnn-at.safetensors
+      robustlab eval --model smallcnn --weights smallcnn-at.safetensors
+    """
+    from robustlab.commands import run_train
+
+    run_train(**options)
 
 
 def main() -> NoReturn:

@@ -5,6 +5,8 @@ Kept apart from :mod:`robustlab.cli` so the click definitions stay declarative a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import click
 import torch
 
 from robustlab.cli_options import build_specs
+from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env
 from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
@@ -19,7 +22,7 @@ from robustlab.models import ModelSpec
 from robustlab.report import Report, format_table
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
-__all__ = ["resolve_device", "run_eval"]
+__all__ = ["resolve_device", "run_eval", "run_train"]
 
 
 def resolve_device(name: str) -> str:
@@ -63,6 +66,9 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
         eot_samples=options["eot_samples"],
         device=resolve_device(options["device"]),
+        amp=options["amp"],
+        channels_last=options["channels_last"],
+        compile=options["compile_"],
     )
 
 
@@ -112,3 +118,48 @@ def run_eval(**options: Any) -> Report:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
     return report
+
+
+def run_train(**options: Any) -> float:
+    """Run ``robustlab train``: train a registered model on a dataset, write safetensors, return clean accuracy.
+
+    The model is built as ``load_model(name, weights="random")`` builds it, so the file loads back with
+    ``--weights PATH`` under the same normalization.
+    """
+    from robustlab.cache import save_weights
+    from robustlab.data import load_dataset
+    from robustlab.models import MODELS, load_model
+    from robustlab.train import TrainConfig, train_classifier
+
+    out: Path = options["out"]
+    if not out.parent.exists():
+        raise ConfigError(f"cannot write the weights: folder {out.parent} does not exist")
+    device = torch.device(resolve_device(options["device"]))
+    size = options["image_size"] or (32 if MODELS.get(options["model"]).tags["family"] == "embedded" else 224)
+    train = load_dataset(options["data"], split="train", image_size=size)
+    classes = options["num_classes"] or train.num_classes
+    model = load_model(options["model"], weights="random", num_classes=classes, image_size=size, progress=False)
+    config = TrainConfig(
+        arch=options["model"],
+        num_classes=classes,
+        image_size=model.input_size,
+        seed=options["seed"],
+        steps=options["steps"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        adversarial=options["adversarial"] == "pgd",
+        eps=options["eps"],
+        attack_steps=options["attack_steps"],
+    )
+    train_classifier(model.to(device), config, data=train, progress=not options["quiet"])
+    save_weights(out, model.net.state_dict(), metadata={"config": json.dumps(dataclasses.asdict(config.resolved()))})
+    test = load_dataset(options["data"], split="test", image_size=model.input_size)
+    correct = 0
+    indices = torch.arange(min(len(test), options["eval_n"]))
+    for _, x, y in iterate_batches(test, indices, options["batch_size"]):
+        with torch.inference_mode():
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+    accuracy = correct / max(len(indices), 1)
+    click.echo(f"clean accuracy {accuracy:.2%} on {len(indices)} test samples of {options['data']}")
+    click.echo(f"weights written to {out}", err=True)
+    return accuracy

@@ -81,6 +81,9 @@ class EvalConfig:
     eot_samples: int = 20
     device: str = "cpu"
     diagnostics: bool = True
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
@@ -89,6 +92,10 @@ class EvalConfig:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if not (self.models and self.defenses and self.attacks and self.threat_modes):
             raise ConfigError("the grid needs at least one model, defense, attack and threat mode")
+        if self.amp not in (None, "bf16"):
+            raise ConfigError(f"--amp takes bf16, got {self.amp!r}")
+        if self.compile and torch.device(self.device).type != "cuda":
+            raise ConfigError("--compile is for CUDA devices; on the CPU it only adds compile time, so it is refused")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, recorded in the report."""
@@ -114,6 +121,14 @@ class _Cell:
     adv_pred: list[Tensor] = field(default_factory=list)
     norm: list[Tensor] = field(default_factory=list)
     seconds: float = 0.0
+    halvings: int = 0
+
+
+@dataclass
+class _BatchLimit:
+    """Most samples one attack call may take; ``None`` until a CUDA out-of-memory error halves it."""
+
+    size: int | None = None
 
 
 class Evaluator:
@@ -130,10 +145,13 @@ class Evaluator:
         self.store: RunStore = store if store is not None else MemoryStore()
         self.progress = progress
         self.shard = shard or Shard()
+        self._limit = _BatchLimit()
+        self._diagnostics: list[Diagnostic] = []
 
     def run(self, config: EvalConfig) -> Report:
         """Evaluate the whole grid."""
         started = time.perf_counter()
+        self._limit, self._diagnostics = _BatchLimit(), []
         load_builtin_components()
         attacks = [(spec, spec.build(ATTACKS)) for spec in config.attacks]
         defenses = [(spec, spec.build(DEFENSES)) for spec in config.defenses]
@@ -163,7 +181,7 @@ class Evaluator:
             config=config.to_dict(),
             environment=environment(str(device)),
             rows=rows,
-            diagnostics=diagnostics,
+            diagnostics=[*diagnostics, *self._diagnostics],
             samples=samples,
             seconds=time.perf_counter() - started,
         )
@@ -188,8 +206,12 @@ class Evaluator:
         names: tuple[str, str],
     ) -> tuple[list[Row], list[dict[str, Any]]]:
         device = torch.device(config.device)
-        scored = _frozen(defense.wrap(model))
-        attacked = _attacked_models(model, defense, config)
+        plain = _frozen(defense.wrap(model))
+        scored = _accelerated(plain, config)
+        attacked = {
+            mode: _accelerated(module, config) for mode, module in _attacked_models(model, defense, config).items()
+        }
+        check_fast_path = config.amp is not None or config.compile
         # Stopping a sample at its first success is sound only when the attacked model's prediction is the
         # scored one: under transfer the bare model may be fooled while the defended one is not.
         early_stop = not defense.changes_model
@@ -215,6 +237,11 @@ class Evaluator:
             chunk = indices[b * config.batch_size : (b + 1) * config.batch_size]
             _, x, y = next(iterate_batches(dataset, chunk, config.batch_size))
             x, y = x.to(device), y.to(device)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if check_fast_path:
+                check_fast_path = False
+                self._diagnostics.append(_fast_path_check(plain, scored, x, config, names))
             clean = self._unit(clean_key, config.seed, lambda g, x=x, y=y: {"pred": _predict(scored, x), "label": y})
             units[clean_key] = clean
             bar.update()
@@ -224,7 +251,16 @@ class Evaluator:
                     cell_key,
                     config.seed,
                     lambda g, cell=cell, x=x, y=y, correct=correct, pred=clean["pred"]: _attack_batch(
-                        cell.attack, attacked[cell.mode], scored, x, y, correct, pred.to(device), g, early_stop
+                        cell.attack,
+                        attacked[cell.mode],
+                        scored,
+                        x,
+                        y,
+                        correct,
+                        pred.to(device),
+                        g,
+                        early_stop=early_stop,
+                        limit=self._limit,
                     ),
                 )
                 bar.update()
@@ -243,6 +279,18 @@ class Evaluator:
                 cell.adv_pred.append(unit["adv_pred"].cpu())
                 cell.norm.append(unit["norm"].cpu())
                 cell.seconds += float(unit["seconds"])
+                cell.halvings += int(unit["halvings"].sum()) if "halvings" in unit else 0
+        for cell in cells:
+            if cell.halvings:
+                self._diagnostics.append(
+                    Diagnostic(
+                        "batch-halved",
+                        f"{cell.spec.label()} ran out of CUDA memory {cell.halvings} times and was retried "
+                        f"with half the batch (now at most {self._limit.size} samples per attack call)",
+                        model=names[0],
+                        defense=names[1],
+                    )
+                )
         return _aggregate(names, torch.cat(labels), torch.cat(clean_pred), cells, indices)
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -350,18 +398,76 @@ def _attack_batch(
     correct: Tensor,
     clean_pred: Tensor,
     generator: torch.Generator,
+    *,
     early_stop: bool,
+    limit: _BatchLimit,
 ) -> dict[str, Tensor]:
-    """Attack the still-correct samples of a batch; others keep their clean prediction and a zero norm."""
+    """Attack the still-correct samples of a batch; others keep their clean prediction and a zero norm.
+
+    On a CUDA out-of-memory error the attack is retried on halves, and ``limit`` remembers the size that
+    fits for the batches that follow; the number of halvings is stored with the unit and reported.
+    """
     started = time.perf_counter()
     index = correct.nonzero().flatten()
     adv_pred = clean_pred.clone()
     norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    if len(index):
-        x_adv = attack(attacked, x[index], y[index], generator=generator, early_stop=early_stop)
-        adv_pred[index] = _predict(scored, x_adv)
-        norm[index] = perturbation_norm(x[index], x_adv, attack.threat.norm)
-    return {"adv_pred": adv_pred, "norm": norm, "seconds": torch.tensor([time.perf_counter() - started])}
+    halvings = 0
+    start = 0
+    while start < len(index):
+        part = index[start : start + (limit.size or len(index))]
+        try:
+            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop)
+        except torch.cuda.OutOfMemoryError:
+            if len(part) == 1:
+                raise
+            limit.size, halvings = len(part) // 2, halvings + 1
+            torch.cuda.empty_cache()
+            continue
+        adv_pred[part] = _predict(scored, x_adv)
+        norm[part] = perturbation_norm(x[part], x_adv, attack.threat.norm)
+        start += len(part)
+    return {
+        "adv_pred": adv_pred,
+        "norm": norm,
+        "seconds": torch.tensor([time.perf_counter() - started]),
+        "halvings": torch.tensor([halvings]),
+    }
+
+
+class _Autocast(nn.Module):
+    """Runs a model under ``torch.autocast`` and hands float32 logits back, so losses and argmax stay float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            logits: Tensor = self.model(x)
+        return logits.float()
+
+
+def _accelerated(module: nn.Module, config: EvalConfig) -> nn.Module:
+    """The module with the fast paths asked for (channels-last, bf16 autocast, torch.compile), else itself."""
+    if config.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if config.amp == "bf16":
+        module = _Autocast(module, torch.bfloat16).eval()
+    if config.compile:
+        module = torch.compile(module)
+    return module
+
+
+def _fast_path_check(
+    plain: nn.Module, fast: nn.Module, x: Tensor, config: EvalConfig, names: tuple[str, str]
+) -> Diagnostic:
+    """Compare the fast path's clean predictions with plain float32 ones on the first batch."""
+    agree = (_predict(plain, x) == _predict(fast, x)).double().mean().item()
+    paths = ", ".join(p for p, on in (("amp bf16", config.amp), ("compile", config.compile)) if on)
+    code = "fast-path-check" if agree >= 0.99 else "fast-path-mismatch"
+    message = f"{paths}: clean predictions agree with float32 on {agree:.1%} of {len(x)} samples"
+    return Diagnostic(code, message, model=names[0], defense=names[1])
 
 
 def _aggregate(

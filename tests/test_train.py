@@ -1,0 +1,44 @@
+"""``robustlab train`` writes weights that ``--weights PATH`` loads back, adversarial training included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from robustlab.cli import cli
+from robustlab.models import load_model
+from robustlab.train import pgd_examples
+
+
+def test_train_writes_loadable_weights(tmp_path: Path) -> None:
+    out = tmp_path / "at.safetensors"
+    args = ["train", "--model", "tinyresnet", "--adversarial", "pgd", "--steps", "3", "--batch-size", "8", "--eval-n=8"]
+    result = CliRunner().invoke(cli, [*args, "--device", "cpu", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "clean accuracy" in result.stdout
+    model = load_model("tinyresnet", weights=str(out))
+    untrained = load_model("tinyresnet", weights="random")
+    assert not model.training
+    pairs = zip(model.state_dict().values(), untrained.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs), "training changed nothing"
+
+
+def test_train_refuses_missing_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--steps", "1", "--out", str(tmp_path / "no" / "w.safetensors")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("robustlab: error: cannot write the weights")
+
+
+def test_training_examples_stay_in_budget(trained_model: torch.nn.Module) -> None:
+    from robustlab.data.synth import SynthDataset
+
+    x, y = SynthDataset("test").get_batch(torch.arange(16))
+    for steps in (1, 3):
+        x_adv = pgd_examples(trained_model, x, y, eps=8 / 255, steps=steps, generator=torch.Generator().manual_seed(0))
+        assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        with torch.no_grad():
+            fooled = (trained_model(x_adv).argmax(1) != y).sum()
+        assert fooled > (trained_model(x).argmax(1) != y).sum() + 4
