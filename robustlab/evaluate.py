@@ -181,7 +181,7 @@ class Evaluator:
             config=config.to_dict(),
             environment=environment(str(device)),
             rows=rows,
-            diagnostics=[*self._diagnostics, *diagnostics],
+            diagnostics=[*diagnostics, *self._diagnostics],
             samples=samples,
             seconds=time.perf_counter() - started,
         )
