@@ -17,7 +17,7 @@ from typing import Any
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
 
-__all__ = ["SCHEMA_VERSION", "Diagnostic", "Report", "Row", "environment", "format_table"]
+__all__ = ["SCHEMA_VERSION", "TABLE_COLUMNS", "Diagnostic", "Report", "Row", "environment", "format_table"]
 
 SCHEMA_VERSION = 1
 WORST_CASE = "worst-case"
@@ -131,7 +131,7 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-_COLUMNS = (
+TABLE_COLUMNS = (  # (title, Row field, format) of the console table
     ("model", "model", "{}"),
     ("defense", "defense", "{}"),
     ("mode", "threat_mode", "{}"),
@@ -149,8 +149,8 @@ _COLUMNS = (
 
 def format_table(rows: list[Row]) -> str:
     """Render rows as an aligned plain-text table."""
-    header = [title for title, _, _ in _COLUMNS]
-    body = [[_cell(getattr(row, name), fmt) for _, name, fmt in _COLUMNS] for row in rows]
+    header = [title for title, _, _ in TABLE_COLUMNS]
+    body = [[_cell(getattr(row, name), fmt) for _, name, fmt in TABLE_COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in [header, *body]]
     lines.insert(1, "  ".join("-" * width for width in widths))

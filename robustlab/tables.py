@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from robustlab.report import Row
+from robustlab.report import TABLE_COLUMNS, Row
 
 __all__ = ["COLUMNS", "CSV_COLUMNS", "NUMERIC", "csv_table", "markdown_table"]
 
@@ -31,19 +31,8 @@ CSV_COLUMNS = (
     "seconds",
     "attack_config",
 )
-COLUMNS = (  # (title, Row field, format) of the human-readable tables
-    ("model", "model", "{}"),
-    ("defense", "defense", "{}"),
-    ("mode", "threat_mode", "{}"),
-    ("attack", "attack", "{}"),
-    ("threat", "threat", "{}"),
-    ("n", "n", "{}"),
-    ("clean", "clean_acc", "{:.2%}"),
-    ("robust", "robust_acc", "{:.2%}"),
-    ("ASR", "attack_success_rate", "{:.2%}"),
-    ("mean norm", "mean_norm", "{:.4f}"),
-    ("max norm", "max_norm", "{:.4f}"),
-)
+# (title, Row field, format) of the human-readable tables: the console table less its timing column
+COLUMNS = tuple(column for column in TABLE_COLUMNS if column[1] != "seconds")
 NUMERIC = {"n", "clean_acc", "robust_acc", "attack_success_rate", "mean_norm", "max_norm"}
 
 
