@@ -19,7 +19,9 @@ sensor and binning ("superpixel" demosaicing) is the exact demosaic of the simul
 is lossless up to float rounding. A one-hot placement of a same-resolution mosaic was rejected: it
 makes every output depend on the pixel's parity, which a small 'same'-padded CNN such as the
 defense's F cannot see away from the borders; bilinear sub-pixel sampling was rejected because the
-round trip then blurs (about 13 dB on white noise).
+round trip then blurs (about 13 dB on white noise). The consequence to keep in mind when judging the
+defense: the simulated RAW loses no spatial information, and what separates it from the image is
+the colour pipeline (curve, colour matrix, white balance) and the sensor noise, not mosaicking.
 
 kornia naming: ``kornia.color.CFA`` uses OpenCV's names, which read the pattern from pixel (1, 1),
 so an RGGB sensor (red at the top-left pixel) is ``CFA.BG``.

@@ -24,7 +24,7 @@ from robustlab.data import iterate_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
 
-__all__ = ["MiniPyNet", "RawIsp", "RawIspConfig", "RgbToRawNet", "dataset_identity"]
+__all__ = ["TRAINING_VERSION", "MiniPyNet", "RawIsp", "RawIspConfig", "RgbToRawNet", "dataset_identity"]
 
 TRAINING_VERSION = 1
 """Part of the cache key: bump it when the training procedure changes so stale weights are not reused."""

@@ -18,9 +18,9 @@ from robustlab.defense import DEFENSES
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
 from robustlab.metrics import psnr
 
-# Measured for RawIsp.tiny() on this stand-in: about 27 dB on held-out images (see the commit message);
+# Measured for RawIsp.tiny() on this stand-in: 25.1 dB mean on these held-out images (CPU, 2 threads);
 # the threshold leaves room for platform differences in float rounding during training.
-TINY_MIN_PSNR = 24.0
+TINY_MIN_PSNR = 22.0
 
 
 def _render(n: int, size: int, generator: torch.Generator) -> Tensor:
