@@ -383,6 +383,36 @@ def train_command(**options: Any) -> None:
     run_train(**options)
 
 
+@cli.command("train-defense")
+@click.argument("defense", metavar="NAME")
+@click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Any defense parameter.")
+@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
+@click.option(
+    "--model", default="smallcnn", show_default=True, metavar="NAME", help="The classifier to defend (sets image size)."
+)
+@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train_defense_command(**options: Any) -> None:
+    """Train a learned defense (e.g. raw_isp) now, into the cache that eval and generate read.
+
+    eval trains a defense on first use; this does it ahead of time, for instance on a large image
+    folder. A later eval with the same defense arguments, model, --train-data and --seed loads it.
+
+    \b
+    Examples:
+      robustlab train-defense raw_isp
+      robustlab train-defense raw_isp --model resnet50 --data imagefolder:~/imagenet/train
+      robustlab eval --model resnet50 --defense raw_isp --train-data imagefolder:~/imagenet/train \\
+        --data imagefolder:~/imagenet/val
+    """
+    from robustlab.commands import run_train_defense
+
+    run_train_defense(**options)
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")

@@ -22,7 +22,7 @@ from robustlab.models import ModelSpec
 from robustlab.report import Report, format_table
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
-__all__ = ["resolve_device", "run_eval", "run_train"]
+__all__ = ["resolve_device", "run_eval", "run_train", "run_train_defense"]
 
 
 def resolve_device(name: str) -> str:
@@ -163,3 +163,29 @@ def run_train(**options: Any) -> float:
     click.echo(f"clean accuracy {accuracy:.2%} on {len(indices)} test samples of {options['data']}")
     click.echo(f"weights written to {out}", err=True)
     return accuracy
+
+
+def run_train_defense(**options: Any) -> None:
+    """Run ``robustlab train-defense``: train a learned defense into the cache that ``eval`` and ``generate`` read."""
+    import robustlab.defenses
+    from robustlab.defense import Defense
+    from robustlab.evaluate import prepare_defense
+    from robustlab.models import load_model
+
+    name = options["defense"]
+    (spec,) = build_specs(robustlab.defenses.DEFENSES, [name], options["defense_args"])
+    defense = spec.build(robustlab.defenses.DEFENSES)
+    if type(defense).fit is Defense.fit:
+        raise ConfigError(f"defense {name} learns nothing, so there is nothing to train")
+    quiet = options["quiet"]
+    model = load_model(
+        options["model"], weights=options["weights"], num_classes=options["num_classes"], progress=not quiet
+    ).to(resolve_device(options["device"]))
+    prepare_defense(defense, model, options["data"], seed=options["seed"], progress=not quiet)
+    where = getattr(defense, "weights_path", None)
+    click.echo(f"{spec.label()} trained on the train split of {options['data']}" + (f": {where}" if where else ""))
+    click.echo(
+        f"eval and generate reuse it with --defense {name} (and the same --defense-arg), --model {options['model']}, "
+        f"--train-data {options['data']} and --seed {options['seed']}",
+        err=True,
+    )

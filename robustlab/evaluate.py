@@ -34,7 +34,15 @@ from robustlab.report import WORST_CASE, Diagnostic, Report, Row, environment
 from robustlab.store import MemoryStore, RunStore
 from robustlab.threat import Norm, perturbation_norm
 
-__all__ = ["ComponentSpec", "EvalConfig", "Evaluator", "json_ready", "load_builtin_components", "run_config_hash"]
+__all__ = [
+    "ComponentSpec",
+    "EvalConfig",
+    "Evaluator",
+    "json_ready",
+    "load_builtin_components",
+    "prepare_defense",
+    "run_config_hash",
+]
 
 NO_MODE = "-"
 
@@ -111,6 +119,20 @@ def json_ready(value: Any) -> Any:
     return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
 
 
+def prepare_defense(defense: Defense, model: ImageClassifier, data: str, *, seed: int, progress: bool) -> None:
+    """Put ``defense`` on the model's device and train it, if it learns, on the train split of ``data``.
+
+    ``eval``, ``generate`` and ``train-defense`` all come through here, seeded alike, so for the same
+    defense, model, data and seed they reach the same cached weights.
+    """
+    if isinstance(defense, nn.Module):
+        defense.to(model.mean.device)
+    if type(defense).fit is Defense.fit:
+        return
+    train = load_dataset(data, split="train", image_size=model.input_size)
+    defense.fit(model, train, generator=torch.Generator().manual_seed(seed), progress=progress)
+
+
 @dataclass
 class _Cell:
     """Accumulated per-sample results of one (threat mode, attack) cell for one model and defense."""
@@ -167,7 +189,9 @@ class Evaluator:
             indices = _sample_indices(dataset, config.n)
             _check_classes(model, dataset, config.data)
             for di, (defense_spec, defense) in enumerate(defenses):
-                self._fit(defense, model, config)
+                prepare_defense(
+                    defense, model, config.train_data or config.data, seed=config.seed, progress=self.progress
+                )
                 names = (model_spec.label(), defense_spec.label())
                 block_rows, block_samples = self._evaluate_pair(
                     model, defense, dataset, indices, attacks, config, key=f"m{mi}/d{di}", names=names
@@ -185,13 +209,6 @@ class Evaluator:
             samples=samples,
             seconds=time.perf_counter() - started,
         )
-
-    def _fit(self, defense: Defense, model: ImageClassifier, config: EvalConfig) -> None:
-        if type(defense).fit is Defense.fit:
-            return
-        train = load_dataset(config.train_data or config.data, split="train", image_size=model.input_size)
-        generator = torch.Generator().manual_seed(config.seed)
-        defense.fit(model, train, generator=generator, progress=self.progress)
 
     def _evaluate_pair(
         self,

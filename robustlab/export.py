@@ -45,7 +45,7 @@ from robustlab.cache import atomic_write, config_hash, save_weights
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
-from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components
+from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components, prepare_defense
 from robustlab.models import ModelSpec, load_model
 from robustlab.report import environment
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
@@ -150,9 +150,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
         _claim(out, header)
         for label, name in enumerate(dataset.classes):  # every class, even an empty one: ImageFolder labels by rank
             (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
-        if type(defense).fit is not Defense.fit:
-            train = load_dataset(config.train_data or config.data, split="train", image_size=model.input_size)
-            defense.fit(model, train, generator=torch.Generator().manual_seed(config.seed), progress=progress)
+        prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
         scored, attacked = _models(model, defense, config)
         total = len(dataset) if config.n is None else min(config.n, len(dataset))
         if total == 0:

@@ -131,3 +131,27 @@ def test_bad_input_is_one_line_and_writes_nothing(
     result = run("eval", *make_args(tmp_path), "--quiet", "--out", "out.json")
     assert_one_line_error(result, *fragments)
     assert not Path("out.json").exists()
+
+
+def test_train_defense_fills_the_cache_that_eval_reads(run: Callable[..., Result]) -> None:
+    from robustlab.cache import cache_dir
+
+    # A configuration no other test trains, so the file it leaves in the cache is this test's alone.
+    small = ["f_steps=20", "g_steps=20", "n_images=32", "g_width=4", "f_width=4"]
+    defense_args = [arg for value in small for arg in ("--defense-arg", value)]
+    folder = cache_dir("defenses", "raw_isp")
+    before = set(folder.iterdir())
+    trained = run("train-defense", "raw_isp", *defense_args, "--weights", "random", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    (weights,) = set(folder.iterdir()) - before
+    assert str(weights) in trained.stdout
+    stamp = weights.stat().st_mtime_ns
+
+    evaluated = run(
+        "eval", "--weights", "random", "--defense", "raw_isp", *defense_args, "--attack", "none", "--n", "8", "--quiet"
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert set(folder.iterdir()) - before == {weights}, "eval trained again instead of loading the weights"
+    assert weights.stat().st_mtime_ns == stamp
+
+    assert_one_line_error(run("train-defense", "none"), "learns nothing")
