@@ -178,7 +178,11 @@ def list_command() -> None:
     default=None,
     help="Run the model under bf16 autocast (GPU speed-up; clean predictions are checked against float32).",
 )
-@click.option("--channels-last", is_flag=True, help="NHWC memory layout for model and images (faster convs on GPU).")
+@click.option(
+    "--channels-last",
+    is_flag=True,
+    help="NHWC memory layout for model and images (faster convolutions on GPU, often on CPU).",
+)
 @click.option("--compile", is_flag=True, help="torch.compile the model (CUDA only).")
 @click.option(
     "--out",
