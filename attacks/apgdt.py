@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack, num_classes_of, torchattacks_norm
-from torch import Tensor, nn
+from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
+from torch import nn
 
 from robustlab.attack import ATTACKS
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["APGDT"]
 
@@ -17,7 +17,7 @@ __all__ = ["APGDT"]
 @ATTACKS.register(
     "apgdt", summary="Targeted Auto-PGD, DLR loss over the top-9 classes, L∞/L2 (white-box).", stochastic=True
 )
-class APGDT(TorchattacksAttack):
+class APGDT(MultiTargetedAttack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
 
@@ -44,20 +44,11 @@ class APGDT(TorchattacksAttack):
         n_target_classes: int = 9,
         rho: float = 0.75,
     ) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.n_target_classes = n_target_classes
+        super().__init__(eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
         self.rho = rho
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
-
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        n_classes = num_classes_of(model, x)
-        attack = torchattacks.APGDT(
+    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
+        return torchattacks.APGDT(
             model,
             norm=torchattacks_norm(self.norm),
             eps=self.eps,
@@ -67,5 +58,3 @@ class APGDT(TorchattacksAttack):
             rho=self.rho,
             n_classes=n_classes,
         )
-        attack.n_target_classes = min(self.n_target_classes, n_classes - 1)
-        return attack

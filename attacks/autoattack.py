@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack, num_classes_of, torchattacks_norm
+from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.square import Square
@@ -18,34 +18,14 @@ from robustlab.threat import Norm, ThreatModel
 __all__ = ["FABT", "AutoAttack"]
 
 
-class FABT(TorchattacksAttack):
+class FABT(MultiTargetedAttack):
     """Targeted FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044) over the top ``n_target_classes``.
 
     Minimum-norm: samples it cannot break within ``eps`` come back unchanged.
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: Norm | str = Norm.LINF,
-        steps: int = 100,
-        n_restarts: int = 1,
-        n_target_classes: int = 9,
-    ) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.n_target_classes = n_target_classes
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
-
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        n_classes = num_classes_of(model, x)
-        attack = torchattacks.FAB(
+    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
+        return torchattacks.FAB(
             model,
             norm=torchattacks_norm(self.norm),
             eps=self.eps,
@@ -55,8 +35,6 @@ class FABT(TorchattacksAttack):
             multi_targeted=True,
             n_classes=n_classes,
         )
-        attack.n_target_classes = min(self.n_target_classes, n_classes - 1)
-        return attack
 
 
 @ATTACKS.register(
@@ -89,7 +67,7 @@ class AutoAttack(Attack):
         return [
             APGD(eps=self.eps, norm=self.norm, steps=100, loss="ce"),
             APGDT(eps=self.eps, norm=self.norm, steps=100, n_target_classes=9),
-            FABT(eps=self.eps, norm=self.norm, steps=100, n_target_classes=9),
+            FABT(eps=self.eps, norm=self.norm, steps=100, n_restarts=1, n_target_classes=9),
             Square(eps=self.eps, norm=self.norm, n_queries=5000),
         ]
 

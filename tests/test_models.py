@@ -41,6 +41,7 @@ class _Evil:
         return (print, ("unpickled arbitrary code",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hostile file is pickled on purpose
 def test_checkpoint_never_unpickles_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"weight": _Evil()}))
     with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
