@@ -112,6 +112,8 @@ def run_eval(**options: Any) -> Report:
     if not shard.is_main:
         return report
     click.echo(format_table(report.rows))
+    for fidelity in report.fidelity:
+        click.echo(f"= {fidelity.describe()}")
     for diagnostic in report.diagnostics:
         click.echo(f"! {diagnostic.code}: {diagnostic.message}")
     if out is not None:

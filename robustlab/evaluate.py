@@ -25,12 +25,13 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
-from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
+from robustlab.defense import DEFENSES, EOT, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError, DataError
+from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, load_model
 from robustlab.registry import Registry
-from robustlab.report import WORST_CASE, Diagnostic, Report, Row, environment
+from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.store import MemoryStore, RunStore
 from robustlab.threat import Norm, perturbation_norm
 
@@ -181,6 +182,7 @@ class Evaluator:
         rows: list[Row] = []
         samples: list[dict[str, Any]] = []
         diagnostics: list[Diagnostic] = []
+        fidelity: list[Fidelity] = []
         for mi, model_spec in enumerate(config.models):
             model = load_model(
                 model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
@@ -200,6 +202,8 @@ class Evaluator:
                 samples += block_samples
                 if config.diagnostics and defense.changes_model:
                     diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
+                if isinstance(defense, PreprocessingDefense):
+                    fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
         diagnostics += threat_mode_gaps(rows)
         return Report(
             config=config.to_dict(),
@@ -208,6 +212,7 @@ class Evaluator:
             diagnostics=[*diagnostics, *self._diagnostics],
             samples=samples,
             seconds=time.perf_counter() - started,
+            fidelity=fidelity,
         )
 
     def _evaluate_pair(
@@ -367,6 +372,26 @@ def load_builtin_components() -> None:
     """Import the built-in attacks and defenses so that their registry entries exist."""
     import robustlab.attacks
     import robustlab.defenses  # noqa: F401
+
+
+def _fidelity(
+    defense: PreprocessingDefense,
+    dataset: ImageDataset,
+    indices: Tensor,
+    config: EvalConfig,
+    *,
+    names: tuple[str, str],
+    limit: int = 256,
+) -> Fidelity:
+    """PSNR of the defense's output against the clean input, on the first ``limit`` evaluated samples."""
+    device = torch.device(config.device)
+    values = []
+    with seeded(config.seed, f"{'/'.join(names)}/fidelity"), torch.inference_mode():  # a randomized defense draws
+        for _, x, _ in iterate_batches(dataset, indices[:limit], config.batch_size):
+            x = x.to(device)
+            values.append(psnr(defense.transform(x).float(), x.float()).cpu())
+    quality = torch.cat(values)
+    return Fidelity(names[0], names[1], len(quality), float(quality.mean()), float(quality.min()))
 
 
 def _sample_indices(dataset: ImageDataset, n: int | None) -> Tensor:

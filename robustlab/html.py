@@ -40,6 +40,7 @@ def render_html(report: Report, *, curves_png: bytes, grid_png: bytes | None, gr
         for row in report.rows
     )
     diagnostics = "".join(f"<li><b>{escape(d.code)}</b>: {escape(d.message)}</li>" for d in report.diagnostics)
+    fidelity = "".join(f"<li>{escape(f.describe())}</li>" for f in report.fidelity)
     grid = (
         f'<img id="examples" alt="clean, adversarial and amplified perturbation" src="{_data_url(grid_png)}">'
         if grid_png is not None
@@ -65,6 +66,7 @@ robustlab {escape(str(report.environment.get("robustlab")))} · torch {escape(st
 </tbody>
 </table>
 {f"<h2>Diagnostics</h2><ul>{diagnostics}</ul>" if diagnostics else ""}
+{f'<h2>What the defenses do to clean images</h2><ul id="fidelity">{fidelity}</ul>' if fidelity else ""}
 <h2>Robustness curves</h2>
 <p class="note">Robust accuracy against the budget ε; each line starts at ε = 0 with the clean accuracy.</p>
 <img id="curves" alt="robust accuracy against epsilon" src="{_data_url(curves_png)}">

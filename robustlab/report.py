@@ -17,7 +17,16 @@ from typing import Any
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
 
-__all__ = ["SCHEMA_VERSION", "TABLE_COLUMNS", "Diagnostic", "Report", "Row", "environment", "format_table"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLE_COLUMNS",
+    "Diagnostic",
+    "Fidelity",
+    "Report",
+    "Row",
+    "environment",
+    "format_table",
+]
 
 SCHEMA_VERSION = 1
 WORST_CASE = "worst-case"
@@ -62,6 +71,28 @@ class Diagnostic:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """What a preprocessing defense does to clean images: PSNR of ``transform(x)`` against ``x``, in dB.
+
+    A defense that wins robustness by destroying the image shows it here (and in ``clean_acc``).
+    Identical images count as 100 dB.
+    """
+
+    model: str
+    defense: str
+    n: int
+    mean_psnr_db: float
+    worst_psnr_db: float
+
+    def describe(self) -> str:
+        """One line for the console, under the table."""
+        return (
+            f"{self.defense} returns {self.model}'s clean inputs at {self.mean_psnr_db:.1f} dB PSNR "
+            f"(worst {self.worst_psnr_db:.1f} dB, {self.n} images)"
+        )
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything a run measured; ``to_json``/``from_json`` round-trip it."""
 
@@ -71,6 +102,7 @@ class Report:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    fidelity: list[Fidelity] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self, path: Path) -> None:
@@ -99,6 +131,7 @@ class Report:
             diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
             samples=data.get("samples", []),
             seconds=data.get("seconds", 0.0),
+            fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
         )
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
 from robustlab.report import WORST_CASE, Report
@@ -149,3 +150,28 @@ def test_report_round_trip(tmp_path: Path, trained_model: nn.Module) -> None:
 def test_rejects_bad_grid() -> None:
     with pytest.raises(ConfigError, match="positive"):
         EvalConfig(n=0)
+
+
+def test_fidelity_of_preprocessing_defenses(tmp_path: Path, trained_model: nn.Module) -> None:
+    from robustlab.data.synth import SynthDataset
+    from robustlab.metrics import psnr
+
+    config = replace(
+        BASE,
+        defenses=(ComponentSpec("none"), ComponentSpec("quantize", (("levels", 4),))),
+        attacks=(ComponentSpec("none"),),
+        n=40,
+        batch_size=16,
+        threat_modes=(ThreatMode.TRANSFER,),
+        diagnostics=False,
+    )
+    report = Evaluator(progress=False).run(config)
+    (fidelity,) = report.fidelity  # none changes no pixel: no entry for it
+    report.to_json(tmp_path / "r.json")
+    assert Report.from_json(tmp_path / "r.json").fidelity == report.fidelity
+    x, _ = SynthDataset("test").get_batch(torch.arange(40))
+    expected = psnr((x * 3).round() / 3, x)
+    assert (fidelity.defense, fidelity.n) == ("quantize(levels=4)", 40)
+    assert fidelity.mean_psnr_db == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert fidelity.worst_psnr_db == pytest.approx(float(expected.min()), rel=1e-5)
+    assert fidelity.worst_psnr_db < 25  # 4 levels visibly damage the image

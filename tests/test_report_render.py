@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,14 @@ def test_html_renders_in_headless_chromium(run: Callable[..., Result], sweep: Pa
     assert image.size == (1200, 1800)
     colours = image.resize((300, 450)).getcolors(maxcolors=300 * 450) or []
     assert len(colours) > 200, "a blank or broken page has few colours"
+
+
+def test_html_says_what_a_defense_does_to_clean_images() -> None:
+    from robustlab.html import render_html
+    from robustlab.report import Fidelity, Report
+
+    fidelity = Fidelity("smallcnn", "raw_isp", 256, 29.11, 20.64)
+    report = Report(config={}, environment={}, rows=[_row("pgd", 8 / 255, 0.2)], fidelity=[fidelity])
+    page = render_html(report, curves_png=b"", grid_png=None, grid_note="")
+    assert "raw_isp returns smallcnn&#x27;s clean inputs at 29.1 dB PSNR (worst 20.6 dB, 256 images)" in page
+    assert 'id="fidelity"' not in render_html(replace(report, fidelity=[]), curves_png=b"", grid_png=None, grid_note="")
