@@ -400,7 +400,7 @@ def train_command(**options: Any) -> None:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train_defense_command(**options: Any) -> None:
-    """Train a learned defense (e.g. raw_isp) now, into the cache that eval and generate read.
+    """Train a learned defense such as raw_isp ahead of time, into the cache that eval and generate read.
 
     eval trains a defense on first use; this does it ahead of time, for instance on a large image
     folder. A later eval with the same defense arguments, model, --train-data and --seed loads it.
