@@ -66,7 +66,10 @@ def _render(report: Report, fmt: str, examples: int) -> bytes:
     from robustlab.tables import csv_table, markdown_table
 
     if fmt == "md":
-        return (markdown_table(report.rows) + "\n").encode()
+        # What the console prints under the table belongs here too: a masking flag travels with the numbers.
+        notes = [f"- **{d.code}**: {d.message}" for d in report.diagnostics]
+        notes += [f"- {fidelity.describe()}" for fidelity in report.fidelity]
+        return "\n\n".join([markdown_table(report.rows), *(["\n".join(notes)] if notes else [])]).encode() + b"\n"
     if fmt == "csv":
         return csv_table(report.rows).encode()
     curves = robustness_curves_png(report.rows)

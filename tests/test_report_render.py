@@ -155,3 +155,24 @@ def test_html_says_what_a_defense_does_to_clean_images() -> None:
     page = render_html(report, curves_png=b"", grid_png=None, grid_note="")
     assert "raw_isp returns smallcnn&#x27;s clean inputs at 29.1 dB PSNR (worst 20.6 dB, 256 images)" in page
     assert 'id="fidelity"' not in render_html(replace(report, fidelity=[]), curves_png=b"", grid_png=None, grid_note="")
+
+
+def test_markdown_carries_diagnostics_and_fidelity(run: Callable[..., Result], tmp_path: Path) -> None:
+    from robustlab.report import Diagnostic, Fidelity, Report
+
+    report = Report(
+        config={},
+        environment={},
+        rows=[_row("pgd", 8 / 255, 0.2)],
+        diagnostics=[Diagnostic("oblivious_only", "pgd at linf 8/255: 70% transfer, 20% adaptive")],
+        fidelity=[Fidelity("m", "raw_isp", 256, 29.11, 20.64)],
+    )
+    report.to_json(tmp_path / "flagged.json")
+    markdown = run("report", str(tmp_path / "flagged.json"), "--format", "md")
+    assert markdown.exit_code == 0, markdown.output
+    table, notes = markdown.stdout.rstrip("\n").split("\n\n")
+    assert len(table.splitlines()) == 3
+    assert notes.splitlines() == [
+        "- **oblivious_only**: pgd at linf 8/255: 70% transfer, 20% adaptive",
+        "- raw_isp returns m's clean inputs at 29.1 dB PSNR (worst 20.6 dB, 256 images)",
+    ]
