@@ -28,7 +28,6 @@ first missing shard and produces the same files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -45,7 +44,7 @@ from robustlab.cache import atomic_write, config_hash, save_weights
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
-from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components, prepare_defense
+from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components, prepare_defense, seeded
 from robustlab.models import ModelSpec, load_model
 from robustlab.report import environment
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
@@ -224,11 +223,8 @@ def _shard(
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
     source = (x * 255).round().clamp(0, 255).to(torch.uint8)
     x_source, y = (source.float() / 255).to(device), y.to(device)
-    seed = int(hashlib.sha256(f"{config.seed}|shard{s}".encode()).hexdigest()[:15], 16)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # randomized defenses and third-party code draw from the global RNG
-        x_adv = attack(attacked, x_source, y, generator=torch.Generator().manual_seed(seed))
+    with seeded(config.seed, f"shard{s}") as generator:
+        x_adv = attack(attacked, x_source, y, generator=generator)
         stored = quantize_within(source, x_adv.cpu(), attack.threat)
         x_stored = (stored.float() / 255).to(device)
         verify(attack.threat, x_source, x_stored)
