@@ -12,12 +12,23 @@ configuration without a random start reproduces torchattacks to the last bit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["l2_random_start", "l2_step", "linf_random_start", "linf_step", "projected_gradient_descent"]
+from robustlab.attack import Attack
+from robustlab.threat import Norm, ThreatModel
+
+__all__ = [
+    "ProjectedGradientAttack",
+    "l2_random_start",
+    "l2_step",
+    "linf_random_start",
+    "linf_step",
+    "projected_gradient_descent",
+]
 
 Step = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(x, x_adv, grad) -> next x_adv``, projected onto the budget and the ``[0, 1]`` box."""
@@ -103,6 +114,32 @@ def projected_gradient_descent(
         adva = step(xa, adva, grad)
     x_adv[active] = adva
     return x_adv
+
+
+class ProjectedGradientAttack(Attack):
+    """PGD under ``norm``: subclasses fix the norm and give ``__init__`` their defaults (the registry reads it)."""
+
+    norm: ClassVar[Norm]
+    early_stopping = True
+
+    def __init__(self, *, eps: float, step_size: float | None, steps: int, random_start: bool) -> None:
+        self.eps = eps
+        self.step_size = eps / 4 if step_size is None else step_size
+        self.steps = steps
+        self.random_start = random_start
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps)
+
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+    ) -> Tensor:
+        random_start, step = (linf_random_start, linf_step) if self.norm is Norm.LINF else (l2_random_start, l2_step)
+        start = random_start(x, self.eps, generator) if self.random_start else x
+        return projected_gradient_descent(
+            model, x, y, start, steps=self.steps, step=step(self.eps, self.step_size), early_stop=early_stop
+        )
 
 
 def _draw_device(generator: torch.Generator | None, x: Tensor) -> torch.device:
