@@ -154,6 +154,22 @@ class _Rendered:
         return self.x[indices], self.y[indices]
 
 
+def eval_config(
+    weights: str, args: argparse.Namespace, attack: ComponentSpec, *, n: int, batch_size: int
+) -> EvalConfig:
+    """One grid cell of the evaluator: ``attack`` on the benchmark's in-memory images."""
+    return EvalConfig(
+        models=(ModelSpec(args.model, weights),),
+        attacks=(attack,),
+        data="rendered",
+        n=n,
+        batch_size=batch_size,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+    )
+
+
 def bench_model(weights: str, args: argparse.Namespace) -> dict[str, float]:
     """Time the three PGD-10 paths on one model; return images/s medians, robust accuracies and ratios."""
     model = load_model(args.model, weights=weights, progress=False).to(args.device)
@@ -163,16 +179,8 @@ def bench_model(weights: str, args: argparse.Namespace) -> dict[str, float]:
         DATASETS.register("rendered", summary="benchmark images held in memory")(
             lambda arg, *, split, image_size: _Rendered(x_cpu, y_cpu)
         )
-    config = EvalConfig(
-        models=(ModelSpec(args.model, weights),),
-        attacks=(ComponentSpec("pgd", (("eps", EPS), ("step_size", STEP_SIZE), ("steps", STEPS))),),
-        data="rendered",
-        n=args.n,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-    )
+    pgd = ComponentSpec("pgd", (("eps", EPS), ("step_size", STEP_SIZE), ("steps", STEPS)))
+    config = eval_config(weights, args, pgd, n=args.n, batch_size=args.batch_size)
     autocast = partial(torch.autocast, x.device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     def floor_on(net: nn.Module, images: Tensor) -> Callable[[], float]:
@@ -233,16 +241,8 @@ def bench_model(weights: str, args: argparse.Namespace) -> dict[str, float]:
 
 def bench_autoattack(weights: str, args: argparse.Namespace) -> tuple[float, float]:
     """Seconds per image and robust accuracy of AutoAttack-standard through the evaluator (small n)."""
-    config = EvalConfig(
-        models=(ModelSpec(args.model, weights),),
-        attacks=(ComponentSpec("autoattack", (("eps", EPS),)),),
-        data="rendered",
-        n=args.autoattack_n,
-        batch_size=args.autoattack_n,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-    )
+    autoattack = ComponentSpec("autoattack", (("eps", EPS),))
+    config = eval_config(weights, args, autoattack, n=args.autoattack_n, batch_size=args.autoattack_n)
     elapsed, robust = timed(lambda: Evaluator(progress=False).run(config).rows[0].robust_acc)
     return elapsed / args.autoattack_n, robust
 
