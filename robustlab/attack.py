@@ -94,11 +94,17 @@ class Attack(ABC):
         """Learn what a universal attack applies to every input (no-op for per-input attacks)."""
         return self
 
-    def evaluate(
-        self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True
-    ) -> dict[str, float]:
-        """Score a generative or task attack with its own metrics (perturbation attacks never use this)."""
-        raise NotImplementedError(f"{type(self).__name__} is a {self.kind} attack and is scored by the evaluator")
+    def generate(
+        self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True
+    ) -> dict[str, Tensor]:
+        """Produce images from nothing (generative attacks only), scored by the attack's task.
+
+        Returns at least ``images`` (float ``(N, C, H, W)`` in ``[0, 1]``) and ``target`` (int64 ``(N,)``,
+        the class each image is meant to be recognised as), plus ``queries`` (int64 ``(1,)``, model
+        evaluations spent). ``store`` (``get(key)``/``put(key, tensors)``, keys private to this call) holds
+        intermediate state so that a killed run resumes where it stopped.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is a {self.kind} attack and does not generate images")
 
     def config(self) -> dict[str, Any]:
         """Hyperparameters as plain values, recorded in reports and used in cache keys."""

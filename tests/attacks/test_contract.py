@@ -22,7 +22,11 @@ CHEAP: dict[str, dict[str, Any]] = {
     "apgdt": {"steps": 5, "n_target_classes": 2},
     "square": {"n_queries": 30},
 }
-PERTURBATION = [name for name in robustlab.attacks.ATTACKS.names() if name != "autoattack"]
+PERTURBATION = [
+    entry.name
+    for entry in robustlab.attacks.ATTACKS.entries()
+    if entry.name != "autoattack" and getattr(entry.factory, "kind", AttackKind.PERTURBATION) is AttackKind.PERTURBATION
+]
 
 
 def _build(name: str) -> Any:
