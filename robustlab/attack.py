@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar, final
 
 import torch
@@ -19,7 +20,7 @@ from robustlab.errors import ConfigError
 from robustlab.registry import Registry
 from robustlab.threat import ThreatModel, verify
 
-__all__ = ["ATTACKS", "Attack", "AttackKind", "check_images"]
+__all__ = ["ATTACKS", "Attack", "AttackKind", "UniversalPerturbation", "check_images"]
 
 
 class AttackKind(str, enum.Enum):
@@ -52,6 +53,8 @@ class Attack(ABC):
     uses_gradients: ClassVar[bool] = True
     early_stopping: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
+    task: ClassVar[str | None] = None
+    """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
 
     @property
     @abstractmethod
@@ -91,8 +94,16 @@ class Attack(ABC):
         """Compute ``x_adv``; must not modify ``x`` in place."""
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> Attack:
-        """Learn what a universal attack applies to every input (no-op for per-input attacks)."""
+        """Learn what a universal or task attack applies to every input (no-op for per-input attacks)."""
         return self
+
+    def fitted(self) -> dict[str, Tensor]:
+        """What :meth:`fit` learned, as tensors: stored as a unit of the run and written beside the report."""
+        return {}
+
+    def load_fitted(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`fitted` returned (a resumed run, or a perturbation saved by an earlier one)."""
+        return None
 
     def generate(
         self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True
@@ -117,6 +128,60 @@ def check_images(x: Tensor) -> None:
         raise ConfigError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)} {x.dtype}")
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ConfigError("images must lie in [0, 1]: normalization belongs inside the model wrapper")
+
+
+class UniversalPerturbation(Attack):
+    """One additive perturbation ``delta`` for every input, learned by :meth:`fit` (or loaded from a file).
+
+    Subclasses implement :meth:`_learn`. Applying it is ``clamp(x + delta, 0, 1)``: the same ``delta`` for
+    every input, so the perturbation of an input differs from ``delta`` only where the box clips it.
+
+    Args:
+        load: a safetensors file written by an earlier run (``delta`` of shape ``(1, C, H, W)``): it is
+            used instead of fitting, so a saved perturbation can be evaluated on other data or models.
+    """
+
+    kind: ClassVar[AttackKind] = AttackKind.UNIVERSAL
+
+    def __init__(self, *, load: str | None = None) -> None:
+        self.load = load
+        self._delta: Tensor | None = None
+
+    @abstractmethod
+    def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
+        """Return ``delta`` ``(1, C, H, W)`` within the threat model."""
+
+    def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> Attack:
+        if self.load is not None:
+            from robustlab.cache import load_weights
+
+            try:
+                self.load_fitted(load_weights(Path(self.load).expanduser()))
+            except (OSError, KeyError, ValueError) as error:  # safetensors raises ValueError-like errors
+                raise ConfigError(f"cannot load the perturbation {self.load}: {error}") from None
+            return self
+        self.load_fitted({"delta": self._learn(model, dataset, generator=generator, progress=progress)})
+        return self
+
+    def fitted(self) -> dict[str, Tensor]:
+        return {} if self._delta is None else {"delta": self._delta}
+
+    def load_fitted(self, tensors: dict[str, Tensor]) -> None:
+        delta = tensors["delta"].detach().cpu().float()
+        if delta.dim() != 4 or delta.shape[0] != 1:
+            raise ConfigError(f"a universal perturbation has shape (1, C, H, W), got {tuple(delta.shape)}")
+        verify(self.threat, torch.full_like(delta, 0.5), (0.5 + delta).clamp(0, 1))
+        self._delta = delta
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        if self._delta is None:
+            raise ConfigError(f"{type(self).__name__} is universal: fit it (or pass load=PATH) before applying it")
+        if self._delta.shape[1:] != x.shape[1:]:
+            raise ConfigError(f"the perturbation is {tuple(self._delta.shape[1:])}, the images {tuple(x.shape[1:])}")
+        return (x + self._delta.to(x)).clamp(0, 1)
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in super().config().items() if k != "load" or v is not None}
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS
 from robustlab.report import Diagnostic, Row
+from robustlab.runners import attack_and_score
+from robustlab.tasks import Classification
 
 __all__ = ["ProbeSettings", "probe_gradient_masking", "threat_mode_gaps"]
 
@@ -69,11 +71,14 @@ def probe_gradient_masking(
     found += _randomness(scored, x)
     found += _gradients(attacked, x, y, settings)
 
+    task = Classification()
+    probed = {"pred": y}  # the probe samples are the clean-correct ones
+    everything = torch.ones_like(y, dtype=torch.bool)
+
     def success(name: str, **params: object) -> float:
         attack = ATTACKS.get(name).factory(**params)
-        x_adv = attack(attacked, x, y, generator=generator)
-        with torch.no_grad():
-            return (scored(x_adv).argmax(1) != y).double().mean().item()
+        result = attack_and_score(attack, attacked, scored, task, x, y, probed, everything, generator)
+        return (result["adv_pred"] != y).double().mean().item()
 
     sweep = [success("pgd", eps=min(1.0, settings.eps * f), steps=settings.pgd_steps) for f in settings.eps_factors]
     pgd = sweep[settings.eps_factors.index(1.0)] if 1.0 in settings.eps_factors else max(sweep)
@@ -149,7 +154,7 @@ def threat_mode_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagno
     found = []
     for row in rows:
         other = adaptive.get((row.model, row.defense, row.attack, row.threat))
-        if row.threat_mode != "transfer" or other is None:
+        if row.threat_mode != "transfer" or other is None or row.robust_acc is None or other.robust_acc is None:
             continue
         where = (
             f"{row.attack} at {row.threat}: {row.robust_acc:.0%} robust under transfer, {other.robust_acc:.0%} adaptive"

@@ -9,7 +9,20 @@ from typing import Any, NoReturn
 
 import click
 
-from robustlab.cli_options import EpsType
+from robustlab.cli_options import (
+    EpsType,
+    attack_args_option,
+    defense_args_option,
+    device_option,
+    eot_samples_option,
+    model_option,
+    num_classes_option,
+    quiet_option,
+    seed_option,
+    steps_option,
+    train_data_option,
+    weights_option,
+)
 from robustlab.errors import RobustlabError
 
 __all__ = ["cli", "main"]
@@ -84,24 +97,9 @@ def list_command() -> None:
 
 
 @cli.command("eval")
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    default=("smallcnn",),
-    show_default=True,
-    metavar="NAME",
-    help="Architecture (robustlab list) or package.module:factory; repeat for a grid.",
-)
-@click.option(
-    "--weights",
-    default=None,
-    metavar="WEIGHTS",
-    help="synth (train on the synthetic world, cached), synth-at (PGD adversarially trained), imagenet or a "
-    "torchvision tag (IMAGENET1K_V2), random, or a checkpoint PATH. Default: synth for embedded nets, "
-    "imagenet for torchvision nets.",
-)
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@model_option(multiple=True, text="Architecture (robustlab list) or package.module:factory; repeat for a grid.")
+@weights_option
+@num_classes_option
 @click.option(
     "--attack",
     "attacks",
@@ -128,17 +126,9 @@ def list_command() -> None:
     help="Budget in [0, 1] pixel units (8/255, 0.5) for every attack that takes one; repeat for a sweep. "
     "Default: each attack's standard budget (L∞ 8/255, L2 0.5).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Iterations for every attack that takes them.")
-@click.option(
-    "--attack-arg",
-    "attack_args",
-    multiple=True,
-    metavar="[ATTACK.]KEY=VALUE",
-    help="Any attack parameter, e.g. pgd.step_size=1/255 or n_restarts=5.",
-)
-@click.option(
-    "--defense-arg", "defense_args", multiple=True, metavar="[DEFENSE.]KEY=VALUE", help="Any defense parameter."
-)
+@steps_option
+@attack_args_option
+@defense_args_option
 @click.option(
     "--threat-mode",
     type=click.Choice(["both", "transfer", "adaptive"]),
@@ -153,25 +143,42 @@ def list_command() -> None:
     metavar="SPEC",
     help="synth[:k=v,...], cifar10[:ROOT], imagefolder:PATH.",
 )
+@train_data_option
 @click.option(
-    "--train-data",
+    "--fit-data",
     default=None,
     metavar="SPEC",
-    help="Data that learned defenses train on (default: the train split of --data).",
+    help="Data that universal and task attacks are fitted on (default: the train split of --data).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "downstream"]),
+    default="classification",
+    show_default=True,
+    help="downstream: evaluate each model as an encoder, scored through heads trained on its frozen features.",
+)
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    metavar="ATTRIBUTE",
+    help="A downstream head per synthetic-world attribute (shape, color, background, size, position); "
+    "repeat. Default: shape, color, background, size.",
+)
+@click.option(
+    "--head-kind",
+    type=click.Choice(["mlp", "linear"]),
+    default="mlp",
+    show_default=True,
+    help="Downstream heads: a 3-layer MLP or a linear probe.",
 )
 @click.option(
     "--n", "-n", type=int, default=1000, show_default=True, help="Number of test samples (-n under torchrun)."
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit.")
-@click.option(
-    "--eot-samples",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Forward passes averaged when attacking a randomized defense.",
-)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@seed_option
+@eot_samples_option
+@device_option
 @click.option(
     "--amp",
     type=click.Choice(["bf16"]),
@@ -197,7 +204,7 @@ def list_command() -> None:
     help="Keep per-batch results in DIR/store.sqlite so an interrupted run can --resume.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@quiet_option
 @_gate_options
 @click.option(
     "--baseline",
@@ -214,9 +221,8 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
       robustlab eval --model resnet50 --weights synth --attack pgd --attack fgsm
       robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
     """
-    from robustlab.commands import run_eval
+    from robustlab.commands import gate, run_eval
     from robustlab.gate import load_baseline
-    from robustlab.workflows import gate
 
     accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
     report = run_eval(**options)
@@ -235,9 +241,9 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
     Example (a CI step):
       robustlab compare run.json baselines/synth.json --tolerance 0.02 --margin-sigmas 2
     """
+    from robustlab.commands import gate
     from robustlab.gate import load_baseline
     from robustlab.report import Report
-    from robustlab.workflows import gate
 
     accepted = load_baseline(baseline)
     gate(Report.from_json(new), accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
@@ -291,21 +297,21 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
       robustlab report run.json -o report.html
       robustlab report run.json --format md
     """
-    from robustlab.workflows import render_report
+    from robustlab.commands import render_report
 
     render_report(source, out=out, fmt=fmt, examples=0 if no_examples else examples)
 
 
 @cli.command("generate")
-@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Architecture or module:factory.")
-@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@model_option()
+@weights_option
+@num_classes_option
 @click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
 @click.option("--eps", type=EpsType(), default=None, help="Budget in [0, 1] pixel units (default: the attack's).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Attack iterations.")
-@click.option("--attack-arg", "attack_args", multiple=True, metavar="KEY=VALUE", help="Any attack parameter.")
+@steps_option
+@attack_args_option
 @click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
-@click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Any defense parameter.")
+@defense_args_option
 @click.option(
     "--threat-mode",
     type=click.Choice(["adaptive", "transfer"]),
@@ -315,19 +321,19 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 )
 @click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
 @click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
-@click.option("--train-data", default=None, metavar="SPEC", help="Data that learned defenses train on.")
+@train_data_option
 @click.option("--n", type=int, default=1000, show_default=True, help="Number of source samples (the first n).")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eot-samples", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@seed_option
+@eot_samples_option
+@device_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="New or empty folder, or an interrupted generation of the same config to resume.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@quiet_option
 def generate_command(**options: Any) -> None:
     """Write an adversarial dataset: PNG class folders, lossless safetensors shards and a manifest.
 
@@ -339,13 +345,13 @@ def generate_command(**options: Any) -> None:
       robustlab generate --attack pgd --eps 8/255 --n 1000 --out adv-pgd
       robustlab eval --data adv:adv-pgd --attack fgsm
     """
-    from robustlab.workflows import run_generate
+    from robustlab.commands import run_generate
 
     run_generate(**options)
 
 
 @cli.command("train")
-@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Registered architecture.")
+@model_option(text="Registered architecture.")
 @click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Default: the dataset's classes.")
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Default: 32 embedded, 224 torchvision.")
@@ -368,12 +374,12 @@ def generate_command(**options: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, one cycle).")
 @click.option("--eval-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test samples scored.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@seed_option
+@device_option
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Safetensors file to write."
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def train_command(**options: Any) -> None:
     """Train a model on a dataset, optionally adversarially; load it back with eval --weights PATH.
 
@@ -389,16 +395,14 @@ def train_command(**options: Any) -> None:
 
 @cli.command("train-defense")
 @click.argument("defense", metavar="NAME")
-@click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Any defense parameter.")
+@defense_args_option
 @click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
-@click.option(
-    "--model", default="smallcnn", show_default=True, metavar="NAME", help="The classifier to defend (sets image size)."
-)
-@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@model_option(text="The classifier to defend (sets image size).")
+@weights_option
+@num_classes_option
+@seed_option
+@device_option
+@quiet_option
 def train_defense_command(**options: Any) -> None:
     """Train a learned defense such as raw_isp ahead of time, into the cache that eval and generate read.
 

@@ -1,4 +1,8 @@
-"""Option parsing shared by the sub-commands: budgets, ``k=v`` component arguments, attack grids."""
+"""Options shared by the sub-commands, each defined once, and the parsing behind them.
+
+Click options used by several commands are module-level decorators here (pip-tools' way); a command
+stacks the ones it takes. Nothing here imports torch, so ``robustlab --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,27 @@ from typing import Any
 
 import click
 
+from robustlab.budgets import parse_eps
+from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec
 from robustlab.registry import Registry
-from robustlab.threat import parse_eps
 
-__all__ = ["EpsType", "build_specs", "parse_value"]
+__all__ = [
+    "EpsType",
+    "attack_args_option",
+    "build_specs",
+    "defense_args_option",
+    "device_option",
+    "eot_samples_option",
+    "model_option",
+    "num_classes_option",
+    "parse_value",
+    "quiet_option",
+    "seed_option",
+    "steps_option",
+    "train_data_option",
+    "weights_option",
+]
 
 
 class EpsType(click.ParamType):
@@ -86,3 +105,62 @@ def build_specs(
             values = dict(base) if eps is None else {**base, "eps": eps}
             specs.append(ComponentSpec(name, tuple(values.items())))
     return tuple(specs)
+
+
+def model_option(
+    *, multiple: bool = False, text: str = "Architecture (robustlab list) or package.module:factory."
+) -> Any:
+    """``--model NAME`` (repeatable for an eval grid), with ``text`` as its help."""
+    return click.option(
+        "--model",
+        "models" if multiple else "model",
+        multiple=multiple,
+        default=("smallcnn",) if multiple else "smallcnn",
+        show_default=True,
+        metavar="NAME",
+        help=text,
+    )
+
+
+weights_option = click.option(
+    "--weights",
+    default=None,
+    metavar="WEIGHTS",
+    help="synth (train on the synthetic world, cached), synth-at (PGD adversarially trained), imagenet or a "
+    "torchvision tag (IMAGENET1K_V2), random, or a checkpoint PATH. Default: synth for embedded nets, "
+    "imagenet for torchvision nets.",
+)
+num_classes_option = click.option(
+    "--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head."
+)
+attack_args_option = click.option(
+    "--attack-arg",
+    "attack_args",
+    multiple=True,
+    metavar="[ATTACK.]KEY=VALUE",
+    help="Any attack parameter, e.g. pgd.step_size=1/255 or n_restarts=5.",
+)
+defense_args_option = click.option(
+    "--defense-arg", "defense_args", multiple=True, metavar="[DEFENSE.]KEY=VALUE", help="Any defense parameter."
+)
+steps_option = click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Iterations for every attack that takes them."
+)
+train_data_option = click.option(
+    "--train-data",
+    default=None,
+    metavar="SPEC",
+    help="Data that learned defenses train on (default: the train split of --data).",
+)
+seed_option = click.option(
+    "--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit."
+)
+eot_samples_option = click.option(
+    "--eot-samples",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Forward passes averaged when attacking a randomized defense.",
+)
+device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

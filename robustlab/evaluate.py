@@ -1,20 +1,21 @@
-"""The evaluator: clean and robust accuracy for every model x defense x threat mode x attack.
+"""The evaluator: the metrics of every model x defense x threat mode x attack, for any victim and task.
 
-Semantics follow AutoAttack's: each attack runs only on the samples the scored model classifies
-correctly; a sample counts as robust against an attack when it stays correct, and as robust overall
-(the worst case) only when every attack failed on it. Work is done in units of one batch of one
-grid cell; each unit runs inside its own RNG fork seeded from ``(seed, unit key)``, so results do
-not depend on the order units run in, on a resume, or on which process ran them.
+For classifiers the semantics follow AutoAttack's: each attack runs only on the samples the scored
+model classifies correctly; a sample counts as robust against an attack when it stays correct, and as
+robust overall (the worst case) only when every attack failed on it. Other tasks bring their own
+metrics (:mod:`robustlab.tasks`); other kinds of attack their own runner (:mod:`robustlab.runners`).
+Work is done in units (one batch of one grid cell, one fitted perturbation, one set of generated
+images); each unit runs inside its own RNG fork seeded from ``(seed, unit key)``, so results do not
+depend on the order units run in, on a resume, or on which process ran them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,18 +25,22 @@ from tqdm.auto import tqdm
 from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
-from robustlab.defense import DEFENSES, EOT, Defense, PreprocessingDefense, ThreatMode
+from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError, DataError
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, load_model
-from robustlab.registry import Registry
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
+from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.store import MemoryStore, RunStore
-from robustlab.threat import Norm, perturbation_norm
+from robustlab.tasks import TASKS, Task, predict
+from robustlab.victims import Target, attacked_models, classifier_targets, downstream_targets, prepare_defense
 
 __all__ = [
+    "DEFAULT_HEADS",
+    "TASK_CHOICES",
     "ComponentSpec",
     "EvalConfig",
     "Evaluator",
@@ -45,44 +50,25 @@ __all__ = [
     "run_config_hash",
 ]
 
-NO_MODE = "-"
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A registry name plus keyword parameters, e.g. ``pgd`` with ``(("eps", 0.03), ("steps", 20))``."""
-
-    name: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    def build(self, registry: Registry[Any]) -> Any:
-        """Instantiate the component, rejecting parameters its factory does not take."""
-        entry = registry.get(self.name)
-        accepted = entry.params()
-        unknown = [key for key, _ in self.params if key not in accepted]
-        if unknown:
-            takes = ", ".join(accepted) or "nothing"
-            raise ConfigError(f"{registry.kind} {self.name} has no parameter {unknown[0]!r}; it takes: {takes}")
-        try:
-            return entry.factory(**dict(self.params))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{registry.kind} {self.name}: {error}") from None
-
-    def label(self) -> str:
-        """Name plus the non-budget parameters, e.g. ``pgd(steps=20)`` (the budget has its own column)."""
-        shown = [f"{k}={v}" for k, v in self.params if k != "eps"]
-        return f"{self.name}({', '.join(shown)})" if shown else self.name
+TASK_CHOICES = ("classification", "downstream")
+DEFAULT_HEADS = ("shape", "color", "background", "size")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One evaluation grid; its hash identifies a run for resuming."""
+    """One evaluation grid; its hash identifies a run for resuming.
+
+    ``task="downstream"`` evaluates each model as an encoder: its penultimate features with one head per
+    name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
+    ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
+    """
 
     models: tuple[ModelSpec, ...] = (ModelSpec("smallcnn"),)
     defenses: tuple[ComponentSpec, ...] = (ComponentSpec("none"),)
     attacks: tuple[ComponentSpec, ...] = (ComponentSpec("pgd"),)
     data: str = "synth"
     train_data: str | None = None
+    fit_data: str | None = None
     n: int | None = 1000
     batch_size: int = 256
     seed: int = 0
@@ -93,6 +79,9 @@ class EvalConfig:
     amp: str | None = None
     channels_last: bool = False
     compile: bool = False
+    task: str = "classification"
+    heads: tuple[str, ...] = DEFAULT_HEADS
+    head_kind: str = "mlp"
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
@@ -105,76 +94,47 @@ class EvalConfig:
             raise ConfigError(f"--amp takes bf16, got {self.amp!r}")
         if self.compile and torch.device(self.device).type != "cuda":
             raise ConfigError("--compile is for CUDA devices; on the CPU it only adds compile time, so it is refused")
+        if self.task not in TASK_CHOICES:
+            raise ConfigError(f"task must be one of {', '.join(TASK_CHOICES)}, got {self.task!r}")
+        if self.task == "downstream" and not self.heads:
+            raise ConfigError("the downstream task needs at least one head (--head shape ...)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, recorded in the report."""
-        return json_ready(dataclasses.asdict(self))
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists and enums to strings, recursively."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
-
-
-def prepare_defense(defense: Defense, model: ImageClassifier, data: str, *, seed: int, progress: bool) -> None:
-    """Put ``defense`` on the model's device and train it, if it learns, on the train split of ``data``.
-
-    ``eval``, ``generate`` and ``train-defense`` all come through here, seeded alike, so for the same
-    defense, model, data and seed they reach the same cached weights.
-    """
-    if isinstance(defense, nn.Module):
-        defense.to(model.mean.device)
-    if type(defense).fit is Defense.fit:
-        return
-    train = load_dataset(data, split="train", image_size=model.input_size)
-    defense.fit(model, train, generator=torch.Generator().manual_seed(seed), progress=progress)
-
-
-@dataclass
-class _Cell:
-    """Accumulated per-sample results of one (threat mode, attack) cell for one model and defense."""
-
-    mode: str
-    spec: ComponentSpec
-    attack: Attack
-    adv_pred: list[Tensor] = field(default_factory=list)
-    norm: list[Tensor] = field(default_factory=list)
-    seconds: float = 0.0
-    halvings: int = 0
-
-
-@dataclass
-class _BatchLimit:
-    """Most samples one attack call may take; ``None`` until a CUDA out-of-memory error halves it."""
-
-    size: int | None = None
+        return json_ready(dataclasses.asdict(self))  # type: ignore[no-any-return]
 
 
 class Evaluator:
     """Runs an :class:`EvalConfig` and returns its :class:`Report`.
 
     Args:
-        store: where per-batch results go; a :class:`robustlab.store.SqliteStore` makes runs resumable.
+        store: where per-unit results go; a :class:`robustlab.store.SqliteStore` makes runs resumable.
         progress: tqdm bars on stderr.
         shard: this process's rank under ``torchrun``: it computes the batches it owns, and rank 0 merges
             everyone's units and returns the full report (other ranks return one without rows).
+        artifacts: a path prefix (``runs/r1`` for ``runs/r1.json``) under which what universal attacks
+            learned is written as safetensors (``runs/r1.uap.m0-d0-a0.safetensors``); ``None``: not written.
     """
 
-    def __init__(self, store: RunStore | None = None, *, progress: bool = True, shard: Shard | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore | None = None,
+        *,
+        progress: bool = True,
+        shard: Shard | None = None,
+        artifacts: Path | None = None,
+    ) -> None:
         self.store: RunStore = store if store is not None else MemoryStore()
         self.progress = progress
         self.shard = shard or Shard()
-        self._limit = _BatchLimit()
+        self.artifacts = artifacts
+        self._limit = BatchLimit()
         self._diagnostics: list[Diagnostic] = []
 
     def run(self, config: EvalConfig) -> Report:
         """Evaluate the whole grid."""
         started = time.perf_counter()
-        self._limit, self._diagnostics = _BatchLimit(), []
+        self._limit, self._diagnostics = BatchLimit(), []
         load_builtin_components()
         attacks = [(spec, spec.build(ATTACKS)) for spec in config.attacks]
         defenses = [(spec, spec.build(DEFENSES)) for spec in config.defenses]
@@ -189,18 +149,17 @@ class Evaluator:
             ).to(device)
             dataset = load_dataset(config.data, split="test", image_size=model.input_size)
             indices = _sample_indices(dataset, config.n)
-            _check_classes(model, dataset, config.data)
+            if config.task == "classification":
+                _check_classes(model, dataset, config.data)
             for di, (defense_spec, defense) in enumerate(defenses):
-                prepare_defense(
-                    defense, model, config.train_data or config.data, seed=config.seed, progress=self.progress
-                )
                 names = (model_spec.label(), defense_spec.label())
-                block_rows, block_samples = self._evaluate_pair(
-                    model, defense, dataset, indices, attacks, config, key=f"m{mi}/d{di}", names=names
-                )
-                rows += block_rows
-                samples += block_samples
-                if config.diagnostics and defense.changes_model:
+                targets = self._targets(model, defense, dataset, config, names=names)
+                for ti, target in enumerate(targets):
+                    key = f"m{mi}/d{di}" + (f"/h{ti}" if target.head else "")
+                    block_rows, block_samples = self._evaluate_target(target, indices, attacks, config, key=key)
+                    rows += block_rows
+                    samples += block_samples
+                if config.task == "classification" and config.diagnostics and defense.changes_model:
                     diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
@@ -215,73 +174,122 @@ class Evaluator:
             fidelity=fidelity,
         )
 
-    def _evaluate_pair(
+    def _targets(
         self,
         model: ImageClassifier,
         defense: Defense,
         dataset: ImageDataset,
+        config: EvalConfig,
+        *,
+        names: tuple[str, str],
+    ) -> list[Target]:
+        """The victim of one model and defense: a classifier, or an encoder with one target per head."""
+        if config.task == "classification":
+            prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=self.progress)
+            return classifier_targets(
+                model, defense, dataset, config.threat_modes, eot_samples=config.eot_samples, names=names
+            )
+        if defense.changes_model:
+            raise ConfigError(
+                f"the downstream task scores an encoder's heads undefended; --defense {names[1]} is not supported"
+            )
+        from robustlab.encoders import ClassifierFeatures, HeadConfig, trained_heads
+
+        encoder = ClassifierFeatures(model)
+        head_data = config.train_data or config.data
+        configs = [
+            HeadConfig(task=head, kind=config.head_kind, data=head_data, seed=config.seed) for head in config.heads
+        ]
+        heads = trained_heads(encoder, configs, progress=self.progress)
+        datasets = {
+            head: load_dataset(_with_target(config.data, head), split="test", image_size=model.input_size)
+            for head in config.heads
+        }
+        return downstream_targets(encoder, dict(heads), datasets, names=names)
+
+    def _evaluate_target(
+        self,
+        target: Target,
         indices: Tensor,
         attacks: Sequence[tuple[ComponentSpec, Attack]],
         config: EvalConfig,
         *,
         key: str,
-        names: tuple[str, str],
     ) -> tuple[list[Row], list[dict[str, Any]]]:
         device = torch.device(config.device)
-        plain = _frozen(defense.wrap(model))
+        plain = target.scored
         scored = _accelerated(plain, config)
-        attacked = {
-            mode: _accelerated(module, config) for mode, module in _attacked_models(model, defense, config).items()
-        }
+        attacked = {mode: _accelerated(module, config) for mode, module in target.attacked.items()}
+        cells = [
+            Cell(mode, ai, spec, attack, self._task(attack, target))
+            for mode in attacked
+            for ai, (spec, attack) in enumerate(attacks)
+        ]
+        context = RunContext(
+            store=self.store,
+            unit=lambda unit_key, compute: self._unit(unit_key, config.seed, compute),
+            key=key,
+            fit_data=lambda: load_dataset(
+                config.fit_data or config.data, split="train", image_size=getattr(plain, "input_size", None)
+            ),
+            artifacts=self.artifacts if self.shard.is_main else None,
+            progress=self.progress,
+        )
+        for cell in cells:
+            RUNNERS[cell.attack.kind].prepare(cell, target.fit_on[cell.mode], scored, context)
+        batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
+        tasks = {cell.task.name: cell.task for cell in batched}
         check_fast_path = config.amp is not None or config.compile
-        # Stopping a sample at its first success is sound only when the attacked model's prediction is the
-        # scored one: under transfer the bare model may be fooled while the defended one is not.
-        early_stop = not defense.changes_model
-        cells = [_Cell(mode, spec, attack) for mode in attacked for spec, attack in attacks]
-        n_batches = -(-len(indices) // config.batch_size)
+        n_batches = -(-len(indices) // config.batch_size) if batched else 0
         own = [b for b in range(n_batches) if self.shard.owns(b)]
         bar = tqdm(
-            total=len(own) * (1 + len(cells)),
-            desc=" / ".join(names),
+            total=len(own) * (len(tasks) + len(batched)),
+            desc=" / ".join(filter(None, (*target.names, target.head))),
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
         )
         units: dict[str, dict[str, Tensor]] = {}
         for b in own:
-            clean_key = f"{key}/clean/b{b}"
-            cell_keys = [f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}" for ci, cell in enumerate(cells)]
-            stored = {k: self.store.get(k) for k in (clean_key, *cell_keys)}
+            clean_keys = {name: f"{key}/clean/{name}/b{b}" for name in tasks}
+            cell_keys = [_cell_key(key, cell, b) for cell in batched]
+            stored = {k: self.store.get(k) for k in (*clean_keys.values(), *cell_keys)}
             if all(unit is not None for unit in stored.values()):
                 units.update({k: unit for k, unit in stored.items() if unit is not None})
-                bar.update(1 + len(cells))
+                bar.update(len(stored))
                 continue  # a resumed batch: not even its images are needed again
             chunk = indices[b * config.batch_size : (b + 1) * config.batch_size]
-            _, x, y = next(iterate_batches(dataset, chunk, config.batch_size))
+            _, x, y = next(iterate_batches(target.dataset, chunk, config.batch_size))
             x, y = x.to(device), y.to(device)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if check_fast_path:
                 check_fast_path = False
-                self._diagnostics.append(_fast_path_check(plain, scored, x, config, names))
-            clean = self._unit(clean_key, config.seed, lambda g, x=x, y=y: {"pred": _predict(scored, x), "label": y})
-            units[clean_key] = clean
-            bar.update()
-            correct = clean["pred"].to(device) == y
-            for cell, cell_key in zip(cells, cell_keys, strict=True):
+                self._diagnostics.append(_fast_path_check(plain, scored, x, config, target.names))
+            clean: dict[str, dict[str, Tensor]] = {}
+            for name, task in tasks.items():
+                clean[name] = units[clean_keys[name]] = self._unit(
+                    clean_keys[name],
+                    config.seed,
+                    lambda g, task=task, x=x, y=y: {**task.clean(scored, x, y), "label": y},
+                )
+                bar.update()
+            for cell, cell_key in zip(batched, cell_keys, strict=True):
+                cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
                 units[cell_key] = self._unit(
                     cell_key,
                     config.seed,
-                    lambda g, cell=cell, x=x, y=y, correct=correct, pred=clean["pred"]: _attack_batch(
+                    lambda g, cell=cell, x=x, y=y, cell_clean=cell_clean: attack_and_score(
                         cell.attack,
                         attacked[cell.mode],
                         scored,
+                        cell.task,
                         x,
                         y,
-                        correct,
-                        pred.to(device),
+                        cell_clean,
+                        cell.task.attackable(cell_clean, y),
                         g,
-                        early_stop=early_stop,
+                        early_stop=target.early_stop,
                         limit=self._limit,
                     ),
                 )
@@ -290,30 +298,19 @@ class Evaluator:
         units = gather_units(self.shard, units)
         if not self.shard.is_main:
             return [], []
-        labels: list[Tensor] = []
-        clean_pred: list[Tensor] = []
+        cleans: dict[str, list[dict[str, Tensor]]] = {name: [] for name in tasks}
         for b in range(n_batches):
-            clean = units[f"{key}/clean/b{b}"]
-            labels.append(clean["label"].cpu())
-            clean_pred.append(clean["pred"].cpu())
-            for ci, cell in enumerate(cells):
-                unit = units[f"{key}/{cell.mode}/a{ci % len(attacks)}/b{b}"]
-                cell.adv_pred.append(unit["adv_pred"].cpu())
-                cell.norm.append(unit["norm"].cpu())
-                cell.seconds += float(unit["seconds"])
-                cell.halvings += int(unit["halvings"].sum()) if "halvings" in unit else 0
-        for cell in cells:
-            if cell.halvings:
-                self._diagnostics.append(
-                    Diagnostic(
-                        "batch-halved",
-                        f"{cell.spec.label()} ran out of CUDA memory {cell.halvings} times and was retried "
-                        f"with half the batch (now at most {self._limit.size} samples per attack call)",
-                        model=names[0],
-                        defense=names[1],
-                    )
-                )
-        return _aggregate(names, torch.cat(labels), torch.cat(clean_pred), cells, indices)
+            for name in tasks:
+                cleans[name].append(units[f"{key}/clean/{name}/b{b}"])
+            for cell in batched:
+                cell.results.append(units[_cell_key(key, cell, b)])
+        self._report_halvings(batched, target.names)
+        return _aggregate(target, cells, {name: _concat(parts) for name, parts in cleans.items()}, indices)
+
+    def _task(self, attack: Attack, target: Target) -> Task:
+        """The task that scores ``attack`` on ``target``: the attack's own, else the victim's."""
+        task: Task = TASKS.get(attack.task or target.task).factory()
+        return task
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
         """Return the stored result of ``key`` or compute and store it inside a seeded RNG fork."""
@@ -324,6 +321,20 @@ class Evaluator:
             result = compute(generator)
         self.store.put(key, result)
         return result
+
+    def _report_halvings(self, cells: list[Cell], names: tuple[str, str]) -> None:
+        for cell in cells:
+            halvings = sum(int(r["halvings"].sum()) for r in cell.results if "halvings" in r)
+            if halvings:
+                self._diagnostics.append(
+                    Diagnostic(
+                        "batch-halved",
+                        f"{cell.spec.label()} ran out of CUDA memory {halvings} times and was retried "
+                        f"with half the batch (now at most {self._limit.size} samples per attack call)",
+                        model=names[0],
+                        defense=names[1],
+                    )
+                )
 
     def _probe(
         self,
@@ -337,14 +348,17 @@ class Evaluator:
         names: tuple[str, str],
     ) -> list[Diagnostic]:
         """Gradient-masking probes on up to 128 clean-correct samples of the defended model."""
+        from robustlab.threat import Norm
+        from robustlab.victims import frozen
+
         device = torch.device(config.device)
         _, x, y = next(iter(iterate_batches(dataset, indices[:128], 128)))
         x, y = x.to(device), y.to(device)
-        scored = _frozen(defense.wrap(model))
-        keep = _predict(scored, x) == y
+        scored = frozen(defense.wrap(model))
+        keep = predict(scored, x) == y
         budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
         settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
-        attacked = _attacked_models(model, defense, replace(config, threat_modes=(ThreatMode.ADAPTIVE,)))["adaptive"]
+        attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)["adaptive"]
         with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
             return probe_gradient_masking(
                 attacked,
@@ -358,20 +372,26 @@ class Evaluator:
             )
 
 
-@contextmanager
-def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
-    """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
-    unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
-        yield torch.Generator().manual_seed(unit_seed)
+def _cell_key(key: str, cell: Cell, batch: int) -> str:
+    return f"{key}/{cell.mode}/a{cell.index}/b{batch}"
 
 
-def load_builtin_components() -> None:
-    """Import the built-in attacks and defenses so that their registry entries exist."""
-    import robustlab.attacks
-    import robustlab.defenses  # noqa: F401
+def _with_target(spec: str, attribute: str) -> str:
+    """``synth[:opts]`` labelled by ``attribute`` (``synth:target=color``); other datasets as they are."""
+    if spec.split(":", 1)[0] != "synth":
+        return spec
+    return f"{spec},target={attribute}" if ":" in spec else f"synth:target={attribute}"
+
+
+def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Per-sample tensors of consecutive batches joined on the CPU (per-unit scalars like ``seconds`` summed)."""
+    if not parts:
+        return {}
+    out = {}
+    for name in parts[0]:
+        values = [part[name].cpu() for part in parts]
+        out[name] = torch.stack([v.sum() for v in values]) if name in ("seconds", "halvings") else torch.cat(values)
+    return out
 
 
 def _fidelity(
@@ -409,73 +429,6 @@ def _check_classes(model: ImageClassifier, dataset: ImageDataset, data: str) -> 
         )
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-def _attacked_models(model: nn.Module, defense: Defense, config: EvalConfig) -> dict[str, nn.Module]:
-    """The model the attacker differentiates, per threat mode."""
-    if not defense.changes_model:
-        return {NO_MODE: model}
-    adaptive: nn.Module = _frozen(defense.wrap(model, adaptive=True))
-    if defense.randomized:
-        adaptive = EOT(adaptive, config.eot_samples).eval()
-    choice = {ThreatMode.TRANSFER: model, ThreatMode.ADAPTIVE: adaptive}
-    return {mode.value: choice[mode] for mode in config.threat_modes}
-
-
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.inference_mode():
-        return model(x).argmax(dim=1)
-
-
-def _attack_batch(
-    attack: Attack,
-    attacked: nn.Module,
-    scored: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    correct: Tensor,
-    clean_pred: Tensor,
-    generator: torch.Generator,
-    *,
-    early_stop: bool,
-    limit: _BatchLimit,
-) -> dict[str, Tensor]:
-    """Attack the still-correct samples of a batch; others keep their clean prediction and a zero norm.
-
-    On a CUDA out-of-memory error the attack is retried on halves, and ``limit`` remembers the size that
-    fits for the batches that follow; the number of halvings is stored with the unit and reported.
-    """
-    started = time.perf_counter()
-    index = correct.nonzero().flatten()
-    adv_pred = clean_pred.clone()
-    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    halvings = 0
-    start = 0
-    while start < len(index):
-        part = index[start : start + (limit.size or len(index))]
-        try:
-            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop)
-        except torch.cuda.OutOfMemoryError:
-            if len(part) == 1:
-                raise
-            limit.size, halvings = len(part) // 2, halvings + 1
-            torch.cuda.empty_cache()
-            continue
-        adv_pred[part] = _predict(scored, x_adv)
-        norm[part] = perturbation_norm(x[part], x_adv, attack.threat.norm)
-        start += len(part)
-    return {
-        "adv_pred": adv_pred,
-        "norm": norm,
-        "seconds": torch.tensor([time.perf_counter() - started]),
-        "halvings": torch.tensor([halvings]),
-    }
-
-
 class _Autocast(nn.Module):
     """Runs a model under ``torch.autocast`` and hands float32 logits back, so losses and argmax stay float32."""
 
@@ -493,11 +446,11 @@ class _Autocast(nn.Module):
 def _accelerated(module: nn.Module, config: EvalConfig) -> nn.Module:
     """The module with the fast paths asked for (channels-last, bf16 autocast, torch.compile), else itself."""
     if config.channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if config.amp == "bf16":
         module = _Autocast(module, torch.bfloat16).eval()
     if config.compile:
-        module = torch.compile(module)
+        module = torch.compile(module)  # type: ignore[assignment]
     return module
 
 
@@ -505,7 +458,7 @@ def _fast_path_check(
     plain: nn.Module, fast: nn.Module, x: Tensor, config: EvalConfig, names: tuple[str, str]
 ) -> Diagnostic:
     """Compare the fast path's clean predictions with plain float32 ones on the first batch."""
-    agree = (_predict(plain, x) == _predict(fast, x)).double().mean().item()
+    agree = (predict(plain, x) == predict(fast, x)).double().mean().item()
     paths = ", ".join(p for p, on in (("amp bf16", config.amp), ("compile", config.compile)) if on)
     code = "fast-path-check" if agree >= 0.99 else "fast-path-mismatch"
     message = f"{paths}: clean predictions agree with float32 on {agree:.1%} of {len(x)} samples"
@@ -513,82 +466,160 @@ def _fast_path_check(
 
 
 def _aggregate(
-    names: tuple[str, str], y: Tensor, clean_pred: Tensor, cells: list[_Cell], indices: Tensor
+    target: Target, cells: list[Cell], cleans: dict[str, dict[str, Tensor]], indices: Tensor
 ) -> tuple[list[Row], list[dict[str, Any]]]:
-    model_name, defense_name = names
-    n = len(y)
-    correct = clean_pred == y
-    clean_acc = correct.double().mean().item()
+    """Rows and per-sample blocks of one target: a row per cell, plus a worst case per threat mode and task."""
     rows: list[Row] = []
     samples: list[dict[str, Any]] = []
     for mode in dict.fromkeys(cell.mode for cell in cells):
         mode_cells = [cell for cell in cells if cell.mode == mode]
-        robust_all = correct.clone()
-        block: dict[str, Any] = {
-            "model": model_name,
-            "defense": defense_name,
-            "threat_mode": mode,
-            "index": indices.tolist(),
-            "label": y.tolist(),
-            "clean_pred": clean_pred.tolist(),
-            "attacks": [],
-        }
+        blocks: dict[str, dict[str, Any]] = {}
         for cell in mode_cells:
-            adv_pred, norm = torch.cat(cell.adv_pred), torch.cat(cell.norm)
-            success = correct & (adv_pred != y)
-            robust_all &= ~success
-            broken = norm[success]
-            rows.append(
-                Row(
-                    model=model_name,
-                    defense=defense_name,
-                    threat_mode=mode,
-                    attack=cell.spec.label(),
-                    threat=cell.attack.threat.describe(),
-                    n=n,
-                    clean_acc=clean_acc,
-                    robust_acc=(correct & ~success).double().mean().item(),
-                    attack_success_rate=_rate(success, correct),
-                    mean_norm=broken.mean().item() if len(broken) else None,
-                    max_norm=broken.max().item() if len(broken) else None,
-                    seconds=cell.seconds,
-                    attack_config=json_ready(cell.attack.config()),
+            rows.append(_cell_row(target, cell, cleans))
+            if cell.metrics is None:
+                block = blocks.setdefault(
+                    cell.task.name, _block(target, mode, cell.task, cleans[cell.task.name], indices)
                 )
-            )
-            block["attacks"].append(
-                {
-                    "attack": cell.spec.label(),
-                    "threat": cell.attack.threat.describe(),
-                    "adv_pred": adv_pred.tolist(),
-                    "success": success.tolist(),
-                    "norm": [round(v, 7) for v in norm.tolist()],
-                }
-            )
-        if len(mode_cells) > 1:
-            threats = {cell.attack.threat.describe() for cell in mode_cells}
-            rows.append(
-                Row(
-                    model=model_name,
-                    defense=defense_name,
-                    threat_mode=mode,
-                    attack=WORST_CASE,
-                    threat=threats.pop() if len(threats) == 1 else "mixed",
-                    n=n,
-                    clean_acc=clean_acc,
-                    robust_acc=robust_all.double().mean().item(),
-                    attack_success_rate=_rate(correct & ~robust_all, correct),
-                    mean_norm=None,
-                    max_norm=None,
-                    seconds=sum(cell.seconds for cell in mode_cells),
-                )
-            )
-        samples.append(block)
+                block["attacks"].append(_sample_results(cell, cleans[cell.task.name]))
+        for task_name, block in blocks.items():
+            group = [cell for cell in mode_cells if cell.task.name == task_name and cell.metrics is None]
+            if group[0].task.worst_case and len(group) > 1:
+                rows.append(_worst_case_row(target, mode, group, cleans[task_name]))
+            samples.append(block)
     return rows, samples
 
 
-def _rate(hits: Tensor, of: Tensor) -> float:
-    total = int(of.sum())
-    return int(hits.sum()) / total if total else 0.0
+def _row_task(target: Target, task: Task) -> str:
+    return f"downstream/{target.head}" if target.head and task.name == target.task else task.name
+
+
+def _make_row(
+    target: Target,
+    mode: str,
+    *,
+    attack: str,
+    threat: str,
+    kind: str,
+    task: Task,
+    n: int,
+    metrics: dict[str, float],
+    seconds: float,
+    norms: Tensor | None = None,
+    attack_config: dict[str, Any] | None = None,
+    artifact: str | None = None,
+) -> Row:
+    described = {
+        m.name: {
+            "value": metrics[m.name],
+            "higher_is_better": m.higher_is_better,
+            "gated": m.gated,
+            "proportion": m.proportion,
+        }
+        for m in task.metrics
+        if m.name in metrics
+    }
+    return Row(
+        model=target.names[0],
+        defense=target.names[1],
+        threat_mode=mode,
+        attack=attack,
+        threat=threat,
+        n=n,
+        clean_acc=metrics.get("clean_acc"),
+        robust_acc=metrics.get("robust_acc"),
+        attack_success_rate=metrics.get("attack_success_rate"),
+        mean_norm=norms.mean().item() if norms is not None and len(norms) else None,
+        max_norm=norms.max().item() if norms is not None and len(norms) else None,
+        seconds=seconds,
+        attack_config=attack_config or {},
+        kind=kind,
+        task=_row_task(target, task),
+        metrics=described,
+        artifact=artifact,
+    )
+
+
+def _cell_row(target: Target, cell: Cell, cleans: dict[str, dict[str, Tensor]]) -> Row:
+    common = {
+        "attack": cell.spec.label(),
+        "threat": cell.attack.threat.describe(),
+        "kind": cell.attack.kind.value,
+        "task": cell.task,
+        "attack_config": json_ready(cell.attack.config()),
+        "artifact": cell.artifact,
+    }
+    if cell.metrics is not None:  # generative: scored once, no inputs
+        return _make_row(target, cell.mode, n=0, metrics=cell.metrics, seconds=cell.seconds, **common)
+    clean, adversarial = cleans[cell.task.name], _concat(cell.results)
+    y = clean["label"]
+    success = _success(cell.task, clean, adversarial)
+    return _make_row(
+        target,
+        cell.mode,
+        n=len(y),
+        metrics=cell.task.aggregate(y, clean, adversarial),
+        seconds=float(adversarial["seconds"].sum()),
+        norms=adversarial["norm"][success],
+        **common,
+    )
+
+
+def _success(task: Task, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
+    """Samples the attack broke: attacked and no longer robust (all attacked ones for tasks without a worst case)."""
+    attacked = adversarial["attacked"].bool()
+    if not task.worst_case:
+        return attacked
+    return attacked & ~task.robust(clean["label"], clean, adversarial)
+
+
+def _worst_case_row(target: Target, mode: str, cells: list[Cell], clean: dict[str, Tensor]) -> Row:
+    y = clean["label"]
+    task = cells[0].task
+    robust = torch.ones_like(y, dtype=torch.bool)
+    for cell in cells:
+        robust &= task.robust(y, clean, _concat(cell.results))
+    threats = {cell.attack.threat.describe() for cell in cells}
+    return _make_row(
+        target,
+        mode,
+        attack=WORST_CASE,
+        threat=threats.pop() if len(threats) == 1 else "mixed",
+        kind="worst-case",
+        task=task,
+        n=len(y),
+        metrics=task.summarize(y, clean, robust),
+        seconds=sum(float(_concat(cell.results)["seconds"].sum()) for cell in cells),
+    )
+
+
+def _block(target: Target, mode: str, task: Task, clean: dict[str, Tensor], indices: Tensor) -> dict[str, Any]:
+    """The per-sample record of one target, threat mode and task: labels, clean results, one entry per attack."""
+    return {
+        "model": target.names[0],
+        "defense": target.names[1],
+        "threat_mode": mode,
+        "task": _row_task(target, task),
+        "index": indices.tolist(),
+        "label": clean["label"].tolist(),
+        **{f"clean_{name}": value.tolist() for name, value in clean.items() if name != "label"},
+        "attacks": [],
+    }
+
+
+def _sample_results(cell: Cell, clean: dict[str, Tensor]) -> dict[str, Any]:
+    adversarial = _concat(cell.results)
+    per_sample = {
+        name: value.tolist()
+        for name, value in adversarial.items()
+        if name not in ("norm", "attacked", "seconds", "halvings") and len(value) == len(clean["label"])
+    }
+    return {
+        "attack": cell.spec.label(),
+        "threat": cell.attack.threat.describe(),
+        **per_sample,
+        "success": _success(cell.task, clean, adversarial).tolist(),
+        "norm": [round(v, 7) for v in adversarial["norm"].tolist()],
+    }
 
 
 def run_config_hash(config: EvalConfig) -> str:

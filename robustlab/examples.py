@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from robustlab.attack import ATTACKS, AttackKind
+from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import iterate_batches, load_dataset
-from robustlab.evaluate import ComponentSpec, load_builtin_components
 from robustlab.models import ModelSpec, load_model
 from robustlab.plots import Example
 from robustlab.report import Report
+from robustlab.runners import attack_and_score
+from robustlab.tasks import Classification
 
 __all__ = ["regenerate_examples"]
 
@@ -33,26 +35,47 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         RobustlabError: the model or data of the report cannot be loaded here (weights unavailable...).
     """
     config = report.config
-    block = next((b for b in report.samples if b["defense"] == "none" and b["attacks"]), None)
+    block = next(
+        (
+            b
+            for b in report.samples
+            if b["defense"] == "none" and b.get("task", "classification") == "classification" and b["attacks"]
+        ),
+        None,
+    )
     if block is None or count <= 0:
         return "no undefended results in this report: no examples", []
     models = {ModelSpec(**spec).label(): ModelSpec(**spec) for spec in config["models"]}
     spec = models[block["model"]]
     position = max(range(len(block["attacks"])), key=lambda j: sum(block["attacks"][j]["success"]))
     shown: dict[str, Any] = block["attacks"][position]
-    attack_spec = config["attacks"][position]
+    specs = [ComponentSpec(spec["name"], tuple(tuple(p) for p in spec["params"])) for spec in config["attacks"]]
+    attack_spec = next(spec for spec in specs if spec.label() == shown["attack"])
     load_builtin_components()
-    attack = ComponentSpec(attack_spec["name"], tuple(tuple(p) for p in attack_spec["params"])).build(ATTACKS)
+    attack = attack_spec.build(ATTACKS)
     if attack.kind is not AttackKind.PERTURBATION:
-        return f"{attack_spec['name']} is a {attack.kind} attack: no per-input examples", []
+        return f"{attack_spec.name} is a {attack.kind} attack: no per-input examples", []
     order = sorted(range(len(block["index"])), key=lambda i: not shown["success"][i])[:count]
     model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=False)
     dataset = load_dataset(config["data"], split="test", image_size=model.input_size)
     indices = [block["index"][i] for i in order]
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
-    x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(config["seed"]))
-    with torch.inference_mode():
-        clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+    task = Classification()
+    clean = task.clean(model, x, y)
+    everything = torch.ones_like(y, dtype=torch.bool)  # show each pair, even a sample the model got wrong
+    result = attack_and_score(
+        attack,
+        model,
+        model,
+        task,
+        x,
+        y,
+        clean,
+        everything,
+        torch.Generator().manual_seed(config["seed"]),
+        keep_images=True,
+    )
+    x_adv, clean_pred, adv_pred = result["x_adv"], clean["pred"], result["adv_pred"]
     names = list(dataset.classes)
 
     def name(k: int) -> str:  # a model may predict more classes than the dataset names

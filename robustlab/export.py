@@ -41,18 +41,19 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import atomic_write, config_hash, save_weights
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
-from robustlab.defense import DEFENSES, EOT, Defense, ThreatMode
+from robustlab.data.adv import FORMAT, FORMAT_VERSION
+from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
-from robustlab.evaluate import ComponentSpec, json_ready, load_builtin_components, prepare_defense, seeded
 from robustlab.models import ModelSpec, load_model
 from robustlab.report import environment
+from robustlab.runners import attack_and_score
+from robustlab.tasks import Classification, predict
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
+from robustlab.victims import attacked_models, frozen, prepare_defense
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "GenerateConfig", "generate", "quantize_within"]
-
-FORMAT = "robustlab-adv"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -192,17 +193,9 @@ def _claim(out: Path, header: dict[str, Any]) -> None:
 
 def _models(model: nn.Module, defense: Defense, config: GenerateConfig) -> tuple[nn.Module, nn.Module]:
     """The scored (defended) model and the one the attacker differentiates."""
-    scored = _frozen(defense.wrap(model))
-    if not defense.changes_model or config.threat_mode is ThreatMode.TRANSFER:
-        return scored, model
-    attacked = _frozen(defense.wrap(model, adaptive=True))
-    return scored, EOT(attacked, config.eot_samples).eval() if defense.randomized else attacked
-
-
-def _frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
+    mode = config.threat_mode if defense.changes_model else None
+    attacked = attacked_models(model, defense, (mode,) if mode else (), eot_samples=config.eot_samples)
+    return frozen(defense.wrap(model)), next(iter(attacked.values()))
 
 
 def _shard(
@@ -224,12 +217,16 @@ def _shard(
     source = (x * 255).round().clamp(0, 255).to(torch.uint8)
     x_source, y = (source.float() / 255).to(device), y.to(device)
     with seeded(config.seed, f"shard{s}") as generator:
-        x_adv = attack(attacked, x_source, y, generator=generator)
+        task = Classification()
+        clean = task.clean(scored, x_source, y)
+        everything = torch.ones_like(y, dtype=torch.bool)  # a dataset holds every image, broken or not
+        x_adv = attack_and_score(
+            attack, attacked, scored, task, x_source, y, clean, everything, generator, keep_images=True
+        )["x_adv"]
         stored = quantize_within(source, x_adv.cpu(), attack.threat)
         x_stored = (stored.float() / 255).to(device)
         verify(attack.threat, x_source, x_stored)
-        with torch.inference_mode():
-            clean_pred, adv_pred = scored(x_source).argmax(1), scored(x_stored).argmax(1)
+        clean_pred, adv_pred = clean["pred"], predict(scored, x_stored)  # scored again on the stored pixels
     norm = perturbation_norm(x_source, x_stored, attack.threat.norm)
     records = []
     for i, index in enumerate(indices.tolist()):

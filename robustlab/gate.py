@@ -1,9 +1,10 @@
 """The regression gate: compare a report with a baseline and name every row that got worse.
 
-CI runs the same evaluation on every change and fails the job when a clean or robust accuracy
-falls by more than a tolerance. Rows are matched by :meth:`robustlab.report.Row.key`, so the two
-reports must cover the same grid; a baseline row missing from the new report is bad input, not a
-pass, because a gate that silently skips rows would let a regression through.
+CI runs the same evaluation on every change and fails the job when a gated metric of any row
+(clean or robust accuracy, or a task's own metric) gets worse by more than a tolerance. Rows are
+matched by :meth:`robustlab.report.Row.key`, so the two reports must cover the same grid; a baseline
+row missing from the new report is bad input, not a pass, because a gate that silently skips rows
+would let a regression through.
 """
 
 from __future__ import annotations
@@ -15,51 +16,54 @@ from pathlib import Path
 from robustlab.errors import ConfigError
 from robustlab.report import Report, Row
 
-__all__ = ["METRICS", "Regression", "compare_reports", "format_regressions", "load_baseline"]
-
-METRICS = ("clean_acc", "robust_acc")
+__all__ = ["Regression", "compare_reports", "format_regressions", "load_baseline"]
 
 
 @dataclass(frozen=True)
 class Regression:
-    """One metric of one row that fell by more than it is allowed to.
+    """One metric of one row that moved the wrong way by more than it is allowed to.
 
-    ``allowed`` is the tolerance plus the statistical margin (``margin_sigmas`` standard errors of
-    the difference of two binomial proportions measured on ``n`` samples each).
+    ``allowed`` is the tolerance plus, for proportions, the statistical margin (``margin_sigmas``
+    standard errors of the difference of two binomial proportions measured on ``n`` samples each).
     """
 
-    key: tuple[str, str, str, str, str]
+    key: tuple[str, ...]
     metric: str
     baseline: float
     new: float
     allowed: float
+    higher_is_better: bool = True
 
     def describe(self) -> str:
-        """One line naming the row and the drop, e.g. for a CI log."""
-        drop = self.baseline - self.new
+        """One line naming the row and the change, e.g. for a CI log."""
+        change = self.baseline - self.new if self.higher_is_better else self.new - self.baseline
+        word = "drop" if self.higher_is_better else "rise"
         return (
             f"{' / '.join(self.key)}: {self.metric} {self.baseline:.4f} -> {self.new:.4f} "
-            f"(drop {drop:.4f} > allowed {self.allowed:.4f})"
+            f"({word} {change:.4f} > allowed {self.allowed:.4f})"
         )
 
 
 def load_baseline(path: Path) -> Report:
-    """Read a baseline report (another schema version is a :class:`ConfigError`)."""
+    """Read a baseline report (schema 1 is upgraded; another version is a :class:`ConfigError`)."""
     return Report.from_json(path)
 
 
 def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_sigmas: float = 0.0) -> list[Regression]:
-    """Return every clean/robust accuracy of ``baseline`` that ``new`` undercuts by more than allowed.
+    """Return every gated metric of ``baseline`` that ``new`` worsens by more than allowed.
+
+    Metrics are compared by name and direction: a higher-is-better metric regresses when it falls, a
+    lower-is-better one (a caption attack's BLEU to its target, classes fooled) when it rises.
 
     Args:
         new: the report under test.
         baseline: the accepted scores.
-        tolerance: allowed absolute drop in accuracy (0.02 = two points).
-        margin_sigmas: extra allowance in standard errors of the difference, so that a small ``n``
-            does not fail the gate on sampling noise alone (0 disables it).
+        tolerance: allowed absolute worsening (0.02 = two points of accuracy).
+        margin_sigmas: extra allowance in standard errors of the difference, for proportions only, so that a
+            small ``n`` does not fail the gate on sampling noise alone (0 disables it).
 
     Raises:
-        ConfigError: a negative tolerance or margin, or a baseline row the new report lacks.
+        ConfigError: a negative tolerance or margin, or a baseline row or metric the new report lacks.
     """
     if tolerance < 0 or margin_sigmas < 0:
         raise ConfigError(f"tolerance and margin must be >= 0, got {tolerance} and {margin_sigmas}")
@@ -75,11 +79,19 @@ def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_s
     found: list[Regression] = []
     for old in baseline.rows:
         current = rows[old.key()]
-        for metric in METRICS:
-            before, after = getattr(old, metric), getattr(current, metric)
-            allowed = tolerance + margin_sigmas * _difference_se(before, old.n, after, current.n)
-            if before - after > allowed + 1e-12:  # accuracies are ratios of counts: ignore float noise
-                found.append(Regression(old.key(), metric, before, after, allowed))
+        values = current.metric_values()
+        for name, metric in old.metrics.items():
+            if not metric.get("gated", True):
+                continue
+            if name not in values:
+                raise ConfigError(f"{' / '.join(old.key())}: the report has no metric {name!r} to compare")
+            before, after, higher = float(metric["value"]), values[name], bool(metric["higher_is_better"])
+            allowed = tolerance
+            if metric.get("proportion", False):
+                allowed += margin_sigmas * _difference_se(before, old.n, after, current.n)
+            worse = before - after if higher else after - before
+            if worse > allowed + 1e-12:  # accuracies are ratios of counts: ignore float noise
+                found.append(Regression(old.key(), name, before, after, allowed, higher))
     return found
 
 

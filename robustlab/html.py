@@ -10,7 +10,7 @@ import base64
 import json
 from html import escape
 
-from robustlab.report import Report
+from robustlab.report import Report, row_value, shown_columns
 from robustlab.tables import COLUMNS, NUMERIC
 
 __all__ = ["render_html"]
@@ -30,11 +30,12 @@ _SHOWN = (*COLUMNS, ("sec", "seconds", "{:.1f}"))  # the attack configuration is
 
 def render_html(report: Report, *, curves_png: bytes, grid_png: bytes | None, grid_note: str) -> str:
     """Render the page; ``grid_png`` is ``None`` when no examples could be drawn (``grid_note`` says why)."""
-    header = "".join(f"<th>{escape(title)}</th>" for title, _, _ in _SHOWN)
+    columns = shown_columns(_SHOWN, report.rows)
+    header = "".join(f"<th>{escape(title)}</th>" for title, _, _ in columns)
     body = "\n".join(
         f'<tr class="{"worst" if row.attack == "worst-case" else "row"}">'
         + "".join(
-            _cell(getattr(row, name), fmt, numeric=name in NUMERIC or name == "seconds") for _, name, fmt in _SHOWN
+            _cell(row_value(row, name), fmt, numeric=name in NUMERIC or name == "seconds") for _, name, fmt in columns
         )
         + "</tr>"
         for row in report.rows

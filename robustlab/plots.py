@@ -49,7 +49,7 @@ def curve_points(rows: Sequence[Row]) -> dict[tuple[str, str, str], dict[str, li
     panels: dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for row in rows:
         eps = row.attack_config.get("eps")
-        if row.attack == WORST_CASE or not isinstance(eps, (int, float)):
+        if row.attack == WORST_CASE or not isinstance(eps, (int, float)) or row.robust_acc is None:
             continue
         line = panels[(row.model, row.defense, row.threat_mode)].setdefault(
             f"{row.attack} ({row.threat.split()[0]})", [(0.0, row.clean_acc)]

@@ -26,9 +26,12 @@ __all__ = [
     "Row",
     "environment",
     "format_table",
+    "other_metrics",
+    "row_value",
+    "shown_columns",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WORST_CASE = "worst-case"
 
 
@@ -36,9 +39,13 @@ WORST_CASE = "worst-case"
 class Row:
     """Aggregates of one grid cell.
 
-    ``robust_acc`` counts a sample as robust when it was classified correctly and the attack failed;
-    ``attack_success_rate`` is the fraction of attacked (clean-correct) samples the attack broke;
-    the norms are over the successful adversarial examples (None when there are none).
+    Every row carries its attack ``kind``, its ``task`` and a ``metrics`` mapping (name -> ``value``,
+    ``higher_is_better``, ``gated``, ``proportion``) that the gate compares by name and direction. For
+    classification tasks the accuracies also stand in their own fields: ``robust_acc`` counts a sample
+    as robust when it was classified correctly and the attack failed; ``attack_success_rate`` is the
+    fraction of attacked (clean-correct) samples the attack broke; the norms are over the successful
+    adversarial examples (None when there are none). ``artifact`` is the file a universal attack's
+    perturbation was written to, if any.
     """
 
     model: str
@@ -47,17 +54,31 @@ class Row:
     attack: str
     threat: str
     n: int
-    clean_acc: float
-    robust_acc: float
-    attack_success_rate: float
+    clean_acc: float | None
+    robust_acc: float | None
+    attack_success_rate: float | None
     mean_norm: float | None
     max_norm: float | None
     seconds: float
     attack_config: dict[str, Any] = field(default_factory=dict)
+    kind: str = "perturbation"
+    task: str = "classification"
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifact: str | None = None
 
-    def key(self) -> tuple[str, str, str, str, str]:
-        """Identity of the row across runs (what a baseline comparison matches on)."""
-        return (self.model, self.defense, self.threat_mode, self.attack, self.threat)
+    def __post_init__(self) -> None:
+        if not self.metrics and self.task == "classification" and self.clean_acc is not None:
+            # a classification row built from its accuracies alone (a schema-1 report, a hand-made row)
+            object.__setattr__(self, "metrics", _accuracy_metrics(self))
+
+    def key(self) -> tuple[str, ...]:
+        """Identity of the row across runs (what a baseline comparison matches on); the task when not classification."""
+        base = (self.model, self.defense, self.threat_mode, self.attack, self.threat)
+        return base if self.task == "classification" else (*base, self.task)
+
+    def metric_values(self) -> dict[str, float]:
+        """Metric name -> value."""
+        return {name: float(m["value"]) for name, m in self.metrics.items()}
 
 
 @dataclass(frozen=True)
@@ -121,8 +142,11 @@ class Report:
         except (OSError, json.JSONDecodeError) as error:
             raise DataError(f"cannot read report {path}: {error}") from None
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != SCHEMA_VERSION:
-            raise ConfigError(f"report {path} has schema version {version}, this robustlab reads {SCHEMA_VERSION}")
+        if version not in (1, SCHEMA_VERSION):
+            raise ConfigError(
+                f"report {path} has schema version {version}, this robustlab reads 1 and {SCHEMA_VERSION}: "
+                f"regenerate it with this version's robustlab eval"
+            )
         row_fields = {f.name for f in fields(Row)}
         return cls(
             config=data["config"],
@@ -133,6 +157,21 @@ class Report:
             seconds=data.get("seconds", 0.0),
             fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
         )
+
+
+def _accuracy_metrics(row: Row) -> dict[str, dict[str, Any]]:
+    """The metrics mapping of a classification row whose accuracies are all it has."""
+    metrics = {
+        name: {"value": getattr(row, name), "higher_is_better": True, "gated": True, "proportion": True}
+        for name in ("clean_acc", "robust_acc")
+    }
+    metrics["attack_success_rate"] = {
+        "value": row.attack_success_rate,
+        "higher_is_better": False,
+        "gated": False,
+        "proportion": True,
+    }
+    return metrics
 
 
 def _jsonable(value: Any) -> Any:
@@ -177,13 +216,34 @@ TABLE_COLUMNS = (  # (title, Row field, format) of the console table
     ("mean norm", "mean_norm", "{:.4f}"),
     ("max norm", "max_norm", "{:.4f}"),
     ("sec", "seconds", "{:.1f}"),
+    ("metrics", "other_metrics", "{}"),
 )
+
+
+def other_metrics(row: Row) -> str | None:
+    """The metrics that have no column of their own (a task's own: BLEU, classes fooled...), as ``name=value``."""
+    shown = {"clean_acc", "robust_acc", "attack_success_rate"}
+    parts = [f"{name}={m['value']:.4g}" for name, m in row.metrics.items() if name not in shown]
+    return " ".join(parts) or None
+
+
+def row_value(row: Row, name: str) -> Any:
+    """The value of a table column: a :class:`Row` field, or ``other_metrics``."""
+    return other_metrics(row) if name == "other_metrics" else getattr(row, name)
+
+
+def shown_columns(columns: tuple[tuple[str, str, str], ...], rows: list[Row]) -> tuple[tuple[str, str, str], ...]:
+    """``columns`` less the metrics column when no row has metrics of its own (classification-only tables)."""
+    if any(other_metrics(row) for row in rows):
+        return columns
+    return tuple(column for column in columns if column[1] != "other_metrics")
 
 
 def format_table(rows: list[Row]) -> str:
     """Render rows as an aligned plain-text table."""
-    header = [title for title, _, _ in TABLE_COLUMNS]
-    body = [[_cell(getattr(row, name), fmt) for _, name, fmt in TABLE_COLUMNS] for row in rows]
+    columns = shown_columns(TABLE_COLUMNS, rows)
+    header = [title for title, _, _ in columns]
+    body = [[_cell(row_value(row, name), fmt) for _, name, fmt in columns] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in [header, *body]]
     lines.insert(1, "  ".join("-" * width for width in widths))

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from robustlab.report import TABLE_COLUMNS, Row
+from robustlab.report import TABLE_COLUMNS, Row, row_value, shown_columns
 
 __all__ = ["COLUMNS", "CSV_COLUMNS", "NUMERIC", "csv_table", "markdown_table"]
 
@@ -30,6 +30,9 @@ CSV_COLUMNS = (
     "max_norm",
     "seconds",
     "attack_config",
+    "kind",
+    "task",
+    "metrics",
 )
 # (title, Row field, format) of the human-readable tables: the console table less its timing column
 COLUMNS = tuple(column for column in TABLE_COLUMNS if column[1] != "seconds")
@@ -44,10 +47,11 @@ def markdown_table(rows: list[Row]) -> str:
         >>> print(markdown_table([row]).splitlines()[2])
         | smallcnn | none | - | pgd | linf 8/255 | 10 | 100.00% | 30.00% | 70.00% | 0.0300 | 0.0300 |
     """
-    header = "| " + " | ".join(title for title, _, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---:" if name in NUMERIC else "---" for _, name, _ in COLUMNS) + "|"
+    columns = shown_columns(COLUMNS, rows)
+    header = "| " + " | ".join(title for title, _, _ in columns) + " |"
+    rule = "|" + "|".join("---:" if name in NUMERIC else "---" for _, name, _ in columns) + "|"
     body = [
-        "| " + " | ".join(_cell(getattr(row, name), fmt).replace("|", "\\|") for _, name, fmt in COLUMNS) + " |"
+        "| " + " | ".join(_cell(row_value(row, name), fmt).replace("|", "\\|") for _, name, fmt in columns) + " |"
         for row in rows
     ]
     return "\n".join([header, rule, *body])
@@ -60,7 +64,8 @@ def csv_table(rows: list[Row]) -> str:
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         values = [getattr(row, name) for name in CSV_COLUMNS]
-        values[-1] = json.dumps(row.attack_config, sort_keys=True)
+        values[CSV_COLUMNS.index("attack_config")] = json.dumps(row.attack_config, sort_keys=True)
+        values[-1] = json.dumps(row.metric_values(), sort_keys=True)
         writer.writerow("" if value is None else value for value in values)
     return buffer.getvalue()
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 from torch import Tensor
 
+from robustlab.budgets import format_eps, parse_eps
 from robustlab.errors import ConfigError, ThreatModelViolation
 
 __all__ = ["Norm", "ThreatModel", "format_eps", "parse_eps", "perturbation_norm", "verify"]
@@ -54,30 +54,6 @@ class ThreatModel:
         if self.norm is Norm.UNBOUNDED:
             return "unbounded"
         return f"{self.norm} {format_eps(self.eps) if self.eps is not None else 'unbounded'}"
-
-
-def parse_eps(text: str) -> float:
-    """Parse ``8/255``, ``0.03`` or ``3e-2`` into a float budget in ``[0, 1]`` pixel units.
-
-    Example:
-        >>> parse_eps("8/255") == 8 / 255
-        True
-    """
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps {text!r} is not a number or fraction such as 8/255") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"eps {text} = {value:.4g} is outside [0, 1]: budgets are in [0, 1] pixel units")
-    return value
-
-
-def format_eps(eps: float) -> str:
-    """Show a budget as ``k/255`` when it is one, else with 4 significant digits."""
-    k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:.4g}"
 
 
 def perturbation_norm(x: Tensor, x_adv: Tensor, norm: Norm) -> Tensor:

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
+from robustlab.classifiers import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches
-from robustlab.models import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 
 __all__ = ["TrainConfig", "pgd_examples", "robust_recipe", "train_classifier", "trained_classifier"]
 

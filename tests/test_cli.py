@@ -40,7 +40,7 @@ def test_default_eval(run: Callable[..., Result], trained_model: torch.nn.Module
     assert row["n"] == 1000
     assert row["clean_acc"] > 0.95
     assert row["robust_acc"] < row["clean_acc"] - 0.5
-    assert report["schema_version"] == 1 and report["config"]["seed"] == 0
+    assert report["schema_version"] == 2 and report["config"]["seed"] == 0
     assert "smallcnn" in result.stdout and "robust" in result.stdout
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from robustlab.cli import cli
 from robustlab.plots import curve_points
-from robustlab.report import Row
+from robustlab.report import SCHEMA_VERSION, Row
 from robustlab.tables import csv_table, markdown_table
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
@@ -108,7 +108,7 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(
 
 
 def test_report_of_another_schema_is_one_line(run: Callable[..., Result], sweep: Path) -> None:
-    Path("old.json").write_text(sweep.read_text().replace('"schema_version": 1', '"schema_version": 99'))
+    Path("old.json").write_text(sweep.read_text().replace(f'"schema_version": {SCHEMA_VERSION}', '"schema_version": 99'))
     _assert_one_line(run("report", "old.json", "--format", "md"), "schema version 99")
 
 

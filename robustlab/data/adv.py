@@ -19,7 +19,10 @@ from robustlab.cache import load_weights
 from robustlab.data import DATASETS
 from robustlab.errors import ConfigError, DataError
 
-__all__ = ["AdversarialDataset", "load_adversarial"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "AdversarialDataset", "load_adversarial"]
+
+FORMAT = "robustlab-adv"
+FORMAT_VERSION = 1
 
 
 class AdversarialDataset:
@@ -38,8 +41,6 @@ class AdversarialDataset:
             raise DataError(f"{root} has no manifest.json: not a finished `robustlab generate` folder") from None
         except (OSError, json.JSONDecodeError) as error:
             raise DataError(f"cannot read {root / 'manifest.json'}: {error}") from None
-        from robustlab.export import FORMAT, FORMAT_VERSION
-
         found = (self.manifest.get("format"), self.manifest.get("format_version"))
         if found != (FORMAT, FORMAT_VERSION):
             raise DataError(f"{root} holds format {found}, this robustlab reads ({FORMAT!r}, {FORMAT_VERSION})")

@@ -1,0 +1,203 @@
+"""One runner per attack kind, and the one attack-and-score path every command goes through.
+
+:func:`attack_and_score` attacks the chosen samples of a batch (halving on CUDA out-of-memory) and
+scores the outputs with the task; the evaluator, ``generate``, the report's image grid and the masking
+probes all call it. What differs between kinds is what happens before the batches: nothing for
+per-input attacks, ``fit`` once per grid cell for universal and task attacks (the result is a stored
+unit, so a resumed run does not refit), and for generative attacks there are no batches at all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attack import Attack, AttackKind
+from robustlab.cache import save_weights
+from robustlab.components import ComponentSpec
+from robustlab.store import RunStore
+from robustlab.tasks import Task
+from robustlab.threat import perturbation_norm
+
+__all__ = ["RUNNERS", "BatchLimit", "Cell", "KeyedStore", "Runner", "attack_and_score"]
+
+
+@dataclass
+class BatchLimit:
+    """Most samples one attack call may take; ``None`` until a CUDA out-of-memory error halves it."""
+
+    size: int | None = None
+
+
+@dataclass
+class Cell:
+    """One (threat mode, attack) cell of a target, and the per-batch results gathered for it."""
+
+    mode: str
+    index: int
+    spec: ComponentSpec
+    attack: Attack
+    task: Task
+    results: list[dict[str, Tensor]] = field(default_factory=list)
+    metrics: dict[str, float] | None = None
+    artifact: str | None = None
+    seconds: float = 0.0
+
+
+def attack_and_score(
+    attack: Attack,
+    attacked: nn.Module,
+    scored: nn.Module,
+    task: Task,
+    x: Tensor,
+    y: Tensor,
+    clean: dict[str, Tensor],
+    mask: Tensor,
+    generator: torch.Generator,
+    *,
+    early_stop: bool = False,
+    limit: BatchLimit | None = None,
+    keep_images: bool = False,
+) -> dict[str, Tensor]:
+    """Attack the samples of ``mask`` and score them; the others keep the task's unattacked result.
+
+    Returns the task's per-sample tensors plus ``norm`` (float64 perturbation size, 0 where not
+    attacked), ``attacked`` (the mask), ``seconds`` and ``halvings``, and ``x_adv`` when ``keep_images``.
+    On a CUDA out-of-memory error the attack is retried on halves; ``limit`` remembers the size that fits.
+    """
+    started = time.perf_counter()
+    limit = limit if limit is not None else BatchLimit()
+    index = mask.nonzero().flatten()
+    result = task.unattacked(clean, y)
+    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    x_adv_all = x.clone() if keep_images else None
+    halvings, start = 0, 0
+    while start < len(index):
+        part = index[start : start + (limit.size or len(index))]
+        try:
+            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop)
+        except torch.cuda.OutOfMemoryError:
+            if len(part) == 1:
+                raise
+            limit.size, halvings = len(part) // 2, halvings + 1
+            torch.cuda.empty_cache()
+            continue
+        part_clean = {k: v[part] for k, v in clean.items()}
+        for key, value in task.score(scored, x_adv, y[part], part_clean, attack).items():
+            result[key][part] = value.to(result[key].device)
+        norm[part] = perturbation_norm(x[part], x_adv, attack.threat.norm)
+        if x_adv_all is not None:
+            x_adv_all[part] = x_adv
+        start += len(part)
+    result.update(
+        norm=norm,
+        attacked=mask.clone(),
+        seconds=torch.tensor([time.perf_counter() - started]),
+        halvings=torch.tensor([halvings]),
+    )
+    if x_adv_all is not None:
+        result["x_adv"] = x_adv_all
+    return result
+
+
+class KeyedStore:
+    """A view of a run store whose keys are prefixed, handed to attacks that keep state of their own."""
+
+    def __init__(self, store: RunStore, prefix: str) -> None:
+        self._store, self._prefix = store, prefix
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        return self._store.get(f"{self._prefix}/{key}")
+
+    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
+        self._store.put(f"{self._prefix}/{key}", tensors)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a runner needs beyond its cell: the store, seeding, fit data and where artifacts go."""
+
+    store: RunStore
+    unit: Any  # Callable[[str, Callable[[torch.Generator], dict[str, Tensor]]], dict[str, Tensor]]
+    key: str
+    fit_data: Any
+    artifacts: Path | None
+    progress: bool
+
+
+class Runner(Protocol):
+    """What happens to a cell before (and instead of) the per-batch loop."""
+
+    batched: bool
+
+    def prepare(self, cell: Cell, fit_on: nn.Module, scored: nn.Module, context: RunContext) -> None: ...
+
+
+class PerInputRunner:
+    """Per-input attacks need nothing before the batches."""
+
+    batched = True
+
+    def prepare(self, cell: Cell, fit_on: nn.Module, scored: nn.Module, context: RunContext) -> None:
+        return None
+
+
+class FittedRunner:
+    """Universal and task attacks: ``fit`` once per cell on the fit split, stored as a unit, then per input.
+
+    A resumed run loads the stored unit instead of fitting again. With an artifacts prefix the fitted
+    state (a universal perturbation or patch) is also written as safetensors, which the attack's
+    ``load`` parameter reads back to evaluate it on other data or models.
+    """
+
+    batched = True
+
+    def prepare(self, cell: Cell, fit_on: nn.Module, scored: nn.Module, context: RunContext) -> None:
+        attack = cell.attack
+
+        def fit(generator: torch.Generator) -> dict[str, Tensor]:
+            attack.fit(fit_on, context.fit_data(), generator=generator, progress=context.progress)
+            return attack.fitted()
+
+        attack.load_fitted(context.unit(f"{context.key}/{cell.mode}/a{cell.index}/fit", fit))
+        if context.artifacts is not None:
+            where = "-".join([*context.key.split("/"), f"a{cell.index}", *([cell.mode] if cell.mode != "-" else [])])
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cell.spec.label()}.{where}")  # run.uap.m0-d0-a0.safetensors
+            path = context.artifacts.with_name(f"{context.artifacts.name}.{name}.safetensors")
+            save_weights(path, attack.fitted(), metadata={"attack": cell.spec.name, "threat": attack.threat.describe()})
+            cell.artifact = str(path)
+
+
+class GenerativeRunner:
+    """Generative attacks: images from nothing, generated once per cell (a stored unit) and scored by the task."""
+
+    batched = False
+
+    def prepare(self, cell: Cell, fit_on: nn.Module, scored: nn.Module, context: RunContext) -> None:
+        prefix = f"{context.key}/{cell.mode}/a{cell.index}"
+
+        def generate(generator: torch.Generator) -> dict[str, Tensor]:
+            started = time.perf_counter()
+            out = cell.attack.generate(
+                fit_on, generator=generator, store=KeyedStore(context.store, prefix), progress=context.progress
+            )
+            return {**out, "seconds": torch.tensor([time.perf_counter() - started])}
+
+        generated = context.unit(f"{prefix}/generated", generate)
+        cell.metrics = cell.task.score_generated(scored, generated)
+        cell.seconds = float(generated["seconds"].sum())
+
+
+RUNNERS: dict[AttackKind, Runner] = {
+    AttackKind.PERTURBATION: PerInputRunner(),
+    AttackKind.UNIVERSAL: FittedRunner(),
+    AttackKind.TASK: FittedRunner(),
+    AttackKind.GENERATIVE: GenerativeRunner(),
+}
+"""How each kind of attack is run: the evaluator looks its cells up here and never branches on the kind."""

@@ -1,0 +1,177 @@
+"""Tasks: what a prediction is, when it counts as correct, and which metrics a row reports.
+
+The evaluator runs one loop for every victim; a :class:`Task` is the part that changes between a
+classifier (accuracy), downstream heads on an encoder (accuracy per head), a captioner (exact match,
+BLEU...) and fooling images (classes fooled at a confidence). A task scores a batch into per-sample
+tensors (stored in the run store, so a resumed run re-scores nothing) and turns the stored tensors of
+a cell into named metrics, each with its direction, that reports render and the gate compares.
+
+Adding a task is one module with a ``@TASKS.register(...)`` class; an attack names the task that scores
+it in its ``task`` attribute.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.registry import Registry
+
+__all__ = ["TASKS", "ClassConfidence", "Classification", "Metric", "Task", "predict"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named number of a row and its direction for the defender; ``gated`` metrics are compared by the gate.
+
+    ``proportion`` marks a fraction of samples: the gate's statistical margin (binomial standard error)
+    applies only to those.
+    """
+
+    name: str
+    higher_is_better: bool
+    gated: bool = True
+    proportion: bool = True
+
+
+class Task(ABC):
+    """How a victim's outputs are scored.
+
+    Per-input and universal attacks go through :meth:`clean`, :meth:`attackable`, :meth:`score` and
+    :meth:`aggregate`; generative attacks through :meth:`score_generated`. Per-sample results are dicts
+    of tensors with the batch as first dimension.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    worst_case: ClassVar[bool] = False
+    """Whether rows of several attacks combine into a per-sample worst case (an input robust to all)."""
+
+    def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per-sample results on the clean inputs."""
+        raise NotImplementedError(f"task {self.name} does not score inputs")
+
+    def attackable(self, clean: dict[str, Tensor], y: Tensor) -> Tensor:
+        """Boolean mask of the samples worth attacking (all by default)."""
+        return torch.ones_like(y, dtype=torch.bool)
+
+    def score(
+        self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
+    ) -> dict[str, Tensor]:
+        """Per-sample results on adversarial inputs of the attacked samples."""
+        raise NotImplementedError(f"task {self.name} does not score inputs")
+
+    def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        """Per-sample results of samples that were not attacked: what :meth:`score` gives for an unchanged input."""
+        raise NotImplementedError(f"task {self.name} does not score inputs")
+
+    def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
+        """The row's metrics from the per-sample results of a whole cell."""
+        raise NotImplementedError(f"task {self.name} does not score inputs")
+
+    def robust(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
+        """Per-sample robustness used by the worst case (only for tasks with :attr:`worst_case`)."""
+        raise NotImplementedError(f"task {self.name} has no per-sample worst case")
+
+    def summarize(self, y: Tensor, clean: dict[str, Tensor], robust: Tensor) -> dict[str, float]:
+        """The metrics of a per-sample robustness mask: the worst-case row over several attacks."""
+        raise NotImplementedError(f"task {self.name} has no per-sample worst case")
+
+    def score_generated(self, scored: nn.Module, generated: dict[str, Tensor]) -> dict[str, float]:
+        """The row's metrics for images a generative attack produced from nothing."""
+        raise NotImplementedError(f"task {self.name} does not score generated images")
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def predict(model: nn.Module, x: Tensor) -> Tensor:
+    """Arg-max predictions without building a graph."""
+    with torch.inference_mode():
+        return model(x).argmax(dim=1)
+
+
+@TASKS.register(
+    "classification", summary="Accuracy of a classifier; an attack succeeds when a correct input is misclassified."
+)
+class Classification(Task):
+    """AutoAttack's semantics: only correctly classified samples are attacked; robust means still correct.
+
+    ``downstream`` heads on an encoder are classifiers too and are scored by this task, one row per head.
+    """
+
+    name = "classification"
+    metrics = (
+        Metric("clean_acc", higher_is_better=True),
+        Metric("robust_acc", higher_is_better=True),
+        Metric("attack_success_rate", higher_is_better=False, gated=False),
+    )
+    worst_case = True
+
+    def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return {"pred": predict(scored, x)}
+
+    def attackable(self, clean: dict[str, Tensor], y: Tensor) -> Tensor:
+        return clean["pred"].to(y.device) == y
+
+    def score(
+        self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
+    ) -> dict[str, Tensor]:
+        return {"adv_pred": predict(scored, x_adv)}
+
+    def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        return {"adv_pred": clean["pred"].clone()}
+
+    def robust(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
+        return (clean["pred"] == y) & (adversarial["adv_pred"] == y)
+
+    def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
+        return self.summarize(y, clean, self.robust(y, clean, adversarial))
+
+    def summarize(self, y: Tensor, clean: dict[str, Tensor], robust: Tensor) -> dict[str, float]:
+        correct = clean["pred"] == y
+        attacked = int(correct.sum())
+        return {
+            "clean_acc": correct.double().mean().item(),
+            "robust_acc": robust.double().mean().item(),
+            "attack_success_rate": int((correct & ~robust).sum()) / attacked if attacked else 0.0,
+        }
+
+
+@TASKS.register(
+    "class_confidence", summary="Fooling images: classes a model labels with high confidence, and at what cost."
+)
+class ClassConfidence(Task):
+    """Scores images made from nothing for given target classes (Nguyen et al., CVPR 2015).
+
+    Per class, the best confidence any image reaches for it; a class is fooled at ``c`` when that is at
+    least ``c``. For the defender every metric is lower-is-better, except that ``queries`` is not gated.
+    """
+
+    name = "class_confidence"
+    metrics = (
+        Metric("classes_fooled_99", higher_is_better=False, proportion=False),
+        Metric("classes_fooled_9999", higher_is_better=False, proportion=False),
+        Metric("median_confidence", higher_is_better=False, proportion=False),
+        Metric("queries", higher_is_better=False, gated=False, proportion=False),
+    )
+
+    def score_generated(self, scored: nn.Module, generated: dict[str, Tensor]) -> dict[str, float]:
+        images, target = generated["images"], generated["target"].long()
+        with torch.inference_mode():
+            probabilities = scored(images).softmax(dim=1)
+        classes = probabilities.shape[1]
+        confidence = probabilities.gather(1, target.view(-1, 1).to(images.device)).flatten().cpu()
+        best = torch.zeros(classes, dtype=torch.float64).scatter_reduce(
+            0, target.cpu(), confidence.double(), reduce="amax", include_self=True
+        )
+        return {
+            "classes_fooled_99": float((best >= 0.99).sum()),
+            "classes_fooled_9999": float((best >= 0.9999).sum()),
+            "median_confidence": float(best.median()),
+            "queries": float(generated["queries"].sum()) if "queries" in generated else 0.0,
+        }

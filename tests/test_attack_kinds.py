@@ -1,0 +1,264 @@
+"""Every kind of attack through the one evaluator: universal, generative and task attacks, and plug-ins of each.
+
+The plug-ins are registered from the tests alone: each is one class (and a task where it scores itself),
+and ``robustlab eval`` runs it with no change to the core.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from robustlab.attacks.uap import UAP
+from torch import Tensor, nn
+
+from robustlab.attack import ATTACKS, Attack, AttackKind, UniversalPerturbation
+from robustlab.cli import cli
+from robustlab.data.synth import SynthDataset
+from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
+from robustlab.report import WORST_CASE, Report
+from robustlab.store import SqliteStore
+from robustlab.tasks import TASKS, Metric, Task
+from robustlab.threat import Norm, ThreatModel
+
+EPS = 10 / 255
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: CliRunner().invoke(cli, list(args))
+
+
+def test_uap_is_one_perturbation_for_every_input(trained_model: nn.Module) -> None:
+    attack = UAP(eps=EPS, epochs=1, n_fit=256)
+    attack.fit(trained_model, SynthDataset("train", n=256), generator=torch.Generator().manual_seed(0), progress=False)
+    delta = attack.fitted()["delta"]
+    assert delta.shape == (1, 3, 32, 32) and float(delta.abs().max()) <= EPS + 1e-7
+    x, y = SynthDataset("test").get_batch(torch.arange(16))
+    x_adv = attack(trained_model, x, y)
+    inside = ((x + delta) > 0) & ((x + delta) < 1)  # where the [0, 1] box did not clip
+    assert torch.equal((x_adv - x)[inside], (x + delta).sub(x)[inside])
+    assert torch.equal(x_adv, (x + delta).clamp(0, 1)), "the same delta for every input, bit for bit"
+
+
+def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result], trained_model: nn.Module) -> None:
+    result = run(
+        "eval", "--attack", "uap", "--attack", "noise", "--attack", "pgd", "--eps", "10/255", "-n", "256",
+        "--out", "run.json", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = Report.from_json(Path("run.json"))
+    robust = {row.attack: row.robust_acc for row in report.rows}
+    assert set(robust) == {"uap", "noise", "pgd", WORST_CASE}
+    for attack in ("uap", "noise", "pgd"):
+        assert any(line.split()[3:4] == [attack] for line in result.stdout.splitlines()), result.stdout
+    assert robust["uap"] < robust["noise"] - 0.3, robust
+    assert robust["pgd"] < robust["uap"], robust
+    uap = next(row for row in report.rows if row.attack == "uap")
+    assert uap.kind == "universal" and uap.artifact is not None and Path(uap.artifact).is_file()
+
+    # the saved perturbation, loaded back, reproduces its row to the digit
+    again = run("eval", "--attack", "uap", "--attack-arg", f"uap.load={uap.artifact}", "--eps", "10/255", "-n", "256",
+                "--out", "again.json", "-q")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    (reloaded,) = Report.from_json(Path("again.json")).rows
+    assert (reloaded.clean_acc, reloaded.robust_acc) == (uap.clean_acc, uap.robust_acc)
+
+
+class CountingUniversal(UniversalPerturbation):
+    """A universal attack that counts its fits and can be killed after a number of applied batches."""
+
+    fits: ClassVar[int] = 0
+    applied: ClassVar[int] = 0
+    kill_after: ClassVar[int | None] = None
+
+    def __init__(self, *, eps: float = EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.LINF, self.eps)
+
+    def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
+        CountingUniversal.fits += 1
+        return (torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1) * self.eps
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        if CountingUniversal.kill_after is not None and CountingUniversal.applied >= CountingUniversal.kill_after:
+            raise KeyboardInterrupt("simulated kill")
+        CountingUniversal.applied += 1
+        return super()._run(model, x, y, generator=generator)
+
+
+def test_killed_universal_run_resumes_without_refitting(register, tmp_path: Path, trained_model: nn.Module) -> None:  # type: ignore[no-untyped-def]
+    register(ATTACKS, "counting", CountingUniversal)
+    config = EvalConfig(attacks=(ComponentSpec("counting"),), n=128, batch_size=32)
+    CountingUniversal.fits, CountingUniversal.applied, CountingUniversal.kill_after = 0, 0, None
+    expected = Evaluator(progress=False).run(config)
+    CountingUniversal.fits, CountingUniversal.applied, CountingUniversal.kill_after = 0, 0, 2
+    path = tmp_path / "store.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        Evaluator(SqliteStore(path, config_hash=run_config_hash(config), resume=False), progress=False).run(config)
+    assert CountingUniversal.fits == 1
+    CountingUniversal.kill_after = None
+    store = SqliteStore(path, config_hash=run_config_hash(config), resume=True)
+    resumed = Evaluator(store, progress=False).run(config)
+    assert CountingUniversal.fits == 1, "a resumed run loads the fitted perturbation from the store"
+    assert CountingUniversal.applied == 4, "two batches were done before the kill, two after"
+    assert resumed.samples == expected.samples
+
+
+def test_encoder_victim_scores_a_universal_attack_on_every_head(trained_model: nn.Module) -> None:
+    heads = ("shape", "size", "background")
+    config = EvalConfig(
+        attacks=(ComponentSpec("noise", (("eps", 16 / 255),)), ComponentSpec("uap", (("eps", 16 / 255),))),
+        task="downstream",
+        heads=heads,
+        n=256,
+    )
+    report = Evaluator(progress=False).run(config)
+    rows = {(row.task, row.attack): row for row in report.rows}
+    assert {task for task, _ in rows} == {f"downstream/{head}" for head in heads}
+    chance = {"shape": 0.1, "size": 0.5, "background": 0.2}
+    for head in heads:
+        noise, uap = rows[(f"downstream/{head}", "noise")], rows[(f"downstream/{head}", "uap")]
+        assert noise.clean_acc is not None and noise.clean_acc > chance[head] + 0.2, (head, noise.clean_acc)
+        assert uap.kind == "universal" and uap.robust_acc is not None and noise.robust_acc is not None
+    # one perturbation fitted on the encoder serves every head: it is fitted once, not once per head
+    assert len({json.dumps(row.attack_config, sort_keys=True) for row in report.rows if row.attack == "uap"}) == 1
+
+
+class FromNothing(Attack):
+    """A generative plug-in: random images, one per class, scored by the class-confidence task."""
+
+    kind = AttackKind.GENERATIVE
+    task = "class_confidence"
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.UNBOUNDED)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        raise AssertionError("a generative attack takes no inputs")
+
+    def generate(
+        self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True
+    ) -> dict[str, Tensor]:
+        images = torch.rand(10, 3, 32, 32, generator=generator)
+        return {"images": images, "target": torch.arange(10), "queries": torch.tensor([10])}
+
+
+class Brightness(Task):
+    """A task plug-in: how much an attack brightens images (lower is better for the defender)."""
+
+    name = "brightness"
+    metrics = (Metric("mean_brightening", higher_is_better=False, proportion=False),)
+
+    def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return {"brightness": x.mean(dim=(1, 2, 3))}
+
+    def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        return {"adv_brightness": clean["brightness"].clone()}
+
+    def score(
+        self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
+    ) -> dict[str, Tensor]:
+        return {"adv_brightness": x_adv.mean(dim=(1, 2, 3))}
+
+    def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
+        return {"mean_brightening": float((adversarial["adv_brightness"] - clean["brightness"]).mean())}
+
+
+class Brighten(Attack):
+    """A task plug-in attack: fitted once (a learned offset), then applied to every input."""
+
+    kind = AttackKind.TASK
+    task = "brightness"
+
+    def __init__(self, *, eps: float = 4 / 255) -> None:
+        self.eps = eps
+        self._offset = torch.zeros(1)
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.LINF, self.eps)
+
+    def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> Attack:
+        self._offset = torch.tensor([self.eps])
+        return self
+
+    def fitted(self) -> dict[str, Tensor]:
+        return {"offset": self._offset}
+
+    def load_fitted(self, tensors: dict[str, Tensor]) -> None:
+        self._offset = tensors["offset"]
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        return (x + self._offset.to(x)).clamp(0, 1)
+
+
+def test_plugins_of_every_kind_run_through_eval(
+    register,
+    run: Callable[..., Result],
+    trained_model: nn.Module,  # type: ignore[no-untyped-def]
+) -> None:
+    register(ATTACKS, "counting", CountingUniversal)
+    register(ATTACKS, "from_nothing", FromNothing)
+    register(TASKS, "brightness", Brightness)
+    register(ATTACKS, "brighten", Brighten)
+    args = ["eval", "-n", "64", "-q", "--out", "kinds.json"]
+    result = run(*args, "--attack", "counting", "--attack", "from_nothing", "--attack", "brighten")
+    assert result.exit_code == 0, result.output
+    rows = {row.attack: row for row in Report.from_json(Path("kinds.json")).rows}
+    assert rows["counting"].kind == "universal" and rows["counting"].robust_acc is not None
+    fooled = rows["from_nothing"].metric_values()
+    assert rows["from_nothing"].kind == "generative" and rows["from_nothing"].task == "class_confidence"
+    assert 0 <= fooled["classes_fooled_99"] <= 10 and fooled["queries"] == 10
+    brightened = rows["brighten"].metric_values()["mean_brightening"]
+    assert rows["brighten"].task == "brightness" and 0 < brightened <= 4 / 255
+    assert "mean_brightening" in result.stdout or "mean_brightening" in Path("kinds.json").read_text()
+
+
+def test_gate_on_a_lower_is_better_metric_fails_naming_the_row(run: Callable[..., Result]) -> None:
+    from robustlab.report import Row
+
+    def report(value: float) -> Report:
+        metric = {"bleu_to_target": {"value": value, "higher_is_better": False, "gated": True, "proportion": False}}
+        row = Row("captioner", "none", "-", "caption_gan", "linf 8/255", 64, None, None, None, None, None, 1.0,
+                  kind="task", task="captioning", metrics=metric)  # fmt: skip
+        return Report(config={}, environment={}, rows=[row])
+
+    report(0.20).to_json(Path("baseline.json"))
+    report(0.21).to_json(Path("same.json"))
+    report(0.40).to_json(Path("worse.json"))
+    assert run("compare", "same.json", "baseline.json").exit_code == 0
+    failed = run("compare", "worse.json", "baseline.json")
+    assert failed.exit_code == 1, failed.output
+    (line,) = [line for line in failed.stdout.splitlines() if line.startswith("REGRESSED")]
+    assert "captioner / none / - / caption_gan / linf 8/255 / captioning: bleu_to_target 0.2000 -> 0.4000" in line
+    assert "rise" in line
+
+
+def test_schema_1_baseline_is_read_and_gates_accuracies(run: Callable[..., Result]) -> None:
+    from robustlab.report import Row
+
+    row = Row("m", "none", "-", "pgd", "linf 8/255", 100, 0.9, 0.5, 0.44, 0.03, 0.03, 1.0)
+    Report(config={}, environment={}, rows=[row]).to_json(Path("new.json"))
+    old = json.loads(Path("new.json").read_text())
+    old["schema_version"] = 1
+    for entry in old["rows"]:
+        for key in ("kind", "task", "metrics", "artifact"):
+            entry.pop(key)
+    Path("old.json").write_text(json.dumps(old))
+    assert run("compare", "new.json", "old.json").exit_code == 0
+    Report(config={}, environment={}, rows=[replace(row, robust_acc=0.3, metrics={})]).to_json(Path("weak.json"))
+    weak = run("compare", "weak.json", "old.json")
+    assert weak.exit_code == 1 and "robust_acc" in weak.stdout

@@ -1,0 +1,67 @@
+"""The package's import structure: a light CLI entry point and no import cycles between modules."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {
+    "robustlab": ROOT / "robustlab",
+    "robustlab.attacks": ROOT / "attacks",
+    "robustlab.defenses": ROOT / "defenses",
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            name = ".".join((package, *parts)).removesuffix(".__init__")
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Modules of the package that ``name`` imports, deferred ones inside functions included.
+
+    A package importing its own submodules is left out: that is how registries fill (``robustlab.attacks``).
+    """
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        is_package = path.name == "__init__.py"
+        imported |= {n for n in names if n in known and n != name and not (is_package and n.startswith(f"{name}."))}
+    return imported
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    graph = {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [cycle for name in sorted(graph) if (cycle := cycle_from(name))]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+
+
+def test_cli_entry_point_does_not_import_torch() -> None:
+    code = "import sys, robustlab.cli; print(sorted(m for m in ('torch', 'robustlab.evaluate') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
