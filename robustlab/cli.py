@@ -82,18 +82,23 @@ def cli() -> None:
 
 @cli.command("list")
 def list_command() -> None:
-    """List every model, dataset, attack and defense with a one-line summary."""
+    """List every model, encoder, dataset, attack, defense and task with a one-line summary."""
     import robustlab.attacks
     import robustlab.defenses
     from robustlab.data import DATASETS, register_builtin_datasets
+    from robustlab.encoders import ENCODERS
     from robustlab.models import MODELS
+    from robustlab.tasks import TASKS
 
     register_builtin_datasets()
-    for registry in (MODELS, DATASETS, robustlab.attacks.ATTACKS, robustlab.defenses.DEFENSES):
+    registries = (MODELS, ENCODERS, DATASETS, robustlab.attacks.ATTACKS, robustlab.defenses.DEFENSES, TASKS)
+    for registry in (registry for registry in registries if registry.names()):
         click.echo(f"{registry.kind}s:")
         width = max(len(name) for name in registry.names())
         for entry in registry.entries():
-            click.echo(f"  {entry.name.ljust(width)}  {entry.summary}")
+            kind = getattr(entry.factory, "kind", None)
+            suffix = f" [{kind}]" if kind is not None and str(kind) != "perturbation" else ""
+            click.echo(f"  {entry.name.ljust(width)}  {entry.summary}{suffix}")
 
 
 @cli.command("eval")

@@ -24,8 +24,10 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.errors import ConfigError
 from robustlab.models import ImageClassifier, load_model
+from robustlab.registry import Registry
 
 __all__ = [
+    "ENCODERS",
     "ClassifierFeatures",
     "DownstreamModel",
     "Encoder",
@@ -82,6 +84,10 @@ class ClassifierFeatures(Encoder):
         return captured[-1].flatten(1)
 
 
+ENCODERS: Registry[Encoder] = Registry("encoder")
+"""Encoders that are not a classifier's features (a self-supervised network): ``factory(*, weights, progress)``."""
+
+
 def load_encoder(
     name: str,
     *,
@@ -90,7 +96,13 @@ def load_encoder(
     image_size: int | None = None,
     progress: bool = True,
 ) -> Encoder:
-    """The penultimate features of ``load_model(name, ...)`` (same arguments), frozen and in eval mode."""
+    """A registered encoder (:data:`ENCODERS`), else the penultimate features of ``load_model(name, ...)``.
+
+    Either way it is frozen, in eval mode, and takes ``[0, 1]`` images.
+    """
+    if name in ENCODERS:
+        encoder = ENCODERS.get(name).factory(weights=weights, progress=progress)
+        return encoder.eval().requires_grad_(False)
     model = load_model(name, weights=weights, num_classes=num_classes, image_size=image_size, progress=progress)
     return ClassifierFeatures(model)
 

@@ -29,6 +29,7 @@ from robustlab.components import ComponentSpec, json_ready, load_builtin_compone
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
+from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
 from robustlab.errors import ConfigError, DataError
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, load_model
@@ -144,7 +145,8 @@ class Evaluator:
         diagnostics: list[Diagnostic] = []
         fidelity: list[Fidelity] = []
         for mi, model_spec in enumerate(config.models):
-            model = load_model(
+            load = load_encoder if config.task == "downstream" else load_model
+            model = load(
                 model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
             ).to(device)
             dataset = load_dataset(config.data, split="test", image_size=model.input_size)
@@ -176,7 +178,7 @@ class Evaluator:
 
     def _targets(
         self,
-        model: ImageClassifier,
+        model: ImageClassifier | Encoder,
         defense: Defense,
         dataset: ImageDataset,
         config: EvalConfig,
@@ -193,9 +195,7 @@ class Evaluator:
             raise ConfigError(
                 f"the downstream task scores an encoder's heads undefended; --defense {names[1]} is not supported"
             )
-        from robustlab.encoders import ClassifierFeatures, HeadConfig, trained_heads
-
-        encoder = ClassifierFeatures(model)
+        encoder = model  # load_encoder gave the features
         head_data = config.train_data or config.data
         configs = [
             HeadConfig(task=head, kind=config.head_kind, data=head_data, seed=config.seed) for head in config.heads

@@ -65,3 +65,13 @@ def test_cli_entry_point_does_not_import_torch() -> None:
     code = "import sys, robustlab.cli; print(sorted(m for m in ('torch', 'robustlab.evaluate') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_help_and_list_do_not_import_the_evaluator() -> None:
+    code = (
+        "import sys; from click.testing import CliRunner; from robustlab.cli import cli\n"
+        "for args in (['--help'], ['list']): assert CliRunner().invoke(cli, args).exit_code == 0\n"
+        "print('robustlab.evaluate' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

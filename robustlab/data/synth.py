@@ -70,6 +70,9 @@ class SynthConfig:
         context_p: probability that the background is the one tied to the shape class
             (class ``k`` -> ``BACKGROUNDS[k % 5]``); otherwise the background is uniform.
         label_noise: fraction of ``train`` labels replaced by a different class (symmetric flip).
+        backgrounds: the background textures the world draws from (names of ``BACKGROUNDS``); empty
+            means all. Two worlds that differ only here share shapes, colours and layouts, so one can
+            serve as a domain-shifted test set, or as an attacker's surrogate data, for the other.
 
     Raises:
         ConfigError: a field is out of range.
@@ -79,8 +82,12 @@ class SynthConfig:
     seed: int = 0
     context_p: float = 0.0
     label_noise: float = 0.0
+    backgrounds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.backgrounds if name not in BACKGROUNDS]
+        if unknown:
+            raise ConfigError(f"synth background {unknown[0]!r} is unknown; accepted: {', '.join(BACKGROUNDS)}")
         if not isinstance(self.image_size, int) or self.image_size < 8:
             raise ConfigError(f"synth image_size must be an integer >= 8, got {self.image_size!r}")
         for name in ("context_p", "label_noise"):
@@ -118,6 +125,7 @@ def _block_params(seed: int, block: int) -> dict[str, Tensor]:
         "shape": shape,
         "color": color,
         "background": (u[:, 2] * len(BACKGROUNDS)).long(),
+        "background_u": u[:, 2],
         "size": size,
         "position": position,
         "context_u": u[:, 3],
@@ -246,10 +254,17 @@ def _background(kind: int, x: Tensor, y: Tensor, p: dict[str, Tensor], pixel: fl
     return torch.where(mortar, 0.75 + 0.1 * b, brick)
 
 
-def _attributes(p: dict[str, Tensor], context_p: float) -> dict[str, Tensor]:
-    """Public attributes from drawn parameters; ``context_p`` decides which samples get the class's background."""
+def _attributes(p: dict[str, Tensor], context_p: float, backgrounds: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """Public attributes from drawn parameters; ``context_p`` decides which samples get the class's background.
+
+    With ``backgrounds`` the free background is drawn uniformly from that subset (same uniform draw).
+    """
     related = torch.remainder(p["shape"], len(BACKGROUNDS))
-    background = torch.where(p["context_u"] < context_p, related, p["background"])
+    free = p["background"]
+    if backgrounds:
+        subset = torch.tensor([BACKGROUNDS.index(name) for name in backgrounds])
+        free = subset[(p["background_u"] * len(subset)).long().clamp(max=len(subset) - 1)]
+    background = torch.where(p["context_u"] < context_p, related, free)
     return {key: p[key] for key in ("shape", "color", "size", "position")} | {"background": background}
 
 
@@ -306,7 +321,7 @@ def render_synth(indices: Tensor, config: SynthConfig = SynthConfig()) -> tuple[
     if len(indices) and int(indices.min()) < 0:
         raise ConfigError("synth indices must be non-negative")
     p = _draw(indices.detach().cpu().long(), config.seed)
-    attrs = _attributes(p, config.context_p)
+    attrs = _attributes(p, config.context_p, config.backgrounds)
     # Chunks of ~1M pixels keep temporaries cache-sized; large batches would otherwise be several times slower.
     chunk = max(1, 2**20 // config.image_size**2)
     parts = [
@@ -381,7 +396,7 @@ class SynthDataset(Dataset[tuple[Tensor, int]]):
     def attributes(self, indices: Tensor) -> dict[str, Tensor]:
         """True attributes of split-local ``indices``, without rendering images (int64, ``(B,)``)."""
         global_index = self._global(indices)
-        attrs = _attributes(_draw(global_index.cpu(), self.config.seed), self.config.context_p)
+        attrs = _attributes(_draw(global_index.cpu(), self.config.seed), self.config.context_p, self.config.backgrounds)
         return {key: value.to(global_index.device) for key, value in attrs.items()}
 
     def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -405,7 +420,7 @@ class SynthDataset(Dataset[tuple[Tensor, int]]):
         return [caption(attrs, i) for i in range(len(attrs["shape"]))]
 
 
-_OPTIONS = ("size", "seed", "context_p", "label_noise", "target", "split")
+_OPTIONS = ("size", "seed", "context_p", "label_noise", "backgrounds", "target", "split")
 _T = TypeVar("_T")
 
 
@@ -431,6 +446,7 @@ def _load_synth(arg: str | None, *, split: str, image_size: int | None) -> Synth
         seed=_option(options, "seed", int, 0),
         context_p=_option(options, "context_p", float, 0.0),
         label_noise=_option(options, "label_noise", float, 0.0),
+        backgrounds=tuple(name for name in options.get("backgrounds", "").split("+") if name),
     )
     split = _option(options, "split", str, split)
     return SynthDataset(split, config=config, target=_option(options, "target", str, "shape"))
