@@ -118,13 +118,13 @@ class MiniPyNet(nn.Module):
             for i in range(levels)
         )
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(decoder.out_channels, 3, 3)) for decoder in self.decoders
+            nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[i], 3, 3)) for i in range(levels)
         )
         self.skip = nn.Conv2d(4, 3, 1)
         self.ups = nn.ModuleList(
             nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-                _conv(self.decoders[i].out_channels, widths[i - 1], 3, norm=i > 1),
+                _conv(widths[i], widths[i - 1], 3, norm=i > 1),
             )
             for i in range(1, levels)
         )
@@ -469,7 +469,7 @@ def _stage_steps(config: RawIspConfig) -> list[int]:
 
 def _level_loss(output: Tensor, x: Tensor, level: int, config: RawIspConfig) -> Tensor:
     """MSE to the image area-downsampled to the level's size, plus the SSIM term at level 1."""
-    target = F.adaptive_avg_pool2d(x, output.shape[-2:])
+    target = F.adaptive_avg_pool2d(x, (output.shape[-2], output.shape[-1]))
     loss = F.mse_loss(output, target)
     if level == 1 and config.ssim_weight > 0:
         loss = loss + config.ssim_weight * (1 - ssim(output, target, window_size=7).mean())

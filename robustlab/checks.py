@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ def _randomness(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:
 def _gradients(attacked: nn.Module, x: Tensor, y: Tensor, settings: ProbeSettings) -> list[tuple[str, str]]:
     x = x.clone().requires_grad_(True)
     loss = F.cross_entropy(attacked(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    grad = cast("Tensor | None", torch.autograd.grad(loss, x, allow_unused=True)[0])  # None: x is unused
     if grad is None:
         return [("zero_gradients", "the input gets no gradient at all (detached or non-differentiable pipeline)")]
     flat = grad.flatten(1)

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-class EpsType(click.ParamType):
+class EpsType(click.ParamType):  # type: ignore[type-arg]
     """A budget such as ``8/255`` or ``0.5``, in ``[0, 1]``."""
 
     name = "EPS"

@@ -15,8 +15,9 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -102,7 +103,7 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, recorded in the report."""
-        return json_ready(dataclasses.asdict(self))  # type: ignore[no-any-return]
+        return json_ready(dataclasses.asdict(self))
 
 
 class Evaluator:
@@ -151,7 +152,7 @@ class Evaluator:
             ).to(device)
             dataset = load_dataset(config.data, split="test", image_size=model.input_size)
             indices = _sample_indices(dataset, config.n)
-            if config.task == "classification":
+            if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
@@ -161,7 +162,7 @@ class Evaluator:
                     block_rows, block_samples = self._evaluate_target(target, indices, attacks, config, key=key)
                     rows += block_rows
                     samples += block_samples
-                if config.task == "classification" and config.diagnostics and defense.changes_model:
+                if isinstance(model, ImageClassifier) and config.diagnostics and defense.changes_model:
                     diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
@@ -195,7 +196,7 @@ class Evaluator:
             raise ConfigError(
                 f"the downstream task scores an encoder's heads undefended; --defense {names[1]} is not supported"
             )
-        encoder = model  # load_encoder gave the features
+        encoder = cast(Encoder, model)  # load_encoder gave the features
         head_data = config.train_data or config.data
         configs = [
             HeadConfig(task=head, kind=config.head_kind, data=head_data, seed=config.seed) for head in config.heads
@@ -269,26 +270,18 @@ class Evaluator:
             clean: dict[str, dict[str, Tensor]] = {}
             for name, task in tasks.items():
                 clean[name] = units[clean_keys[name]] = self._unit(
-                    clean_keys[name],
-                    config.seed,
-                    lambda g, task=task, x=x, y=y: {**task.clean(scored, x, y), "label": y},
+                    clean_keys[name], config.seed, partial(_clean_unit, task, scored, x, y)
                 )
                 bar.update()
             for cell, cell_key in zip(batched, cell_keys, strict=True):
                 cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
+                mask = cell.task.attackable(cell_clean, y)
                 units[cell_key] = self._unit(
                     cell_key,
                     config.seed,
-                    lambda g, cell=cell, x=x, y=y, cell_clean=cell_clean: attack_and_score(
-                        cell.attack,
-                        attacked[cell.mode],
-                        scored,
-                        cell.task,
-                        x,
-                        y,
-                        cell_clean,
-                        cell.task.attackable(cell_clean, y),
-                        g,
+                    partial(
+                        attack_and_score,
+                        *(cell.attack, attacked[cell.mode], scored, cell.task, x, y, cell_clean, mask),
                         early_stop=target.early_stop,
                         limit=self._limit,
                     ),
@@ -372,6 +365,11 @@ class Evaluator:
             )
 
 
+def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    """The clean results of a batch under ``task``, with the labels (what a resumed run reads back)."""
+    return {**task.clean(scored, x, y), "label": y}
+
+
 def _cell_key(key: str, cell: Cell, batch: int) -> str:
     return f"{key}/{cell.mode}/a{cell.index}/b{batch}"
 
@@ -446,7 +444,7 @@ class _Autocast(nn.Module):
 def _accelerated(module: nn.Module, config: EvalConfig) -> nn.Module:
     """The module with the fast paths asked for (channels-last, bf16 autocast, torch.compile), else itself."""
     if config.channels_last:
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        module = module.to(memory_format=torch.channels_last)
     if config.amp == "bf16":
         module = _Autocast(module, torch.bfloat16).eval()
     if config.compile:

@@ -49,12 +49,13 @@ def curve_points(rows: Sequence[Row]) -> dict[tuple[str, str, str], dict[str, li
     panels: dict[tuple[str, str, str], dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for row in rows:
         eps = row.attack_config.get("eps")
-        if row.attack == WORST_CASE or not isinstance(eps, (int, float)) or row.robust_acc is None:
+        clean, robust = row.clean_acc, row.robust_acc
+        if row.attack == WORST_CASE or not isinstance(eps, (int, float)) or clean is None or robust is None:
             continue
         line = panels[(row.model, row.defense, row.threat_mode)].setdefault(
-            f"{row.attack} ({row.threat.split()[0]})", [(0.0, row.clean_acc)]
+            f"{row.attack} ({row.threat.split()[0]})", [(0.0, clean)]
         )
-        line.append((float(eps), row.robust_acc))
+        line.append((float(eps), robust))
     return {panel: {name: sorted(set(points)) for name, points in lines.items()} for panel, lines in panels.items()}
 
 

@@ -50,7 +50,7 @@ def test_uap_is_one_perturbation_for_every_input(trained_model: nn.Module) -> No
 
 def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result], trained_model: nn.Module) -> None:
     result = run(
-        "eval", "--attack", "uap", "--attack", "noise", "--attack", "pgd", "--eps", "10/255", "-n", "256",
+        "eval", "--attack", "uap", "--attack", "noise", "--attack", "pgd", "--eps", "16/255", "-n", "256",
         "--out", "run.json", "-q",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -59,13 +59,13 @@ def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result],
     assert set(robust) == {"uap", "noise", "pgd", WORST_CASE}
     for attack in ("uap", "noise", "pgd"):
         assert any(line.split()[3:4] == [attack] for line in result.stdout.splitlines()), result.stdout
-    assert robust["uap"] < robust["noise"] - 0.3, robust
+    assert robust["uap"] < robust["noise"] - 0.25, robust
     assert robust["pgd"] < robust["uap"], robust
     uap = next(row for row in report.rows if row.attack == "uap")
     assert uap.kind == "universal" and uap.artifact is not None and Path(uap.artifact).is_file()
 
     # the saved perturbation, loaded back, reproduces its row to the digit
-    again = run("eval", "--attack", "uap", "--attack-arg", f"uap.load={uap.artifact}", "--eps", "10/255", "-n", "256",
+    again = run("eval", "--attack", "uap", "--attack-arg", f"uap.load={uap.artifact}", "--eps", "16/255", "-n", "256",
                 "--out", "again.json", "-q")  # fmt: skip
     assert again.exit_code == 0, again.output
     (reloaded,) = Report.from_json(Path("again.json")).rows

@@ -32,8 +32,11 @@ __all__ = [
 class ImageDataset(Protocol):
     """What robustlab needs from a dataset."""
 
-    num_classes: int
-    classes: Sequence[str]
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def classes(self) -> Sequence[str]: ...
 
     def __len__(self) -> int: ...
 

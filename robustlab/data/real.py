@@ -13,14 +13,14 @@ from pathlib import Path
 from torch import Tensor
 
 from robustlab.cache import cache_dir
-from robustlab.data import DATASETS
+from robustlab.data import DATASETS, ImageDataset
 from robustlab.errors import ConfigError, DataError
 
 __all__ = ["CheckedImageFolder", "load_cifar10", "load_imagefolder"]
 
 
 @DATASETS.register("cifar10", summary="CIFAR-10 via torchvision (cifar10:ROOT; downloads when online).")
-def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> CheckedImageFolder | object:
+def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> ImageDataset:
     """CIFAR-10's 10,000 test images (``split=test``) or 50,000 training images, at 32x32 (or resized)."""
     import torchvision
     from torchvision import transforms
@@ -37,7 +37,7 @@ def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> Chec
             f"CIFAR-10 is not under {root} and cannot be downloaded ({type(error).__name__}): put "
             f"cifar-10-batches-py there or pass --data cifar10:ROOT"
         ) from None
-    dataset.num_classes = 10  # type: ignore[attr-defined]
+    dataset.num_classes = 10
     return dataset
 
 
