@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +14,7 @@ from robustlab.cli_options import (
     defense_args_option,
     device_option,
     eot_samples_option,
+    gate_options,
     model_option,
     num_classes_option,
     quiet_option,
@@ -51,24 +51,6 @@ class _Group(click.Group):
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"robustlab: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
-
-
-def _gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--tolerance`` and ``--margin-sigmas``, shared by ``eval --baseline`` and ``compare``."""
-    command = click.option(
-        "--margin-sigmas",
-        type=click.FloatRange(min=0),
-        default=0.0,
-        show_default=True,
-        help="Also allow this many standard errors of the difference (binomial, from each row's n).",
-    )(command)
-    return click.option(
-        "--tolerance",
-        type=click.FloatRange(min=0),
-        default=0.02,
-        show_default=True,
-        help="Allowed absolute drop of any clean or robust accuracy (0.02 = two points).",
-    )(command)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -210,7 +192,7 @@ def list_command() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
 @quiet_option
-@_gate_options
+@gate_options
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -238,7 +220,7 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
 @cli.command("compare")
 @click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("baseline", type=click.Path(dir_okay=False, path_type=Path))
-@_gate_options
+@gate_options
 def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: float) -> None:
     """Gate NEW report JSON against BASELINE: exit 1 naming every row whose accuracy fell too far.
 

@@ -6,7 +6,7 @@ stacks the ones it takes. Nothing here imports torch, so ``robustlab --help`` st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "defense_args_option",
     "device_option",
     "eot_samples_option",
+    "gate_options",
     "model_option",
     "num_classes_option",
     "parse_value",
@@ -164,3 +165,21 @@ eot_samples_option = click.option(
 )
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tolerance`` and ``--margin-sigmas``, shared by ``eval --baseline`` and ``compare``."""
+    command = click.option(
+        "--margin-sigmas",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Also allow this many standard errors of the difference (binomial, from each row's n).",
+    )(command)
+    return click.option(
+        "--tolerance",
+        type=click.FloatRange(min=0),
+        default=0.02,
+        show_default=True,
+        help="Allowed worsening of any gated metric, e.g. a drop in clean or robust accuracy (0.02 = two points).",
+    )(command)

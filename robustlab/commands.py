@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from robustlab.cache import atomic_write
 from robustlab.cli_options import build_specs
+from robustlab.components import ComponentSpec
 from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env
 from robustlab.errors import ConfigError, DataError
@@ -52,21 +54,26 @@ def resolve_device(name: str) -> str:
     return str(device)
 
 
-def build_config(options: dict[str, Any]) -> EvalConfig:
-    """The :class:`EvalConfig` that ``robustlab eval``'s options describe."""
+def component_specs(
+    options: dict[str, Any], attacks: Sequence[str], defenses: Sequence[str], *, sweep: Sequence[float]
+) -> tuple[tuple[ComponentSpec, ...], tuple[ComponentSpec, ...]]:
+    """Attack and defense specs from a command's names, ``--attack-arg``/``--defense-arg``, ``--steps`` and budgets."""
     import robustlab.attacks
     import robustlab.defenses
 
-    modes = ("transfer", "adaptive") if options["threat_mode"] == "both" else (options["threat_mode"],)
-    attacks = build_specs(
-        robustlab.attacks.ATTACKS,
-        options["attacks"],
-        options["attack_args"],
-        shared={"steps": options["steps"]},
-        sweep=options["eps"],
+    shared = {"steps": options["steps"]}
+    return (
+        build_specs(robustlab.attacks.ATTACKS, attacks, options["attack_args"], shared=shared, sweep=sweep),
+        build_specs(robustlab.defenses.DEFENSES, defenses, options["defense_args"]),
     )
-    defenses = build_specs(robustlab.defenses.DEFENSES, options["defenses"], options["defense_args"])
+
+
+def build_config(options: dict[str, Any]) -> EvalConfig:
+    """The :class:`EvalConfig` that ``robustlab eval``'s options describe."""
     from robustlab.defense import ThreatMode
+
+    modes = ("transfer", "adaptive") if options["threat_mode"] == "both" else (options["threat_mode"],)
+    attacks, defenses = component_specs(options, options["attacks"], options["defenses"], sweep=options["eps"])
 
     return EvalConfig(
         models=tuple(ModelSpec(name, options["weights"], options["num_classes"]) for name in options["models"]),
@@ -290,20 +297,12 @@ def write_output(path: Path, data: bytes) -> None:
 
 def run_generate(**options: Any) -> None:
     """Build the generation config from ``robustlab generate``'s options, write the dataset, print its summary."""
-    import robustlab.attacks
-    import robustlab.defenses
     from robustlab.defense import ThreatMode
     from robustlab.export import GenerateConfig, generate
     from robustlab.models import ModelSpec
 
-    (attack,) = build_specs(
-        robustlab.attacks.ATTACKS,
-        [options["attack"]],
-        options["attack_args"],
-        shared={"steps": options["steps"]},
-        sweep=[options["eps"]] if options["eps"] is not None else [],
-    )
-    (defense,) = build_specs(robustlab.defenses.DEFENSES, [options["defense"]], options["defense_args"])
+    budgets = [options["eps"]] if options["eps"] is not None else []
+    (attack,), (defense,) = component_specs(options, [options["attack"]], [options["defense"]], sweep=budgets)
     config = GenerateConfig(
         model=ModelSpec(options["model"], options["weights"], options["num_classes"]),
         attack=attack,

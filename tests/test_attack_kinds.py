@@ -130,7 +130,9 @@ def test_encoder_victim_scores_a_universal_attack_on_every_head(trained_model: n
     chance = {"shape": 0.1, "size": 0.5, "background": 0.2}
     for head in heads:
         noise, uap = rows[(f"downstream/{head}", "noise")], rows[(f"downstream/{head}", "uap")]
-        assert noise.clean_acc is not None and noise.clean_acc > chance[head] + 0.2, (head, noise.clean_acc)
+        # measured on 1000 test images: shape 99.9%, size 99.0%, background 46.5% (colour, 13.9%, is near
+        # chance: a shape classifier's features learn to ignore it)
+        assert noise.clean_acc is not None and noise.clean_acc > 1.8 * chance[head], (head, noise.clean_acc)
         assert uap.kind == "universal" and uap.robust_acc is not None and noise.robust_acc is not None
     # one perturbation fitted on the encoder serves every head: it is fitted once, not once per head
     assert len({json.dumps(row.attack_config, sort_keys=True) for row in report.rows if row.attack == "uap"}) == 1
