@@ -113,18 +113,19 @@ class MiniPyNet(nn.Module):
         self.encoders = nn.ModuleList(
             _MultiConv(widths[i - 1] if i else 4, widths[i], (3,), norm=i > 0) for i in range(levels)
         )
-        self.decoders = nn.ModuleList(
+        decoders = [
             _MultiConv(widths[i] * (2 if i < levels - 1 else 1), widths[i], _kernels(i, levels), norm=i > 0)
             for i in range(levels)
-        )
+        ]
+        self.decoders = nn.ModuleList(decoders)
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[i], 3, 3)) for i in range(levels)
+            nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(decoder.out_channels, 3, 3)) for decoder in decoders
         )
         self.skip = nn.Conv2d(4, 3, 1)
         self.ups = nn.ModuleList(
             nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-                _conv(widths[i], widths[i - 1], 3, norm=i > 1),
+                _conv(decoders[i].out_channels, widths[i - 1], 3, norm=i > 1),
             )
             for i in range(1, levels)
         )

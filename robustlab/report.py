@@ -67,9 +67,10 @@ class Row:
     artifact: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.metrics and self.task == "classification" and self.clean_acc is not None:
-            # a classification row built from its accuracies alone (a schema-1 report, a hand-made row)
-            object.__setattr__(self, "metrics", _accuracy_metrics(self))
+        if self.task == "classification" and self.clean_acc is not None:
+            # the accuracy fields are the truth of a classification row (a schema-1 report, a hand-made or
+            # dataclasses.replace()d row): its metrics follow them
+            object.__setattr__(self, "metrics", {**self.metrics, **_accuracy_metrics(self)})
 
     def key(self) -> tuple[str, ...]:
         """Identity of the row across runs (what a baseline comparison matches on); the task when not classification."""
