@@ -22,9 +22,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 from robustlab.attacks._evolution_ops import decode_8bit, pick_uniform, polynomial_mutation, rand
+from torch import Tensor
 
 __all__ = ["ACTIVATIONS", "CppnEncoding"]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 from robustlab.attacks._evolution_ops import decode_8bit, polynomial_mutation, rand, sbx_crossover
+from torch import Tensor
 
 __all__ = ["DirectEncoding"]
 

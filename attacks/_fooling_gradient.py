@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import kornia
 import torch
-from torch import Tensor, nn
-
 from robustlab.attacks._evolution_ops import quantize_8bit
+from torch import Tensor, nn
 
 __all__ = ["AscentConfig", "gradient_ascent"]
 

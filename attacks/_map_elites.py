@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch import Tensor
-
 from robustlab.attacks._evolution_ops import rand
+from torch import Tensor
 
 __all__ = ["Archive", "Encoding", "MapElites"]
 

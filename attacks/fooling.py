@@ -6,14 +6,14 @@ import statistics
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
-
-from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.attacks._cppn import CppnEncoding
 from robustlab.attacks._direct import DirectEncoding
 from robustlab.attacks._fooling_gradient import AscentConfig, gradient_ascent
 from robustlab.attacks._map_elites import Archive, MapElites
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import config_hash
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel, verify
