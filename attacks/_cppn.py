@@ -33,12 +33,25 @@ ACTIVATIONS = ("sine", "sigmoid", "gaussian", "linear")
 N_INPUTS = 4  # x, y, distance from the centre, bias
 
 
+_FUNCTIONS = (
+    torch.sin,
+    lambda pre: torch.sigmoid(pre) * 2 - 1,
+    lambda pre: torch.exp(-pre.square()),
+    lambda pre: pre.clamp(-3, 3) / 3,
+)
+
+
 def activate(pre: Tensor, act: Tensor) -> Tensor:
-    """Apply each node's function (``act`` ``(N, M)``) to its summed input ``pre`` ``(N, M, P)``, as ``af_cppn``."""
-    kind = act.unsqueeze(-1)
-    sine_or_sigmoid = torch.where(kind == 0, torch.sin(pre), torch.sigmoid(pre) * 2 - 1)
-    gaussian_or_linear = torch.where(kind == 2, torch.exp(-pre.square()), pre.clamp(-3, 3) / 3)
-    return torch.where(kind <= 1, sine_or_sigmoid, gaussian_or_linear)
+    """Apply each node's function (``act`` ``(N, M)``) to its summed input ``pre`` ``(N, M, P)``, as ``af_cppn``.
+
+    Each function runs only on the nodes that use it, which costs a quarter of computing all four everywhere.
+    """
+    flat, kinds = pre.reshape(-1, pre.shape[-1]), act.reshape(-1)
+    out = torch.empty_like(flat)
+    for kind, function in enumerate(_FUNCTIONS):
+        rows = torch.nonzero(kinds == kind).squeeze(1)
+        out[rows] = function(flat[rows])
+    return out.view_as(pre)
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,9 @@ class CppnEncoding:
         conn, rows = g["conn"], torch.arange(g["conn"].shape[0], device=g["conn"].device)
         is_input, is_output, _ = self._roles(conn.device)
         source, _ = pick_uniform(g["alive"] & ~is_output, generator)
-        upstream = _reachability(conn)[rows, :, source]
+        used = _used_slots(g["alive"])
+        upstream = torch.zeros_like(g["alive"])
+        upstream[:, :used] = _reachability(conn[:, :used, :used])[rows, :, source]
         target, found = pick_uniform(g["alive"] & ~is_input & ~upstream & ~conn[rows, source], generator)
         weight = rand((conn.shape[0],), generator, conn.device)
         do = active & found
@@ -183,18 +198,22 @@ class CppnEncoding:
         return torch.cat(parts)
 
     def _render(self, g: dict[str, Tensor]) -> Tensor:
-        n, device = g["conn"].shape[0], g["conn"].device
-        w = torch.where(g["conn"], g["weight"] * (2 * self.weight_range) - self.weight_range, 0.0)
+        n, device, used = g["conn"].shape[0], g["conn"].device, _used_slots(g["alive"])
+        conn, act = g["conn"][:, :used, :used], g["act"][:, :used]
+        w = torch.where(conn, g["weight"][:, :used, :used] * (2 * self.weight_range) - self.weight_range, 0.0)
         inputs = self._coordinates(device)
-        state = torch.zeros(n, self.nodes, inputs.shape[1], device=device)
+        state = torch.zeros(n, used, inputs.shape[1], device=device)
         state[:, :N_INPUTS] = inputs
-        depth = _depth(g["conn"], self.channels)
+        depth = _depth(conn, self.channels)
+        outputs = slice(N_INPUTS, N_INPUTS + self.channels)
         # nn2 updates every node synchronously from the previous step's outputs, ``depth`` times.
         for step in range(int(depth.max())):
-            new = activate(torch.bmm(w.transpose(1, 2), state), g["act"])
+            new = activate(torch.bmm(w.transpose(1, 2), state), act)
             new[:, :N_INPUTS] = inputs
-            state = torch.where((step < depth).view(n, 1, 1), new, state)
-        out = state[:, N_INPUTS : N_INPUTS + self.channels].reshape(n, self.channels, self.size, self.size)
+            # A genome's outputs are read after its own ``depth`` steps; later steps leave them frozen.
+            new[:, outputs] = torch.where((step < depth).view(n, 1, 1), new[:, outputs], state[:, outputs])
+            state = new
+        out = state[:, outputs].reshape(n, self.channels, self.size, self.size)
         return decode_8bit(out, color=self.color)
 
     def _coordinates(self, device: torch.device) -> Tensor:
@@ -210,6 +229,11 @@ class CppnEncoding:
 
 def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+def _used_slots(alive: Tensor) -> int:
+    """Slots up to the last one alive in any genome: the only ones a computation over the batch needs."""
+    return int(torch.nonzero(alive.any(dim=0)).max()) + 1
 
 
 def _reachability(conn: Tensor) -> Tensor:

@@ -417,6 +417,57 @@ def train_defense_command(**options: Any) -> None:
     run_train_defense(**options)
 
 
+@cli.command("fool")
+@click.option("--model", default="smallcnn", show_default=True, metavar="NAME", help="Registered architecture.")
+@click.option("--weights", default=None, metavar="WEIGHTS", help="As for eval (synth, imagenet, random, PATH...).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes of the model head.")
+@click.option(
+    "--encoding",
+    type=click.Choice(["cppn", "direct", "gradient"]),
+    default="cppn",
+    show_default=True,
+    help="cppn / direct: evolution with MAP-Elites (scores only); gradient: gradient ascent (white box).",
+)
+@click.option(
+    "--generations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generations (evolution) or iterations (gradient); default 150 / 500.",
+)
+@click.option("--population", type=click.IntRange(min=2), default=64, show_default=True, help="Children a generation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for images/, grid.png and fooling.json; a rerun into it resumes the evolution.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def fool_command(**options: Any) -> None:
+    """Make fooling images: one unrecognisable image per class, classified with near certainty.
+
+    Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled", CVPR 2015.
+
+    \b
+    Examples:
+      robustlab fool --out fooling/
+      robustlab fool --encoding gradient --out fooling-gradient/
+      robustlab fool --model resnet50 --encoding cppn --generations 5000 --population 400 --out fooling-r50/
+    """
+    from robustlab.attacks._fooling_outputs import run_fool
+
+    quiet = options.pop("quiet")
+    summary = run_fool(**options, progress=not quiet)
+    metrics = summary["metrics"]
+    click.echo(
+        f"{int(metrics['fooled@0.99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
+        f"({int(metrics['fooled@0.9999'])} at >= 99.99%), median confidence {metrics['median_confidence']:.4f}, "
+        f"{summary['queries']} queries, generation {summary['generation']}, {summary['seconds']:.1f} s "
+        f"-> {options['out']}"
+    )
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")
