@@ -432,7 +432,7 @@ def train_defense_command(**options: Any) -> None:
     "--generations",
     type=click.IntRange(min=1),
     default=None,
-    help="Generations (evolution) or iterations (gradient); default 150 / 500.",
+    help="Generations (evolution) or iterations (gradient); default 400 / 500.",
 )
 @click.option("--population", type=click.IntRange(min=2), default=64, show_default=True, help="Children a generation.")
 @click.option("--seed", type=int, default=0, show_default=True)
