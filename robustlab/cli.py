@@ -408,6 +408,49 @@ def train_defense_command(**options: Any) -> None:
     run_train_defense(**options)
 
 
+@cli.command("fool")
+@model_option(text="Registered architecture.")
+@weights_option
+@num_classes_option
+@click.option(
+    "--encoding",
+    type=click.Choice(["cppn", "direct", "gradient"]),
+    default="cppn",
+    show_default=True,
+    help="cppn / direct: evolution with MAP-Elites (scores only); gradient: gradient ascent (white box).",
+)
+@click.option(
+    "--generations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generations (evolution) or iterations (gradient); default 400 / 500.",
+)
+@click.option("--population", type=click.IntRange(min=2), default=64, show_default=True, help="Children a generation.")
+@seed_option
+@device_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for images/, grid.png and fooling.json; a rerun into it resumes the evolution.",
+)
+@quiet_option
+def fool_command(**options: Any) -> None:
+    """Make fooling images: one unrecognisable image per class, classified with near certainty.
+
+    Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled", CVPR 2015.
+
+    \b
+    Examples:
+      robustlab fool --out fooling/
+      robustlab fool --encoding gradient --out fooling-gradient/
+      robustlab fool --model resnet50 --encoding cppn --generations 5000 --population 400 --out fooling-r50/
+    """
+    from robustlab.commands import run_fool
+
+    run_fool(**options)
+
+
 def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="robustlab")

@@ -34,6 +34,7 @@ __all__ = [
     "render_report",
     "resolve_device",
     "run_eval",
+    "run_fool",
     "run_generate",
     "run_train",
     "run_train_defense",
@@ -325,3 +326,18 @@ def run_generate(**options: Any) -> None:
         f"attack success {summary['success_rate']:.2%}"
     )
     click.echo(f"evaluate them with: robustlab eval --data adv:{out}", err=True)
+
+
+def run_fool(**options: Any) -> None:
+    """Run ``robustlab fool``: evolve (or ascend to) fooling images, write them, print the summary line."""
+    from robustlab.attacks._fooling_outputs import run_fool as write_fooling_images
+
+    quiet = options.pop("quiet")
+    summary = write_fooling_images(**options, progress=not quiet)
+    metrics = summary["metrics"]
+    click.echo(
+        f"{int(metrics['fooled@0.99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
+        f"({int(metrics['fooled@0.9999'])} at >= 99.99%), median confidence {metrics['median_confidence']:.4f}, "
+        f"{summary['queries']} queries, generation {summary['generation']}, {summary['seconds']:.1f} s "
+        f"-> {options['out']}"
+    )
