@@ -71,6 +71,7 @@ class Fooling(Attack):
     """
 
     kind = AttackKind.GENERATIVE
+    task = "class_confidence"
     uses_gradients = False
 
     def __init__(

@@ -303,6 +303,13 @@ class Evaluator:
     def _task(self, attack: Attack, target: Target) -> Task:
         """The task that scores ``attack`` on ``target``: the attack's own, else the victim's."""
         task: Task = TASKS.get(attack.task or target.task).factory()
+        generative = not RUNNERS[attack.kind].batched
+        method = "score_generated" if generative else "score"
+        if getattr(type(task), method) is getattr(Task, method):
+            what = "images made from nothing" if generative else "attacked inputs"
+            raise ConfigError(
+                f"{attack.kind} attack {type(attack).__name__} is scored by task {task.name}, which does not score {what}"
+            )
         return task
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
