@@ -307,9 +307,8 @@ class Evaluator:
         method = "score_generated" if generative else "score"
         if getattr(type(task), method) is getattr(Task, method):
             what = "images made from nothing" if generative else "attacked inputs"
-            raise ConfigError(
-                f"{attack.kind} attack {type(attack).__name__} is scored by task {task.name}, which does not score {what}"
-            )
+            name = type(attack).__name__
+            raise ConfigError(f"{attack.kind} attack {name} is scored by task {task.name}, which does not score {what}")
         return task
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
