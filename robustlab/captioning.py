@@ -152,8 +152,8 @@ def _tiny_backbone(width: int = 32) -> nn.Sequential:
     """
     w = width
     return nn.Sequential(
-        _conv_bn(3, w, stride=2), _conv_bn(w, w), nn.MaxPool2d(2), _conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w),
-        nn.MaxPool2d(2),
+        _conv_bn(3, w // 2), _conv_bn(w // 2, w, stride=2), _conv_bn(w, w), nn.MaxPool2d(2), _conv_bn(w, 2 * w),
+        _conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def test_loaded_captioner_is_frozen_eval_and_in_pixel_space(captioner: Captioner
 
 def test_second_load_reuses_the_cache(captioner: Captioner) -> None:
     again = load_captioner(progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(captioner.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(captioner.state_dict().values(), again.state_dict().values(), strict=True)
+    )
 
 
 def test_checkpoint_round_trip(captioner: Captioner, tmp_path: Path) -> None:
@@ -94,3 +97,25 @@ def test_coco_style_captions(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DataError, match="not a COCO-style"):
         CocoCaptions(tmp_path / "bad.json", tmp_path)
+
+
+def test_bleu_matches_a_hand_computed_case() -> None:
+    from robustlab.caption_metrics import bleu, caption_metrics
+
+    # Hypothesis "a large red star on grass" vs reference "a large red star on stripes": n-gram precisions
+    # 5/6, 4/5, 3/4, 2/3, equal lengths so no brevity penalty; BLEU-n is their geometric mean up to n.
+    hypothesis, reference = ["a large red star on grass"], ["A large red star on stripes."]
+    assert bleu(hypothesis, reference, n=1) == pytest.approx(5 / 6, abs=1e-6)
+    assert bleu(hypothesis, reference, n=2) == pytest.approx((5 / 6 * 4 / 5) ** (1 / 2), abs=1e-6)
+    assert bleu(hypothesis, reference, n=4) == pytest.approx((5 / 6 * 4 / 5 * 3 / 4 * 2 / 3) ** (1 / 4), abs=1e-6)
+    # "a red star" (3 words) against 6: precision 1, brevity penalty exp(1 - 6/3) = 1/e.
+    assert bleu(["a red star"], reference, n=1) == pytest.approx(math.exp(-1), abs=1e-6)
+    metrics = caption_metrics(
+        ["a small red star on sky", "a large blue ring on grass"],
+        ["a small red star on sky", "a small blue star on sky"],
+        ["a small red star on sky", "a large blue ring on grass"],
+        target="a small blue star on sky",
+        keyword="blue star",
+    )
+    assert metrics["target_success"] == 0.5 and metrics["keyword_success"] == 0.5 and metrics["keyword_clean"] == 0.0
+    assert metrics["clean_exact"] == 1.0 and metrics["adv_exact"] == 0.5 and metrics["changed"] == 0.5
