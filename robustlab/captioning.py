@@ -10,7 +10,8 @@ encoder's feature-map regions, a sigmoid gate on the context vector, the LSTM st
 region, and the doubly stochastic attention penalty ``λ·Σ_r (1 - Σ_t α_tr)²``. Two sizes exist:
 
 - ``captioner`` (embedded): a five-layer CNN giving a 64x4x4 map (16 regions) on the synthetic world's 32x32
-  images, trained by robustlab on ``SynthDataset.captions`` (our choice of sizes: small enough for CPU tests).
+  images, and the decoder (LSTM 128, attention 64, embeddings 32): 0.23M parameters in all, trained by robustlab
+  on ``SynthDataset.captions`` (our choice of sizes: small enough for CPU tests).
 - ``sat_resnet18`` / ``sat_resnet50`` / ``sat_resnet101``: torchvision ResNet features pooled to 14x14, as in
   the SAT reference implementations; ``weights`` is a captioner checkpoint (:func:`save_captioner`), or ``synth``
   to train the decoder on the synthetic world over ImageNet features (which needs the ImageNet download).
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,7 @@ __all__ = [
     "CaptionerConfig",
     "ImageEncoder",
     "Vocab",
+    "build_captioner",
     "load_captioner",
     "save_captioner",
     "tokenize",
@@ -162,7 +165,7 @@ def _resnet_backbone(arch: str, *, progress: bool) -> tuple[nn.Module, int]:
     from robustlab.models import _load_torchvision_weights
 
     net = _load_torchvision_weights(arch, "imagenet", num_classes=None, progress=progress).net
-    dim = net.fc.in_features
+    dim = cast(nn.Linear, net.fc).in_features
     return nn.Sequential(*list(net.children())[:-2], nn.AdaptiveAvgPool2d(14)), dim
 
 
@@ -308,15 +311,25 @@ class CaptionerConfig:
     name: str = "captioner"
     image_size: int = 32
     seed: int = 0
-    steps: int = 1200
+    steps: int = 2000
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 5e-3
     attention_penalty: float = 1.0
     max_len: int = 8
     recipe: int = RECIPE
 
 
-def _build(config: CaptionerConfig, vocab: Vocab, *, progress: bool) -> Captioner:
+def build_captioner(config: CaptionerConfig, vocab: Vocab, *, progress: bool = True) -> Captioner:
+    """An untrained captioner for ``config`` writing words of ``vocab`` (ImageNet weights for a ResNet encoder).
+
+    For real data, build the vocabulary from the training captions and train with :func:`train_captioner`::
+
+        data = CocoCaptions("captions_train2014.json", "train2014/")
+        config = CaptionerConfig(name="sat_resnet101", image_size=224, max_len=20)
+        captioner = build_captioner(config, Vocab.from_captions(data.captions, min_count=5))
+        train_captioner(captioner, config, data)
+        save_captioner(captioner, Path("sat.safetensors"), config=config)
+    """
     if config.name not in CAPTIONERS:
         raise UnknownNameError(f"unknown captioner {config.name!r}; known: {', '.join(CAPTIONERS)}")
     # Constructors draw from the global RNG; fork it so the init is a function of the seed alone.
@@ -366,7 +379,7 @@ def trained_captioner(config: CaptionerConfig, *, progress: bool = True) -> Capt
     """The captioner of ``config`` trained on the synthetic world: trained on first use, loaded from the cache after."""
     vocab = Vocab((PAD, START, END, UNK, *synth_caption_words()))
     path = cache_dir("models") / f"{config.name}-synth-{config_hash(config)}.safetensors"
-    captioner = _build(config, vocab, progress=progress)
+    captioner = build_captioner(config, vocab, progress=progress)
     if path.is_file():
         captioner.load_state_dict(load_weights(path))
         return captioner.requires_grad_(False)
@@ -394,7 +407,7 @@ def _load_file(path: Path, *, progress: bool) -> Captioner:
     if "vocab" not in metadata or "config" not in metadata:
         raise CheckpointMismatchError(f"{path} has no vocab/config metadata: write it with save_captioner")
     config = CaptionerConfig(**json.loads(metadata["config"]))
-    captioner = _build(config, Vocab(tuple(json.loads(metadata["vocab"]))), progress=progress)
+    captioner = build_captioner(config, Vocab(tuple(json.loads(metadata["vocab"]))), progress=progress)
     try:
         captioner.load_state_dict(load_weights(path))
     except RuntimeError as error:

@@ -92,6 +92,11 @@ class CocoCaptions:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def captions(self) -> list[str]:
+        """Every image's reference caption, in index order (to build a vocabulary)."""
+        return [text for _, text in self.items]
+
     def images_and_captions(self, indices: Tensor) -> tuple[Tensor, list[str]]:
         """Decoded, resized images and their first captions."""
         from PIL import Image
