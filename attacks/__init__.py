@@ -8,6 +8,8 @@ from robustlab.attacks import (  # noqa: F401
     apgd,
     apgdt,
     autoattack,
+    caption_baselines,
+    caption_gan,
     cw,
     deepfool,
     fgsm,

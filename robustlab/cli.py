@@ -139,10 +139,11 @@ def list_command() -> None:
 )
 @click.option(
     "--task",
-    type=click.Choice(["classification", "downstream"]),
+    type=click.Choice(["classification", "downstream", "captioning"]),
     default="classification",
     show_default=True,
-    help="downstream: evaluate each model as an encoder, scored through heads trained on its frozen features.",
+    help="downstream: evaluate each model as an encoder, scored through heads trained on its frozen features; "
+    "captioning: each model is a captioner (--model captioner), attacked by caption attacks.",
 )
 @click.option(
     "--head",

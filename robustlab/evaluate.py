@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -52,7 +52,7 @@ __all__ = [
     "run_config_hash",
 ]
 
-TASK_CHOICES = ("classification", "downstream")
+TASK_CHOICES = ("classification", "downstream", "captioning")
 DEFAULT_HEADS = ("shape", "color", "background", "size")
 
 
@@ -62,6 +62,7 @@ class EvalConfig:
 
     ``task="downstream"`` evaluates each model as an encoder: its penultimate features with one head per
     name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
+    ``task="captioning"`` loads each model as a captioner (:func:`robustlab.captioning.load_captioner`).
     ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
     """
 
@@ -146,11 +147,8 @@ class Evaluator:
         diagnostics: list[Diagnostic] = []
         fidelity: list[Fidelity] = []
         for mi, model_spec in enumerate(config.models):
-            load = load_encoder if config.task == "downstream" else load_model
-            model = load(
-                model_spec.name, weights=model_spec.weights, num_classes=model_spec.num_classes, progress=self.progress
-            ).to(device)
-            dataset = load_dataset(config.data, split="test", image_size=model.input_size)
+            model = _load_victim(model_spec, config.task, progress=self.progress).to(device)
+            dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
             indices = _sample_indices(dataset, config.n)
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
@@ -187,11 +185,12 @@ class Evaluator:
         names: tuple[str, str],
     ) -> list[Target]:
         """The victim of one model and defense: a classifier, or an encoder with one target per head."""
-        if config.task == "classification":
+        if config.task != "downstream":
             prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=self.progress)
-            return classifier_targets(
+            targets = classifier_targets(
                 model, defense, dataset, config.threat_modes, eot_samples=config.eot_samples, names=names
             )
+            return [replace(target, task=config.task) for target in targets]
         if defense.changes_model:
             raise ConfigError(
                 f"the downstream task scores an encoder's heads undefended; --defense {names[1]} is not supported"
@@ -203,7 +202,7 @@ class Evaluator:
         ]
         heads = trained_heads(encoder, configs, progress=self.progress)
         datasets = {
-            head: load_dataset(_with_target(config.data, head), split="test", image_size=model.input_size)
+            head: load_dataset(_with_target(config.data, head), split="test", image_size=encoder.input_size)
             for head in config.heads
         }
         return downstream_targets(encoder, dict(heads), datasets, names=names)
@@ -302,7 +301,7 @@ class Evaluator:
 
     def _task(self, attack: Attack, target: Target) -> Task:
         """The task that scores ``attack`` on ``target``: the attack's own, else the victim's."""
-        task: Task = TASKS.get(attack.task or target.task).factory()
+        task: Task = TASKS.get(attack.task or target.task).factory().bind(attack, target.scored)
         generative = not RUNNERS[attack.kind].batched
         method = "score_generated" if generative else "score"
         if getattr(type(task), method) is getattr(Task, method):
@@ -369,6 +368,17 @@ class Evaluator:
                 model=names[0],
                 defense=names[1],
             )
+
+
+def _load_victim(spec: ModelSpec, task: str, *, progress: bool) -> nn.Module:
+    """The model a task evaluates: a classifier, an encoder (``downstream``) or a captioner (``captioning``)."""
+    if task == "downstream":
+        return load_encoder(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress)
+    if task == "captioning":
+        from robustlab.captioning import load_captioner
+
+        return load_captioner(spec.name, weights=spec.weights or "synth", progress=progress)
+    return load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress)
 
 
 def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

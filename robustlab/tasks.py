@@ -85,6 +85,10 @@ class Task(ABC):
         """The row's metrics for images a generative attack produced from nothing."""
         raise NotImplementedError(f"task {self.name} does not score generated images")
 
+    def bind(self, attack: Any, scored: nn.Module) -> Task:
+        """This task for one cell: a task whose metrics depend on the attack's goal or the victim keeps them."""
+        return self
+
 
 TASKS: Registry[Task] = Registry("task")
 
@@ -175,3 +179,55 @@ class ClassConfidence(Task):
             "median_confidence": float(best.median()),
             "queries": float(generated["queries"].sum()) if "queries" in generated else 0.0,
         }
+
+
+@TASKS.register("captioning", summary="A captioner's captions: an attacker's target or keywords reached, BLEU to them.")
+class Captioning(Task):
+    """Scores caption attacks (Aafaq et al. 2021) with :func:`robustlab.caption_metrics.caption_metrics`.
+
+    Captions are stored as the captioner's token ids, so a resumed run reads them back; they are compared
+    with the captioner's own clean captions (BLEU to the original is BLEU to the clean caption).
+    """
+
+    name = "captioning"
+    metrics = (
+        Metric("target_success", higher_is_better=False),
+        Metric("keyword_success", higher_is_better=False),
+        Metric("changed", higher_is_better=False),
+        *(Metric(f"bleu{n}_target", higher_is_better=False, gated=n == 4, proportion=False) for n in (1, 2, 3, 4)),
+        *(Metric(f"bleu{n}_original", higher_is_better=True, gated=n == 4, proportion=False) for n in (1, 2, 3, 4)),
+        Metric("target_clean", higher_is_better=False, gated=False),
+        Metric("keyword_clean", higher_is_better=False, gated=False),
+    )
+
+    def __init__(self) -> None:
+        self._attack: Any = None
+        self._captioner: Any = None
+
+    def bind(self, attack: Any, scored: nn.Module) -> Task:
+        bound = Captioning()
+        bound._attack, bound._captioner = attack, scored
+        return bound
+
+    def _tokens(self, scored: Any, x: Tensor) -> Tensor:
+        return scored.encode_captions(scored.caption(x)).to(x.device)
+
+    def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return {"caption": self._tokens(scored, x)}
+
+    def score(
+        self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
+    ) -> dict[str, Tensor]:
+        return {"adv_caption": self._tokens(scored, x_adv)}
+
+    def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        return {"adv_caption": clean["caption"].clone()}
+
+    def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
+        from robustlab.caption_metrics import caption_metrics
+
+        decode = self._captioner.vocab.decode
+        clean_captions = [decode(row) for row in clean["caption"].tolist()]
+        adv_captions = [decode(row) for row in adversarial["adv_caption"].tolist()]
+        goal = {key: getattr(self._attack, key, None) for key in ("target", "keyword")}
+        return caption_metrics(clean_captions, adv_captions, clean_captions, **goal)

@@ -264,3 +264,19 @@ def test_schema_1_baseline_is_read_and_gates_accuracies(run: Callable[..., Resul
     Report(config={}, environment={}, rows=[replace(row, robust_acc=0.3, metrics={})]).to_json(Path("weak.json"))
     weak = run("compare", "weak.json", "old.json")
     assert weak.exit_code == 1 and "robust_acc" in weak.stdout
+
+
+def test_caption_attack_through_eval_reports_caption_metrics(run: Callable[..., Result]) -> None:
+    from robustlab.captioning import load_captioner
+
+    load_captioner(progress=False)  # the session's cached captioner (tests/test_captioning.py trains it)
+    target = "a large red star on stripes"
+    args = ["eval", "--task", "captioning", "--model", "captioner", "--attack", "caption_gan", "--eps", "16/255"]
+    gan = [f"caption_gan.target={target}", "caption_gan.steps=30", "caption_gan.scan=256"]
+    result = run(*args, *(f"--attack-arg={a}" for a in gan), "-n", "16", "-q", "--out", "caption.json")
+    assert result.exit_code == 0, result.output
+    (row,) = Report.from_json(Path("caption.json")).rows
+    metrics = row.metric_values()
+    assert (row.kind, row.task, row.clean_acc) == ("task", "captioning", None)
+    assert 0 <= metrics["target_success"] <= 1 and "bleu4_target" in metrics and "target_success" in result.stdout
+    assert row.max_norm is None or row.max_norm <= 16 / 255 + 1e-6

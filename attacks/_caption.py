@@ -1,0 +1,119 @@
+"""What every caption attack shares: the goal (a target caption or keywords) and the target features it implies.
+
+A caption attack is an :class:`~robustlab.attack.Attack` of kind ``task`` against a
+:class:`~robustlab.captioning.Captioner`: ``x_adv`` stays inside an L∞ ball (verified by ``Attack.__call__``) and
+is scored by :func:`robustlab.caption_metrics.caption_metrics`. Exactly one of ``target`` (the caption to force)
+and ``keyword`` (space-separated words to inject) is given; the mode follows from which.
+
+Feature-matching attacks need the encoder features of a *target image*: an image the victim itself captions as
+the target (Aafaq et al., 2021: the target representation drives the controlled caption). :func:`goal_features`
+finds such images among the first ``scan`` images of the fit split; for keywords it averages the features of
+``n_targets`` images whose captions hold every keyword (our choice, the spec's reading of keyword injection).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attack import Attack, AttackKind
+from robustlab.captioning import Captioner, tokenize
+from robustlab.data import iterate_batches
+from robustlab.errors import ConfigError
+from robustlab.threat import Norm, ThreatModel
+
+__all__ = ["CaptionAttack", "as_captioner", "dataset_images", "goal_features", "goal_reached"]
+
+
+class CaptionAttack(Attack):
+    """Base of the caption attacks: checks the goal and the budget, holds them for the subclasses."""
+
+    kind: ClassVar[AttackKind] = AttackKind.TASK
+
+    def __init__(self, *, target: str | None, keyword: str | None, eps: float) -> None:
+        if (target is None) == (keyword is None):
+            raise ConfigError("a caption attack takes exactly one of target (a caption) or keyword (words to inject)")
+        for name, text in (("target", target), ("keyword", keyword)):
+            if text is not None and not tokenize(text):
+                raise ConfigError(f"{name} {text!r} has no word")
+        if not 0 < eps <= 1:
+            raise ConfigError(f"eps must be in (0, 1], got {eps}")
+        self.target, self.keyword, self.eps = target, keyword, eps
+
+    @property
+    def mode(self) -> str:
+        """``targeted`` (force ``target``) or ``keyword`` (inject ``keyword``)."""
+        return "targeted" if self.target is not None else "keyword"
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.LINF, self.eps)
+
+    def check_vocabulary(self, captioner: Captioner) -> None:
+        """Raise :class:`ConfigError` if the goal has a word the captioner can never write."""
+        text = self.target if self.target is not None else self.keyword
+        unknown = captioner.vocab.unknown(text or "")
+        if unknown:
+            raise ConfigError(f"{captioner.name} cannot write {', '.join(map(repr, unknown))}: not in its vocabulary")
+
+    def config(self) -> dict[str, Any]:
+        return super().config() | {"mode": self.mode}
+
+
+def as_captioner(model: nn.Module) -> Captioner:
+    """``model`` itself, after checking that it is a :class:`Captioner` (a one-line error otherwise)."""
+    if not isinstance(model, Captioner):
+        raise ConfigError(f"caption attacks need a Captioner (load_captioner), got {type(model).__name__}")
+    return model
+
+
+def goal_reached(caption: str, *, target: str | None, keyword: str | None) -> bool:
+    """Whether ``caption`` equals ``target`` or holds every word of ``keyword`` (after tokenization)."""
+    words = tokenize(caption)
+    if target is not None:
+        return words == tokenize(target)
+    return all(w in words for w in tokenize(keyword or ""))
+
+
+def dataset_images(dataset: Any, indices: Tensor) -> Tensor:
+    """Images of ``indices`` from a caption dataset (``images_and_captions``) or an image dataset (``get_batch``...)."""
+    if hasattr(dataset, "images_and_captions"):
+        images: Tensor = dataset.images_and_captions(indices)[0]
+        return images
+    return next(iterate_batches(dataset, indices, len(indices)))[1]
+
+
+@torch.no_grad()
+def goal_features(
+    captioner: Captioner,
+    dataset: Any,
+    *,
+    target: str | None,
+    keyword: str | None,
+    n_targets: int,
+    scan: int,
+    batch_size: int = 256,
+) -> Tensor:
+    """Mean encoder features :math:`(1, D, h, w)` of the first ``n_targets`` fit images the victim captions as the goal.
+
+    Raises:
+        ConfigError: none of the first ``scan`` images of ``dataset`` is captioned as the goal.
+    """
+    device = captioner.encoder.mean.device
+    found: list[Tensor] = []
+    for start in range(0, min(scan, len(dataset)), batch_size):
+        indices = torch.arange(start, min(start + batch_size, scan, len(dataset)))
+        features = captioner.encoder(dataset_images(dataset, indices).to(device))
+        captions = captioner.caption_features(features)
+        found += [f for f, c in zip(features, captions, strict=True) if goal_reached(c, target=target, keyword=keyword)]
+        if len(found) >= n_targets:
+            return torch.stack(found[:n_targets]).mean(0, keepdim=True)
+    if not found:
+        goal = f"captioned {target!r}" if target is not None else f"with {keyword!r} in its caption"
+        raise ConfigError(
+            f"no image among the first {scan} of the fit split is {goal} by {captioner.name}: "
+            "choose a goal the captioner produces"
+        )
+    return torch.stack(found).mean(0, keepdim=True)

@@ -1,0 +1,140 @@
+"""caption_gan and its baselines on the trained embedded captioner: goals reached, budget kept, decoder untouched."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import robustlab.attacks
+import torch
+from torch import nn
+
+from robustlab.attack import ATTACKS, AttackKind
+from robustlab.caption_metrics import caption_metrics
+from robustlab.captioning import Captioner, load_captioner
+from robustlab.data.captions import SynthCaptions
+from robustlab.errors import ConfigError
+from robustlab.threat import Norm, perturbation_norm
+
+CAPTION_ATTACKS = [e.name for e in robustlab.attacks.ATTACKS.entries() if e.name.startswith("caption_")]
+CHEAP: dict[str, dict[str, Any]] = {
+    "caption_gan": {"steps": 4, "scan": 256},
+    "caption_feature_pgd": {"steps": 3, "scan": 256},
+    "caption_decoder_pgd": {"steps": 3},
+    "caption_noise": {},
+}
+EPS = 16 / 255
+
+
+@pytest.fixture(scope="module")
+def captioner() -> Captioner:
+    return load_captioner(progress=False)  # trained once per session, shared with tests/test_captioning.py
+
+
+@pytest.fixture(scope="module")
+def fit_data() -> SynthCaptions:
+    return SynthCaptions("val", n=512)
+
+
+@pytest.fixture(scope="module")
+def goal(captioner: Captioner, fit_data: SynthCaptions) -> str:
+    """A caption the captioner writes for a fit image: the target every test forces."""
+    return captioner.caption(fit_data.images_and_captions(torch.tensor([0]))[0])[0]
+
+
+@pytest.fixture(scope="module")
+def sources(captioner: Captioner, goal: str) -> tuple[torch.Tensor, list[str]]:
+    """64 test images whose clean captions are not already the goal, with their reference captions."""
+    x, references = SynthCaptions("test", n=200).images_and_captions(torch.arange(200))
+    keep = [i for i, c in enumerate(captioner.caption(x)) if c != goal][:64]
+    return x[keep], [references[i] for i in keep]
+
+
+def _attack(name: str, **kwargs: Any) -> Any:
+    return ATTACKS.get(name).factory(**(CHEAP[name] | kwargs))
+
+
+def _run(attack: Any, captioner: Captioner, fit_data: SynthCaptions, x: torch.Tensor) -> torch.Tensor:
+    attack.fit(captioner, fit_data, generator=torch.Generator().manual_seed(0), progress=False)
+    return attack(captioner, x, torch.zeros(len(x), dtype=torch.long), generator=torch.Generator().manual_seed(1))
+
+
+def test_gan_forces_the_target_caption_far_above_noise(
+    captioner: Captioner, fit_data: SynthCaptions, goal: str, sources: tuple[torch.Tensor, list[str]]
+) -> None:
+    x, references = sources
+    clean = captioner.caption(x)
+    gan = _attack("caption_gan", target=goal, eps=EPS, steps=200)
+    gan_metrics = caption_metrics(clean, captioner.caption(_run(gan, captioner, fit_data, x)), references, target=goal)
+    noise = _attack("caption_noise", target=goal, eps=EPS)
+    noise_metrics = caption_metrics(
+        clean, captioner.caption(_run(noise, captioner, fit_data, x)), references, target=goal
+    )
+    assert noise_metrics["target_success"] <= 0.05
+    assert gan_metrics["target_success"] >= noise_metrics["target_success"] + 0.5, (gan_metrics, goal)
+    assert gan_metrics["bleu4_target"] > noise_metrics["bleu4_target"]
+    first, last = gan.feature_losses[:20], gan.feature_losses[-20:]
+    assert sum(last) < 0.5 * sum(first), "the generator's feature-matching loss must fall while it trains"
+
+
+def test_decoder_receives_no_gradient_during_the_gan_attack(
+    captioner: Captioner, fit_data: SynthCaptions, goal: str, sources: tuple[torch.Tensor, list[str]]
+) -> None:
+    def record(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+        grad_modes.append(torch.is_grad_enabled())
+
+    def decoder_gradients(name: str) -> tuple[list[bool], bool]:
+        victim = copy.deepcopy(captioner)
+        victim.decoder.requires_grad_(True)  # so any gradient that reached it would be stored
+        grad_modes.clear()
+        handle = victim.decoder.register_forward_hook(record)
+        _run(_attack(name, target=goal), victim, fit_data, sources[0][:8])
+        handle.remove()
+        return list(grad_modes), any(p.grad is not None for p in victim.decoder.parameters())
+
+    grad_modes: list[bool] = []
+    modes, stored = decoder_gradients("caption_gan")
+    assert modes and not any(modes), "the decoder may only run without autograd (to find target images)"
+    assert not stored
+    # The end-to-end baseline does differentiate through the decoder, so the check above can fail.
+    modes, _ = decoder_gradients("caption_decoder_pgd")
+    assert any(modes)
+
+
+@pytest.mark.parametrize("name", CAPTION_ATTACKS)
+@pytest.mark.parametrize("mode", ["target", "keyword"])
+def test_budget_box_and_determinism(
+    name: str,
+    mode: str,
+    captioner: Captioner,
+    fit_data: SynthCaptions,
+    goal: str,
+    sources: tuple[torch.Tensor, list[str]],
+) -> None:
+    x = sources[0][:6]
+    attack = _attack(name, eps=8 / 255, **{mode: goal if mode == "target" else goal.split()[2]})
+    assert attack.kind is AttackKind.TASK and attack.threat.norm is Norm.LINF and attack.config()["mode"]
+    x_adv = _run(attack, captioner, fit_data, x)
+    assert float(perturbation_norm(x, x_adv, Norm.LINF).max()) <= 8 / 255 + 1e-6
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1 and not x_adv.requires_grad
+    assert torch.equal(
+        x_adv, _run(_attack(name, eps=8 / 255, **{mode: attack.target or attack.keyword}), captioner, fit_data, x)
+    )
+
+
+def test_goals_are_checked_in_one_line(captioner: Captioner, fit_data: SynthCaptions) -> None:
+    with pytest.raises(ConfigError, match="exactly one of target"):
+        _attack("caption_gan", target="a small red star on sky", keyword="red")
+    with pytest.raises(ConfigError, match="exactly one of target"):
+        _attack("caption_noise")
+    with pytest.raises(ConfigError, match=r"'zebra'.*not in its vocabulary"):
+        _attack("caption_gan", keyword="zebra").fit(captioner, fit_data, generator=torch.Generator(), progress=False)
+    with pytest.raises(ConfigError, match="no image among the first 256"):
+        _attack("caption_feature_pgd", target="a a a a a").fit(
+            captioner, fit_data, generator=torch.Generator(), progress=False
+        )
+    with pytest.raises(ConfigError, match="call fit"):
+        _attack("caption_gan", keyword="red")(captioner, torch.rand(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ConfigError, match="need a Captioner"):
+        _run(_attack("caption_decoder_pgd", keyword="red"), nn.Identity().eval(), fit_data, torch.rand(1, 3, 32, 32))  # type: ignore[arg-type]

@@ -1,0 +1,121 @@
+"""The captioner: it learns the synthetic world's captions, loads from the cache and from checkpoints, fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from robustlab.captioning import Captioner, CaptionerConfig, load_captioner, save_captioner
+from robustlab.data.captions import CocoCaptions, SynthCaptions
+from robustlab.errors import CheckpointMismatchError, DataError, UnknownNameError, WeightsUnavailableError
+
+
+@pytest.fixture(scope="session")
+def captioner() -> Captioner:
+    """The default embedded captioner, trained once per session (cached under the session's ROBUSTLAB_HOME)."""
+    return load_captioner(progress=False)
+
+
+@pytest.fixture(scope="module")
+def test_split() -> tuple[torch.Tensor, list[str]]:
+    return SynthCaptions("test", n=500).images_and_captions(torch.arange(500))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_captioner_writes_exact_captions(
+    captioner: Captioner, test_split: tuple[torch.Tensor, list[str]], beam: int
+) -> None:
+    x, references = test_split
+    captions = captioner.caption(x, beam=beam)
+    exact = sum(c == r for c, r in zip(captions, references, strict=True)) / len(references)
+    assert exact >= 0.90, f"exact-match {exact:.3f} on 500 test images with beam {beam}"
+
+
+def test_loaded_captioner_is_frozen_eval_and_in_pixel_space(captioner: Captioner) -> None:
+    assert not captioner.training and not any(p.requires_grad for p in captioner.parameters())
+    assert captioner.input_size == 32 and captioner.name == "captioner"
+    features = captioner.encoder(torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, 64, 4, 4), "16 regions of 64 features feed the attention decoder"
+    assert "<end>" in captioner.vocab.words and "stripes" in captioner.vocab.words
+
+
+def test_second_load_reuses_the_cache(captioner: Captioner) -> None:
+    again = load_captioner(progress=False)
+    assert all(
+        torch.equal(a, b) for a, b in zip(captioner.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+
+
+def test_checkpoint_round_trip(captioner: Captioner, tmp_path: Path) -> None:
+    path = tmp_path / "captioner.safetensors"
+    save_captioner(captioner, path, config=CaptionerConfig())
+    loaded = load_captioner(weights=str(path), progress=False)
+    x = SynthCaptions("val", n=16).images_and_captions(torch.arange(16))[0]
+    assert loaded.caption(x) == captioner.caption(x)
+
+
+def test_bad_names_and_checkpoints_fail_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="known: captioner"):
+        load_captioner("captionr")
+    with pytest.raises(WeightsUnavailableError, match="no captioner checkpoint"):
+        load_captioner(weights=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "old.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="safetensors"):
+        load_captioner(weights=str(tmp_path / "old.pt"))
+
+
+def test_resnet_captioner_offline_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+    with pytest.raises(WeightsUnavailableError, match="cannot download"):
+        load_captioner("sat_resnet18", progress=False)
+
+
+def test_coco_style_captions(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (30, 40), (200, 200, 200)).save(tmp_path / "one.png")
+    document = {
+        "images": [{"id": 7, "file_name": "one.png"}, {"id": 8, "file_name": "uncaptioned.png"}],
+        "annotations": [{"image_id": 7, "caption": "A grey wall."}, {"image_id": 7, "caption": "second"}],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(document))
+    data = CocoCaptions(tmp_path / "captions.json", tmp_path, image_size=16)
+    x, captions = data.images_and_captions(torch.tensor([0]))
+    assert len(data) == 1 and captions == ["A grey wall."]
+    assert x.shape == (1, 3, 16, 16) and torch.allclose(x, torch.full_like(x, 200 / 255), atol=1e-3)
+    with pytest.raises(DataError, match="no caption annotation file"):
+        CocoCaptions(tmp_path / "missing.json", tmp_path)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DataError, match="not a COCO-style"):
+        CocoCaptions(tmp_path / "bad.json", tmp_path)
+
+
+def test_bleu_matches_a_hand_computed_case() -> None:
+    from robustlab.caption_metrics import bleu, caption_metrics
+
+    # Hypothesis "a large red star on grass" vs reference "a large red star on stripes": n-gram precisions
+    # 5/6, 4/5, 3/4, 2/3, equal lengths so no brevity penalty; BLEU-n is their geometric mean up to n.
+    hypothesis, reference = ["a large red star on grass"], ["A large red star on stripes."]
+    assert bleu(hypothesis, reference, n=1) == pytest.approx(5 / 6, abs=1e-6)
+    assert bleu(hypothesis, reference, n=2) == pytest.approx((5 / 6 * 4 / 5) ** (1 / 2), abs=1e-6)
+    assert bleu(hypothesis, reference, n=4) == pytest.approx((5 / 6 * 4 / 5 * 3 / 4 * 2 / 3) ** (1 / 4), abs=1e-6)
+    # "a red star" (3 words) against 6: precision 1, brevity penalty exp(1 - 6/3) = 1/e.
+    assert bleu(["a red star"], reference, n=1) == pytest.approx(math.exp(-1), abs=1e-6)
+    metrics = caption_metrics(
+        ["a small red star on sky", "a large blue ring on grass"],
+        ["a small red star on sky", "a small blue star on sky"],
+        ["a small red star on sky", "a large blue ring on grass"],
+        target="a small blue star on sky",
+        keyword="blue star",
+    )
+    assert metrics["target_success"] == 0.5 and metrics["keyword_success"] == 0.5 and metrics["keyword_clean"] == 0.0
+    assert metrics["clean_exact"] == 1.0 and metrics["adv_exact"] == 0.5 and metrics["changed"] == 0.5
