@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
+from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD
 from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_words
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
-from robustlab.models import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD
 from robustlab.nets import _conv_bn
 
 __all__ = [

@@ -177,7 +177,7 @@ class Evaluator:
 
     def _targets(
         self,
-        model: ImageClassifier | Encoder,
+        model: nn.Module,
         defense: Defense,
         dataset: ImageDataset,
         config: EvalConfig,
