@@ -160,19 +160,19 @@ def nmtune_loss(
     z = tuner(torch.cat([weak, strong]))
     z_strong = z.chunk(2)[1]
     loss = F.cross_entropy(head(z), torch.cat([labels, labels]))
-    parts = {"ce": float(loss)}
+    parts = {"ce": float(loss.detach())}
     if config.mse_weight:
         mse = consistency_loss(z_strong, weak)
         loss = loss + config.mse_weight * mse
-        parts["mse"] = float(mse)
+        parts["mse"] = float(mse.detach())
     if config.svd_weight:
         ratio = top_singular_ratio(z, config.top_k)
         loss = loss - config.svd_weight * ratio
-        parts["svd"] = float(ratio)
+        parts["svd"] = float(ratio.detach())
     if config.cov_weight:
         cov = covariance_penalty(z)
         loss = loss + config.cov_weight * cov
-        parts["cov"] = float(cov)
+        parts["cov"] = float(cov.detach())
     return loss, parts
 
 
