@@ -119,8 +119,8 @@ def test_loss_is_cross_entropy_plus_weighted_terms() -> None:
     assert parts.keys() == {"ce"}
     full, parts = nmtune_loss(tuner, head, weak, strong, labels, NMTuneConfig())
     expected = parts["ce"] + 1.0 * parts["mse"] + 0.04 * parts["cov"] - 0.001 * parts["svd"]
-    assert float(full) == pytest.approx(expected, rel=1e-5)
-    assert parts["ce"] == pytest.approx(float(plain), rel=1e-5)
+    assert float(full.detach()) == pytest.approx(expected, rel=1e-5)
+    assert parts["ce"] == pytest.approx(float(plain.detach()), rel=1e-5)
 
 
 def test_views_and_spectra_of_the_tuned_features(
