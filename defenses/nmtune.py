@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from robustlab.data import ImageDataset, iterate_batches
 from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
+from robustlab.models import ImageClassifier
 from robustlab.spectral import spectral_summary
 
 __all__ = [
@@ -106,7 +107,8 @@ class ResidualMLP(nn.Module):
         self.scale = nn.Parameter(torch.full((1, dim), float(scale_init)))
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.scale * self.mlp(features) + features
+        tuned: Tensor = self.scale * self.mlp(features) + features
+        return tuned
 
 
 def _linear_head(dim: int, num_classes: int) -> nn.Linear:
@@ -145,7 +147,8 @@ def top_singular_ratio(z: Tensor, k: int = 5) -> Tensor:
         0.75
     """
     values = torch.linalg.svdvals(z)
-    return (values / values.sum())[:k].mean()
+    ratio: Tensor = (values / values.sum())[:k].mean()
+    return ratio
 
 
 def nmtune_loss(
@@ -286,7 +289,8 @@ class NMTuned(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.tuner(self.features(x)))
+        logits: Tensor = self.head(self.tuner(self.features(x)))
+        return logits
 
 
 @DEFENSES.register(
@@ -346,7 +350,7 @@ class NMTune(Defense):
         depend on the state of the cache.
         """
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        features = ClassifierFeatures(model)
+        features = ClassifierFeatures(cast(ImageClassifier, model))
         self._fingerprint = encoder_fingerprint(features)
         key = {
             "config": asdict(self.cfg),
@@ -382,7 +386,7 @@ class NMTune(Defense):
     def wrap(self, model: nn.Module, *, adaptive: bool = False) -> nn.Module:
         if self._tuned is None:
             raise WeightsUnavailableError("nmtune has no weights: call fit(model, dataset, generator=...) first")
-        features = ClassifierFeatures(model)
+        features = ClassifierFeatures(cast(ImageClassifier, model))
         if encoder_fingerprint(features) != self._fingerprint:
             raise ConfigError("nmtune was fitted on another model's features; fit it on this model first")
         return NMTuned(features, *self._tuned)

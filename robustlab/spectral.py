@@ -34,7 +34,8 @@ def feature_spectrum(features: Tensor) -> Tensor:
     if features.dim() != 2 or min(features.shape) < 1:
         raise ConfigError(f"features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
     unit = F.normalize(features.detach().double(), dim=1)
-    return torch.linalg.svdvals(unit - unit.mean(dim=1, keepdim=True))
+    values: Tensor = torch.linalg.svdvals(unit - unit.mean(dim=1, keepdim=True))
+    return values
 
 
 def _proportions(singular_values: Tensor) -> Tensor:
