@@ -9,7 +9,7 @@ probe. This reproduces the protocol on the synthetic world:
   default: under one epoch of the 50k train split, so the nets cannot memorise the flipped labels;
   the 800-step recipe of the tags did not fit the CPU budget of the recorded run; pre-training seed 0);
 * downstream: the features are frozen (queried for two augmented views of each training image);
-  heads trained on ``synth:backgrounds=sky+grass+stripes`` (train split, clean labels of ``--task``);
+  heads trained on ``synth:backgrounds=sky+grass+stripes`` (train split, clean labels of each of ``--tasks``);
 * ID: the test split of the same world; OOD: the test split of ``synth:backgrounds=checker+bricks``
   (the same shapes on backgrounds the heads never saw; the encoder saw them in pre-training);
 * methods: LP (``train_head`` linear), MLP (``train_head`` mlp, robustlab's 3-layer probe), MLP-res (the
