@@ -51,8 +51,9 @@ def load_model(
         name: a registered architecture (``robustlab list``) or ``package.module:factory`` for a user model
             (the factory takes no arguments and returns an ``nn.Module`` that accepts ``[0, 1]`` images).
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
-            nets), ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision
-            nets), ``random`` (no training), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
+            nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
+            ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision nets),
+            ``random`` (no training), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
             ``weights_only=True``, or ``.safetensors``).
         num_classes: output classes; defaults to what the weights define (10 for synth, 1000 for ImageNet).
         image_size: input side length for synth training and for dataset resizing.
@@ -71,6 +72,10 @@ def load_model(
     if weights in ("synth", "synth-at"):
         config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32)
         return _finish(trained_classifier(config, adversarial=weights == "synth-at", progress=progress))
+    if weights.startswith("synth-noise"):
+        noise = _label_noise(weights)
+        config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32, label_noise=noise)
+        return _finish(trained_classifier(config, progress=progress))
     if weights == "random":
         size = image_size or (32 if family == "embedded" else 224)
         return _finish(
@@ -84,6 +89,19 @@ def load_model(
     if family == "torchvision" and not _looks_like_path(weights):
         return _finish(_load_torchvision_weights(name, weights, num_classes=num_classes, progress=progress))
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
+
+
+def _label_noise(tag: str) -> float:
+    """The flipped fraction in a ``synth-noiseR`` weights tag, R in ``[0, 1)``."""
+    try:
+        noise = float(tag.removeprefix("synth-noise"))
+    except ValueError:
+        noise = -1.0
+    if not 0.0 <= noise < 1.0:
+        raise ConfigError(
+            f"weights {tag!r}: expected synth-noiseR with a label-noise fraction R in [0, 1), e.g. synth-noise0.3"
+        )
+    return noise
 
 
 def _default_classes(family: str) -> int:

@@ -2,7 +2,8 @@
 
 ``--weights synth`` trains with plain cross-entropy; ``--weights synth-at`` with PGD adversarial
 training (Madry et al., ICLR 2018, arXiv 1706.06083), the standard robust baseline every defense is
-compared against.
+compared against; ``--weights synth-noise0.3`` with plain cross-entropy on train labels of which 30%
+are flipped (the noisy pre-training that NMTune, Chen et al., ICLR 2024, starts from).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TrainConfig:
     eps: float = 8 / 255
     attack_steps: int = 5
     recipe: int = RECIPE
+    label_noise: float = 0.0
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default: small nets get more steps, big torchvision nets fewer."""
@@ -60,7 +62,8 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
         config = robust_recipe(config)
     config = config.resolved()
     kind = "synth-at" if config.adversarial else "synth"
-    path = cache_dir("models") / f"{config.arch}-{kind}-{config_hash(config)}.safetensors"
+    kind += f"-noise{config.label_noise:g}" if config.label_noise else ""
+    path = cache_dir("models") / f"{config.arch}-{kind}-{_cache_key(config)}.safetensors"
     model = _build(config)
     if path.is_file():
         model.net.load_state_dict(load_weights(path))
@@ -72,6 +75,14 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
     train_classifier(model, config, progress=progress)
     save_weights(path, model.net.state_dict(), metadata={"config": json.dumps(asdict(config))})
     return model
+
+
+def _cache_key(config: TrainConfig) -> str:
+    """The config's hash; ``label_noise`` joins it only when set, so clean configs keep their cached weights."""
+    key = asdict(config)
+    if not config.label_noise:
+        del key["label_noise"]
+    return config_hash(key)
 
 
 def robust_recipe(config: TrainConfig) -> TrainConfig:
@@ -107,7 +118,8 @@ def train_classifier(
     Args:
         model: the classifier to train; left in eval mode with frozen parameters.
         config: the recipe; ``adversarial`` trains on PGD examples made against the current weights.
-        data: training samples; default the synthetic world's train split at ``config.image_size``.
+        data: training samples; default the synthetic world's train split at ``config.image_size``, with
+            ``config.label_noise`` of its labels flipped.
         progress: a tqdm bar on stderr.
     """
     from robustlab.data.synth import SynthConfig, SynthDataset
@@ -115,7 +127,8 @@ def train_classifier(
     config = config.resolved()
     steps = int(config.steps or 0)
     if data is None:
-        data = SynthDataset("train", config=SynthConfig(image_size=config.image_size, seed=config.seed))
+        world = SynthConfig(image_size=config.image_size, seed=config.seed, label_noise=config.label_noise)
+        data = SynthDataset("train", config=world)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
     model.requires_grad_(True)
