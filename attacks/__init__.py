@@ -4,7 +4,20 @@ Adding an attack: one module here with an ``@ATTACKS.register(...)`` class, one 
 one test file under ``tests/attacks``.
 """
 
-from robustlab.attacks import apgd, apgdt, autoattack, cw, deepfool, fgsm, none, pgd, pgdl2, square, uap  # noqa: F401
+from robustlab.attacks import (  # noqa: F401
+    apgd,
+    apgdt,
+    autoattack,
+    blur,
+    cw,
+    deepfool,
+    fgsm,
+    none,
+    pgd,
+    pgdl2,
+    square,
+    uap,
+)
 
 from robustlab.attack import ATTACKS
 
