@@ -254,7 +254,7 @@ class ContextFusion(Defense):
         scene_arch: str = "smallcnn",
         scene_weights: str | None = None,
         scene_classes: int = 365,
-        scene_steps: int = 400,
+        scene_steps: int = 150,
         hidden: int = 512,
         dropout: float = 0.5,
         context_weight: float = 0.0,
