@@ -8,6 +8,7 @@ from robustlab.attacks import (  # noqa: F401
     apgd,
     apgdt,
     autoattack,
+    blur,
     caption_baselines,
     caption_gan,
     cw,

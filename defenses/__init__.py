@@ -4,7 +4,7 @@ Adding a defense: one module here with a ``@DEFENSES.register(...)`` class, one 
 one test file under ``tests/defenses``.
 """
 
-from robustlab.defenses import nmtune, none, quantize, raw_isp  # noqa: F401
+from robustlab.defenses import context_fusion, nmtune, none, quantize, raw_isp  # noqa: F401
 
 from robustlab.defense import DEFENSES
 

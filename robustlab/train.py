@@ -19,8 +19,16 @@ from tqdm.auto import tqdm
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.classifiers import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches
+from robustlab.errors import ConfigError
 
-__all__ = ["TrainConfig", "pgd_examples", "robust_recipe", "train_classifier", "trained_classifier"]
+__all__ = [
+    "TrainConfig",
+    "pgd_examples",
+    "robust_recipe",
+    "train_classifier",
+    "trained_attribute_classifier",
+    "trained_classifier",
+]
 
 RECIPE = 1  # bump when the training code changes what it produces, so old cached weights are not reused
 
@@ -83,6 +91,33 @@ def _cache_key(config: TrainConfig) -> str:
     if not config.label_noise:
         del key["label_noise"]
     return config_hash(key)
+
+
+def trained_attribute_classifier(config: TrainConfig, target: str, *, progress: bool = True) -> ImageClassifier:
+    """A classifier of another attribute of the synthetic world (``synth:target=TARGET``), trained once and cached.
+
+    The scene (background) classifier of contextual fusion is one: the same architectures and recipe
+    as :func:`trained_classifier`, on the default world's train split labelled by ``target``;
+    ``config.num_classes`` is replaced by the attribute's class count.
+
+    Raises:
+        ConfigError: ``target`` is not an attribute of the synthetic world.
+    """
+    from robustlab.data.synth import ATTRIBUTES, SynthConfig, SynthDataset
+
+    if target not in ATTRIBUTES:
+        raise ConfigError(f"synth target {target!r} is unknown; accepted: {', '.join(ATTRIBUTES)}")
+    config = replace(config, num_classes=len(ATTRIBUTES[target])).resolved()
+    key = {"config": asdict(config), "target": target}
+    path = cache_dir("models") / f"{config.arch}-synth-{target}-{config_hash(key)}.safetensors"
+    model = _build(config)
+    if path.is_file():
+        model.net.load_state_dict(load_weights(path))
+        return model
+    data = SynthDataset("train", config=SynthConfig(image_size=config.image_size, seed=config.seed), target=target)
+    train_classifier(model, config, data=data, progress=progress)
+    save_weights(path, model.net.state_dict(), metadata={"config": json.dumps(key)})
+    return model
 
 
 def robust_recipe(config: TrainConfig) -> TrainConfig:
