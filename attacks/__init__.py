@@ -4,7 +4,7 @@ Adding an attack: one module here with an ``@ATTACKS.register(...)`` class, one 
 one test file under ``tests/attacks``.
 """
 
-from robustlab.attacks import apgd, apgdt, autoattack, cw, deepfool, fgsm, none, pgd, pgdl2, square, uap  # noqa: F401
+from robustlab.attacks import advencoder, apgd, apgdt, autoattack, cw, deepfool, fgsm, none, pgd, pgdl2, square, uap  # noqa: F401
 
 from robustlab.attack import ATTACKS
 
