@@ -202,8 +202,8 @@ def solo_learn_resnet18(path: Path) -> SimCLREncoder:
     backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
     net = torchvision.models.resnet18(num_classes=10)
     net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()  # type: ignore[assignment]
-    net.fc = nn.Identity()  # type: ignore[assignment]
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
     missing = sorted(set(net.state_dict()) - set(backbone_state))
     if missing or not backbone_state:
         raise CheckpointMismatchError(
