@@ -32,6 +32,7 @@ from robustlab.attacks import _prediction_change  # noqa: F401  (registers the p
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab import ssl  # noqa: F401  (registers the simclr encoder this attack is evaluated against)
 from robustlab.attack import ATTACKS, Attack, UniversalPerturbation
 from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError, ThreatModelViolation

@@ -100,8 +100,6 @@ def load_encoder(
 
     Either way it is frozen, in eval mode, and takes ``[0, 1]`` images.
     """
-    import robustlab.ssl  # noqa: F401  (registers the self-supervised encoders)
-
     if name in ENCODERS:
         encoder = ENCODERS.get(name).factory(weights=weights, progress=progress)
         return encoder.eval().requires_grad_(False)
