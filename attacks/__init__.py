@@ -5,6 +5,7 @@ one test file under ``tests/attacks``.
 """
 
 from robustlab.attacks import (  # noqa: F401
+    advencoder,
     apgd,
     apgdt,
     autoattack,

@@ -1,0 +1,206 @@
+"""AdvEncoder on the synthetic world: downstream-agnostic universal perturbations and patches vs baselines.
+
+The victim is the embedded SimCLR encoder (``load_encoder("simclr")``). The attacker fits on surrogate data
+whose backgrounds (sky, grass) never appear downstream; the downstream heads (AdvEncoder's 3-layer MLP on
+frozen features) are trained and tested on the other backgrounds (stripes, checker, bricks). For every
+head and attack it reports clean accuracy, accuracy under attack, the paper's attack success rate (the
+share of test inputs whose prediction *changed*, against the clean prediction) and the label-based one
+(correct inputs made wrong, the ``classification`` task's), both from the ``prediction_change`` task,
+plus the reference code's kNN monitor (k = 20, T = 0.07 on L2-normalised features, memory bank = train
+images of the downstream backgrounds) and the perturbation's high/low spectral energy ratio.
+
+Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
+
+* ``noise``: uniform random sign noise; ``uap``: robustlab's UAP, which on an encoder maximises the feature
+  distortion (the SSP-style baseline); ``pgd``: per-instance PGD-10 on encoder + head (upper bound).
+* ``advencoder`` (hfc weight 1, the paper's), its ablations hfc 0 and hfc 1000, and the reference's
+  unclipped training loss; ``advencoder-pat`` and a random patch in the same box.
+* ``--transfer``: the main perturbation applied to a second SimCLR encoder (another seed).
+
+Run from the repository root (about 15 minutes on 2 busy CPU cores, encoder training included)::
+
+    OMP_NUM_THREADS=1 python experiments/advencoder.py --n-test 512 --epochs 5 --n-fit 1024 --n-bank 1024 \
+        --transfer --transfer-steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from robustlab.attacks._prediction_change import PredictionChange
+from robustlab.attacks.advencoder import AdvEncoder, high_low_energy_ratio
+from torch import Tensor, nn
+
+from robustlab.attack import ATTACKS, Attack
+from robustlab.data import load_dataset
+from robustlab.data.synth import ATTRIBUTES, SynthConfig, SynthDataset
+from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
+from robustlab.ssl import SSLConfig, trained_simclr
+
+SURROGATE = "synth:backgrounds=sky+grass"
+DOWNSTREAM = ("stripes", "checker", "bricks")
+EPS = 10 / 255
+
+
+@dataclass
+class Row:
+    attack: str
+    task: str
+    clean_acc: float
+    adv_acc: float
+    asr_changed: float
+    asr_label: float
+    knn_changed: float
+    spectral_ratio: float | None
+
+
+def knn_predict(
+    features: Tensor, bank: Tensor, bank_labels: Tensor, classes: int, k: int = 20, t: float = 0.07
+) -> Tensor:
+    """The reference code's kNN monitor: similarity-weighted vote of the k nearest L2-normalised features."""
+    similarity = F.normalize(features, dim=1) @ F.normalize(bank, dim=1).t()
+    weights, index = similarity.topk(k, dim=1)
+    votes = torch.zeros(len(features), classes).scatter_add_(1, bank_labels[index], (weights / t).exp())
+    return votes.argmax(dim=1)
+
+
+def fitted_attacks(encoder: Encoder, surrogate: object, args: argparse.Namespace) -> dict[str, Attack]:
+    """Every universal attack, fitted on the surrogate data with the same seed."""
+    fit = {"epochs": args.epochs, "n_fit": args.n_fit, "batch_size": 128, "lr": args.lr}
+    attacks: dict[str, Attack] = {
+        "noise": ATTACKS.get("noise").factory(eps=EPS),
+        "uap (SSP-style)": ATTACKS.get("uap").factory(eps=EPS, epochs=args.epochs, n_fit=args.n_fit),
+        "advencoder": AdvEncoder(**fit),
+        "advencoder hfc=0": AdvEncoder(**fit, hfc=0.0),
+        "advencoder hfc=1000": AdvEncoder(**fit, hfc=1000.0),
+        "advencoder unclipped training": AdvEncoder(**fit, unclipped_training=True),
+        "advencoder-pat": AdvEncoder(**fit, mode="pat"),
+    }
+    for name, attack in attacks.items():
+        started = time.perf_counter()
+        attack.fit(encoder, surrogate, generator=torch.Generator().manual_seed(args.seed), progress=False)
+        print(f"fitted {name} in {time.perf_counter() - started:.0f} s", flush=True)
+    random_patch = AdvEncoder(mode="pat")
+    pat = attacks["advencoder-pat"].fitted()
+    values = torch.rand(pat["patch"].shape, generator=torch.Generator().manual_seed(args.seed))
+    random_patch.load_fitted({"patch": values * pat["mask"], "mask": pat["mask"]})
+    attacks["random patch"] = random_patch
+    return attacks
+
+
+def measure(
+    encoder: Encoder, heads: dict[str, nn.Module], attacks: dict[str, Attack], args: argparse.Namespace
+) -> list[Row]:
+    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM))
+    index = torch.arange(args.n_test)
+    x, _ = data.get_batch(index)
+    labels = data.attributes(index)
+    bank_data = SynthDataset("train", config=SynthConfig(backgrounds=DOWNSTREAM))
+    bank_index = torch.arange(args.n_bank)
+    bank_x, _ = bank_data.get_batch(bank_index)
+    bank_labels = bank_data.attributes(bank_index)
+    with torch.no_grad():
+        bank, clean_features = encoder(bank_x), encoder(x)
+    generator = torch.Generator().manual_seed(args.seed)
+    steps = range(0, len(x), 256)
+    rows = []
+    for name, attack in [*attacks.items(), ("pgd (per-input, encoder+head)", None)]:
+        fitted = attack.fitted() if attack is not None else {}
+        ratio = high_low_energy_ratio(fitted["delta"], 8 * x.shape[-1] / 64) if "delta" in fitted else None
+        shared = attack(encoder, x, labels["shape"], generator=generator) if attack is not None else None
+        for task, head in heads.items():
+            y = labels[task]
+            if shared is None:
+                pgd = ATTACKS.get("pgd").factory(eps=EPS, steps=10)
+                x_adv = torch.cat([pgd(head, x[s : s + 256], y[s : s + 256], generator=generator) for s in steps])
+            else:
+                x_adv = shared
+            with torch.no_grad():
+                adv_features = encoder(x_adv)
+                clean_pred, adv_pred = head.head(clean_features).argmax(1), head.head(adv_features).argmax(1)
+            classes = len(ATTRIBUTES[task])
+            knn_clean = knn_predict(clean_features, bank, bank_labels[task], classes)
+            knn_adv = knn_predict(adv_features, bank, bank_labels[task], classes)
+            metrics = PredictionChange().aggregate(y, {"pred": clean_pred}, {"adv_pred": adv_pred})
+            rows.append(
+                Row(
+                    attack=name,
+                    task=task,
+                    clean_acc=metrics["clean_acc"],
+                    adv_acc=(adv_pred == y).float().mean().item(),
+                    asr_changed=metrics["prediction_change_rate"],
+                    asr_label=metrics["attack_success_rate"],
+                    knn_changed=(knn_adv != knn_clean).float().mean().item(),
+                    spectral_ratio=ratio,
+                )
+            )
+        print(f"measured {name}", flush=True)
+    return rows
+
+
+def transfer_rows(
+    attack: Attack, heads_of: dict[str, nn.Module], encoder: Encoder, args: argparse.Namespace
+) -> list[str]:
+    """The perturbation fitted on the main encoder, applied to another encoder's downstream models."""
+    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM))
+    index = torch.arange(args.n_test)
+    x, _ = data.get_batch(index)
+    labels = data.attributes(index)
+    x_adv = attack(encoder, x, labels["shape"])
+    lines = []
+    for task, head in heads_of.items():
+        with torch.no_grad():
+            clean, adv = head(x).argmax(1), head(x_adv).argmax(1)
+        lines.append(
+            f"| {task} | {(clean == labels[task]).float().mean():.3f} | {(adv == labels[task]).float().mean():.3f} "
+            f"| {(adv != clean).float().mean():.3f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-test", type=int, default=1024)
+    parser.add_argument("--n-fit", type=int, default=2048)
+    parser.add_argument("--n-bank", type=int, default=2048)
+    parser.add_argument("--n-train-heads", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--heads", default="shape,color,background,size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transfer", action="store_true")
+    parser.add_argument("--transfer-steps", type=int, default=300, help="training steps of the second encoder")
+    args = parser.parse_args()
+
+    encoder = load_encoder("simclr", progress=True)
+    head_data = "synth:backgrounds=" + "+".join(DOWNSTREAM)
+    configs = [HeadConfig(task=t, data=head_data, n_train=args.n_train_heads) for t in args.heads.split(",")]
+    heads = trained_heads(encoder, configs, progress=True)
+    surrogate = load_dataset(SURROGATE, split="train", image_size=encoder.input_size)
+    attacks = fitted_attacks(encoder, surrogate, args)
+    rows = measure(encoder, heads, attacks, args)
+    print("\n| attack | task | clean acc | adv acc | ASR changed (paper) | ASR label | kNN changed | high/low energy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = "-" if r.spectral_ratio is None else f"{r.spectral_ratio:.3g}"
+        print(
+            f"| {r.attack} | {r.task} | {r.clean_acc:.3f} | {r.adv_acc:.3f} | {r.asr_changed:.3f} | "
+            f"{r.asr_label:.3f} | {r.knn_changed:.3f} | {ratio} |"
+        )
+    if args.transfer:
+        other = trained_simclr(SSLConfig(seed=1, steps=args.transfer_steps), progress=True)
+        other_heads = trained_heads(other, configs, progress=True)
+        print(
+            f"\nTransfer: advencoder fitted on simclr (seed 0), applied to simclr seed 1, {args.transfer_steps} steps"
+        )
+        print("| task | clean acc | adv acc | ASR changed |\n|---|---|---|---|")
+        print("\n".join(transfer_rows(attacks["advencoder"], other_heads, other, args)))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread each is several times faster than contention
+    main()

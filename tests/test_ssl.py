@@ -1,0 +1,74 @@
+"""The SimCLR encoder: deterministic, cached, registered, useful downstream; bad checkpoints fail in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustlab.encoders import ENCODERS, HeadConfig, load_encoder, train_head
+from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
+from robustlab.ssl import SSLConfig, nt_xent, solo_learn_resnet18, trained_simclr
+
+TINY = SSLConfig(width=8, steps=60, batch_size=64, n_images=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_simclr() -> torch.nn.Module:
+    """A tiny SimCLR encoder (about 30 s on 2 CPU cores), shared with the AdvEncoder tests."""
+    return trained_simclr(TINY, progress=False)
+
+
+def test_simclr_is_cached_and_deterministic(tiny_simclr: torch.nn.Module) -> None:
+    again = trained_simclr(TINY, progress=False)  # from the cache
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tiny_simclr(x), again(x))
+    assert not tiny_simclr.training and not any(p.requires_grad for p in tiny_simclr.parameters())
+    assert tiny_simclr(x).shape == (4, tiny_simclr.feature_dim)
+
+
+def test_simclr_features_carry_the_downstream_attributes(tiny_simclr: torch.nn.Module) -> None:
+    """A head on frozen features beats chance by a wide margin on attributes SimCLR never saw as labels."""
+    from robustlab.data.synth import SynthDataset
+
+    data = SynthDataset("test")
+    index = torch.arange(768)
+    x, _ = data.get_batch(index)
+    attrs = data.attributes(index)
+    with torch.no_grad():
+        features = tiny_simclr(x)
+    for task, classes in (("color", 8), ("background", 5)):
+        head = train_head(features[:512], attrs[task][:512], HeadConfig(task=task, steps=150), classes)
+        with torch.no_grad():
+            accuracy = (head(features[512:]).argmax(1) == attrs[task][512:]).float().mean().item()
+        assert accuracy > 1 / classes + 0.3, (task, accuracy)
+
+
+def test_nt_xent_prefers_matching_views() -> None:
+    z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    assert nt_xent(z, z, 0.2) < nt_xent(z, z.roll(1, 0), 0.2)
+
+
+def test_registered_and_bad_configs_fail_in_one_line(tmp_path: Path) -> None:
+    assert "simclr" in ENCODERS
+    with pytest.raises(ConfigError):
+        SSLConfig(steps=3)
+    with pytest.raises(WeightsUnavailableError, match="no checkpoint file"):
+        load_encoder("simclr", weights=str(tmp_path / "missing.ckpt"))
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="not a solo-learn ResNet-18"):
+        solo_learn_resnet18(tmp_path / "bad.ckpt")
+
+
+def test_solo_learn_checkpoint_round_trip(tmp_path: Path) -> None:
+    """A Lightning-style checkpoint with the backbone under ``backbone.`` loads into a 512-d encoder."""
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state["projector.0.weight"] = torch.zeros(2, 2)
+    torch.save({"state_dict": state}, tmp_path / "simclr-cifar10.ckpt")
+    encoder = load_encoder("simclr", weights=str(tmp_path / "simclr-cifar10.ckpt"), progress=False)
+    assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 512)
