@@ -138,14 +138,14 @@ class FusionHead(nn.Module):
         """The first-layer weights that read object features (none for the scene-only head)."""
         if self.fusion == "scene":
             return torch.zeros(0)
-        first = cast(nn.Linear, self.mlps[0][1])
+        first = cast(nn.Linear, cast(nn.Sequential, self.mlps[0])[1])
         return first.weight[:, : self.object_dim]
 
     def standardize(self, object_features: Tensor, scene_features: Tensor) -> None:
         """Set each MLP's input mean and std from training features (part of the head's state)."""
         for mlp, x in zip(self.mlps, self.inputs(object_features, scene_features), strict=True):
-            mlp.mean.copy_(x.mean(0))
-            mlp.std.copy_(x.std(0).clamp_min(1e-6))
+            cast(Tensor, mlp.mean).copy_(x.mean(0))
+            cast(Tensor, mlp.std).copy_(x.std(0).clamp_min(1e-6))
 
 
 class FusedClassifier(nn.Module):

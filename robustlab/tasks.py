@@ -109,7 +109,7 @@ class Classification(Task):
     """
 
     name = "classification"
-    metrics = (
+    metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("clean_acc", higher_is_better=True),
         Metric("robust_acc", higher_is_better=True),
         Metric("attack_success_rate", higher_is_better=False, gated=False),
@@ -157,7 +157,7 @@ class ClassConfidence(Task):
     """
 
     name = "class_confidence"
-    metrics = (
+    metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("classes_fooled_99", higher_is_better=False, proportion=False),
         Metric("classes_fooled_9999", higher_is_better=False, proportion=False),
         Metric("median_confidence", higher_is_better=False, proportion=False),
@@ -190,7 +190,7 @@ class Captioning(Task):
     """
 
     name = "captioning"
-    metrics = (
+    metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("target_success", higher_is_better=False),
         Metric("keyword_success", higher_is_better=False),
         Metric("changed", higher_is_better=False),
