@@ -108,7 +108,9 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(
 
 
 def test_report_of_another_schema_is_one_line(run: Callable[..., Result], sweep: Path) -> None:
-    Path("old.json").write_text(sweep.read_text().replace(f'"schema_version": {SCHEMA_VERSION}', '"schema_version": 99'))
+    Path("old.json").write_text(
+        sweep.read_text().replace(f'"schema_version": {SCHEMA_VERSION}', '"schema_version": 99')
+    )
     _assert_one_line(run("report", "old.json", "--format", "md"), "schema version 99")
 
 
