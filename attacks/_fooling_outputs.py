@@ -34,7 +34,7 @@ def run_fool(
     generations: int | None = None,
     population: int = 64,
     seed: int = 0,
-    device: str = "auto",
+    device: str = "cpu",
     out: Path,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -46,9 +46,6 @@ def run_fool(
     Returns:
         The JSON summary that was written to ``out/fooling.json``.
     """
-    from robustlab.commands import resolve_device
-
-    device = resolve_device(device)
     victim = load_model(model, weights=weights, num_classes=num_classes, progress=progress).to(torch.device(device))
     attack = Fooling(encoding=encoding, generations=generations, population=population)
     identity = {"model": model, "weights": weights, "num_classes": num_classes, "seed": seed} | attack.config()

@@ -4,8 +4,9 @@
 gradient ascent on the mean loss of a batch, with the loss clipped so that inputs that are already
 fooled stop pulling ``delta``, and an L∞ projection after every step. Against an encoder (no labels
 downstream) the loss is the feature distortion ``||f(x + delta) - f(x)||^2``, the objective of the SSP
-baseline of the AdvEncoder paper. ``noise`` is uniform random sign noise at the same budget: what a
-universal attack must beat to show that it learned anything.
+baseline of the AdvEncoder paper, from a random start (its gradient at ``delta = 0`` is zero).
+``noise`` is uniform random sign noise at the same budget: what a universal attack must beat to show
+that it learned anything.
 """
 
 from __future__ import annotations
@@ -83,9 +84,14 @@ class UAP(UniversalPerturbation):
 
     def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
         device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
-        delta = torch.zeros(_image_shape(dataset), device=device)
+        features = isinstance(model, Encoder)
+        shape = _image_shape(dataset)
+        # Shafahi et al. start at zero; feature distortion has a zero gradient there, so it starts at a random
+        # point of the ball as SSP does
+        start = (torch.rand(shape, generator=generator) * 2 - 1) * self.eps if features else torch.zeros(shape)
+        delta = start.to(device)
         n = min(self.n_fit, len(dataset))
-        loss_of = _feature_distortion if isinstance(model, Encoder) else self._clipped_cross_entropy
+        loss_of = _feature_distortion if features else self._clipped_cross_entropy
         bar = tqdm(total=self.epochs * -(-n // self.batch_size), desc="fitting uap", disable=not progress, leave=False)
         for _ in range(self.epochs):
             order = torch.randperm(n, generator=generator)

@@ -32,6 +32,7 @@ MODELS.register("tinyresnet", summary="Embedded ResNet-8 for the synthetic world
 )
 
 _TORCHVISION = {
+    "alexnet": "AlexNet",
     "resnet18": "ResNet-18",
     "resnet34": "ResNet-34",
     "resnet50": "ResNet-50",

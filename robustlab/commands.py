@@ -333,7 +333,7 @@ def run_fool(**options: Any) -> None:
     from robustlab.attacks._fooling_outputs import run_fool as write_fooling_images
 
     quiet = options.pop("quiet")
-    summary = write_fooling_images(**options, progress=not quiet)
+    summary = write_fooling_images(**{**options, "device": resolve_device(options["device"])}, progress=not quiet)
     metrics = summary["metrics"]
     click.echo(
         f"{int(metrics['fooled@0.99'])}/{int(metrics['classes'])} classes fooled at >= 99% "

@@ -69,7 +69,8 @@ def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
 
 
 def load_builtin_components() -> None:
-    """Import the built-in attacks, defenses and tasks so that their registry entries exist."""
+    """Import the built-in attacks, defenses, encoders and tasks so that their registry entries exist."""
     import robustlab.attacks
     import robustlab.defenses
+    import robustlab.ssl
     import robustlab.tasks  # noqa: F401

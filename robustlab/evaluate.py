@@ -157,7 +157,9 @@ class Evaluator:
                 targets = self._targets(model, defense, dataset, config, names=names)
                 for ti, target in enumerate(targets):
                     key = f"m{mi}/d{di}" + (f"/h{ti}" if target.head else "")
-                    block_rows, block_samples = self._evaluate_target(target, indices, attacks, config, key=key)
+                    block_rows, block_samples = self._evaluate_target(
+                        target, indices, attacks, config, key=key, fit_key=f"m{mi}/d{di}"
+                    )
                     rows += block_rows
                     samples += block_samples
                 if isinstance(model, ImageClassifier) and config.diagnostics and defense.changes_model:
@@ -215,6 +217,7 @@ class Evaluator:
         config: EvalConfig,
         *,
         key: str,
+        fit_key: str,
     ) -> tuple[list[Row], list[dict[str, Any]]]:
         device = torch.device(config.device)
         plain = target.scored
@@ -229,6 +232,7 @@ class Evaluator:
             store=self.store,
             unit=lambda unit_key, compute: self._unit(unit_key, config.seed, compute),
             key=key,
+            fit_key=fit_key,
             fit_data=lambda: load_dataset(
                 config.fit_data or config.data, split="train", image_size=getattr(plain, "input_size", None)
             ),

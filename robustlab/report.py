@@ -208,6 +208,7 @@ TABLE_COLUMNS = (  # (title, Row field, format) of the console table
     ("model", "model", "{}"),
     ("defense", "defense", "{}"),
     ("mode", "threat_mode", "{}"),
+    ("task", "task", "{}"),
     ("attack", "attack", "{}"),
     ("threat", "threat", "{}"),
     ("n", "n", "{}"),
@@ -234,10 +235,13 @@ def row_value(row: Row, name: str) -> Any:
 
 
 def shown_columns(columns: tuple[tuple[str, str, str], ...], rows: list[Row]) -> tuple[tuple[str, str, str], ...]:
-    """``columns`` less the metrics column when no row has metrics of its own (classification-only tables)."""
-    if any(other_metrics(row) for row in rows):
-        return columns
-    return tuple(column for column in columns if column[1] != "other_metrics")
+    """``columns`` less the task and metrics columns when every row is a classification (what they would repeat)."""
+    hidden = set()
+    if not any(other_metrics(row) for row in rows):
+        hidden.add("other_metrics")
+    if all(row.task == "classification" for row in rows):
+        hidden.add("task")
+    return tuple(column for column in columns if column[1] not in hidden)
 
 
 def format_table(rows: list[Row]) -> str:

@@ -126,6 +126,8 @@ class RunContext:
     store: RunStore
     unit: Any  # Callable[[str, Callable[[torch.Generator], dict[str, Tensor]]], dict[str, Tensor]]
     key: str
+    fit_key: str
+    """Where fitted units live: the victim's key, shared by the heads of one encoder (fitted once, scored on each)."""
     fit_data: Any
     artifacts: Path | None
     progress: bool
@@ -165,9 +167,11 @@ class FittedRunner:
             attack.fit(fit_on, context.fit_data(), generator=generator, progress=context.progress)
             return attack.fitted()
 
-        attack.load_fitted(context.unit(f"{context.key}/{cell.mode}/a{cell.index}/fit", fit))
+        attack.load_fitted(context.unit(f"{context.fit_key}/{cell.mode}/a{cell.index}/fit", fit))
         if context.artifacts is not None:
-            where = "-".join([*context.key.split("/"), f"a{cell.index}", *([cell.mode] if cell.mode != "-" else [])])
+            where = "-".join(
+                [*context.fit_key.split("/"), f"a{cell.index}", *([cell.mode] if cell.mode != "-" else [])]
+            )
             name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cell.spec.label()}.{where}")  # run.uap.m0-d0-a0.safetensors
             path = context.artifacts.with_name(f"{context.artifacts.name}.{name}.safetensors")
             save_weights(path, attack.fitted(), metadata={"attack": cell.spec.name, "threat": attack.threat.describe()})
