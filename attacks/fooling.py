@@ -71,7 +71,7 @@ class Fooling(Attack):
     """
 
     kind = AttackKind.GENERATIVE
-    uses_gradients = False
+    uses_gradients = False  # the default encodings query scores only; ``encoding="gradient"`` is white box
 
     def __init__(
         self,
@@ -271,8 +271,9 @@ def class_probabilities(model: nn.Module, images: Tensor, *, crop: int | None, b
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4)).eval()
-        >>> class_probabilities(net, torch.rand(2, 3, 8, 8), crop=6).sum(dim=1)
-        tensor([1.0000, 1.0000])
+        >>> probs = class_probabilities(net, torch.rand(2, 3, 8, 8), crop=6)
+        >>> probs.shape, bool(torch.allclose(probs.sum(dim=1), torch.ones(2)))
+        (torch.Size([2, 4]), True)
     """
     parts = []
     with torch.no_grad():
