@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustlab.attacks.fooling import Fooling, fooling_metrics
+from robustlab.attacks.fooling import Fooling
 from torch import Tensor
 
 from robustlab.cache import atomic_write, config_hash
 from robustlab.errors import ConfigError
 from robustlab.models import load_model
 from robustlab.store import SqliteStore
+from robustlab.tasks import confidence_metrics
 
 __all__ = ["GRID_LIMIT", "class_names", "run_fool", "write_fooling_outputs"]
 
@@ -110,7 +111,7 @@ def write_fooling_outputs(
     )
     queries = int(result["queries"].sum())
     summary = {
-        "metrics": fooling_metrics(confidence, queries=queries),
+        "metrics": confidence_metrics(confidence, queries=queries),
         "generation": int(result["generation"].sum()),
         "queries": queries,
         "seconds": round(seconds, 3),

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 from robustlab.attacks._fooling_outputs import write_fooling_outputs
-from robustlab.attacks.fooling import Fooling, fooling_metrics, max_softmax_auroc
+from robustlab.attacks.fooling import Fooling, max_softmax_auroc
 from torch import Tensor
 
 from robustlab.data.synth import SHAPES, SynthDataset
 from robustlab.models import SYNTH_MEAN, SYNTH_STD, ImageClassifier, load_model
 from robustlab.nets import SmallCNN
+from robustlab.tasks import confidence_metrics
 from robustlab.train import TrainConfig, train_classifier
 
 ENCODINGS = ("cppn", "direct", "gradient")
@@ -115,10 +116,11 @@ def budgets(model: ImageClassifier, out: Path) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for encoding in ENCODINGS:
         run = run_encoding(model, encoding, out)
-        m = fooling_metrics(run["result"]["confidence"], queries=int(run["result"]["queries"]))
+        m = confidence_metrics(run["result"]["confidence"], queries=int(run["result"]["queries"]))
         auroc = max_softmax_auroc(real_conf, max_softmax(model, run["result"]["images"]))
         print(
-            f"| {encoding} | {m['fooled@0.99']:.0f}/10 | {m['fooled@0.9999']:.0f}/10 | {m['median_confidence']:.5f} "
+            f"| {encoding} | {m['classes_fooled_99']:.0f}/10 | {m['classes_fooled_9999']:.0f}/10 "
+            f"| {m['median_confidence']:.5f} "
             f"| {m['queries']:.0f} | {run['wall']:.1f} | {run['cpu']:.1f} | {auroc:.3f} |",
             flush=True,
         )
@@ -141,7 +143,7 @@ def retraining(model: ImageClassifier, out: Path) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     again = Fooling(encoding="cppn").generate(retrained, generator=torch.Generator().manual_seed(0), progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    m = fooling_metrics(again["confidence"][:10], queries=int(again["queries"]))
+    m = confidence_metrics(again["confidence"][:10], queries=int(again["queries"]))
     print(f"- pool: {len(pool)} images ({', '.join(POOL_ENCODINGS)}, seed {POOL_SEED}); {RETRAIN_STEPS} steps")
     print(
         f"- retrained model: accuracy on real test images {accuracy(retrained, x_test, y_test):.3f}; pool "
@@ -150,7 +152,8 @@ def retraining(model: ImageClassifier, out: Path) -> None:
     )
     print(
         f"- CPPN evolution again (default budget, seed 0; {wall:.0f} s wall, {cpu:.0f} s CPU): "
-        f"{m['fooled@0.99']:.0f}/10 original classes fooled at >= 99%, {m['fooled@0.9999']:.0f}/10 at >= 99.99%, "
+        f"{m['classes_fooled_99']:.0f}/10 original classes fooled at >= 99%, "
+        f"{m['classes_fooled_9999']:.0f}/10 at >= 99.99%, "
         f"median confidence {m['median_confidence']:.5f}"
     )
     auroc = max_softmax_auroc(max_softmax(retrained, x_test), max_softmax(retrained, again["images"][:10]))

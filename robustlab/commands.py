@@ -336,8 +336,8 @@ def run_fool(**options: Any) -> None:
     summary = write_fooling_images(**{**options, "device": resolve_device(options["device"])}, progress=not quiet)
     metrics = summary["metrics"]
     click.echo(
-        f"{int(metrics['fooled@0.99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
-        f"({int(metrics['fooled@0.9999'])} at >= 99.99%), median confidence {metrics['median_confidence']:.4f}, "
+        f"{int(metrics['classes_fooled_99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
+        f"({int(metrics['classes_fooled_9999'])} at >= 99.99%), median confidence {metrics['median_confidence']:.4f}, "
         f"{summary['queries']} queries, generation {summary['generation']}, {summary['seconds']:.1f} s "
         f"-> {options['out']}"
     )

@@ -12,6 +12,7 @@ it in its ``task`` attribute.
 
 from __future__ import annotations
 
+import statistics
 from abc import ABC
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from robustlab.registry import Registry
 
-__all__ = ["TASKS", "ClassConfidence", "Classification", "Metric", "Task", "predict"]
+__all__ = ["TASKS", "ClassConfidence", "Classification", "Metric", "Task", "confidence_metrics", "predict"]
 
 
 @dataclass(frozen=True)
@@ -168,17 +169,30 @@ class ClassConfidence(Task):
         images, target = generated["images"], generated["target"].long()
         with torch.inference_mode():
             probabilities = scored(images).softmax(dim=1)
-        classes = probabilities.shape[1]
         confidence = probabilities.gather(1, target.view(-1, 1).to(images.device)).flatten().cpu()
-        best = torch.zeros(classes, dtype=torch.float64).scatter_reduce(
+        best = torch.zeros(probabilities.shape[1], dtype=torch.float64).scatter_reduce(
             0, target.cpu(), confidence.double(), reduce="amax", include_self=True
         )
-        return {
-            "classes_fooled_99": float((best >= 0.99).sum()),
-            "classes_fooled_9999": float((best >= 0.9999).sum()),
-            "median_confidence": float(best.median()),
-            "queries": float(generated["queries"].sum()) if "queries" in generated else 0.0,
-        }
+        queries = float(generated["queries"].sum()) if "queries" in generated else 0.0
+        return confidence_metrics(best, queries=queries)
+
+
+def confidence_metrics(best: Tensor, *, queries: float) -> dict[str, float]:
+    """The fooling paper's summary of per-class best confidences ``(K,)``: classes fooled at 99% and 99.99%.
+
+    Example:
+        >>> metrics = confidence_metrics(torch.tensor([1.0, 0.9921875, 0.5]), queries=10)
+        >>> metrics["classes_fooled_99"], metrics["classes_fooled_9999"], metrics["median_confidence"]
+        (2.0, 1.0, 0.9921875)
+    """
+    values = best.detach().cpu().double()
+    return {
+        "classes": float(len(values)),
+        "classes_fooled_99": float((values >= 0.99).sum()),
+        "classes_fooled_9999": float((values >= 0.9999).sum()),
+        "median_confidence": statistics.median(values.tolist()) if len(values) else float("nan"),
+        "queries": float(queries),
+    }
 
 
 @TASKS.register("captioning", summary="A captioner's captions: an attacker's target or keywords reached, BLEU to them.")
