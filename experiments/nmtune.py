@@ -158,7 +158,7 @@ def main() -> None:
                 merged["runs"] |= json.load(handle)["runs"]
         print(table(merged))
         for noise, run in sorted(merged["runs"].items(), key=lambda item: float(item[0])):
-            print(f"noise {noise}: pre-trained classifier test accuracy {run['pretrained']}, seeds {list(run['seeds'])}")
+            print(f"noise {noise}: pre-trained {run['pretrained']}, seeds {list(run['seeds'])}")
         return
     torch.manual_seed(0)  # entry point: nothing below should draw from it, but make sure
     load_builtin_components()
