@@ -157,6 +157,8 @@ def main() -> None:
             with open(path) as handle:
                 merged["runs"] |= json.load(handle)["runs"]
         print(table(merged))
+        for noise, run in sorted(merged["runs"].items(), key=lambda item: float(item[0])):
+            print(f"noise {noise}: pre-trained {run['pretrained']}, seeds {list(run['seeds'])}")
         return
     torch.manual_seed(0)  # entry point: nothing below should draw from it, but make sure
     load_builtin_components()
@@ -217,7 +219,7 @@ def table(record: dict[str, Any]) -> str:
     runs = record["runs"]
     tasks = next(iter(next(iter(runs.values()))["seeds"].values())).keys()
     for task in tasks:
-        for noise, run in runs.items():
+        for noise, run in sorted(runs.items(), key=lambda item: float(item[0])):
             for method in METHODS:
                 rows = [seed[task][method] for seed in run["seeds"].values()]
 
