@@ -91,7 +91,10 @@ class _Mlp(nn.Sequential):
         self.register_buffer("std", torch.ones(in_features))
 
     def forward(self, features: Tensor) -> Tensor:
-        return super().forward((features - self.mean) / self.std)
+        x = (features - self.mean) / self.std
+        for layer in self:
+            x = layer(x)
+        return x
 
 
 class FusionHead(nn.Module):
@@ -129,7 +132,8 @@ class FusionHead(nn.Module):
         )
 
     def forward(self, object_features: Tensor, scene_features: Tensor) -> Tensor:
-        outputs = [mlp(x) for mlp, x in zip(self.mlps, self.inputs(object_features, scene_features), strict=True)]
+        inputs = self.inputs(object_features, scene_features)
+        outputs: list[Tensor] = [mlp(x) for mlp, x in zip(self._mlps(), inputs, strict=True)]
         if self.fusion == "logits":
             return outputs[0].log_softmax(1) + outputs[1].log_softmax(1)
         return outputs[0]
@@ -138,14 +142,17 @@ class FusionHead(nn.Module):
         """The first-layer weights that read object features (none for the scene-only head)."""
         if self.fusion == "scene":
             return torch.zeros(0)
-        first = cast(nn.Linear, cast(nn.Sequential, self.mlps[0])[1])
+        first = cast(nn.Linear, self._mlps()[0][1])
         return first.weight[:, : self.object_dim]
+
+    def _mlps(self) -> list[_Mlp]:
+        return [cast(_Mlp, mlp) for mlp in self.mlps]
 
     def standardize(self, object_features: Tensor, scene_features: Tensor) -> None:
         """Set each MLP's input mean and std from training features (part of the head's state)."""
-        for mlp, x in zip(self.mlps, self.inputs(object_features, scene_features), strict=True):
-            cast(Tensor, mlp.mean).copy_(x.mean(0))
-            cast(Tensor, mlp.std).copy_(x.std(0).clamp_min(1e-6))
+        for mlp, x in zip(self._mlps(), self.inputs(object_features, scene_features), strict=True):
+            mlp.mean.copy_(x.mean(0))
+            mlp.std.copy_(x.std(0).clamp_min(1e-6))
 
 
 class FusedClassifier(nn.Module):
@@ -165,7 +172,8 @@ class FusedClassifier(nn.Module):
         self.eval().requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.object_stream(x), self.scene_stream(x))
+        logits: Tensor = self.head(self.object_stream(x), self.scene_stream(x))
+        return logits
 
 
 def scene_network(
