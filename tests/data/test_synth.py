@@ -267,7 +267,7 @@ def test_bad_options_raise_config_error_naming_the_key(arg: str, key: str) -> No
 
 
 def test_unknown_option_lists_accepted_keys() -> None:
-    with pytest.raises(ConfigError, match="accepted: size, seed, context_p, label_noise, target, split"):
+    with pytest.raises(ConfigError, match="accepted: size, seed, context_p, label_noise, backgrounds, target, split"):
         load_synth("size=16,colour=red")
 
 
