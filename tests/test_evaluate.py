@@ -17,8 +17,8 @@ from robustlab.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.threat import Norm, ThreatModel
 
-BASE = EvalConfig(
-    attacks=(ComponentSpec("fgsm", (("eps", 2 / 255),)), ComponentSpec("pgd", (("eps", 2 / 255), ("steps", 3)))),
+BASE = EvalConfig(  # 4/255: at 2/255 three PGD steps fool none of 200 samples of the model torch 2.14 trains
+    attacks=(ComponentSpec("fgsm", (("eps", 4 / 255),)), ComponentSpec("pgd", (("eps", 4 / 255), ("steps", 3)))),
     n=200,
     batch_size=64,
 )
