@@ -272,7 +272,7 @@ def test_caption_attack_through_eval_reports_caption_metrics(run: Callable[..., 
     captioner = load_captioner(progress=False)  # the session's cached captioner (tests/test_captioning.py trains it)
     target = captioner.caption(SynthDataset("train").get_batch(torch.arange(1))[0])[0]  # a goal it can write
     args = ["eval", "--task", "captioning", "--model", "captioner", "--attack", "caption_gan", "--eps", "16/255"]
-    gan = [f"caption_gan.target={target}", "caption_gan.steps=30", "caption_gan.scan=256"]
+    gan = [f"caption_gan.target={target}", "caption_gan.steps=5", "caption_gan.scan=32"]
     result = run(*args, *(f"--attack-arg={a}" for a in gan), "-n", "16", "-q", "--out", "caption.json")
     assert result.exit_code == 0, result.output
     (row,) = Report.from_json(Path("caption.json")).rows
