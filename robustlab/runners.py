@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,7 +125,8 @@ class RunContext:
     """What a runner needs beyond its cell: the store, seeding, fit data and where artifacts go."""
 
     store: RunStore
-    unit: Any  # Callable[[str, Callable[[torch.Generator], dict[str, Tensor]]], dict[str, Tensor]]
+    unit: Callable[[str, Callable[[torch.Generator], dict[str, Tensor]]], dict[str, Tensor]]
+    """Return a stored unit by key, or compute it in its seeded RNG fork and store it."""
     key: str
     fit_key: str
     """Where fitted units live: the victim's key, shared by the heads of one encoder (fitted once, scored on each)."""
