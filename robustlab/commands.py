@@ -52,6 +52,12 @@ def resolve_device(name: str) -> str:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name} requested but MPS (Apple GPU) is not available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name}: robustlab runs on cpu, cuda[:N] or mps, not {device.type}")
     return str(device)
 
 
@@ -98,6 +104,17 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
     )
 
 
+def check_eval_inputs(config: EvalConfig, *, out: Path | None, run_dir: Path | None) -> list[str]:
+    """Refuse what would fail late (output paths, data) before any model is trained; return notes to show."""
+    from robustlab.preflight import check_data, check_output_file, check_output_folder
+
+    if out is not None:
+        check_output_file(out, "--out")
+    if run_dir is not None:
+        check_output_folder(run_dir, "--run-dir")
+    return check_data([(config.data, "test"), (config.train_data, "train"), (config.fit_data, "train")], config.n)
+
+
 def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> RunStore:
     """A SQLite store under ``run_dir``, or an in-memory one."""
     if run_dir is None:
@@ -130,8 +147,8 @@ def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
     config = build_config(options)
     out: Path | None = options["out"]
-    if out is not None and not out.parent.exists():
-        raise ConfigError(f"cannot write the report: folder {out.parent} does not exist")
+    for note in check_eval_inputs(config, out=out, run_dir=options["run_dir"]):
+        click.echo(f"robustlab: note: {note}", err=True)
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors

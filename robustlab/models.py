@@ -173,7 +173,8 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+            reason = (str(error).splitlines() or [f"{type(error).__name__}, empty or truncated file?"])[0]
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {reason}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -218,6 +219,8 @@ def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
     except (ImportError, AttributeError) as error:
         raise UnknownNameError(f"cannot load user model {spec!r}: {error}") from None
     net = factory()
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"user model {spec!r} returned {type(net).__name__}; the factory must return a torch nn.Module")
     if weights:
         _load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
     if isinstance(net, ImageClassifier):

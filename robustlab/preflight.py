@@ -1,0 +1,113 @@
+"""Checks that run before any model is loaded, trained or attacked, so a typo costs seconds, not a run.
+
+A wrong ``--data`` path used to surface after the default model had trained for minutes, and an
+unwritable ``--out`` after the whole evaluation. Everything here is cheap: it reads folder listings,
+opens (and removes) a probe file, and builds dataset objects, which do not decode images.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from robustlab.errors import ConfigError
+
+__all__ = ["check_data", "check_model_output", "check_not_baseline", "check_output_file", "check_output_folder"]
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """``path`` can be written atomically: its folder exists and is writable, it is not a folder or a FIFO.
+
+    A symlink is fine: the write goes to its target (see :func:`robustlab.cache.atomic_write`).
+    """
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"{flag} {path} is {_kind(target)}, not a regular file: name a file to write")
+    _check_writable_folder(target.parent, f"{flag} {path}")
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """``path`` is a folder, or can be made one: nothing else is in the way and its nearest parent is writable."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is {_kind(path)}, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {flag} {path}: {existing} is {_kind(existing)}, not a folder")
+    _check_writable_folder(existing, f"{flag} {path}")
+
+
+def check_not_baseline(out: Path | None, baseline: Path | None) -> None:
+    """A run must not write its report over the baseline it is gated against."""
+    if out is None or baseline is None:
+        return
+    if os.path.realpath(out) == os.path.realpath(baseline):
+        raise ConfigError(
+            f"--out {out} is the --baseline: a failing run would replace the accepted scores; write the report "
+            f"elsewhere and copy it over the baseline once the gate passes"
+        )
+
+
+def check_data(specs: Sequence[tuple[str | None, str]], n: int | None) -> list[str]:
+    """Build each ``(spec, split)`` dataset once; return notes for the user (``-n`` beyond the data).
+
+    Raises what :func:`robustlab.data.load_dataset` raises: an unknown name, a missing folder...
+    """
+    from robustlab.data import load_dataset
+
+    notes = []
+    for spec, split in specs:
+        if spec is None:
+            continue
+        size = len(load_dataset(spec, split=split))
+        if split == "test" and n is not None and n > size:
+            notes.append(f"-n {n} asks for more samples than {spec} has: evaluating all {size}")
+    return notes
+
+
+def check_model_output(model: nn.Module, x: Tensor, *, num_classes: int, name: str) -> None:
+    """One tiny forward pass: the model must return logits of shape ``(batch, classes)``."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except RuntimeError as error:  # shape mismatches inside the model
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
+    if not isinstance(out, Tensor):
+        raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
+    expected = (len(x), num_classes) if num_classes > 0 else (len(x), "classes")
+    if out.ndim != 2 or out.shape[0] != len(x) or (num_classes > 0 and out.shape[1] != num_classes):
+        raise ConfigError(
+            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits {expected}"
+        )
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {what}: folder {folder} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass  # the honest test: os.access says yes to root on a read-only file system
+    except OSError as error:
+        raise ConfigError(f"cannot write {what}: folder {folder} is not writable ({error.strerror})") from None
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a file"
