@@ -135,7 +135,11 @@ train_data_option = click.option(
     help="Data that learned defenses train on (default: the train split of --data).",
 )
 seed_option = click.option(
-    "--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit."
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Makes the run repeatable to the last digit.",
 )
 eot_samples_option = click.option(
     "--eot-samples",

@@ -106,12 +106,14 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
 
 def check_eval_inputs(config: EvalConfig, *, out: Path | None, run_dir: Path | None) -> list[str]:
     """Refuse what would fail late (output paths, data) before any model is trained; return notes to show."""
-    from robustlab.preflight import check_data, check_output_file, check_output_folder
+    from robustlab.preflight import check_data, check_model_names, check_output_file, check_output_folder
 
     if out is not None:
         check_output_file(out, "--out")
     if run_dir is not None:
         check_output_folder(run_dir, "--run-dir")
+    if config.task == "classification":
+        check_model_names([spec.name for spec in config.models])
     return check_data([(config.data, "test"), (config.train_data, "train"), (config.fit_data, "train")], config.n)
 
 
@@ -177,11 +179,11 @@ def run_train(**options: Any) -> float:
     from robustlab.cache import save_weights
     from robustlab.data import load_dataset
     from robustlab.models import MODELS, load_model
+    from robustlab.preflight import check_output_file
     from robustlab.train import TrainConfig, train_classifier
 
     out: Path = options["out"]
-    if not out.parent.exists():
-        raise ConfigError(f"cannot write the weights: folder {out.parent} does not exist")
+    check_output_file(out, "--out")
     device = torch.device(resolve_device(options["device"]))
     size = options["image_size"] or (32 if MODELS.get(options["model"]).tags["family"] == "embedded" else 224)
     train = load_dataset(options["data"], split="train", image_size=size)
@@ -245,6 +247,8 @@ REPORT_FORMATS = ("html", "md", "csv", "png")
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
     """Print the gate's verdict; exit 1 when any row regressed (the documented "a check failed" code).
 
+    The rows that regressed go to stdout, a failed verdict to stderr as the one ``robustlab: error:`` line.
+
     Under ``torchrun`` only rank 0 judges: the other ranks return a report without rows, which would
     otherwise read as "another grid".
     """
@@ -253,10 +257,15 @@ def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: f
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return
     regressions = compare_reports(report, baseline, tolerance=tolerance, margin_sigmas=margin_sigmas)
-    for line in format_regressions(regressions, baseline.rows, tolerance):
+    *details, verdict = format_regressions(regressions, baseline.rows, tolerance)
+    for line in details:
         click.echo(line)
-    if regressions:
-        click.get_current_context().exit(1)
+    if not regressions:
+        click.echo(verdict)
+        return
+    failed = click.ClickException(verdict)  # the verdict is the one "robustlab: error:" line, exit 1
+    failed.exit_code = 1
+    raise failed
 
 
 def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: int) -> None:
@@ -265,14 +274,16 @@ def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: 
     The format comes from ``fmt``, else from ``out``'s suffix, else HTML. Markdown and CSV go to
     stdout when ``out`` is not given; HTML and PNG need a file.
     """
+    from robustlab.preflight import check_output_file
+
     fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None else "") or "html"
     fmt = {"htm": "html", "markdown": "md"}.get(fmt, fmt)
     if fmt not in REPORT_FORMATS:
         raise ConfigError(f"cannot tell the format from {out}; pass --format {'|'.join(REPORT_FORMATS)}")
     if out is None and fmt in ("html", "png"):
         raise ConfigError(f"the {fmt} format needs an output file: -o report.{fmt}")
-    if out is not None and not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out is not None:
+        check_output_file(out, "-o")
     report = Report.from_json(source)
     data = _render(report, fmt, examples)
     if out is None:
@@ -318,6 +329,7 @@ def run_generate(**options: Any) -> None:
     from robustlab.defense import ThreatMode
     from robustlab.export import GenerateConfig, generate
     from robustlab.models import ModelSpec
+    from robustlab.preflight import check_data, check_model_names, check_output_folder
 
     budgets = [options["eps"]] if options["eps"] is not None else []
     (attack,), (defense,) = component_specs(options, [options["attack"]], [options["defense"]], sweep=budgets)
@@ -336,6 +348,10 @@ def run_generate(**options: Any) -> None:
         device=resolve_device(options["device"]),
     )
     out: Path = options["out"]
+    check_output_folder(out, "--out")
+    check_model_names([options["model"]])
+    for note in check_data([(config.data, config.split), (config.train_data, "train")], config.n):
+        click.echo(f"robustlab: note: {note}", err=True)
     summary = generate(config, out, progress=not options["quiet"])["summary"]
     click.echo(
         f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "

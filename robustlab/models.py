@@ -220,7 +220,9 @@ def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
         raise UnknownNameError(f"cannot load user model {spec!r}: {error}") from None
     net = factory()
     if not isinstance(net, nn.Module):
-        raise ConfigError(f"user model {spec!r} returned {type(net).__name__}; the factory must return a torch nn.Module")
+        raise ConfigError(
+            f"user model {spec!r} returned {type(net).__name__}; the factory must return a torch nn.Module"
+        )
     if weights:
         _load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
     if isinstance(net, ImageClassifier):

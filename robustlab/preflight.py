@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from robustlab.errors import ConfigError
 
-__all__ = ["check_data", "check_model_output", "check_not_baseline", "check_output_file", "check_output_folder"]
+__all__ = [
+    "check_data",
+    "check_model_names",
+    "check_model_output",
+    "check_not_baseline",
+    "check_output_file",
+    "check_output_folder",
+]
 
 
 def check_output_file(path: Path, flag: str) -> None:
@@ -55,20 +62,29 @@ def check_not_baseline(out: Path | None, baseline: Path | None) -> None:
 
 
 def check_data(specs: Sequence[tuple[str | None, str]], n: int | None) -> list[str]:
-    """Build each ``(spec, split)`` dataset once; return notes for the user (``-n`` beyond the data).
+    """Build each ``(spec, split)`` dataset once; return notes for the user (``-n`` beyond the first one's size).
 
     Raises what :func:`robustlab.data.load_dataset` raises: an unknown name, a missing folder...
     """
     from robustlab.data import load_dataset
 
     notes = []
-    for spec, split in specs:
+    for i, (spec, split) in enumerate(specs):
         if spec is None:
             continue
         size = len(load_dataset(spec, split=split))
-        if split == "test" and n is not None and n > size:
-            notes.append(f"-n {n} asks for more samples than {spec} has: evaluating all {size}")
+        if i == 0 and n is not None and n > size:
+            notes.append(f"-n {n} asks for more samples than {spec} has ({split} split): all {size} are used")
     return notes
+
+
+def check_model_names(names: Sequence[str]) -> None:
+    """Each registered architecture exists (a ``module:factory`` user model is imported later, when loaded)."""
+    from robustlab.models import MODELS
+
+    for name in names:
+        if ":" not in name:
+            MODELS.get(name)  # raises UnknownNameError listing the close matches
 
 
 def check_model_output(model: nn.Module, x: Tensor, *, num_classes: int, name: str) -> None:

@@ -144,14 +144,17 @@ class Report:
         except OSError as error:
             raise DataError(f"cannot read report {path}: {error.strerror or error}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"report {path} is not a JSON report ({error}): pass the file robustlab eval --out wrote") from None
+            raise DataError(
+                f"report {path} is not a JSON report ({error}): pass the file robustlab eval --out wrote"
+            ) from None
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version not in (1, SCHEMA_VERSION):
+        if version in (1, SCHEMA_VERSION) or not isinstance(data, dict):
+            check_report_document(path, data)
+        else:
             raise ConfigError(
                 f"report {path} has schema version {version}, this robustlab reads 1 and {SCHEMA_VERSION}: "
                 f"regenerate it with this version's robustlab eval"
             )
-        check_report_document(path, data)
         row_fields = {f.name for f in fields(Row)}
         try:
             return cls(
@@ -164,7 +167,9 @@ class Report:
                 fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
             )
         except TypeError as error:  # a diagnostic or fidelity entry with other keys
-            raise DataError(f"report {path} is not a robustlab report: {error}; regenerate it with robustlab eval") from None
+            raise DataError(
+                f"report {path} is not a robustlab report: {error}; regenerate it with robustlab eval"
+            ) from None
 
 
 def _accuracy_metrics(row: Row) -> dict[str, dict[str, Any]]:
