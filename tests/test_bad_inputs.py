@@ -138,7 +138,7 @@ def _user_model(source: str) -> Build:
     """A ``module:make`` user model whose module body is ``source`` (a fresh module name per case)."""
 
     def build(tmp: Path) -> list[str]:
-        name = "user_" + hashlib.sha1(source.encode()).hexdigest()[:10]
+        name = "user_" + hashlib.sha256(source.encode()).hexdigest()[:10]
         (tmp / "mods").mkdir(exist_ok=True)
         (tmp / "mods" / f"{name}.py").write_text("import torch\nfrom torch import nn\n\n" + source)
         sys.path.insert(0, str(tmp / "mods"))
@@ -445,3 +445,126 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, run: Callable[..., 
     result = run(*args)
     assert_one_error_line(result, code, *fragments)
     assert _snapshot(tmp_path) == before, "a failed command must not create, change or replace a file"
+
+
+# ---- what a table row cannot show -----------------------------------------------------------------------
+
+
+def test_component_values_mean_what_they_say() -> None:
+    import robustlab.attacks
+
+    from robustlab.cli_options import build_specs
+
+    (spec,) = build_specs(robustlab.attacks.ATTACKS, ["pgd"], ["random_start=no", "eps=8/255", "steps=7"])
+    assert dict(spec.params) == {"random_start": False, "eps": 8 / 255, "steps": 7}
+    (spec,) = build_specs(robustlab.attacks.ATTACKS, ["apgd"], ["norm=L2"])
+    assert dict(spec.params) == {"norm": "l2"}, "an enum stays its spelled-out value: labels and hashes unchanged"
+
+
+def test_a_second_process_on_a_run_dir_is_refused(run: Callable[..., Result], tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    lock = tmp_path / "run" / "store.sqlite.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'ab'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(120)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = _snapshot(tmp_path)
+        assert_one_error_line(run(*EVAL, "--run-dir", str(tmp_path / "run")), 2, "in use by another robustlab process")
+        assert _snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_missing_data_fails_before_anything_is_trained(run: Callable[..., Result], tmp_path: Path) -> None:
+    home = tmp_path.parent / f"{tmp_path.name}-home"  # an empty cache: the default model would train first
+    home.mkdir()
+    os.environ["ROBUSTLAB_HOME"] = str(home)
+    result = run("eval", "--data", "imagefolder:/no/such", "--weights", "synth")
+    assert_one_error_line(result, 2, "/no/such", "does not exist")
+    assert [p for p in home.rglob("*") if p.is_file()] == [], "nothing was trained or cached"
+
+
+def test_image_folder_reads_each_image_once_and_16_bit_grey_as_grey(tmp_path: Path) -> None:
+    from robustlab.data import load_dataset
+
+    root = _images(tmp_path / "tree", count=2)
+    (root / "c0" / "loop").symlink_to(root / "c0")  # a loop inside a class
+    (root / "c1" / "up").symlink_to(root)  # and one back to the top: class c0's images must not be relabelled
+    wide = np.full((32, 32), 40000, np.uint16)  # 40000 / 65535 of full scale: 156 on 8 bits
+    Image.fromarray(wide).save(root / "c1" / "grey16.png")
+    dataset = load_dataset(f"imagefolder:{root}", split="test", image_size=32)
+    assert len(dataset) == 3
+    x, label = dataset[[path for path, _ in dataset._folder.samples].index(str(root / "c1" / "grey16.png"))]
+    assert label == 1
+    assert torch.allclose(x, torch.full_like(x, 156 / 255), atol=1 / 255), "scaled, not clipped to white"
+
+
+def test_more_samples_than_the_data_has_is_said(run: Callable[..., Result], tmp_path: Path) -> None:
+    root = _images(tmp_path / "tree", count=2)
+    result = run(
+        "eval", "--quiet", "--weights", "random", "--attack", "fgsm", "-n", "50", "--data", f"imagefolder:{root}"
+    )
+    assert result.exit_code == 0, result.output
+    assert "robustlab: note: -n 50 asks for more samples than" in result.stderr and "all 2 are used" in result.stderr
+
+
+def test_report_through_a_symlink_updates_its_target(run: Callable[..., Result], tmp_path: Path) -> None:
+    target = _raw(tmp_path / "target.md", "old\n")
+    (tmp_path / "link.md").symlink_to(target)
+    result = run("report", str(_report_file(tmp_path / "r.json")), "-o", str(tmp_path / "link.md"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link.md").is_symlink() and "| fgsm |" in target.read_text()
+
+
+KILL_AT_REPORT_WRITE = """
+import os, signal, sys
+import robustlab.cache as cache
+real_fsync = os.fsync
+def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".run.json."):
+        os.kill(os.getpid(), signal.SIGKILL)  # half the report is on disk, in its temporary file
+    real_fsync(fd)
+cache.os.fsync = fsync
+from robustlab.cli import main
+sys.argv = ["robustlab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_kill_during_the_report_write_leaves_the_previous_report(
+    tmp_path: Path, trained_model: torch.nn.Module
+) -> None:
+    args = ["eval", "--quiet", "-n", "8", "--attack", "fgsm", "--out", "run.json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(
+        [sys.executable, "-m", "robustlab", *args, "--eps", "2/255"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    previous = (tmp_path / "run.json").read_bytes()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_REPORT_WRITE, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (tmp_path / "run.json").read_bytes() == previous, "the finished report is untouched"
+    orphans = [p.name for p in tmp_path.glob(".run.json.*.tmp")]
+    assert len(orphans) == 1, "the killed writer left its temporary file"
+    again = subprocess.run(
+        [sys.executable, "-m", "robustlab", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"], "the next write removed the orphan"
+    assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["threat"] == "linf 8/255"
