@@ -149,8 +149,7 @@ def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
     config = build_config(options)
     out: Path | None = options["out"]
-    for note in check_eval_inputs(config, out=out, run_dir=options["run_dir"]):
-        click.echo(f"robustlab: note: {note}", err=True)
+    notes = check_eval_inputs(config, out=out, run_dir=options["run_dir"])
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
@@ -164,6 +163,8 @@ def run_eval(**options: Any) -> Report:
         click.echo(f"= {fidelity.describe()}")
     for diagnostic in report.diagnostics:
         click.echo(f"! {diagnostic.code}: {diagnostic.message}")
+    for note in notes:
+        click.echo(f"robustlab: note: {note}", err=True)
     if out is not None:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
@@ -350,9 +351,10 @@ def run_generate(**options: Any) -> None:
     out: Path = options["out"]
     check_output_folder(out, "--out")
     check_model_names([options["model"]])
-    for note in check_data([(config.data, config.split), (config.train_data, "train")], config.n):
-        click.echo(f"robustlab: note: {note}", err=True)
+    notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
     summary = generate(config, out, progress=not options["quiet"])["summary"]
+    for note in notes:
+        click.echo(f"robustlab: note: {note}", err=True)
     click.echo(
         f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "
         f"clean {summary['clean_acc']:.2%}, robust {summary['robust_acc']:.2%}, "
