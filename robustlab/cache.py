@@ -7,6 +7,7 @@ later run could mistake for a finished one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -66,7 +67,7 @@ def _replacing(path: Path) -> Iterator[Path]:
     """
     target = Path(os.path.realpath(path))
     if target.exists() and not target.is_file():
-        raise IsADirectoryError(0, "not a regular file (a folder, FIFO or device); refusing to replace it")
+        raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO or device); refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")

@@ -25,6 +25,7 @@ from robustlab.errors import ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import compare_reports, format_regressions
 from robustlab.models import ModelSpec
+from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
@@ -104,19 +105,6 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
     )
 
 
-def check_eval_inputs(config: EvalConfig, *, out: Path | None, run_dir: Path | None) -> list[str]:
-    """Refuse what would fail late (output paths, data) before any model is trained; return notes to show."""
-    from robustlab.preflight import check_data, check_model_names, check_output_file, check_output_folder
-
-    if out is not None:
-        check_output_file(out, "--out")
-    if run_dir is not None:
-        check_output_folder(run_dir, "--run-dir")
-    if config.task == "classification":
-        check_model_names([spec.name for spec in config.models])
-    return check_data([(config.data, "test"), (config.train_data, "train"), (config.fit_data, "train")], config.n)
-
-
 def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> RunStore:
     """A SQLite store under ``run_dir``, or an in-memory one."""
     if run_dir is None:
@@ -149,7 +137,7 @@ def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
     config = build_config(options)
     out: Path | None = options["out"]
-    notes = check_eval_inputs(config, out=out, run_dir=options["run_dir"])
+    notes = check_eval(config, out=out, run_dir=options["run_dir"])
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors

@@ -21,7 +21,7 @@ from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEA
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.train import TrainConfig, trained_classifier
 
-__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "load_model", "load_state_dict_file"]
+__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "check_logits", "load_model", "load_state_dict_file"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,23 @@ def load_model(
     if family == "torchvision" and not _looks_like_path(weights):
         return _finish(_load_torchvision_weights(name, weights, num_classes=num_classes, progress=progress))
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
+
+
+def check_logits(model: nn.Module, x: Tensor, *, num_classes: int, name: str) -> None:
+    """One tiny forward pass: the model must return logits of shape ``(batch, classes)``."""
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except RuntimeError as error:  # shape mismatches inside the model
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
+    if not isinstance(out, Tensor):
+        raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
+    expected = (len(x), num_classes) if num_classes > 0 else (len(x), "classes")
+    if out.ndim != 2 or out.shape[0] != len(x) or (num_classes > 0 and out.shape[1] != num_classes):
+        raise ConfigError(
+            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits {expected}"
+        )
 
 
 def _label_noise(tag: str) -> float:

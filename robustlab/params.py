@@ -24,7 +24,7 @@ __all__ = ["convert_param"]
 
 _NONE_WORDS = ("none", "null")
 # The flags' own ranges (robustlab eval / train / fool); a parameter of the same name obeys the same rule.
-_FLAG_RANGES: dict[str, click.ParamType] = {
+_FLAG_RANGES: dict[str, click.IntRange] = {
     "steps": click.IntRange(min=1),
     "batch_size": click.IntRange(min=1),
     "eot_samples": click.IntRange(min=1),

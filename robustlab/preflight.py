@@ -12,19 +12,32 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from robustlab.errors import ConfigError
 
+if TYPE_CHECKING:
+    from robustlab.evaluate import EvalConfig
+
 __all__ = [
     "check_data",
+    "check_eval",
     "check_model_names",
-    "check_model_output",
     "check_not_baseline",
     "check_output_file",
     "check_output_folder",
 ]
+
+
+def check_eval(config: EvalConfig, *, out: Path | None, run_dir: Path | None) -> list[str]:
+    """Refuse what ``robustlab eval`` would only discover late: output paths, model names, data; return notes."""
+    if out is not None:
+        check_output_file(out, "--out")
+    if run_dir is not None:
+        check_output_folder(run_dir, "--run-dir")
+    if config.task == "classification":
+        check_model_names([spec.name for spec in config.models])
+    return check_data([(config.data, "test"), (config.train_data, "train"), (config.fit_data, "train")], config.n)
 
 
 def check_output_file(path: Path, flag: str) -> None:
@@ -85,25 +98,6 @@ def check_model_names(names: Sequence[str]) -> None:
     for name in names:
         if ":" not in name:
             MODELS.get(name)  # raises UnknownNameError listing the close matches
-
-
-def check_model_output(model: nn.Module, x: Tensor, *, num_classes: int, name: str) -> None:
-    """One tiny forward pass: the model must return logits of shape ``(batch, classes)``."""
-    import torch
-
-    try:
-        with torch.inference_mode():
-            out = model(x)
-    except RuntimeError as error:  # shape mismatches inside the model
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
-    if not isinstance(out, Tensor):
-        raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
-    expected = (len(x), num_classes) if num_classes > 0 else (len(x), "classes")
-    if out.ndim != 2 or out.shape[0] != len(x) or (num_classes > 0 and out.shape[1] != num_classes):
-        raise ConfigError(
-            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits {expected}"
-        )
 
 
 def _check_writable_folder(folder: Path, what: str) -> None:

@@ -39,14 +39,14 @@ def load_rgb(path: str) -> Image.Image:
         raise DataError(f"image {path} is refused as a decompression bomb ({error})") from None
 
 
-class TreeImageFolder(ImageFolder):
+class TreeImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision ships no type hints
     """``ImageFolder`` that reads with :func:`load_rgb` and visits every real folder at most once."""
 
     def __init__(self, root: str, transform: Callable[..., Any] | None = None) -> None:
         super().__init__(root, transform=transform, loader=load_rgb)
 
     @staticmethod
-    def make_dataset(  # type: ignore[override]
+    def make_dataset(
         directory: str | Path,
         class_to_idx: dict[str, int],
         extensions: tuple[str, ...] | None = None,
