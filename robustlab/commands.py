@@ -135,9 +135,9 @@ def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: boo
 
 def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
+    notes = check_eval(options)
     config = build_config(options)
     out: Path | None = options["out"]
-    notes = check_eval(config, out=out, run_dir=options["run_dir"])
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors

@@ -12,12 +12,9 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from robustlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from robustlab.evaluate import EvalConfig
 
 __all__ = [
     "check_data",
@@ -29,15 +26,20 @@ __all__ = [
 ]
 
 
-def check_eval(config: EvalConfig, *, out: Path | None, run_dir: Path | None) -> list[str]:
-    """Refuse what ``robustlab eval`` would only discover late: output paths, model names, data; return notes."""
-    if out is not None:
-        check_output_file(out, "--out")
-    if run_dir is not None:
-        check_output_folder(run_dir, "--run-dir")
-    if config.task == "classification":
-        check_model_names([spec.name for spec in config.models])
-    return check_data([(config.data, "test"), (config.train_data, "train"), (config.fit_data, "train")], config.n)
+def check_eval(options: dict[str, Any]) -> list[str]:
+    """Refuse what ``robustlab eval`` would only discover late: output paths, model names, data; return notes.
+
+    It takes the command's options rather than its config so that it runs before the attacks are
+    imported (torchattacks pulls in scipy): a wrong ``--data`` is reported in the time Python starts.
+    """
+    if options["out"] is not None:
+        check_output_file(options["out"], "--out")
+    if options["run_dir"] is not None:
+        check_output_folder(options["run_dir"], "--run-dir")
+    if options["task"] == "classification":
+        check_model_names(options["models"])
+    data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
+    return check_data(data, options["n"] if options["n"] > 0 else None)
 
 
 def check_output_file(path: Path, flag: str) -> None:
