@@ -153,7 +153,7 @@ class Evaluator:
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
                 _, x, _ = next(iterate_batches(dataset, indices[:2], 2))
-                check_logits(model, x.to(device), num_classes=model.num_classes, name=model_spec.label())
+                check_logits(model, x.to(device), data_classes=dataset.num_classes, name=model_spec.label())
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)

@@ -91,8 +91,11 @@ def load_model(
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
 
 
-def check_logits(model: nn.Module, x: Tensor, *, num_classes: int, name: str) -> None:
-    """One tiny forward pass: the model must return logits of shape ``(batch, classes)``."""
+def check_logits(model: nn.Module, x: Tensor, *, data_classes: int, name: str) -> None:
+    """One tiny forward pass: the model must return logits ``(batch, classes)`` covering the data's classes.
+
+    A user model's class count is only guessed (its last linear layer), so the data's is what is checked.
+    """
     try:
         with torch.inference_mode():
             out = model(x)
@@ -101,10 +104,10 @@ def check_logits(model: nn.Module, x: Tensor, *, num_classes: int, name: str) ->
         raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
     if not isinstance(out, Tensor):
         raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
-    expected = (len(x), num_classes) if num_classes > 0 else (len(x), "classes")
-    if out.ndim != 2 or out.shape[0] != len(x) or (num_classes > 0 and out.shape[1] != num_classes):
+    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < data_classes:
         raise ConfigError(
-            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits {expected}"
+            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits "
+            f"({len(x)}, classes) with at least the data's {data_classes} classes"
         )
 
 

@@ -568,3 +568,19 @@ def test_a_kill_during_the_report_write_leaves_the_previous_report(
     assert again.returncode == 0, again.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"], "the next write removed the orphan"
     assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["threat"] == "linf 8/255"
+
+
+def test_a_user_model_declaring_its_head_first_is_not_refused(run: Callable[..., Result], tmp_path: Path) -> None:
+    source = (
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.head = nn.Linear(64, 10)\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3072, 64))  # the last linear layer declared\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x))\n"
+        "def make():\n"
+        "    return Net()\n"
+    )
+    result = run(*_user_model(source)(tmp_path))
+    assert result.exit_code == 0, result.output
