@@ -172,7 +172,7 @@ def run_train(**options: Any) -> float:
     from robustlab.train import TrainConfig, train_classifier
 
     out: Path = options["out"]
-    check_output_file(out, "--out")
+    check_output_file(out, "the weights")
     device = torch.device(resolve_device(options["device"]))
     size = options["image_size"] or (32 if MODELS.get(options["model"]).tags["family"] == "embedded" else 224)
     train = load_dataset(options["data"], split="train", image_size=size)
@@ -272,7 +272,7 @@ def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: 
     if out is None and fmt in ("html", "png"):
         raise ConfigError(f"the {fmt} format needs an output file: -o report.{fmt}")
     if out is not None:
-        check_output_file(out, "-o")
+        check_output_file(out, f"the {fmt} report")
     report = Report.from_json(source)
     data = _render(report, fmt, examples)
     if out is None:
@@ -337,7 +337,7 @@ def run_generate(**options: Any) -> None:
         device=resolve_device(options["device"]),
     )
     out: Path = options["out"]
-    check_output_folder(out, "--out")
+    check_output_folder(out, "the adversarial dataset in")
     check_model_names([options["model"]])
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
     summary = generate(config, out, progress=not options["quiet"])["summary"]

@@ -33,36 +33,37 @@ def check_eval(options: dict[str, Any]) -> list[str]:
     imported (torchattacks pulls in scipy): a wrong ``--data`` is reported in the time Python starts.
     """
     if options["out"] is not None:
-        check_output_file(options["out"], "--out")
+        check_output_file(options["out"], "the report")
     if options["run_dir"] is not None:
-        check_output_folder(options["run_dir"], "--run-dir")
+        check_output_folder(options["run_dir"], "the run store in")
     if options["task"] == "classification":
         check_model_names(options["models"])
     data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
     return check_data(data, options["n"] if options["n"] > 0 else None)
 
 
-def check_output_file(path: Path, flag: str) -> None:
+def check_output_file(path: Path, what: str) -> None:
     """``path`` can be written atomically: its folder exists and is writable, it is not a folder or a FIFO.
 
-    A symlink is fine: the write goes to its target (see :func:`robustlab.cache.atomic_write`).
+    ``what`` names the output in messages (``"the report"``). A symlink is fine: the write goes to its
+    target (see :func:`robustlab.cache.atomic_write`).
     """
     target = Path(os.path.realpath(path))
     if target.exists() and not target.is_file():
-        raise ConfigError(f"{flag} {path} is {_kind(target)}, not a regular file: name a file to write")
-    _check_writable_folder(target.parent, f"{flag} {path}")
+        raise ConfigError(f"cannot write {what} {path}: it is {_kind(target)}, not a regular file; name a file")
+    _check_writable_folder(target.parent, f"{what} {path}")
 
 
-def check_output_folder(path: Path, flag: str) -> None:
+def check_output_folder(path: Path, what: str) -> None:
     """``path`` is a folder, or can be made one: nothing else is in the way and its nearest parent is writable."""
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is {_kind(path)}, not a folder")
+        raise ConfigError(f"cannot write {what} {path}: it is {_kind(path)}, not a folder")
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"cannot create {flag} {path}: {existing} is {_kind(existing)}, not a folder")
-    _check_writable_folder(existing, f"{flag} {path}")
+        raise ConfigError(f"cannot create {what} {path}: {existing} is {_kind(existing)}, not a folder")
+    _check_writable_folder(existing, f"{what} {path}")
 
 
 def check_not_baseline(out: Path | None, baseline: Path | None) -> None:
