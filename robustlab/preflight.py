@@ -105,7 +105,8 @@ def check_model_names(names: Sequence[str]) -> None:
 
 def _check_writable_folder(folder: Path, what: str) -> None:
     if not folder.is_dir():
-        raise ConfigError(f"cannot write {what}: folder {folder} does not exist")
+        state = f"is {_kind(folder)}, not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"cannot write {what}: folder {folder} {state}")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass  # the honest test: os.access says yes to root on a read-only file system

@@ -354,7 +354,7 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "out is a device": (lambda t: [*EVAL, "--out", os.devnull], ("a device",), 2),
     "out under a file": (
         lambda t: [*EVAL, "--out", str(_raw(t / "f", "x") / "run.json")],
-        ("does not exist",),
+        ("is a file, not a folder",),
         2,
     ),
     "run-dir is a file": (lambda t: [*EVAL, "--run-dir", str(_raw(t / "f", "x"))], ("is a file",), 2),
