@@ -7,27 +7,39 @@ later run could mistake for a finished one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from robustlab.errors import ConfigError, DataError
+
 __all__ = ["atomic_write", "cache_dir", "config_hash", "load_weights", "save_weights"]
 
 
 def cache_dir(*parts: str) -> Path:
     """``$ROBUSTLAB_HOME`` (default ``~/.cache/robustlab``) joined with ``parts``, created if missing."""
-    root = Path(
-        os.environ.get("ROBUSTLAB_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustlab"
-    )
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    path = _cache_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # ROBUSTLAB_HOME names a file, a read-only place...
+        raise ConfigError(
+            f"cannot use the cache folder {path} ({error.strerror or error}): set ROBUSTLAB_HOME to a writable folder"
+        ) from None
     return path
+
+
+def _cache_root() -> Path:
+    home = os.environ.get("ROBUSTLAB_HOME")
+    return Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustlab"
 
 
 def config_hash(config: Any, length: int = 12) -> str:
@@ -45,35 +57,69 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, _umask_mode())
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it when the block succeeds and is removed when it fails.
+
+    A symlink is written through (its target is replaced, the link stays); a FIFO, device or folder is
+    refused with an ``OSError`` rather than replaced by a regular file. The temporary name carries the
+    writer's process id, so that a writer killed mid-write leaves a file the next write can remove.
+    """
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO or device); refusing to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield Path(tmp)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete temporary files of ``target`` left by writers that no longer run (killed mid-write)."""
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    with _replacing(path) as tmp:
+        os.chmod(tmp, _umask_mode())
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def save_weights(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors atomically (tensors made contiguous, moved to CPU)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _replacing(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
-    """Load a safetensors state dict onto the CPU."""
-    return load_file(str(path), device="cpu")
+    """Load a safetensors state dict onto the CPU; an unreadable file is a :class:`DataError` naming it."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own SafetensorError, OSError, ValueError...
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        cached = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(_cache_root()))
+        hint = "delete it and robustlab trains it again" if cached else "write or download it again"
+        raise DataError(f"cannot read {path} ({reason}): not a complete safetensors file; {hint}") from None

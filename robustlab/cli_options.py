@@ -7,7 +7,6 @@ stacks the ones it takes. Nothing here imports torch, so ``robustlab --help`` st
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from typing import Any
 
 import click
@@ -15,6 +14,7 @@ import click
 from robustlab.budgets import parse_eps
 from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
+from robustlab.params import convert_param
 from robustlab.registry import Registry
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "gate_options",
     "model_option",
     "num_classes_option",
-    "parse_value",
     "quiet_option",
     "seed_option",
     "steps_option",
@@ -48,24 +47,6 @@ class EpsType(click.ParamType):  # type: ignore[type-arg]
             return parse_eps(str(value))
         except ConfigError as error:
             self.fail(str(error), param, ctx)
-
-
-def parse_value(text: str) -> Any:
-    """Read a command-line value: ``none``, ``true``/``false``, an int, a float or fraction, else the string."""
-    lowered = text.strip().lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        return text
 
 
 def build_specs(
@@ -93,7 +74,7 @@ def build_specs(
                 raise ConfigError(f"{registry.kind} argument {item!r} names {name!r}, which is not among {list(names)}")
             params = registry.get(name).params()
             if key in params:
-                scoped[name][key] = parse_value(value)
+                scoped[name][key] = convert_param(registry.kind, registry.get(name), key, value)
             elif dot or len(names) == 1:
                 raise ConfigError(f"{registry.kind} {name} has no parameter {key!r}; it takes: {', '.join(params)}")
     specs: list[ComponentSpec] = []
@@ -154,7 +135,11 @@ train_data_option = click.option(
     help="Data that learned defenses train on (default: the train split of --data).",
 )
 seed_option = click.option(
-    "--seed", type=int, default=0, show_default=True, help="Makes the run repeatable to the last digit."
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Makes the run repeatable to the last digit.",
 )
 eot_samples_option = click.option(
     "--eot-samples",

@@ -25,6 +25,7 @@ from robustlab.errors import ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import compare_reports, format_regressions
 from robustlab.models import ModelSpec
+from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
@@ -52,6 +53,12 @@ def resolve_device(name: str) -> str:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name} requested but MPS (Apple GPU) is not available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name}: robustlab runs on cpu, cuda[:N] or mps, not {device.type}")
     return str(device)
 
 
@@ -128,10 +135,9 @@ def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: boo
 
 def run_eval(**options: Any) -> Report:
     """Run ``robustlab eval``: print the table, write the report if asked."""
+    notes = check_eval(options)
     config = build_config(options)
     out: Path | None = options["out"]
-    if out is not None and not out.parent.exists():
-        raise ConfigError(f"cannot write the report: folder {out.parent} does not exist")
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
@@ -145,6 +151,8 @@ def run_eval(**options: Any) -> Report:
         click.echo(f"= {fidelity.describe()}")
     for diagnostic in report.diagnostics:
         click.echo(f"! {diagnostic.code}: {diagnostic.message}")
+    for note in notes:
+        click.echo(f"robustlab: note: {note}", err=True)
     if out is not None:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
@@ -160,11 +168,11 @@ def run_train(**options: Any) -> float:
     from robustlab.cache import save_weights
     from robustlab.data import load_dataset
     from robustlab.models import MODELS, load_model
+    from robustlab.preflight import check_output_file
     from robustlab.train import TrainConfig, train_classifier
 
     out: Path = options["out"]
-    if not out.parent.exists():
-        raise ConfigError(f"cannot write the weights: folder {out.parent} does not exist")
+    check_output_file(out, "the weights")
     device = torch.device(resolve_device(options["device"]))
     size = options["image_size"] or (32 if MODELS.get(options["model"]).tags["family"] == "embedded" else 224)
     train = load_dataset(options["data"], split="train", image_size=size)
@@ -228,6 +236,8 @@ REPORT_FORMATS = ("html", "md", "csv", "png")
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
     """Print the gate's verdict; exit 1 when any row regressed (the documented "a check failed" code).
 
+    The rows that regressed go to stdout, a failed verdict to stderr as the one ``robustlab: error:`` line.
+
     Under ``torchrun`` only rank 0 judges: the other ranks return a report without rows, which would
     otherwise read as "another grid".
     """
@@ -236,10 +246,15 @@ def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: f
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return
     regressions = compare_reports(report, baseline, tolerance=tolerance, margin_sigmas=margin_sigmas)
-    for line in format_regressions(regressions, baseline.rows, tolerance):
+    *details, verdict = format_regressions(regressions, baseline.rows, tolerance)
+    for line in details:
         click.echo(line)
-    if regressions:
-        click.get_current_context().exit(1)
+    if not regressions:
+        click.echo(verdict)
+        return
+    failed = click.ClickException(verdict)  # the verdict is the one "robustlab: error:" line, exit 1
+    failed.exit_code = 1
+    raise failed
 
 
 def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: int) -> None:
@@ -248,14 +263,16 @@ def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: 
     The format comes from ``fmt``, else from ``out``'s suffix, else HTML. Markdown and CSV go to
     stdout when ``out`` is not given; HTML and PNG need a file.
     """
+    from robustlab.preflight import check_output_file
+
     fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None else "") or "html"
     fmt = {"htm": "html", "markdown": "md"}.get(fmt, fmt)
     if fmt not in REPORT_FORMATS:
         raise ConfigError(f"cannot tell the format from {out}; pass --format {'|'.join(REPORT_FORMATS)}")
     if out is None and fmt in ("html", "png"):
         raise ConfigError(f"the {fmt} format needs an output file: -o report.{fmt}")
-    if out is not None and not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out is not None:
+        check_output_file(out, f"the {fmt} report")
     report = Report.from_json(source)
     data = _render(report, fmt, examples)
     if out is None:
@@ -301,6 +318,7 @@ def run_generate(**options: Any) -> None:
     from robustlab.defense import ThreatMode
     from robustlab.export import GenerateConfig, generate
     from robustlab.models import ModelSpec
+    from robustlab.preflight import check_data, check_model_names, check_output_folder
 
     budgets = [options["eps"]] if options["eps"] is not None else []
     (attack,), (defense,) = component_specs(options, [options["attack"]], [options["defense"]], sweep=budgets)
@@ -319,7 +337,12 @@ def run_generate(**options: Any) -> None:
         device=resolve_device(options["device"]),
     )
     out: Path = options["out"]
+    check_output_folder(out, "the adversarial dataset in")
+    check_model_names([options["model"]])
+    notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
     summary = generate(config, out, progress=not options["quiet"])["summary"]
+    for note in notes:
+        click.echo(f"robustlab: note: {note}", err=True)
     click.echo(
         f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "
         f"clean {summary['clean_acc']:.2%}, robust {summary['robust_acc']:.2%}, "

@@ -33,7 +33,7 @@ from robustlab.distributed import Shard, gather_units
 from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
 from robustlab.errors import ConfigError, DataError
 from robustlab.metrics import psnr
-from robustlab.models import ImageClassifier, ModelSpec, load_model
+from robustlab.models import ImageClassifier, ModelSpec, check_logits, load_model
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.store import MemoryStore, RunStore
@@ -152,6 +152,8 @@ class Evaluator:
             indices = _sample_indices(dataset, config.n)
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
+                _, x, _ = next(iterate_batches(dataset, indices[:2], 2))
+                check_logits(model, x.to(device), data_classes=dataset.num_classes, name=model_spec.label())
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)

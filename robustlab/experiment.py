@@ -37,12 +37,15 @@ def experiment_options(path: Path, command: click.Command, ctx: click.Context) -
 
     Raises:
         DataError: the file is missing or not valid TOML.
-        ConfigError: an unknown key, or a value the option's type rejects.
+        ConfigError: an unknown key, or a value the option's type rejects (``n = true``, ``n = 32.9`` and
+            ``n = [32, 64]`` included: a value is read as the same text on the command line would be).
     """
     try:
-        declared = tomllib.loads(Path(path).read_text())
+        declared = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
         raise DataError(f"cannot read experiment {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"experiment {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as error:
         raise DataError(f"experiment {path} is not valid TOML: {error}") from None
     params = {param.name: param for param in command.params if isinstance(param, click.Option) and param.name}
@@ -54,10 +57,28 @@ def experiment_options(path: Path, command: click.Command, ctx: click.Context) -
     options = dict(command.make_context(command.name, [], parent=ctx).params)  # every default, as click parses it
     for name, value in declared.items():
         param = params[name]
-        if param.multiple and not isinstance(value, list):
-            value = [value]
         try:
-            options[name] = param.type_cast_value(ctx, value)
+            options[name] = param.type_cast_value(ctx, _as_typed(value, multiple=param.multiple))
         except click.BadParameter as error:
-            raise ConfigError(f"experiment {path}: key {name}: {error.format_message()}") from None
+            raise ConfigError(f"experiment {path}: key {name}: {error.message}") from None
     return options
+
+
+def _as_typed(value: Any, *, multiple: bool) -> Any:
+    """The command-line text of a TOML value (a list of them for a repeatable option).
+
+    Click would cast ``True`` to the integer 1 and ``32.9`` to 32; as text, ``"true"`` and ``"32.9"`` are
+    refused by an integer option exactly as on the command line.
+    """
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not multiple:
+        raise click.BadParameter(f"takes one value, not a list ({value!r})")
+    texts = []
+    for item in values:
+        if isinstance(item, bool):
+            texts.append(str(item).lower())
+        elif isinstance(item, (str, int, float)):
+            texts.append(str(item))
+        else:
+            raise click.BadParameter(f"{item!r} is not a string, number or boolean")
+    return texts if multiple else texts[0]

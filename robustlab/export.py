@@ -46,6 +46,7 @@ from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
+from robustlab.jsonfile import read_json
 from robustlab.models import ModelSpec, load_model
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
@@ -182,7 +183,8 @@ def _claim(out: Path, header: dict[str, Any]) -> None:
     """Start ``out`` or check that it holds an interrupted run of the same config (never mix two datasets)."""
     marker = out / "generate.json"
     if marker.is_file():
-        if json.loads(marker.read_text()) != header:
+        fix = f"delete {out} (or choose another --out) and generate again"
+        if read_json(marker, what="generation marker", fix=fix, kind=dict) != header:
             raise ConfigError(f"{out} holds an adversarial dataset of another config; choose another --out")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -211,7 +213,8 @@ def _shard(
     """Attack one shard and write it, or read back its records when a previous run finished it."""
     tensors, records_file = out / "shards" / f"shard-{s:05d}.safetensors", out / "shards" / f"shard-{s:05d}.json"
     if tensors.is_file() and records_file.is_file():
-        return list(json.loads(records_file.read_text()))
+        fix = f"delete it and {tensors.name}, and run the same generate again to redo that shard"
+        return list(read_json(records_file, what="shard records", fix=fix, kind=list))
     device = next((p.device for p in scored.parameters()), torch.device(config.device))
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
     source = (x * 255).round().clamp(0, 255).to(torch.uint8)

@@ -16,7 +16,10 @@ from pathlib import Path
 from robustlab.errors import ConfigError
 from robustlab.report import Report, Row
 
-__all__ = ["Regression", "compare_reports", "format_regressions", "load_baseline"]
+__all__ = ["Regression", "check_same_scope", "compare_reports", "format_regressions", "load_baseline"]
+
+SCOPE = ("data", "n", "task")
+"""Config keys two reports must share to be compared: the same rows over other samples mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,12 @@ def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_s
             small ``n`` does not fail the gate on sampling noise alone (0 disables it).
 
     Raises:
-        ConfigError: a negative tolerance or margin, or a baseline row or metric the new report lacks.
+        ConfigError: a negative tolerance or margin, other data, n or task than the baseline's, or a baseline row
+            or metric the new report lacks.
     """
     if tolerance < 0 or margin_sigmas < 0:
         raise ConfigError(f"tolerance and margin must be >= 0, got {tolerance} and {margin_sigmas}")
+    check_same_scope(new.config, baseline.config)
     rows = {row.key(): row for row in new.rows}
     missing = [row.key() for row in baseline.rows if row.key() not in rows]
     if missing:
@@ -93,6 +98,16 @@ def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_s
             if worse > allowed + 1e-12:  # accuracies are ratios of counts: ignore float noise
                 found.append(Regression(old.key(), name, before, after, allowed, higher))
     return found
+
+
+def check_same_scope(new: dict[str, object], baseline: dict[str, object]) -> None:
+    """Refuse to gate a run on other data, sample count or task than its baseline (a pass there proves nothing)."""
+    for key in SCOPE:
+        if key in new and key in baseline and new[key] != baseline[key]:
+            raise ConfigError(
+                f"the report was measured with {key}={new[key]!r} but the baseline with {key}={baseline[key]!r}: "
+                f"rerun with the baseline's --{key}, or make a new baseline"
+            )
 
 
 def _difference_se(p1: float, n1: int, p2: float, n2: int) -> float:

@@ -21,7 +21,7 @@ from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEA
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.train import TrainConfig, trained_classifier
 
-__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "load_model", "load_state_dict_file"]
+__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "check_logits", "load_model", "load_state_dict_file"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,26 @@ def load_model(
     if family == "torchvision" and not _looks_like_path(weights):
         return _finish(_load_torchvision_weights(name, weights, num_classes=num_classes, progress=progress))
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
+
+
+def check_logits(model: nn.Module, x: Tensor, *, data_classes: int, name: str) -> None:
+    """One tiny forward pass: the model must return logits ``(batch, classes)`` covering the data's classes.
+
+    A user model's class count is only guessed (its last linear layer), so the data's is what is checked.
+    """
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except RuntimeError as error:  # shape mismatches inside the model
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
+    if not isinstance(out, Tensor):
+        raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
+    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < data_classes:
+        raise ConfigError(
+            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits "
+            f"({len(x)}, classes) with at least the data's {data_classes} classes"
+        )
 
 
 def _label_noise(tag: str) -> float:
@@ -173,7 +193,8 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+            reason = (str(error).splitlines() or [f"{type(error).__name__}, empty or truncated file?"])[0]
+            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {reason}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -218,6 +239,10 @@ def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
     except (ImportError, AttributeError) as error:
         raise UnknownNameError(f"cannot load user model {spec!r}: {error}") from None
     net = factory()
+    if not isinstance(net, nn.Module):
+        raise ConfigError(
+            f"user model {spec!r} returned {type(net).__name__}; the factory must return a torch nn.Module"
+        )
     if weights:
         _load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
     if isinstance(net, ImageClassifier):

@@ -16,6 +16,7 @@ from typing import Any
 
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
+from robustlab.report_check import check_report_document
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -139,25 +140,36 @@ class Report:
     def from_json(cls, path: Path) -> Report:
         """Read a report, refusing another schema version."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(f"cannot read report {path}: {error}") from None
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise DataError(f"cannot read report {path}: {error.strerror or error}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(
+                f"report {path} is not a JSON report ({error}): pass the file robustlab eval --out wrote"
+            ) from None
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version not in (1, SCHEMA_VERSION):
+        if version in (1, SCHEMA_VERSION) or not isinstance(data, dict):
+            check_report_document(path, data)
+        else:
             raise ConfigError(
                 f"report {path} has schema version {version}, this robustlab reads 1 and {SCHEMA_VERSION}: "
                 f"regenerate it with this version's robustlab eval"
             )
         row_fields = {f.name for f in fields(Row)}
-        return cls(
-            config=data["config"],
-            environment=data["environment"],
-            rows=[Row(**{k: v for k, v in row.items() if k in row_fields}) for row in data["rows"]],
-            diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
-            samples=data.get("samples", []),
-            seconds=data.get("seconds", 0.0),
-            fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
-        )
+        try:
+            return cls(
+                config=data["config"],
+                environment=data["environment"],
+                rows=[Row(**{k: v for k, v in row.items() if k in row_fields}) for row in data["rows"]],
+                diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
+                samples=data.get("samples", []),
+                seconds=data.get("seconds", 0.0),
+                fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
+            )
+        except TypeError as error:  # a diagnostic or fidelity entry with other keys
+            raise DataError(
+                f"report {path} is not a robustlab report: {error}; regenerate it with robustlab eval"
+            ) from None
 
 
 def _accuracy_metrics(row: Row) -> dict[str, dict[str, Any]]:

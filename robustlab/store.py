@@ -7,15 +7,16 @@ atomic) and refuses to resume a run whose configuration differs.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, DataError
 
 __all__ = ["MemoryStore", "RunStore", "SqliteStore"]
 
@@ -49,22 +50,36 @@ class SqliteStore:
         config_hash: identity of the run; opening an existing store with another hash raises.
         resume: reuse an existing store's units; without it an existing store is an error, so a
             run never silently mixes old results into a new report.
+
+    One process at a time holds a store (a lock file beside it), so two runs never do the work twice.
     """
 
     def __init__(self, path: Path, *, config_hash: str, resume: bool) -> None:
         existed = path.is_file()
-        if existed and not resume:
-            raise ConfigError(f"run store {path} already exists: pass --resume to continue it, or remove it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, payload BLOB NOT NULL)")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'config_hash'").fetchone()
-        if row is None:
-            with self._db:
-                self._db.execute("INSERT INTO meta VALUES ('config_hash', ?)", (config_hash,))
-        elif row[0] != config_hash:
-            raise ConfigError(f"run store {path} belongs to a different configuration; use a new run directory")
+        self._lock = _lock(path)
+        try:
+            if existed and not resume:
+                raise ConfigError(f"run store {path} already exists: pass --resume to continue it, or delete it")
+            self._db = sqlite3.connect(path)
+            try:
+                self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, payload BLOB NOT NULL)")
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'config_hash'").fetchone()
+            except sqlite3.DatabaseError as error:
+                self._db.close()
+                raise DataError(f"run store {path} is unreadable ({error}): delete it to start the run again") from None
+            if row is None:
+                with self._db:
+                    self._db.execute("INSERT INTO meta VALUES ('config_hash', ?)", (config_hash,))
+            elif row[0] != config_hash:
+                self._db.close()
+                raise ConfigError(
+                    f"run store {path} belongs to a different configuration: use a new --run-dir, or delete the store"
+                )
+        except BaseException:
+            self._lock.close()
+            raise
 
     def get(self, key: str) -> dict[str, Tensor] | None:
         row = self._db.execute("SELECT payload FROM units WHERE key = ?", (key,)).fetchone()
@@ -76,5 +91,23 @@ class SqliteStore:
             self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, payload))
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection and let another process use the store."""
         self._db.close()
+        self._lock.close()
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``path`` for this process, or refuse: two runs on one store would race.
+
+    A POSIX record lock (``lockf``) belongs to the process, so reopening a store within one process works;
+    the operating system releases it when the process ends, however it ends.
+    """
+    handle = open(path.with_name(f"{path.name}.lock"), "ab")  # noqa: SIM115 (held until close)
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"run store {path} is in use by another robustlab process: wait for it to finish, or use another --run-dir"
+        ) from None
+    return handle

@@ -7,7 +7,6 @@ one split: every split name gives the same images, so it can serve as ``--data``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,13 @@ from torch import Tensor
 from robustlab.cache import load_weights
 from robustlab.data import DATASETS
 from robustlab.errors import ConfigError, DataError
+from robustlab.jsonfile import read_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "AdversarialDataset", "load_adversarial"]
 
 FORMAT = "robustlab-adv"
 FORMAT_VERSION = 1
+_SHARD_KEYS = ("image", "source", "label", "index")
 
 
 class AdversarialDataset:
@@ -35,24 +36,30 @@ class AdversarialDataset:
     """
 
     def __init__(self, root: Path) -> None:
-        try:
-            self.manifest: dict[str, Any] = json.loads((root / "manifest.json").read_text())
-        except FileNotFoundError:
-            raise DataError(f"{root} has no manifest.json: not a finished `robustlab generate` folder") from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(f"cannot read {root / 'manifest.json'}: {error}") from None
+        if not (root / "manifest.json").is_file():
+            raise DataError(f"{root} has no manifest.json: not a finished `robustlab generate` folder")
+        fix = "run the same robustlab generate again to rewrite it"
+        self.manifest: dict[str, Any] = read_json(root / "manifest.json", what="manifest", fix=fix, kind=dict)
         found = (self.manifest.get("format"), self.manifest.get("format_version"))
         if found != (FORMAT, FORMAT_VERSION):
             raise DataError(f"{root} holds format {found}, this robustlab reads ({FORMAT!r}, {FORMAT_VERSION})")
-        try:
-            shards = [load_weights(root / name) for name in self.manifest["shards"]]
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read the shards of {root}: {error}") from None
+        names, classes = self.manifest.get("shards"), self.manifest.get("classes")
+        if not (isinstance(names, list) and names and isinstance(classes, list) and classes):
+            raise DataError(f"manifest {root / 'manifest.json'} lists no shards or classes; {fix}")
+        shards = [load_weights(root / str(name)) for name in names]
+        missing = [
+            f"{name} lacks {key!r}"
+            for name, shard in zip(names, shards, strict=True)
+            for key in _SHARD_KEYS
+            if key not in shard
+        ]
+        if missing:
+            raise DataError(f"adversarial dataset {root}: shard {missing[0]}; {fix}")
         self._images = torch.cat([shard["image"] for shard in shards])
         self._sources = torch.cat([shard["source"] for shard in shards])
         self._labels = torch.cat([shard["label"] for shard in shards]).long()
         self.source_indices = torch.cat([shard["index"] for shard in shards]).long()
-        self.classes: Sequence[str] = tuple(self.manifest["classes"])
+        self.classes: Sequence[str] = tuple(str(name) for name in classes)
         self.num_classes = len(self.classes)
         self.image_size = int(self._images.shape[-1])
 

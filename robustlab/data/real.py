@@ -45,8 +45,9 @@ class CheckedImageFolder:
     """``torchvision.datasets.ImageFolder`` whose unreadable files raise a :class:`DataError` naming them."""
 
     def __init__(self, root: Path, image_size: int) -> None:
-        import torchvision
         from torchvision import transforms
+
+        from robustlab.data.images import TreeImageFolder
 
         transform = transforms.Compose(
             [
@@ -56,7 +57,7 @@ class CheckedImageFolder:
             ]
         )
         try:
-            self._folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
+            self._folder = TreeImageFolder(str(root), transform=transform)
         except (FileNotFoundError, OSError) as error:
             raise DataError(f"no images in {root}: {error}") from None
         self.classes: Sequence[str] = self._folder.classes
