@@ -9,12 +9,14 @@ from typing import Any, NoReturn
 import click
 
 from robustlab.cli_options import (
+    BudgetType,
     EpsType,
     attack_args_option,
     defense_args_option,
     device_option,
     eot_samples_option,
     gate_options,
+    input_options,
     model_option,
     num_classes_option,
     quiet_option,
@@ -87,6 +89,7 @@ def list_command() -> None:
 @model_option(multiple=True, text="Architecture (robustlab list) or package.module:factory; repeat for a grid.")
 @weights_option
 @num_classes_option
+@input_options
 @click.option(
     "--attack",
     "attacks",
@@ -109,8 +112,9 @@ def list_command() -> None:
     "--eps",
     "eps",
     multiple=True,
-    type=EpsType(),
-    help="Budget in [0, 1] pixel units (8/255, 0.5) for every attack that takes one; repeat for a sweep. "
+    type=BudgetType(),
+    help="Budget per norm in [0, 1] pixel units: linf:8/255, l2:0.5; repeat for a sweep or several norms. "
+    "A bare 8/255 is L∞ only: L2 attacks keep their own budget unless given l2:EPS. "
     "Default: each attack's standard budget (L∞ 8/255, L2 0.5).",
 )
 @steps_option
@@ -179,6 +183,27 @@ def list_command() -> None:
     help="NHWC memory layout for model and images (faster convolutions on GPU, often on CPU).",
 )
 @click.option("--compile", is_flag=True, help="torch.compile the model (CUDA only).")
+@click.option(
+    "--diagnostics",
+    type=click.Choice(["auto", "full", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: the sanity gate and cheap masking probes on every model, attack probes behind defenses; "
+    "full: the attack probes on every model too.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 2 when the sanity gate flags a model (chance-level accuracy, NaN logits, outputs that ignore the "
+    "input), after writing the report.",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Forward passes each input is scored over when the model is randomized (correct only if all are).",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -294,8 +319,11 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 @model_option()
 @weights_option
 @num_classes_option
+@input_options
 @click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
-@click.option("--eps", type=EpsType(), default=None, help="Budget in [0, 1] pixel units (default: the attack's).")
+@click.option(
+    "--eps", type=BudgetType(), default=None, help="Budget, linf:8/255 or l2:0.5 (bare: L∞; default: the attack's)."
+)
 @steps_option
 @attack_args_option
 @click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
@@ -388,6 +416,7 @@ def train_command(**options: Any) -> None:
 @model_option(text="The classifier to defend (sets image size).")
 @weights_option
 @num_classes_option
+@input_options
 @seed_option
 @device_option
 @quiet_option

@@ -46,7 +46,8 @@ from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
-from robustlab.models import ModelSpec, load_model
+from robustlab.inputs import load_classifier
+from robustlab.models import ModelSpec
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification, predict
@@ -138,7 +139,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
     defense: Defense = config.defense.build(DEFENSES)
     device = torch.device(config.device)
     spec = config.model
-    model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress).to(device)
+    model = load_classifier(spec, config.data, progress=progress).to(device)
     dataset = load_dataset(config.data, split=config.split, image_size=model.input_size)
     if 0 < model.num_classes < dataset.num_classes:
         raise ConfigError(
