@@ -82,6 +82,9 @@ def list_command() -> None:
         for entry in registry.entries():
             kind = getattr(entry.factory, "kind", None)
             suffix = f" [{kind}]" if kind is not None and str(kind) != "perturbation" else ""
+            per_batch = entry.tags.get("stochastic") and not getattr(entry.factory, "per_sample_streams", True)
+            if per_batch and str(kind) == "perturbation":
+                suffix += " [randomness per batch: per-sample results may change with --batch-size]"
             click.echo(f"  {entry.name.ljust(width)}  {entry.summary}{suffix}")
 
 

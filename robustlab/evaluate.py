@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
@@ -326,6 +326,7 @@ class Evaluator:
                         *(cell.attack, attacked[cell.mode], scored, cell.task, x, y, cell_clean, mask),
                         early_stop=target.early_stop,
                         limit=self._limit,
+                        sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
                     ),
                 )
                 bar.update()
@@ -438,8 +439,14 @@ def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: 
     return {**task.clean(scored, x, y), "label": y}
 
 
-def _cell_key(key: str, cell: Cell, batch: int) -> str:
-    return f"{key}/{cell.mode}/a{cell.index}/b{batch}"
+def _cell_key(key: str, cell: Cell, batch: int | None) -> str:
+    """A cell's unit key for ``batch``; without one, the cell's own key."""
+    return f"{key}/{cell.mode}/a{cell.index}" + (f"/b{batch}" if batch is not None else "")
+
+
+def _sample_seeds(seed: int, cell_key: str, indices: Tensor) -> Tensor:
+    """Each sample's own random stream in a cell, keyed by its dataset index: the same in any batch or shard."""
+    return torch.tensor([stream_seed(seed, f"{cell_key}/s{int(i)}") for i in indices], dtype=torch.long)
 
 
 def _with_target(spec: str, attribute: str) -> str:
