@@ -210,8 +210,8 @@ class _Channels(click.ParamType):  # type: ignore[type-arg]
         self.which = which
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
-        if isinstance(value, tuple):
-            return value
+        if isinstance(value, (list, tuple)):  # a TOML list
+            value = ",".join(str(v) for v in value)
         from robustlab.inputs import parse_channels  # imports torch: only when the option is given
 
         try:

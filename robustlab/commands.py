@@ -70,6 +70,9 @@ def component_specs(
     )
 
 
+_DIAGNOSTICS: dict[str, bool | str] = {"auto": True, "off": False, "full": "full"}
+
+
 def model_spec(name: str, options: dict[str, Any]) -> ModelSpec:
     """The model that a command's ``--model``, ``--weights``, ``--num-classes`` and input options name."""
     return ModelSpec(
@@ -102,7 +105,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
         eot_samples=options["eot_samples"],
         draws=options["draws"],
-        diagnostics={"auto": True, "off": False, "full": "full"}[options["diagnostics"]],
+        diagnostics=_DIAGNOSTICS[options["diagnostics"]],
         device=resolve_device(options["device"]),
         amp=options["amp"],
         channels_last=options["channels_last"],

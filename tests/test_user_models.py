@@ -24,7 +24,7 @@ from robustlab.cli import cli
 
 STEPS, BATCH, SEED = 300, 64, 0
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PER_CLASS = 12
+PER_CLASS = 8
 
 
 def _normalized(net: nn.Module) -> nn.Module:
@@ -142,7 +142,8 @@ def test_resnet18_at_its_own_size_matches_plain_pytorch_and_torchattacks(
     assert "fed 32x32 images (the data's own size" in result.output
     assert "sanity." not in result.output
 
-    wrong = _eval(*args, "--data", f"imagefolder:{png_folder}", "--attack", "none", "--image-size", "224", "--strict")
+    data = f"imagefolder:{png_folder}"
+    wrong = _eval(*args, "--data", data, "-n", "20", "--attack", "none", "--image-size", "224", "--strict")
     assert "! sanity.chance_level" in wrong.output
     assert wrong.exit_code == 2
 
@@ -208,7 +209,9 @@ def test_planted_masking_is_flagged_on_user_models(planted: str, factory: str, f
 def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(planted: str) -> None:
     """Early stop on a random model kept iterates that fooled one draw only: an overstated robust accuracy."""
     from robustlab.attacks.pgd import PGD
+
     from robustlab.components import seeded
+    from robustlab.data.synth import SynthDataset
     from robustlab.evaluate import EvalConfig, Evaluator
     from robustlab.models import ModelSpec, load_model
     from robustlab.tasks import predict
@@ -217,8 +220,6 @@ def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(pl
     report = Evaluator(progress=False).run(EvalConfig(models=(ModelSpec(f"{planted}:noisy"),), n=n, eot_samples=5))
     ours = report.rows[0].robust_acc
     model = load_model(f"{planted}:noisy", progress=False)
-    from robustlab.data.synth import SynthDataset
-
     x, y = SynthDataset("test").get_batch(torch.arange(n))
     with seeded(1, "reference") as generator:
         correct = predict(model, x) == y
