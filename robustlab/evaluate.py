@@ -42,7 +42,14 @@ from robustlab.sampling import sample_indices
 from robustlab.sanity import chance_level, output_checks
 from robustlab.store import MemoryStore, RunStore
 from robustlab.tasks import TASKS, Task, predict
-from robustlab.victims import Target, classifier_targets, downstream_targets, prepare_defense
+from robustlab.victims import (
+    NO_MODE,
+    Target,
+    attacked_models,
+    classifier_targets,
+    downstream_targets,
+    prepare_defense,
+)
 
 __all__ = [
     "DEFAULT_HEADS",
@@ -164,9 +171,11 @@ class Evaluator:
             dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
             indices, chosen = sample_indices(dataset, config.n, seed=config.seed)
             inputs.append(f"{config.data}: {chosen}")
+            fed = ""
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
-                inputs.append(input_note(model, model_spec, config.data))
+                fed = input_note(model, model_spec, config.data)
+                inputs.append(fed)
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)
@@ -183,11 +192,8 @@ class Evaluator:
                     samples += block_samples
                     if isinstance(model, ImageClassifier) and config.diagnostics and config.task == "classification":
                         labels = torch.tensor(block_samples[0]["label"]) if block_samples else torch.empty(0)
-                        fed = inputs[-1].split(" fed ", 1)[-1]
-                        diagnostics += chance_level(block_rows, labels, names=names, fed=f"it was fed {fed}")
-                        probes = self._probe(model, defense, target, indices, target_attacks, config)
-                        said = target.draws > 1  # the ``randomized`` line already says it
-                        diagnostics += [d for d in probes if not (said and d.code == "masking.randomized_outputs")]
+                        diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
+                        diagnostics += self._probe(model, defense, target, indices, target_attacks, config)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
         diagnostics += threat_mode_gaps(rows)
@@ -403,11 +409,16 @@ class Evaluator:
             return found  # NaN or constant outputs: the probes would only repeat it
         keep = predict(scored, x) == y
         x, y = x[keep], y[keep]
-        attacked = target.attacked.get(ThreatMode.ADAPTIVE.value) or next(iter(target.attacked.values()))
+        adaptive = ThreatMode.ADAPTIVE.value  # the pipeline a white-box attacker differentiates, built if not run
+        attacked = target.attacked.get(NO_MODE, target.attacked.get(adaptive))
+        if attacked is None:
+            attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)[adaptive]
         budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
         settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
         with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
-            found += cheap_probes(attacked, scored, x, y, settings=settings, model=names[0], defense=names[1])
+            cheap = cheap_probes(attacked, scored, x, y, settings=settings, model=names[0], defense=names[1])
+            said = target.draws > 1  # the ``randomized`` line already says so
+            found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
             if defense.changes_model or config.diagnostics == "full":
                 found += expensive_probes(
                     attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]

@@ -57,7 +57,7 @@ def output_checks(model: nn.Module, x: Tensor, *, names: tuple[str, str]) -> lis
     return found
 
 
-def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed: str) -> list[Diagnostic]:
+def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed: str = "") -> list[Diagnostic]:
     """Flag a clean accuracy that a constant guess of the most frequent class would match.
 
     Near chance: below the majority class's share plus the larger of half the uniform chance rate and two
@@ -74,6 +74,8 @@ def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed
         return []
     message = (
         f"clean accuracy {clean:.1%} on {classes} classes is at chance level (the most frequent class is "
-        f"{majority:.1%} of the {len(labels)} samples): the model is not seeing what it was trained on; {fed}; {CAUSES}"
+        f"{majority:.1%} of the {len(labels)} samples): the model is not seeing what it was trained on"
+        + (f" ({fed})" if fed else "")
+        + f"; {CAUSES}"
     )
     return [Diagnostic("sanity.chance_level", message, *names)]
