@@ -267,3 +267,24 @@ def test_n_on_a_class_folder_covers_every_class(png_folder: Path) -> None:
     assert sorted(set(labels)) == list(range(10)) and len(indices) == 20
     assert "class-stratified" in described
     assert torch.equal(indices, sample_indices(dataset, 20, seed=0)[0])
+
+
+def test_cw_keeps_its_own_budget_under_a_bare_eps(trained_model: nn.Module, tmp_path: Path) -> None:
+    from robustlab.report import Report
+
+    out = tmp_path / "run.json"
+    args = ("-n", "8", "--attack", "pgd", "--attack", "cw", "--eps", "8/255", "--steps", "2", "--out", str(out))
+    assert _eval(*args).exit_code == 0
+    threats = {row.attack.split("(")[0]: row.threat for row in Report.from_json(out).rows}
+    assert threats["pgd"] == "linf 8/255" and threats["cw"] == "l2 unbounded"
+
+
+def test_mean_and_std_override_the_architecture_and_are_recorded(trained_model: nn.Module, tmp_path: Path) -> None:
+    from robustlab.report import Report
+
+    out = tmp_path / "run.json"
+    result = _eval("-n", "32", "--attack", "none", "--mean", "none", "--std", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    note = "smallcnn fed 32x32 images (the model's standard size), mean (0, 0, 0), std (1, 1, 1)"
+    assert f"= {note}" in result.output and note in Report.from_json(out).inputs
+    assert Report.from_json(out).rows[0].clean_acc < 0.9  # the checkpoint was trained under mean 0.5, std 0.25
