@@ -168,7 +168,12 @@ def list_command() -> None:
     help="Downstream heads: a 3-layer MLP or a linear probe.",
 )
 @click.option(
-    "--n", "-n", type=int, default=1000, show_default=True, help="Number of test samples (-n under torchrun)."
+    "--n",
+    "-n",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Number of test samples: a seeded class-stratified subset of class folders, the first n of synth.",
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @seed_option
@@ -341,7 +346,13 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 @click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
 @click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
 @train_data_option
-@click.option("--n", type=int, default=1000, show_default=True, help="Number of source samples (the first n).")
+@click.option(
+    "--n",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.",
+)
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
 @seed_option
 @eot_samples_option

@@ -50,6 +50,7 @@ from robustlab.inputs import load_classifier
 from robustlab.models import ModelSpec
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
+from robustlab.sampling import sample_indices
 from robustlab.tasks import Classification, predict
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
 from robustlab.victims import attacked_models, frozen, prepare_defense
@@ -153,13 +154,11 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
             (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
         prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
         scored, attacked = _models(model, defense, config)
-        total = len(dataset) if config.n is None else min(config.n, len(dataset))
-        if total == 0:
-            raise DataError(f"{config.data} has no samples")
-        starts = range(0, total, config.shard_size)
+        chosen, _ = sample_indices(dataset, config.n, seed=config.seed)  # class-stratified, as eval's -n
+        starts = range(0, len(chosen), config.shard_size)
         records: list[dict[str, Any]] = []
         for s, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
-            indices = torch.arange(start, min(start + config.shard_size, total))
+            indices = chosen[start : start + config.shard_size]
             records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
         manifest = {
             **header,
