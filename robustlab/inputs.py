@@ -9,6 +9,7 @@ otherwise. What was used is returned as a one-line note for the report and the c
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -55,11 +56,13 @@ def parse_channels(text: str, *, which: str) -> tuple[float, ...]:
     return values
 
 
+@functools.lru_cache(maxsize=16)
 def native_image_size(data: str) -> int | None:
     """The side of the data's images when they all share one square size, else ``None``.
 
     ``None`` also for generated data (``synth`` renders at the size it is asked for, unless its
-    ``size`` option fixes one) and for datasets whose images are resized anyway.
+    ``size`` option fixes one) and for datasets whose images are resized anyway. A folder's image
+    headers are read once per process (a large folder takes seconds).
     """
     spec = DataSpec.parse(data)
     if spec.name == "synth":

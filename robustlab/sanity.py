@@ -68,6 +68,8 @@ def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed
         return []
     counts = torch.bincount(labels.long())
     classes = int((counts > 0).sum())
+    if classes < 2:
+        return []  # one class: any constant guess is right, so accuracy says nothing about the input
     majority = float(counts.max()) / len(labels)
     margin = max(0.5 / max(classes, 1), 2 * math.sqrt(majority * (1 - majority) / len(labels)))
     if clean >= majority + margin:
