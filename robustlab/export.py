@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import atomic_write, config_hash, save_weights
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION
 from robustlab.defense import DEFENSES, Defense, ThreatMode
@@ -220,8 +220,19 @@ def _shard(
         task = Classification()
         clean = task.clean(scored, x_source, y)
         everything = torch.ones_like(y, dtype=torch.bool)  # a dataset holds every image, broken or not
+        seeds = torch.tensor([stream_seed(config.seed, f"generate/s{int(i)}") for i in indices])  # any shard size
         x_adv = attack_and_score(
-            attack, attacked, scored, task, x_source, y, clean, everything, generator, keep_images=True
+            attack,
+            attacked,
+            scored,
+            task,
+            x_source,
+            y,
+            clean,
+            everything,
+            generator,
+            keep_images=True,
+            sample_seeds=seeds,
         )["x_adv"]
         stored = quantize_within(source, x_adv.cpu(), attack.threat)
         x_stored = (stored.float() / 255).to(device)
