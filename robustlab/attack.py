@@ -53,6 +53,9 @@ class Attack(ABC):
     uses_gradients: ClassVar[bool] = True
     early_stopping: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
+    averages_draws: ClassVar[bool] = False
+    """Whether the attack averages a randomized model's gradients over draws itself (its own EOT, as
+    AutoAttack's rand version does): the evaluator then hands it the model without its EOT wrapper."""
     per_sample_streams: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``sample_seeds`` and draws each sample's randomness from its own seed, so a
     sample's result does not depend on the batch it is in (batch size, sharding, resume)."""

@@ -35,7 +35,7 @@ from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec
-from robustlab.randomized import for_randomized
+from robustlab.randomized import attacked_by, for_randomized
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
@@ -329,7 +329,8 @@ class Evaluator:
                     config.seed,
                     partial(
                         attack_and_score,
-                        *(cell.attack, attacked[cell.mode], scored, cell.task, x, y, cell_clean, mask),
+                        *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
+                        *(cell_clean, mask),
                         early_stop=target.early_stop,
                         limit=self._limit,
                         sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),

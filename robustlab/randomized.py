@@ -22,7 +22,7 @@ from robustlab.report import Diagnostic
 from robustlab.sanity import randomized
 from robustlab.victims import Target
 
-__all__ = ["RANDOMIZED_ALTERNATIVES", "for_randomized"]
+__all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized"]
 
 RANDOMIZED_ALTERNATIVES = {"autoattack": "autoattack-rand"}
 """Attacks with a version for randomized models, used instead when that version is registered."""
@@ -51,6 +51,11 @@ def for_randomized(
     )
     diagnostic = Diagnostic("randomized", message, *target.names)
     return replace(target, attacked=attacked, early_stop=False, draws=draws), swapped, [diagnostic]
+
+
+def attacked_by(attack: Attack, module: nn.Module) -> nn.Module:
+    """What ``attack`` differentiates: ``module``, less its EOT wrapper for an attack that does its own EOT."""
+    return module.model if attack.averages_draws and isinstance(module, EOT) else module
 
 
 def _through_eot(module: nn.Module, x: Tensor, eot_samples: int) -> nn.Module:

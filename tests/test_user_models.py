@@ -288,3 +288,35 @@ def test_mean_and_std_override_the_architecture_and_are_recorded(trained_model: 
     note = "smallcnn fed 32x32 images (the model's standard size), mean (0, 0, 0), std (1, 1, 1)"
     assert f"= {note}" in result.output and note in Report.from_json(out).inputs
     assert Report.from_json(out).rows[0].clean_acc < 0.9  # the checkpoint was trained under mean 0.5, std 0.25
+
+
+def test_a_random_model_gets_the_randomized_version_of_an_attack(
+    monkeypatch: pytest.MonkeyPatch, register: Any, synth_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """``autoattack`` becomes ``autoattack-rand`` when installed; an attack doing its own EOT gets the bare model."""
+    from robustlab.attacks.fgsm import FGSM
+
+    import robustlab.randomized
+    from robustlab.attack import ATTACKS
+    from robustlab.components import ComponentSpec
+    from robustlab.defense import EOT
+    from robustlab.randomized import attacked_by, for_randomized
+    from robustlab.victims import Target
+
+    class OwnEOT(FGSM):
+        averages_draws = True
+
+    register(ATTACKS, "fgsm-rand-for-test", OwnEOT)
+    monkeypatch.setattr(robustlab.randomized, "RANDOMIZED_ALTERNATIVES", {"fgsm": "fgsm-rand-for-test"})
+    x, _ = synth_batch
+    noisy, plain = nn.Dropout(0.5).train(), nn.Identity()
+    attacks = [(spec, spec.build(ATTACKS)) for spec in (ComponentSpec("fgsm"), ComponentSpec("pgd"))]
+    target = Target(scored=noisy, attacked={"-": noisy}, fit_on={}, dataset=None)  # type: ignore[arg-type]
+    randomized, swapped, (said,) = for_randomized(target, attacks, x[:8], eot_samples=3, draws=4)
+    assert [spec.name for spec, _ in swapped] == ["fgsm-rand-for-test", "pgd"]
+    assert not randomized.early_stop and randomized.draws == 4 and said.code == "randomized"
+    wrapped = randomized.attacked["-"]
+    assert isinstance(wrapped, EOT) and attacked_by(swapped[0][1], wrapped) is noisy
+    assert attacked_by(swapped[1][1], wrapped) is wrapped
+    same = Target(scored=plain, attacked={"-": plain}, fit_on={}, dataset=None)  # type: ignore[arg-type]
+    assert for_randomized(same, attacks, x[:8], eot_samples=3, draws=4) == (same, attacks, [])
