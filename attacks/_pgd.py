@@ -27,6 +27,7 @@ __all__ = [
     "l2_step",
     "linf_random_start",
     "linf_step",
+    "per_sample_random_start",
     "projected_gradient_descent",
 ]
 
@@ -47,6 +48,13 @@ def l2_random_start(x: Tensor, eps: float, generator: torch.Generator | None) ->
     radius = torch.rand((len(x), 1, 1, 1), generator=generator, dtype=x.dtype, device=device)
     norms = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
     return (x + (delta * (radius / norms * eps)).to(x.device)).clamp(0, 1)
+
+
+def per_sample_random_start(x: Tensor, eps: float, seeds: Tensor, norm: Norm) -> Tensor:
+    """The random start of each sample drawn from its own seed: the same point whatever batch it is in."""
+    draw = linf_random_start if norm is Norm.LINF else l2_random_start
+    starts = [draw(x[i : i + 1], eps, torch.Generator().manual_seed(int(seed))) for i, seed in enumerate(seeds)]
+    return torch.cat(starts)
 
 
 def linf_step(eps: float, step_size: float) -> Step:
@@ -121,6 +129,7 @@ class ProjectedGradientAttack(Attack):
 
     norm: ClassVar[Norm]
     early_stopping = True
+    per_sample_streams = True
 
     def __init__(self, *, eps: float, step_size: float | None, steps: int, random_start: bool) -> None:
         self.eps = eps
@@ -133,10 +142,22 @@ class ProjectedGradientAttack(Attack):
         return ThreatModel(self.norm, self.eps)
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None,
+        early_stop: bool = False,
+        sample_seeds: Tensor | None = None,
     ) -> Tensor:
         random_start, step = (linf_random_start, linf_step) if self.norm is Norm.LINF else (l2_random_start, l2_step)
-        start = random_start(x, self.eps, generator) if self.random_start else x
+        if not self.random_start:
+            start = x
+        elif sample_seeds is not None:
+            start = per_sample_random_start(x, self.eps, sample_seeds, self.norm)
+        else:
+            start = random_start(x, self.eps, generator)
         return projected_gradient_descent(
             model, x, y, start, steps=self.steps, step=step(self.eps, self.step_size), early_stop=early_stop
         )

@@ -53,6 +53,12 @@ class Attack(ABC):
     uses_gradients: ClassVar[bool] = True
     early_stopping: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
+    averages_draws: ClassVar[bool] = False
+    """Whether the attack averages a randomized model's gradients over draws itself (its own EOT, as
+    AutoAttack's rand version does): the evaluator then hands it the model without its EOT wrapper."""
+    per_sample_streams: ClassVar[bool] = False
+    """Whether :meth:`_run` takes ``sample_seeds`` and draws each sample's randomness from its own seed, so a
+    sample's result does not depend on the batch it is in (batch size, sharding, resume)."""
     task: ClassVar[str | None] = None
     """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
 
@@ -70,12 +76,15 @@ class Attack(ABC):
         *,
         generator: torch.Generator | None = None,
         early_stop: bool = False,
+        sample_seeds: Tensor | None = None,
     ) -> Tensor:
         """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached.
 
         ``early_stop`` says the caller only needs each sample misclassified by ``model`` once, as an
         evaluation does: attacks with :attr:`early_stopping` then stop a sample at its first success
         and return that point, which saves their remaining iterations; other attacks ignore it.
+        ``sample_seeds`` (int64 ``(B,)``) seed each sample's own random stream in attacks with
+        :attr:`per_sample_streams`; the others draw from ``generator``.
         """
         check_images(x)
         if model.training:
@@ -84,7 +93,9 @@ class Attack(ABC):
             raise ConfigError(f"labels have shape {tuple(y.shape)}, expected ({x.shape[0]},)")
         if x.shape[0] == 0:
             return x.detach().clone()
-        extra = {"early_stop": True} if early_stop and self.early_stopping else {}
+        extra: dict[str, Any] = {"early_stop": True} if early_stop and self.early_stopping else {}
+        if sample_seeds is not None and self.per_sample_streams:
+            extra["sample_seeds"] = sample_seeds
         x_adv = self._run(model, x.detach(), y.detach(), generator=generator, **extra).detach()
         verify(self.threat, x, x_adv)
         return x_adv

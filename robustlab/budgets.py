@@ -6,11 +6,59 @@ lives apart from :mod:`robustlab.threat`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 from robustlab.errors import ConfigError
 
-__all__ = ["format_eps", "parse_eps"]
+__all__ = ["BUDGET_NORMS", "Budget", "format_eps", "parse_budget", "parse_eps"]
+
+BUDGET_NORMS = ("linf", "l2", "l0", "patch")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An ``--eps`` value and the norm it was written for (``None``: a bare number, which means L∞).
+
+    A bare ``8/255`` never becomes an L2 radius: L2 attacks keep their own default unless the user
+    writes ``l2:0.5``.
+    """
+
+    eps: float
+    norm: str | None = None
+
+    def applies_to(self, norm: str) -> bool:
+        """Whether this budget is for an attack under ``norm``."""
+        return (self.norm or "linf") == norm
+
+    def __str__(self) -> str:
+        return f"{self.norm}:{format_eps(self.eps)}" if self.norm else format_eps(self.eps)
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse ``linf:8/255``, ``l2:0.5`` or a bare ``8/255`` (L∞ only).
+
+    Example:
+        >>> parse_budget("l2:0.5")
+        Budget(eps=0.5, norm='l2')
+        >>> parse_budget("8/255").applies_to("l2")
+        False
+    """
+    norm, sep, value = text.strip().rpartition(":")
+    if not sep:
+        return Budget(parse_eps(value))
+    norm = norm.strip().lower()
+    if norm not in BUDGET_NORMS:
+        raise ConfigError(f"eps {text!r}: the norm before ':' must be one of {', '.join(BUDGET_NORMS)}")
+    if norm == "l2":  # an L2 radius may exceed 1 pixel unit: the diagonal of a 32x32 RGB image is 55
+        try:
+            eps = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"eps {text!r} is not a number or fraction such as l2:0.5") from None
+        if eps < 0:
+            raise ConfigError(f"eps {text!r} is negative")
+        return Budget(eps, norm)
+    return Budget(parse_eps(value), norm)
 
 
 def parse_eps(text: str) -> float:

@@ -23,8 +23,17 @@ from robustlab.report import Diagnostic, Row
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 
-__all__ = ["ProbeSettings", "probe_gradient_masking", "threat_mode_gaps"]
+__all__ = [
+    "ProbeSettings",
+    "attack_gaps",
+    "cheap_probes",
+    "expensive_probes",
+    "probe_gradient_masking",
+    "threat_mode_gaps",
+]
 
+ITERATIVE_WHITE_BOX = frozenset({"pgd", "pgdl2", "apgd", "apgdt", "autoattack", "autoattack-rand"})
+"""Attacks that should be the strongest of a run: one weaker than another attack is a masking sign."""
 SLACK = 0.05  # success-rate differences below this are sampling noise on a probe of ~100 samples
 
 
@@ -64,14 +73,52 @@ def probe_gradient_masking(
         model: model name for the diagnostics.
         defense: defense name for the diagnostics.
     """
+    if len(x) == 0:
+        return []
+    cheap = cheap_probes(attacked, scored, x, y, settings=settings, model=model, defense=defense)
+    return cheap + expensive_probes(
+        attacked, scored, x, y, settings=settings, generator=generator, model=model, defense=defense
+    )
+
+
+def cheap_probes(
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    settings: ProbeSettings,
+    model: str = "",
+    defense: str = "",
+) -> list[Diagnostic]:
+    """AutoAttack's ``checks.py`` flags, a few forward and one backward pass: run on every evaluated model.
+
+    Randomized outputs, outputs that look like probabilities instead of logits, and zero or non-finite
+    input gradients (a saturated softmax, a rounding step, a detached input).
+    """
+    if len(x) == 0:
+        return []
+    found = _randomness(scored, x) + _probabilities(scored, x) + _gradients(attacked, x, y, settings)
+    return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+
+
+def expensive_probes(
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    settings: ProbeSettings,
+    generator: torch.Generator,
+    model: str = "",
+    defense: str = "",
+) -> list[Diagnostic]:
+    """The Athalye et al. signs measured by probe attacks (a PGD eps sweep, large eps, FGSM, Square)."""
     import robustlab.attacks  # noqa: F401  (registers the probe attacks)
 
     if len(x) == 0:
         return []
     found: list[tuple[str, str]] = []
-    found += _randomness(scored, x)
-    found += _gradients(attacked, x, y, settings)
-
     task = Classification()
     probed = {"pred": y}  # the probe samples are the clean-correct ones
     everything = torch.ones_like(y, dtype=torch.bool)
@@ -118,8 +165,24 @@ def _randomness(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:
     return [
         (
             "randomized_outputs",
-            "the defended model gives different outputs for the same input: attacks need EOT "
+            "the model gives different outputs for the same input: attacks need EOT "
             "and single-draw accuracy varies between runs",
+        )
+    ]
+
+
+def _probabilities(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:
+    with torch.no_grad():
+        out = scored(x).float()
+    if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        return []
+    if not torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3):
+        return []
+    return [
+        (
+            "softmax_outputs",
+            "the model returns probabilities (rows in [0, 1] summing to 1), not logits: cross-entropy on them "
+            "has flat gradients and understates attacks; return the logits",
         )
     ]
 
@@ -137,8 +200,9 @@ def _gradients(attacked: nn.Module, x: Tensor, y: Tensor, settings: ProbeSetting
         return [
             (
                 "zero_gradients",
-                f"{fraction:.0%} of inputs have zero or non-finite gradients: shattered "
-                "gradients; give the defense a BPDA surrogate",
+                f"{fraction:.0%} of inputs have zero or non-finite gradients (a saturated softmax, a rounding "
+                "step, a detached input): gradient attacks overstate robustness; run autoattack, and give a "
+                "defense a BPDA surrogate",
             )
         ]
     return []
@@ -167,6 +231,39 @@ def threat_mode_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagno
             message = f"{where}; attacking through the defense does worse than ignoring it: masked gradients"
             found.append(Diagnostic("masking.adaptive_weaker_than_transfer", message, row.model, row.defense))
     return found
+
+
+def attack_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagnostic]:
+    """Athalye et al.'s signs read off the rows when several attacks ran on one model, defense and threat mode.
+
+    An iterative white-box attack far weaker than another attack (one-step FGSM, black-box Square, or
+    AutoAttack beating PGD) means its gradients are not usable: its number overstates robustness.
+    """
+    groups: dict[tuple[str, str, str, str], list[Row]] = {}
+    for row in rows:
+        if row.robust_acc is not None and row.kind == "perturbation":
+            groups.setdefault((row.model, row.defense, row.threat_mode, row.threat), []).append(row)
+    found = []
+    for (model, defense, _, threat), group in groups.items():
+        strongest = min(group, key=lambda r: r.robust_acc or 0.0)
+        weakest = max(group, key=lambda r: r.robust_acc or 0.0)
+        gap = (weakest.robust_acc or 0.0) - (strongest.robust_acc or 0.0)
+        if gap <= threshold or _attack_name(weakest) not in ITERATIVE_WHITE_BOX:
+            continue  # a one-step or black-box attack that is weaker is expected
+        base = _attack_name(strongest)
+        code = {"fgsm": "fgsm_beats_iterative", "square": "blackbox_beats_whitebox"}.get(base, "attacks_disagree")
+        message = (
+            f"at {threat}, {weakest.attack} leaves {weakest.robust_acc:.1%} robust but {strongest.attack} only "
+            f"{strongest.robust_acc:.1%}: trust the worst case; a gap this large is a sign "
+            "of gradient masking"
+        )
+        found.append(Diagnostic(f"masking.{code}", message, model, defense))
+    return found
+
+
+def _attack_name(row: Row) -> str:
+    """The registered name in a row's attack label (``pgd`` of ``pgd(steps=20)``)."""
+    return row.attack.split("(", 1)[0].split("[", 1)[0]
 
 
 def _percent(values: list[float]) -> str:

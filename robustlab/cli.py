@@ -9,12 +9,14 @@ from typing import Any, NoReturn
 import click
 
 from robustlab.cli_options import (
+    BudgetType,
     EpsType,
     attack_args_option,
     defense_args_option,
     device_option,
     eot_samples_option,
     gate_options,
+    input_options,
     model_option,
     num_classes_option,
     quiet_option,
@@ -80,6 +82,9 @@ def list_command() -> None:
         for entry in registry.entries():
             kind = getattr(entry.factory, "kind", None)
             suffix = f" [{kind}]" if kind is not None and str(kind) != "perturbation" else ""
+            per_batch = entry.tags.get("stochastic") and not getattr(entry.factory, "per_sample_streams", True)
+            if per_batch and str(kind) == "perturbation":
+                suffix += " [randomness per batch: per-sample results may change with --batch-size]"
             click.echo(f"  {entry.name.ljust(width)}  {entry.summary}{suffix}")
 
 
@@ -87,6 +92,7 @@ def list_command() -> None:
 @model_option(multiple=True, text="Architecture (robustlab list) or package.module:factory; repeat for a grid.")
 @weights_option
 @num_classes_option
+@input_options
 @click.option(
     "--attack",
     "attacks",
@@ -109,8 +115,9 @@ def list_command() -> None:
     "--eps",
     "eps",
     multiple=True,
-    type=EpsType(),
-    help="Budget in [0, 1] pixel units (8/255, 0.5) for every attack that takes one; repeat for a sweep. "
+    type=BudgetType(),
+    help="Budget per norm in [0, 1] pixel units: linf:8/255, l2:0.5; repeat for a sweep or several norms. "
+    "A bare 8/255 is L∞ only: L2 attacks keep their own budget unless given l2:EPS. "
     "Default: each attack's standard budget (L∞ 8/255, L2 0.5).",
 )
 @steps_option
@@ -161,7 +168,12 @@ def list_command() -> None:
     help="Downstream heads: a 3-layer MLP or a linear probe.",
 )
 @click.option(
-    "--n", "-n", type=int, default=1000, show_default=True, help="Number of test samples (-n under torchrun)."
+    "--n",
+    "-n",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Number of test samples: a seeded class-stratified subset of class folders, the first n of synth.",
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @seed_option
@@ -179,6 +191,27 @@ def list_command() -> None:
     help="NHWC memory layout for model and images (faster convolutions on GPU, often on CPU).",
 )
 @click.option("--compile", is_flag=True, help="torch.compile the model (CUDA only).")
+@click.option(
+    "--diagnostics",
+    type=click.Choice(["auto", "full", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: the sanity gate and cheap masking probes on every model, attack probes behind defenses; "
+    "full: the attack probes on every model too.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 2 when the sanity gate flags a model (chance-level accuracy, NaN logits, outputs that ignore the "
+    "input), after writing the report.",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Forward passes each input is scored over when the model is randomized (correct only if all are).",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -298,8 +331,11 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 @model_option()
 @weights_option
 @num_classes_option
+@input_options
 @click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
-@click.option("--eps", type=EpsType(), default=None, help="Budget in [0, 1] pixel units (default: the attack's).")
+@click.option(
+    "--eps", type=BudgetType(), default=None, help="Budget, linf:8/255 or l2:0.5 (bare: L∞; default: the attack's)."
+)
 @steps_option
 @attack_args_option
 @click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
@@ -314,7 +350,13 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 @click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
 @click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
 @train_data_option
-@click.option("--n", type=int, default=1000, show_default=True, help="Number of source samples (the first n).")
+@click.option(
+    "--n",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.",
+)
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
 @seed_option
 @eot_samples_option
@@ -392,6 +434,7 @@ def train_command(**options: Any) -> None:
 @model_option(text="The classifier to defend (sets image size).")
 @weights_option
 @num_classes_option
+@input_options
 @seed_option
 @device_option
 @quiet_option

@@ -11,13 +11,14 @@ from typing import Any
 
 import click
 
-from robustlab.budgets import parse_eps
+from robustlab.budgets import Budget, parse_budget, parse_eps
 from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
 from robustlab.params import convert_param
 from robustlab.registry import Registry
 
 __all__ = [
+    "BudgetType",
     "EpsType",
     "attack_args_option",
     "build_specs",
@@ -25,6 +26,7 @@ __all__ = [
     "device_option",
     "eot_samples_option",
     "gate_options",
+    "input_options",
     "model_option",
     "num_classes_option",
     "quiet_option",
@@ -49,19 +51,34 @@ class EpsType(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(error), param, ctx)
 
 
+class BudgetType(click.ParamType):  # type: ignore[type-arg]
+    """A budget for one norm, ``linf:8/255`` or ``l2:0.5``; a bare ``8/255`` is L∞ (L2 attacks keep theirs)."""
+
+    name = "[NORM:]EPS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Budget:
+        if isinstance(value, Budget):
+            return value
+        try:
+            return parse_budget(str(value))
+        except ConfigError as error:
+            self.fail(str(error), param, ctx)
+
+
 def build_specs(
     registry: Registry[Any],
     names: Sequence[str],
     args: Sequence[str],
     *,
     shared: dict[str, Any] | None = None,
-    sweep: Sequence[float] = (),
+    sweep: Sequence[Budget] = (),
 ) -> tuple[ComponentSpec, ...]:
     """Turn ``--attack NAME`` and ``--attack-arg [NAME.]KEY=VALUE`` options into component specs.
 
     ``shared`` values (``--steps``) go to every component that takes them; each ``sweep`` budget
-    (``--eps``, repeatable) makes one spec per component that takes ``eps``. A scoped argument
-    must name a component in ``names`` and a parameter it takes.
+    (``--eps``, repeatable) written for a component's norm makes one spec of it (a component with a
+    ``norm`` parameter takes every norm's budgets, each at its norm); a component no budget is for keeps
+    its default. A scoped argument must name a component in ``names`` and a parameter it takes.
     """
     scoped: dict[str, dict[str, Any]] = {name: {} for name in names}
     for item in args:
@@ -82,11 +99,28 @@ def build_specs(
         params = registry.get(name).params()
         base = {k: v for k, v in (shared or {}).items() if k in params and v is not None}
         base.update(scoped[name])
-        budgets: Sequence[float | None] = sweep if sweep and "eps" in params and "eps" not in scoped[name] else [None]
-        for eps in budgets:
-            values = dict(base) if eps is None else {**base, "eps": eps}
-            specs.append(ComponentSpec(name, tuple(values.items())))
+        budgets = _budgets_for(registry, name, base, sweep) if "eps" in params and "eps" not in scoped[name] else []
+        for extra in budgets or [{}]:
+            specs.append(ComponentSpec(name, tuple({**base, **extra}.items())))
     return tuple(specs)
+
+
+def _budgets_for(
+    registry: Registry[Any], name: str, base: dict[str, Any], sweep: Sequence[Budget]
+) -> list[dict[str, Any]]:
+    """The ``eps`` (and ``norm``) values of each ``sweep`` budget written for component ``name``'s norm."""
+    if not sweep:
+        return []
+    free_norm = "norm" in registry.get(name).params() and "norm" not in base
+    built = registry.get(name).factory(**base)  # its threat says its norm; building is cheap (no model)
+    norm = str(getattr(getattr(built, "threat", None), "norm", "linf"))
+    chosen: list[dict[str, Any]] = []
+    for budget in sweep:
+        if budget.applies_to(norm):
+            chosen.append({"eps": budget.eps})
+        elif free_norm and budget.norm is not None:
+            chosen.append({"norm": budget.norm, "eps": budget.eps})
+    return chosen
 
 
 def model_option(
@@ -150,6 +184,44 @@ eot_samples_option = click.option(
 )
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+class _Channels(click.ParamType):  # type: ignore[type-arg]
+    """Three per-channel numbers (``0.485,0.456,0.406``), one for all, or a preset name."""
+
+    name = "R,G,B|PRESET"
+
+    def __init__(self, which: str) -> None:
+        self.which = which
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, (list, tuple)):  # a TOML list
+            value = ",".join(str(v) for v in value)
+        from robustlab.inputs import parse_channels  # imports torch: only when the option is given
+
+        try:
+            return parse_channels(str(value), which=self.which)
+        except ConfigError as error:
+            self.fail(str(error), param, ctx)
+
+
+def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--image-size``, ``--mean`` and ``--std``: how a checkpoint's inputs were prepared when it was trained."""
+    for which in ("std", "mean"):
+        command = click.option(
+            f"--{which}",
+            type=_Channels(which),
+            default=None,
+            help=f"Normalization {which} the checkpoint was trained with (R,G,B or imagenet, synth, none); "
+            "default: the architecture's (ImageNet for torchvision nets, none for package.module:factory).",
+        )(command)
+    return click.option(
+        "--image-size",
+        type=click.IntRange(min=8),
+        default=None,
+        help="Side the model takes; images of another size are resized and centre-cropped to it. Default: the "
+        "data's own size when all its images share one, else the model's standard size.",
+    )(command)
 
 
 def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:

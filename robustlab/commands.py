@@ -16,6 +16,7 @@ from typing import Any
 import click
 import torch
 
+from robustlab.budgets import Budget
 from robustlab.cache import atomic_write
 from robustlab.cli_options import build_specs
 from robustlab.components import ComponentSpec
@@ -63,7 +64,7 @@ def resolve_device(name: str) -> str:
 
 
 def component_specs(
-    options: dict[str, Any], attacks: Sequence[str], defenses: Sequence[str], *, sweep: Sequence[float]
+    options: dict[str, Any], attacks: Sequence[str], defenses: Sequence[str], *, sweep: Sequence[Budget]
 ) -> tuple[tuple[ComponentSpec, ...], tuple[ComponentSpec, ...]]:
     """Attack and defense specs from a command's names, ``--attack-arg``/``--defense-arg``, ``--steps`` and budgets."""
     import robustlab.attacks
@@ -76,6 +77,21 @@ def component_specs(
     )
 
 
+_DIAGNOSTICS: dict[str, bool | str] = {"auto": True, "off": False, "full": "full"}
+
+
+def model_spec(name: str, options: dict[str, Any]) -> ModelSpec:
+    """The model that a command's ``--model``, ``--weights``, ``--num-classes`` and input options name."""
+    return ModelSpec(
+        name,
+        options["weights"],
+        options["num_classes"],
+        image_size=options.get("image_size"),
+        mean=options.get("mean"),
+        std=options.get("std"),
+    )
+
+
 def build_config(options: dict[str, Any]) -> EvalConfig:
     """The :class:`EvalConfig` that ``robustlab eval``'s options describe."""
     from robustlab.defense import ThreatMode
@@ -84,7 +100,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
     attacks, defenses = component_specs(options, options["attacks"], options["defenses"], sweep=options["eps"])
 
     return EvalConfig(
-        models=tuple(ModelSpec(name, options["weights"], options["num_classes"]) for name in options["models"]),
+        models=tuple(model_spec(name, options) for name in options["models"]),
         defenses=defenses,
         attacks=attacks,
         data=options["data"],
@@ -95,6 +111,8 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         seed=options["seed"],
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
         eot_samples=options["eot_samples"],
+        draws=options["draws"],
+        diagnostics=_DIAGNOSTICS[options["diagnostics"]],
         device=resolve_device(options["device"]),
         amp=options["amp"],
         channels_last=options["channels_last"],
@@ -147,6 +165,8 @@ def run_eval(**options: Any) -> Report:
     if not shard.is_main:
         return report
     click.echo(format_table(report.rows))
+    for line in report.inputs:
+        click.echo(f"= {line}")
     for fidelity in report.fidelity:
         click.echo(f"= {fidelity.describe()}")
     for diagnostic in report.diagnostics:
@@ -156,6 +176,9 @@ def run_eval(**options: Any) -> Report:
     if out is not None:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
+    flagged = sorted({d.model for d in report.diagnostics if d.code.startswith("sanity.")})
+    if options.get("strict") and flagged:
+        raise ConfigError(f"--strict: the sanity gate flagged {', '.join(flagged)} (see the lines under the table)")
     return report
 
 
@@ -208,7 +231,7 @@ def run_train_defense(**options: Any) -> None:
     """Run ``robustlab train-defense``: train a learned defense into the cache that ``eval`` and ``generate`` read."""
     import robustlab.defenses
     from robustlab.defense import Defense
-    from robustlab.models import load_model
+    from robustlab.inputs import load_classifier
     from robustlab.victims import prepare_defense
 
     name = options["defense"]
@@ -217,9 +240,9 @@ def run_train_defense(**options: Any) -> None:
     if type(defense).fit is Defense.fit:
         raise ConfigError(f"defense {name} learns nothing, so there is nothing to train")
     quiet = options["quiet"]
-    model = load_model(
-        options["model"], weights=options["weights"], num_classes=options["num_classes"], progress=not quiet
-    ).to(resolve_device(options["device"]))
+    model = load_classifier(model_spec(options["model"], options), options["data"], progress=not quiet).to(
+        resolve_device(options["device"])
+    )
     prepare_defense(defense, model, options["data"], seed=options["seed"], progress=not quiet)
     where = getattr(defense, "weights_path", None)
     click.echo(f"{spec.label()} trained on the train split of {options['data']}" + (f": {where}" if where else ""))
@@ -288,7 +311,8 @@ def _render(report: Report, fmt: str, examples: int) -> bytes:
 
     if fmt == "md":
         # What the console prints under the table belongs here too: a masking flag travels with the numbers.
-        notes = [f"- **{d.code}**: {d.message}" for d in report.diagnostics]
+        notes = [f"- {line}" for line in report.inputs]
+        notes += [f"- **{d.code}**: {d.message}" for d in report.diagnostics]
         notes += [f"- {fidelity.describe()}" for fidelity in report.fidelity]
         return "\n\n".join([markdown_table(report.rows), *(["\n".join(notes)] if notes else [])]).encode() + b"\n"
     if fmt == "csv":
@@ -317,13 +341,12 @@ def run_generate(**options: Any) -> None:
     """Build the generation config from ``robustlab generate``'s options, write the dataset, print its summary."""
     from robustlab.defense import ThreatMode
     from robustlab.export import GenerateConfig, generate
-    from robustlab.models import ModelSpec
     from robustlab.preflight import check_data, check_model_names, check_output_folder
 
     budgets = [options["eps"]] if options["eps"] is not None else []
     (attack,), (defense,) = component_specs(options, [options["attack"]], [options["defense"]], sweep=budgets)
     config = GenerateConfig(
-        model=ModelSpec(options["model"], options["weights"], options["num_classes"]),
+        model=model_spec(options["model"], options),
         attack=attack,
         defense=defense,
         threat_mode=ThreatMode(options["threat_mode"]),

@@ -56,12 +56,17 @@ def json_ready(value: Any) -> Any:
     return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
 
 
+def stream_seed(seed: int, key: str) -> int:
+    """A 60-bit seed that depends on ``(seed, key)`` alone: the seed of a unit, or of one sample's stream."""
+    return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+
+
 @contextmanager
 def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
     """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
     import torch
 
-    unit_seed = int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+    unit_seed = stream_seed(seed, key)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG

@@ -25,20 +25,31 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
-from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
+from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
 from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
-from robustlab.errors import ConfigError, DataError
+from robustlab.errors import ConfigError
+from robustlab.inputs import input_note, load_classifier
 from robustlab.metrics import psnr
-from robustlab.models import ImageClassifier, ModelSpec, check_logits, load_model
+from robustlab.models import ImageClassifier, ModelSpec, check_logits
+from robustlab.randomized import attacked_by, for_randomized
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
+from robustlab.sampling import sample_indices
+from robustlab.sanity import chance_level, output_checks
 from robustlab.store import MemoryStore, RunStore
 from robustlab.tasks import TASKS, Task, predict
-from robustlab.victims import Target, attacked_models, classifier_targets, downstream_targets, prepare_defense
+from robustlab.victims import (
+    NO_MODE,
+    Target,
+    attacked_models,
+    classifier_targets,
+    downstream_targets,
+    prepare_defense,
+)
 
 __all__ = [
     "DEFAULT_HEADS",
@@ -64,6 +75,9 @@ class EvalConfig:
     name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
     ``task="captioning"`` loads each model as a captioner (:func:`robustlab.captioning.load_captioner`).
     ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
+    ``draws`` is how many forward passes score each input of a randomized model. ``diagnostics``: the
+    cheap masking probes and the sanity gate on every model, the expensive probes behind defenses
+    (``True``), the expensive ones on every model (``"full"``), or none (``False``).
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec("smallcnn"),)
@@ -77,8 +91,9 @@ class EvalConfig:
     seed: int = 0
     threat_modes: tuple[ThreatMode, ...] = (ThreatMode.TRANSFER, ThreatMode.ADAPTIVE)
     eot_samples: int = 20
+    draws: int = 10
     device: str = "cpu"
-    diagnostics: bool = True
+    diagnostics: bool | str = True
     amp: str | None = None
     channels_last: bool = False
     compile: bool = False
@@ -99,6 +114,10 @@ class EvalConfig:
             raise ConfigError("--compile is for CUDA devices; on the CPU it only adds compile time, so it is refused")
         if self.task not in TASK_CHOICES:
             raise ConfigError(f"task must be one of {', '.join(TASK_CHOICES)}, got {self.task!r}")
+        if self.diagnostics not in (True, False, "full"):
+            raise ConfigError(f"diagnostics must be on, off or full, got {self.diagnostics!r}")
+        if self.draws < 1:
+            raise ConfigError(f"draws must be at least 1, got {self.draws}")
         if self.task == "downstream" and not self.heads:
             raise ConfigError("the downstream task needs at least one head (--head shape ...)")
 
@@ -146,29 +165,41 @@ class Evaluator:
         samples: list[dict[str, Any]] = []
         diagnostics: list[Diagnostic] = []
         fidelity: list[Fidelity] = []
+        inputs: list[str] = []
         for mi, model_spec in enumerate(config.models):
-            model = _load_victim(model_spec, config.task, progress=self.progress).to(device)
+            model = _load_victim(model_spec, config, progress=self.progress).to(device)
             dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
-            indices = _sample_indices(dataset, config.n)
+            indices, chosen = sample_indices(dataset, config.n, seed=config.seed)
+            inputs.append(f"{config.data}: {chosen}")
+            fed = ""
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
                 _, x, _ = next(iterate_batches(dataset, indices[:2], 2))
                 check_logits(model, x.to(device), data_classes=dataset.num_classes, name=model_spec.label())
+                fed = input_note(model, model_spec, config.data)
+                inputs.append(fed)
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)
                 for ti, target in enumerate(targets):
                     key = f"m{mi}/d{di}" + (f"/h{ti}" if target.head else "")
+                    target_attacks: list[tuple[ComponentSpec, Attack]] = list(attacks)
+                    if config.task == "classification":
+                        target, target_attacks, found = self._for_randomized(target, indices, attacks, config, key)
+                        diagnostics += found
                     block_rows, block_samples = self._evaluate_target(
-                        target, indices, attacks, config, key=key, fit_key=f"m{mi}/d{di}"
+                        target, indices, target_attacks, config, key=key, fit_key=f"m{mi}/d{di}"
                     )
                     rows += block_rows
                     samples += block_samples
-                if isinstance(model, ImageClassifier) and config.diagnostics and defense.changes_model:
-                    diagnostics += self._probe(model, defense, dataset, indices, attacks, config, names=names)
+                    if isinstance(model, ImageClassifier) and config.diagnostics and config.task == "classification":
+                        labels = torch.tensor(block_samples[0]["label"]) if block_samples else torch.empty(0)
+                        diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
+                        diagnostics += self._probe(model, defense, target, indices, target_attacks, config)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
         diagnostics += threat_mode_gaps(rows)
+        diagnostics += attack_gaps(rows)
         return Report(
             config=config.to_dict(),
             environment=environment(str(device)),
@@ -177,7 +208,21 @@ class Evaluator:
             samples=samples,
             seconds=time.perf_counter() - started,
             fidelity=fidelity,
+            inputs=list(dict.fromkeys(inputs)),
         )
+
+    def _for_randomized(
+        self,
+        target: Target,
+        indices: Tensor,
+        attacks: Sequence[tuple[ComponentSpec, Attack]],
+        config: EvalConfig,
+        key: str,
+    ) -> tuple[Target, list[tuple[ComponentSpec, Attack]], list[Diagnostic]]:
+        """Check the scored model for randomness on the first samples; a random one is run as it must be."""
+        x, _ = _first_batch(target.dataset, indices, config)
+        with seeded(config.seed, f"{key}/randomness"):
+            return for_randomized(target, attacks, x, eot_samples=config.eot_samples, draws=config.draws)
 
     def _targets(
         self,
@@ -286,9 +331,11 @@ class Evaluator:
                     config.seed,
                     partial(
                         attack_and_score,
-                        *(cell.attack, attacked[cell.mode], scored, cell.task, x, y, cell_clean, mask),
+                        *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
+                        *(cell_clean, mask),
                         early_stop=target.early_stop,
                         limit=self._limit,
+                        sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
                     ),
                 )
                 bar.update()
@@ -307,7 +354,9 @@ class Evaluator:
 
     def _task(self, attack: Attack, target: Target) -> Task:
         """The task that scores ``attack`` on ``target``: the attack's own, else the victim's."""
-        task: Task = TASKS.get(attack.task or target.task).factory().bind(attack, target.scored)
+        entry = TASKS.get(attack.task or target.task)
+        draws = {"draws": target.draws} if target.draws > 1 and "draws" in entry.params() else {}
+        task: Task = entry.factory(**draws).bind(attack, target.scored)
         generative = not RUNNERS[attack.kind].batched
         method = "score_generated" if generative else "score"
         if getattr(type(task), method) is getattr(Task, method):
@@ -344,47 +393,59 @@ class Evaluator:
         self,
         model: ImageClassifier,
         defense: Defense,
-        dataset: ImageDataset,
+        target: Target,
         indices: Tensor,
         attacks: Sequence[tuple[ComponentSpec, Attack]],
         config: EvalConfig,
-        *,
-        names: tuple[str, str],
     ) -> list[Diagnostic]:
-        """Gradient-masking probes on up to 128 clean-correct samples of the defended model."""
-        from robustlab.threat import Norm
-        from robustlab.victims import frozen
+        """The sanity gate and the masking probes on up to 128 samples (the probes on the clean-correct ones).
 
-        device = torch.device(config.device)
-        _, x, y = next(iter(iterate_batches(dataset, indices[:128], 128)))
-        x, y = x.to(device), y.to(device)
-        scored = frozen(defense.wrap(model))
+        The cheap probes run on every model; the attack-based ones behind a defense or with full diagnostics.
+        """
+        from robustlab.threat import Norm
+
+        names = target.names
+        x, y = _first_batch(target.dataset, indices, config)
+        scored = target.scored
+        found = output_checks(scored, x, names=names)
+        if found:
+            return found  # NaN or constant outputs: the probes would only repeat it
         keep = predict(scored, x) == y
+        x, y = x[keep], y[keep]
+        adaptive = ThreatMode.ADAPTIVE.value  # the pipeline a white-box attacker differentiates, built if not run
+        attacked = target.attacked.get(NO_MODE, target.attacked.get(adaptive))
+        if attacked is None:
+            attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)[adaptive]
         budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
         settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
-        attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)["adaptive"]
         with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
-            return probe_gradient_masking(
-                attacked,
-                scored,
-                x[keep],
-                y[keep],
-                settings=settings,
-                generator=generator,
-                model=names[0],
-                defense=names[1],
-            )
+            cheap = cheap_probes(attacked, scored, x, y, settings=settings, model=names[0], defense=names[1])
+            said = target.draws > 1  # the ``randomized`` line already says so
+            found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
+            if defense.changes_model or config.diagnostics == "full":
+                found += expensive_probes(
+                    attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+                )
+        return found
 
 
-def _load_victim(spec: ModelSpec, task: str, *, progress: bool) -> nn.Module:
+def _first_batch(dataset: ImageDataset, indices: Tensor, config: EvalConfig, size: int = 128) -> tuple[Tensor, Tensor]:
+    """The first ``size`` evaluated samples, on the run's device."""
+    _, x, y = next(iter(iterate_batches(dataset, indices[:size], size)))
+    device = torch.device(config.device)
+    return x.to(device), y.to(device)
+
+
+def _load_victim(spec: ModelSpec, config: EvalConfig, *, progress: bool) -> nn.Module:
     """The model a task evaluates: a classifier, an encoder (``downstream``) or a captioner (``captioning``)."""
+    task = config.task
     if task == "downstream":
         return load_encoder(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress)
     if task == "captioning":
         from robustlab.captioning import load_captioner
 
         return load_captioner(spec.name, weights=spec.weights or "synth", progress=progress)
-    return load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress)
+    return load_classifier(spec, config.data, progress=progress)
 
 
 def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -392,8 +453,14 @@ def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: 
     return {**task.clean(scored, x, y), "label": y}
 
 
-def _cell_key(key: str, cell: Cell, batch: int) -> str:
-    return f"{key}/{cell.mode}/a{cell.index}/b{batch}"
+def _cell_key(key: str, cell: Cell, batch: int | None) -> str:
+    """A cell's unit key for ``batch``; without one, the cell's own key."""
+    return f"{key}/{cell.mode}/a{cell.index}" + (f"/b{batch}" if batch is not None else "")
+
+
+def _sample_seeds(seed: int, cell_key: str, indices: Tensor) -> Tensor:
+    """Each sample's own random stream in a cell, keyed by its dataset index: the same in any batch or shard."""
+    return torch.tensor([stream_seed(seed, f"{cell_key}/s{int(i)}") for i in indices], dtype=torch.long)
 
 
 def _with_target(spec: str, attribute: str) -> str:
@@ -432,13 +499,6 @@ def _fidelity(
             values.append(psnr(defense.transform(x).float(), x.float()).cpu())
     quality = torch.cat(values)
     return Fidelity(names[0], names[1], len(quality), float(quality.mean()), float(quality.min()))
-
-
-def _sample_indices(dataset: ImageDataset, n: int | None) -> Tensor:
-    total = len(dataset)
-    if total == 0:
-        raise DataError("the dataset has no samples")
-    return torch.arange(total if n is None else min(n, total))
 
 
 def _check_classes(model: ImageClassifier, dataset: ImageDataset, data: str) -> None:

@@ -16,7 +16,8 @@ import torch
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import iterate_batches, load_dataset
-from robustlab.models import ModelSpec, load_model
+from robustlab.inputs import load_classifier
+from robustlab.models import ModelSpec
 from robustlab.plots import Example
 from robustlab.report import Report
 from robustlab.runners import attack_and_score
@@ -56,7 +57,7 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
     if attack.kind is not AttackKind.PERTURBATION:
         return f"{attack_spec.name} is a {attack.kind} attack: no per-input examples", []
     order = sorted(range(len(block["index"])), key=lambda i: not shown["success"][i])[:count]
-    model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=False)
+    model = load_classifier(spec, config["data"], progress=False)
     dataset = load_dataset(config["data"], split="test", image_size=model.input_size)
     indices = [block["index"][i] for i in order]
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))

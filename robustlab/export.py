@@ -41,15 +41,17 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import atomic_write, config_hash, save_weights
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded
+from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
+from robustlab.inputs import load_classifier
 from robustlab.jsonfile import read_json
-from robustlab.models import ModelSpec, load_model
+from robustlab.models import ModelSpec
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
+from robustlab.sampling import sample_indices
 from robustlab.tasks import Classification, predict
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
 from robustlab.victims import attacked_models, frozen, prepare_defense
@@ -139,7 +141,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
     defense: Defense = config.defense.build(DEFENSES)
     device = torch.device(config.device)
     spec = config.model
-    model = load_model(spec.name, weights=spec.weights, num_classes=spec.num_classes, progress=progress).to(device)
+    model = load_classifier(spec, config.data, progress=progress).to(device)
     dataset = load_dataset(config.data, split=config.split, image_size=model.input_size)
     if 0 < model.num_classes < dataset.num_classes:
         raise ConfigError(
@@ -153,13 +155,11 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
             (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
         prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
         scored, attacked = _models(model, defense, config)
-        total = len(dataset) if config.n is None else min(config.n, len(dataset))
-        if total == 0:
-            raise DataError(f"{config.data} has no samples")
-        starts = range(0, total, config.shard_size)
+        chosen, _ = sample_indices(dataset, config.n, seed=config.seed)  # class-stratified, as eval's -n
+        starts = range(0, len(chosen), config.shard_size)
         records: list[dict[str, Any]] = []
         for s, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
-            indices = torch.arange(start, min(start + config.shard_size, total))
+            indices = chosen[start : start + config.shard_size]
             records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
         manifest = {
             **header,
@@ -223,8 +223,19 @@ def _shard(
         task = Classification()
         clean = task.clean(scored, x_source, y)
         everything = torch.ones_like(y, dtype=torch.bool)  # a dataset holds every image, broken or not
+        seeds = torch.tensor([stream_seed(config.seed, f"generate/s{int(i)}") for i in indices])  # any shard size
         x_adv = attack_and_score(
-            attack, attacked, scored, task, x_source, y, clean, everything, generator, keep_images=True
+            attack,
+            attacked,
+            scored,
+            task,
+            x_source,
+            y,
+            clean,
+            everything,
+            generator,
+            keep_images=True,
+            sample_seeds=seeds,
         )["x_adv"]
         stored = quantize_within(source, x_adv.cpu(), attack.threat)
         x_stored = (stored.float() / 255).to(device)

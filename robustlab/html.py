@@ -42,6 +42,7 @@ def render_html(report: Report, *, curves_png: bytes, grid_png: bytes | None, gr
     )
     diagnostics = "".join(f"<li><b>{escape(d.code)}</b>: {escape(d.message)}</li>" for d in report.diagnostics)
     fidelity = "".join(f"<li>{escape(f.describe())}</li>" for f in report.fidelity)
+    inputs = "".join(f"<li>{escape(line)}</li>" for line in report.inputs)
     grid = (
         f'<img id="examples" alt="clean, adversarial and amplified perturbation" src="{_data_url(grid_png)}">'
         if grid_png is not None
@@ -66,6 +67,7 @@ robustlab {escape(str(report.environment.get("robustlab")))} · torch {escape(st
 {body}
 </tbody>
 </table>
+{f'<h2>Data and inputs</h2><ul id="inputs">{inputs}</ul>' if inputs else ""}
 {f"<h2>Diagnostics</h2><ul>{diagnostics}</ul>" if diagnostics else ""}
 {f'<h2>What the defenses do to clean images</h2><ul id="fidelity">{fidelity}</ul>' if fidelity else ""}
 <h2>Robustness curves</h2>

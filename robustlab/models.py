@@ -26,11 +26,18 @@ __all__ = ["MODELS", "ImageClassifier", "ModelSpec", "check_logits", "load_model
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the CLI asks for: an architecture (or ``module:factory``), weights and a class count."""
+    """What the CLI asks for: an architecture (or ``module:factory``), weights, a class count, and how it is fed.
+
+    ``image_size``, ``mean`` and ``std`` override the input size and normalization
+    (:func:`robustlab.inputs.load_classifier`); ``None``: the data's own size, the architecture's normalization.
+    """
 
     name: str
     weights: str | None = None
     num_classes: int | None = None
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def label(self) -> str:
         """Short name used in tables and reports."""
@@ -65,7 +72,7 @@ def load_model(
         CheckpointMismatchError: the checkpoint does not fit the architecture.
     """
     if ":" in name and name not in MODELS:
-        return _load_user_model(name, weights=weights)
+        return _load_user_model(name, weights=weights, image_size=image_size)
     entry = MODELS.get(name)
     family = entry.tags["family"]
     weights = weights or ("synth" if family == "embedded" else "imagenet")
@@ -232,7 +239,7 @@ def _load_strict(net: nn.Module, state: dict[str, Tensor], *, source: Path) -> N
     net.load_state_dict(state, strict=True)
 
 
-def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
+def _load_user_model(spec: str, *, weights: str | None, image_size: int | None) -> ImageClassifier:
     module_name, _, attr = spec.partition(":")
     try:
         factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
@@ -248,5 +255,12 @@ def _load_user_model(spec: str, *, weights: str | None) -> ImageClassifier:
     if isinstance(net, ImageClassifier):
         return _finish(net)
     return _finish(
-        ImageClassifier(net, mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=_num_outputs(net), name=spec, input_size=32)
+        ImageClassifier(
+            net,
+            mean=(0.0,) * 3,
+            std=(1.0,) * 3,
+            num_classes=_num_outputs(net),
+            name=spec,
+            input_size=image_size or 32,
+        )
     )

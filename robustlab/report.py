@@ -126,6 +126,8 @@ class Report:
     samples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     fidelity: list[Fidelity] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    """How the data was sampled and each model fed (size, mean, std): printed under the table."""
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self, path: Path) -> None:
@@ -165,6 +167,7 @@ class Report:
                 samples=data.get("samples", []),
                 seconds=data.get("seconds", 0.0),
                 fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
+                inputs=data.get("inputs", []),
             )
         except TypeError as error:  # a diagnostic or fidelity entry with other keys
             raise DataError(

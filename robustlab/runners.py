@@ -65,12 +65,14 @@ def attack_and_score(
     early_stop: bool = False,
     limit: BatchLimit | None = None,
     keep_images: bool = False,
+    sample_seeds: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Attack the samples of ``mask`` and score them; the others keep the task's unattacked result.
 
     Returns the task's per-sample tensors plus ``norm`` (float64 perturbation size, 0 where not
     attacked), ``attacked`` (the mask), ``seconds`` and ``halvings``, and ``x_adv`` when ``keep_images``.
     On a CUDA out-of-memory error the attack is retried on halves; ``limit`` remembers the size that fits.
+    ``sample_seeds`` (one per sample of ``x``) go to attacks that draw each sample's randomness from its own seed.
     """
     started = time.perf_counter()
     limit = limit if limit is not None else BatchLimit()
@@ -82,7 +84,8 @@ def attack_and_score(
     while start < len(index):
         part = index[start : start + (limit.size or len(index))]
         try:
-            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop)
+            seeds = sample_seeds[part.cpu()] if sample_seeds is not None else None
+            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop, sample_seeds=seeds)
         except torch.cuda.OutOfMemoryError:
             if len(part) == 1:
                 raise

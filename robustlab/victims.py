@@ -43,7 +43,8 @@ class Target:
         task: the task that scores per-input and universal attacks on it (``classification`` for heads too).
         head: the downstream task's name for a head of an encoder, else ``""``.
         early_stop: whether stopping a sample at its first success on ``attacked`` is sound: only when the
-            attacked module's prediction is the scored one.
+            attacked module's prediction is the scored one, and never on a randomized model.
+        draws: forward passes each input is scored over (more than one on a randomized model).
     """
 
     scored: nn.Module
@@ -54,6 +55,7 @@ class Target:
     head: str = ""
     early_stop: bool = True
     names: tuple[str, str] = field(default=("", ""))
+    draws: int = 1
 
 
 def frozen(module: nn.Module) -> nn.Module:

@@ -65,4 +65,5 @@ def test_shipped_experiments_are_valid() -> None:
             options = experiment_options(path, eval_command, ctx)
             assert options["models"] and options["out"] is not None
     sweep = experiment_options(EXPERIMENTS / "synth_pgd_sweep.toml", eval_command, click.Context(eval_command))
-    assert sweep["eps"] == (1 / 255, 2 / 255, 4 / 255, 8 / 255) and sweep["attacks"] == ("pgd", "fgsm")
+    assert tuple(budget.eps for budget in sweep["eps"]) == (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+    assert sweep["attacks"] == ("pgd", "fgsm")

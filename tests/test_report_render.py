@@ -75,7 +75,9 @@ def test_curves_start_at_clean_accuracy_and_skip_rows_without_budget() -> None:
 
 def test_report_formats_from_a_run(run: Callable[..., Result], sweep: Path) -> None:
     markdown = run("report", str(sweep), "--format", "md")
-    assert markdown.exit_code == 0 and markdown.stdout.count("\n") == 5  # header, rule, 2 budgets, worst case
+    table = [line for line in markdown.stdout.splitlines() if line.startswith("|")]
+    assert markdown.exit_code == 0 and len(table) == 5  # header, rule, 2 budgets, worst case
+    assert "- synth: the first" in markdown.stdout  # how the data was sampled and the model fed
     assert run("report", str(sweep), "-o", "rows.csv").exit_code == 0
     assert len(list(csv.DictReader(io.StringIO(Path("rows.csv").read_text())))) == 3
     assert run("report", str(sweep), "-o", "curves.png").exit_code == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -49,13 +50,18 @@ class CheckedImageFolder:
 
         from robustlab.data.images import TreeImageFolder
 
-        transform = transforms.Compose(
+        standard = transforms.Compose(
             [
                 transforms.Resize(round(image_size / 0.875)) if image_size >= 64 else transforms.Resize(image_size),
                 transforms.CenterCrop(image_size),
-                transforms.ToTensor(),
             ]
         )
+
+        def transform(image: Any) -> Tensor:
+            # An image already at the model's size is taken as it is: resizing it to crop it back loses detail.
+            same = image.size == (image_size, image_size)
+            return transforms.functional.to_tensor(image if same else standard(image))
+
         try:
             self._folder = TreeImageFolder(str(root), transform=transform)
         except (FileNotFoundError, OSError) as error:
@@ -63,6 +69,11 @@ class CheckedImageFolder:
         self.classes: Sequence[str] = self._folder.classes
         self.num_classes = len(self.classes)
         self.root = root
+
+    @property
+    def targets(self) -> list[int]:
+        """Every sample's label, in order, without reading an image (what a stratified subset needs)."""
+        return list(self._folder.targets)
 
     def __len__(self) -> int:
         return len(self._folder)
