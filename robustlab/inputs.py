@@ -78,16 +78,17 @@ def native_image_size(data: str) -> int | None:
 def _folder_size(root: Path) -> int | None:
     """One square size shared by every image file under ``root`` (headers only), else ``None``."""
     from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from robustlab.data.images import image_files
 
     if not root.is_dir():
         return None  # the dataset loader says what is wrong with the path
     sizes: set[tuple[int, int]] = set()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()):
+    for path in image_files(root):  # the files the loader reads: each real folder once, symlink loops cut
         try:
             with Image.open(path) as image:
                 sizes.add(image.size)
-        except OSError:
+        except (OSError, Image.DecompressionBombError):
             return None  # the loader names the unreadable file when it reaches it
         if len(sizes) > 1:
             return None

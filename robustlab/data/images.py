@@ -20,7 +20,7 @@ from torchvision.datasets.folder import has_file_allowed_extension
 
 from robustlab.errors import DataError
 
-__all__ = ["TreeImageFolder", "load_rgb"]
+__all__ = ["TreeImageFolder", "image_files", "load_rgb"]
 
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """PIL modes of 16-bit grey images (PNG opens them as ``I`` or ``I;16``); scaled to 8 bits, not clipped."""
@@ -68,6 +68,18 @@ class TreeImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision ships n
         if empty and not allow_empty:
             raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
         return samples
+
+
+def image_files(root: str | Path) -> list[str]:
+    """The image files a :class:`TreeImageFolder` over ``root`` would read, in its order (no file opened)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+    try:
+        _, class_to_idx = find_classes(str(root))
+    except (FileNotFoundError, OSError):
+        return []
+    samples = TreeImageFolder.make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    return [path for path, _ in samples]
 
 
 def _walk_once(top: str, seen: set[str]) -> list[tuple[str, list[str]]]:
