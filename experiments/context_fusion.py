@@ -8,6 +8,7 @@ and a plot of accuracy against ``p`` (matplotlib, Agg)::
 
     python experiments/context_fusion.py --out out/context_fusion         # about 10 minutes on 2 CPU cores
     python experiments/context_fusion.py --p 0 0.8 --eps 4/255 -n 256     # a quicker slice
+    python experiments/context_fusion.py --merge a/rows.json b/rows.json --out out  # p values run apart
 
 The scene network and the object network are trained once and cached; each ``p`` trains its heads.
 """
@@ -109,15 +110,19 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/context_fusion"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="rows.json files of earlier runs: plot them together")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     eps = [parse_eps(e) for e in args.eps]
     results: list[dict[str, Any]] = []
-    for p in args.p:
+    for path in args.merge or []:
+        results += json.loads(path.read_text())
+    for p in [] if args.merge else args.p:
         started = time.perf_counter()
         results += rows(run(p, eps, args.sigma, args.n, args.seed), p)
         print(f"p={p}: {time.perf_counter() - started:.0f} s", flush=True)
         (args.out / "rows.json").write_text(json.dumps(results, indent=1))
+    results.sort(key=lambda r: r["p"])
     plot(results, args.out / "accuracy_vs_p.png")
     for r in results:
         if "robust" in r:
