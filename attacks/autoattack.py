@@ -63,7 +63,8 @@ class AutoAttack(Attack):
     classes, 100 iterations), FAB-T (9 target classes, 100 iterations) and Square (5000 queries, its
     square-size schedule not rescaled), each run only on the samples every earlier component failed on.
     torchattacks' own ``AutoAttack`` differs (10 APGD iterations, all n-1 target classes, a rescaled
-    Square schedule), so it is not used. Deterministic given the generator. :attr:`broken` counts, per
+    Square schedule), so it is not used. Deterministic given the generator. After a call, :attr:`broken_by`
+    holds per sample the index of the component that broke it (-1: none); :attr:`broken` counts, per
     component, the samples it broke over every call so far.
 
     Args:
@@ -78,15 +79,25 @@ class AutoAttack(Attack):
         self.eps = eps
         self.norm = Norm(norm)
         self._broken: Counter[str] = Counter()
+        self._broken_by = torch.empty(0, dtype=torch.long)
 
     @property
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
     @property
+    def broken_by(self) -> Tensor:
+        """Per sample of the last call: which component broke it (index in :meth:`component_names`); -1: none."""
+        return self._broken_by
+
+    @property
     def broken(self) -> dict[str, int]:
         """Samples each component broke (those it was given that every earlier component had failed on)."""
         return {name: self._broken[name] for name, _ in self.components()}
+
+    def component_names(self) -> list[str]:
+        """The components' names, in order: :attr:`broken_by` indexes them."""
+        return [name for name, _ in self.components()]
 
     def components(self) -> list[tuple[str, Attack]]:
         """The attacks in the order the reference runs them, with the reference's names."""
@@ -102,9 +113,10 @@ class AutoAttack(Attack):
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
     ) -> Tensor:
         x_adv = x.clone()
+        self._broken_by = torch.full_like(y, -1)
         with torch.no_grad():
             robust = model(x).argmax(dim=1) == y
-        for name, attack in self.components():
+        for position, (name, attack) in enumerate(self.components()):
             index = robust.nonzero().flatten()
             if len(index) == 0:
                 break
@@ -115,6 +127,7 @@ class AutoAttack(Attack):
                 fooled = model(candidate).argmax(dim=1) != y[index]
             x_adv[index[fooled]] = candidate[fooled]
             robust[index[fooled]] = False
+            self._broken_by[index[fooled]] = position
             self._broken[name] += int(fooled.sum())
         return x_adv
 

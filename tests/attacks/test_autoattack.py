@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from robustlab.attacks._apgd import APGDConfig, apgd
@@ -11,6 +13,7 @@ from robustlab.attacks.autoattack import FABT, AutoAttack
 from robustlab.attacks.square import Square
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
 from robustlab.threat import Norm
 
 N = 32
@@ -95,3 +98,14 @@ def test_versions_follow_the_reference() -> None:
     assert [a.n_restarts for _, a in plus.components() if isinstance(a, APGD)] == [5, 5]
     square = dict(standard.components())["square"]
     assert square.config()["rescale_schedule"] is False and square.config()["n_queries"] == 5000
+
+
+def test_report_row_has_the_breakdown(register: Any) -> None:
+    # Through the evaluator: the row says how many samples each component broke, and they add up.
+    register(ATTACKS, "test-small-autoattack", _SmallAutoAttack, stochastic=True)
+    spec = ComponentSpec("test-small-autoattack", (("eps", 2 / 255),))
+    row = Evaluator(progress=False).run(EvalConfig(attacks=(spec,), n=N, batch_size=16)).rows[0]
+    values = row.metric_values()
+    counts = [values[f"broken_by_{name}"] for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
+    assert counts[0] > 0
+    assert sum(counts) == round(N * (row.clean_acc - row.robust_acc))
