@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from robustlab.attacks._torchattacks import derive_seed
+from robustlab.attacks._torchattacks import derive_seed, num_classes_of
 from torch import Tensor, nn
 
 from robustlab.attack import Attack
+from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["APGDAttack", "APGDConfig", "apgd", "dlr_loss", "sample_streams", "targeted_dlr_loss", "top_targets"]
@@ -157,6 +158,9 @@ def apgd(
     (restart, target) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
     ``index`` numbers the samples for their random streams (default ``0..B-1``).
     """
+    needed = {"dlr": 3, "dlr-targeted": 4}.get(c.loss, 2)  # the DLR denominator reads the 3rd (4th) logit
+    if len(x) and (classes := num_classes_of(model, x)) < needed:
+        raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
     index = torch.arange(len(x)) if index is None else index.cpu()
     targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
     runs = c.n_restarts * (1 if targets is None else targets.shape[1])

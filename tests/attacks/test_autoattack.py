@@ -13,6 +13,7 @@ from robustlab.attacks.autoattack import FABT, AutoAttack
 from robustlab.attacks.square import Square
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
 from robustlab.threat import Norm
 
@@ -109,3 +110,10 @@ def test_report_row_has_the_breakdown(register: Any) -> None:
     counts = [values[f"broken_by_{name}"] for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
     assert counts[0] > 0
     assert sum(counts) == round(N * (row.clean_acc - row.robust_acc))
+
+
+def test_dlr_on_too_few_classes_is_a_config_error(synth_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)).eval()
+    x, y = synth_batch[0][:2], torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ConfigError, match="at least 4 classes"):
+        APGDT(steps=2)(three, x, y)
