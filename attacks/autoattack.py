@@ -9,7 +9,7 @@ every earlier one failed on, as the reference does, and the attack counts how ma
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torchattacks
@@ -73,7 +73,6 @@ class AutoAttack(Attack):
     """
 
     early_stopping = True
-    version: ClassVar[str] = "standard"
 
     def __init__(self, *, eps: float = 8 / 255, norm: Norm | str = Norm.LINF) -> None:
         self.eps = eps
@@ -141,8 +140,6 @@ class AutoAttackRand(AutoAttack):
     """The reference's *rand* version, for randomized defenses: APGD-CE then APGD-DLR, 100 iterations,
     each gradient the mean over 20 forward passes (Expectation over Transformation)."""
 
-    version = "rand"
-
     def components(self) -> list[tuple[str, Attack]]:
         eps, norm = self.eps, self.norm
         return [
@@ -159,8 +156,6 @@ class AutoAttackRand(AutoAttack):
 class AutoAttackPlus(AutoAttack):
     """The reference's *plus* version: APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5
     restarts, Square (5000 queries), then APGD-T and FAB-T over 9 target classes."""
-
-    version = "plus"
 
     def components(self) -> list[tuple[str, Attack]]:
         eps, norm = self.eps, self.norm
