@@ -1,27 +1,24 @@
-"""APGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum and checkpoints."""
+"""APGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum and checkpoints, on robustlab's own loop."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack, torchattacks_norm
-from torch import Tensor, nn
+from robustlab.attacks._apgd import APGDAttack, APGDConfig
 
 from robustlab.attack import ATTACKS
 from robustlab.errors import ConfigError
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["APGD"]
 
 
 @ATTACKS.register("apgd", summary="Auto-PGD with CE or DLR loss, L∞/L2 (white-box, parameter-free).", stochastic=True)
-class APGD(TorchattacksAttack):
+class APGD(APGDAttack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
 
-    White-box, ``steps × n_restarts`` forward+backward passes per sample, deterministic given the
-    generator (its seed is passed to torchattacks).
+    White-box, at most ``steps × n_restarts × eot`` forward+backward passes per sample (a sample stops
+    at its first misclassified iterate when the evaluator asks for early stopping, which changes no
+    result); the restarts of a sample run side by side in one batch. Deterministic given the generator.
 
     Args:
         eps: budget in [0, 1] pixel units.
@@ -30,6 +27,7 @@ class APGD(TorchattacksAttack):
         n_restarts: random restarts.
         loss: ``ce`` (cross-entropy) or ``dlr`` (difference of logits ratio).
         rho: step-size halving threshold.
+        eot: gradients averaged over this many forward passes, for randomized models (20 in AutoAttack-rand).
     """
 
     def __init__(
@@ -41,6 +39,7 @@ class APGD(TorchattacksAttack):
         n_restarts: int = 1,
         loss: str = "ce",
         rho: float = 0.75,
+        eot: int = 1,
     ) -> None:
         if loss not in ("ce", "dlr"):
             raise ConfigError(f"apgd loss must be ce or dlr, got {loss!r}")
@@ -50,19 +49,9 @@ class APGD(TorchattacksAttack):
         self.n_restarts = n_restarts
         self.loss = loss
         self.rho = rho
+        self.eot = eot
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
-
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        return torchattacks.APGD(
-            model,
-            norm=torchattacks_norm(self.norm),
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            loss=self.loss,
-            rho=self.rho,
+    def settings(self) -> APGDConfig:
+        return APGDConfig(
+            self.norm, self.eps, self.steps, self.loss, n_restarts=self.n_restarts, eot=self.eot, rho=self.rho
         )

@@ -1,12 +1,8 @@
-"""Targeted APGD with the DLR loss (Croce & Hein, ICML 2020)."""
+"""Targeted APGD with the DLR loss (Croce & Hein, ICML 2020), every target class in one batch."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchattacks
-from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
-from torch import nn
+from robustlab.attacks._apgd import APGDAttack, APGDConfig
 
 from robustlab.attack import ATTACKS
 from robustlab.threat import Norm
@@ -17,13 +13,14 @@ __all__ = ["APGDT"]
 @ATTACKS.register(
     "apgdt", summary="Targeted Auto-PGD, DLR loss over the top-9 classes, L∞/L2 (white-box).", stochastic=True
 )
-class APGDT(MultiTargetedAttack):
+class APGDT(APGDAttack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
 
-    Runs once per target class (the ``n_target_classes`` highest-scoring wrong classes; the
-    reference uses 9, torchattacks defaults to all of them), white-box,
-    ``steps × n_restarts × n_target_classes`` passes per sample, deterministic given the generator.
+    Targets the ``n_target_classes`` highest-scoring wrong classes of the clean input (the reference
+    uses 9; a model with fewer classes gets all its wrong ones), each a row of one batch: a sample stops
+    at its first successful target. White-box, at most ``steps × n_restarts × n_target_classes`` passes
+    per sample, deterministic given the generator. Needs at least 4 classes (the DLR denominator).
 
     Args:
         eps: budget in [0, 1] pixel units.
@@ -44,17 +41,14 @@ class APGDT(MultiTargetedAttack):
         n_target_classes: int = 9,
         rho: float = 0.75,
     ) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
+        self.eps = eps
+        self.norm = Norm(norm)
+        self.steps = steps
+        self.n_restarts = n_restarts
+        self.n_target_classes = n_target_classes
         self.rho = rho
 
-    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        return torchattacks.APGDT(
-            model,
-            norm=torchattacks_norm(self.norm),
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            rho=self.rho,
-            n_classes=n_classes,
+    def settings(self) -> APGDConfig:
+        return APGDConfig(
+            self.norm, self.eps, self.steps, "dlr-targeted", self.n_restarts, self.n_target_classes, rho=self.rho
         )

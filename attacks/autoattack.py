@@ -1,11 +1,19 @@
-"""AutoAttack, standard version (Croce & Hein, ICML 2020), built from torchattacks' components."""
+"""AutoAttack (Croce & Hein, ICML 2020): the standard, rand and plus versions of the reference.
+
+APGD and APGD-T run on robustlab's own loop (:mod:`robustlab.attacks._apgd`: the reference's step
+schedule, a sample stops at its first success, all target classes of a sample in one batch); FAB and
+Square come from torchattacks with the reference's settings. Each component attacks only the samples
+every earlier one failed on, as the reference does, and the attack counts how many each one broke.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
 import torchattacks
+from robustlab.attacks._apgd import APGDAttack
 from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgdt import APGDT
@@ -15,14 +23,21 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.threat import Norm, ThreatModel
 
-__all__ = ["FABT", "AutoAttack"]
+__all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand"]
 
 
 class FABT(MultiTargetedAttack):
-    """Targeted FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044) over the top ``n_target_classes``.
+    """FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044), targeted over the top ``n_target_classes``.
 
-    Minimum-norm: samples it cannot break within ``eps`` come back unchanged.
+    With ``targeted=False``, untargeted FAB (restarts after the first start from a random point), as in
+    AutoAttack's plus version. Minimum-norm: samples it cannot break within ``eps`` come back unchanged.
     """
+
+    def __init__(
+        self, *, eps: float, norm: Norm | str, steps: int, n_restarts: int, n_target_classes: int, targeted: bool = True
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
+        self.targeted = targeted
 
     def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
         return torchattacks.FAB(
@@ -32,7 +47,7 @@ class FABT(MultiTargetedAttack):
             steps=self.steps,
             n_restarts=self.n_restarts,
             seed=seed,
-            multi_targeted=True,
+            multi_targeted=self.targeted,
             n_classes=n_classes,
         )
 
@@ -44,44 +59,111 @@ class AutoAttack(Attack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
 
-    The reference *standard* version: APGD-CE (100 iterations), APGD-T (DLR, 9 target classes, 100
-    iterations), FAB-T (9 target classes, 100 iterations) and Square (5000 queries), each run only on
-    the samples every earlier component failed on. torchattacks' own ``AutoAttack`` uses 10 APGD
-    iterations and all n-1 target classes, so it is not used. Deterministic given the generator.
+    The reference *standard* version: APGD-CE (100 iterations), APGD-T (targeted DLR, 9 target
+    classes, 100 iterations), FAB-T (9 target classes, 100 iterations) and Square (5000 queries, its
+    square-size schedule not rescaled), each run only on the samples every earlier component failed on.
+    torchattacks' own ``AutoAttack`` differs (10 APGD iterations, all n-1 target classes, a rescaled
+    Square schedule), so it is not used. Deterministic given the generator. After a call, :attr:`broken_by`
+    holds per sample the index of the component that broke it (-1: none); :attr:`broken` counts, per
+    component, the samples it broke over every call so far.
 
     Args:
         eps: budget in [0, 1] pixel units.
         norm: ``linf`` or ``l2``.
     """
 
+    early_stopping = True
+
     def __init__(self, *, eps: float = 8 / 255, norm: Norm | str = Norm.LINF) -> None:
         self.eps = eps
         self.norm = Norm(norm)
+        self._broken: Counter[str] = Counter()
+        self._broken_by = torch.empty(0, dtype=torch.long)
 
     @property
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
-    def components(self) -> list[Attack]:
-        """The attacks in the order the reference runs them."""
+    @property
+    def broken_by(self) -> Tensor:
+        """Per sample of the last call: which component broke it (index in :meth:`component_names`); -1: none."""
+        return self._broken_by
+
+    @property
+    def broken(self) -> dict[str, int]:
+        """Samples each component broke (those it was given that every earlier component had failed on)."""
+        return {name: self._broken[name] for name, _ in self.components()}
+
+    def component_names(self) -> list[str]:
+        """The components' names, in order: :attr:`broken_by` indexes them."""
+        return [name for name, _ in self.components()]
+
+    def components(self) -> list[tuple[str, Attack]]:
+        """The attacks in the order the reference runs them, with the reference's names."""
+        eps, norm = self.eps, self.norm
         return [
-            APGD(eps=self.eps, norm=self.norm, steps=100, loss="ce"),
-            APGDT(eps=self.eps, norm=self.norm, steps=100, n_target_classes=9),
-            FABT(eps=self.eps, norm=self.norm, steps=100, n_restarts=1, n_target_classes=9),
-            Square(eps=self.eps, norm=self.norm, n_queries=5000),
+            ("apgd-ce", APGD(eps=eps, norm=norm, steps=100, loss="ce")),
+            ("apgd-t", APGDT(eps=eps, norm=norm, steps=100, n_target_classes=9)),
+            ("fab-t", FABT(eps=eps, norm=norm, steps=100, n_restarts=1, n_target_classes=9)),
+            ("square", Square(eps=eps, norm=norm, n_queries=5000, rescale_schedule=False)),
         ]
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+    ) -> Tensor:
         x_adv = x.clone()
+        self._broken_by = torch.full_like(y, -1)
         with torch.no_grad():
             robust = model(x).argmax(dim=1) == y
-        for attack in self.components():
+        for position, (name, attack) in enumerate(self.components()):
             index = robust.nonzero().flatten()
             if len(index) == 0:
                 break
-            candidate = attack(model, x[index], y[index], generator=generator)
+            if isinstance(attack, APGDAttack):
+                attack.max_rows = len(x)  # the batch the caller chose bounds the rows differentiated at once
+            candidate = attack(model, x[index], y[index], generator=generator, early_stop=early_stop)
             with torch.no_grad():
                 fooled = model(candidate).argmax(dim=1) != y[index]
             x_adv[index[fooled]] = candidate[fooled]
             robust[index[fooled]] = False
+            self._broken_by[index[fooled]] = position
+            self._broken[name] += int(fooled.sum())
         return x_adv
+
+
+@ATTACKS.register(
+    "autoattack-rand",
+    summary="AutoAttack for randomized defenses: APGD-CE and APGD-DLR with EOT over 20 draws.",
+    stochastic=True,
+)
+class AutoAttackRand(AutoAttack):
+    """The reference's *rand* version, for randomized defenses: APGD-CE then APGD-DLR, 100 iterations,
+    each gradient the mean over 20 forward passes (Expectation over Transformation)."""
+
+    def components(self) -> list[tuple[str, Attack]]:
+        eps, norm = self.eps, self.norm
+        return [
+            ("apgd-ce", APGD(eps=eps, norm=norm, steps=100, loss="ce", eot=20)),
+            ("apgd-dlr", APGD(eps=eps, norm=norm, steps=100, loss="dlr", eot=20)),
+        ]
+
+
+@ATTACKS.register(
+    "autoattack-plus",
+    summary="AutoAttack plus: APGD-CE/DLR with 5 restarts, FAB, Square, APGD-T, FAB-T (the strongest, slowest).",
+    stochastic=True,
+)
+class AutoAttackPlus(AutoAttack):
+    """The reference's *plus* version: APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5
+    restarts, Square (5000 queries), then APGD-T and FAB-T over 9 target classes."""
+
+    def components(self) -> list[tuple[str, Attack]]:
+        eps, norm = self.eps, self.norm
+        return [
+            ("apgd-ce", APGD(eps=eps, norm=norm, steps=100, loss="ce", n_restarts=5)),
+            ("apgd-dlr", APGD(eps=eps, norm=norm, steps=100, loss="dlr", n_restarts=5)),
+            ("fab", FABT(eps=eps, norm=norm, steps=100, n_restarts=5, n_target_classes=9, targeted=False)),
+            ("square", Square(eps=eps, norm=norm, n_queries=5000, rescale_schedule=False)),
+            ("apgd-t", APGDT(eps=eps, norm=norm, steps=100, n_target_classes=9)),
+            ("fab-t", FABT(eps=eps, norm=norm, steps=100, n_restarts=1, n_target_classes=9)),
+        ]

@@ -31,6 +31,8 @@ class Square(TorchattacksAttack):
         n_queries: query budget per sample.
         n_restarts: random restarts.
         p_init: initial fraction of pixels changed per square.
+        rescale_schedule: stretch the schedule of square sizes to ``n_queries`` (torchattacks' and the
+            reference's default); AutoAttack's standard version keeps the schedule of 10000 queries.
     """
 
     uses_gradients = False
@@ -43,12 +45,14 @@ class Square(TorchattacksAttack):
         n_queries: int = 5000,
         n_restarts: int = 1,
         p_init: float = 0.8,
+        rescale_schedule: bool = True,
     ) -> None:
         self.eps = eps
         self.norm = Norm(norm)
         self.n_queries = n_queries
         self.n_restarts = n_restarts
         self.p_init = p_init
+        self.rescale_schedule = rescale_schedule
 
     @property
     def threat(self) -> ThreatModel:
@@ -62,5 +66,6 @@ class Square(TorchattacksAttack):
             n_queries=self.n_queries,
             n_restarts=self.n_restarts,
             p_init=self.p_init,
+            resc_schedule=self.rescale_schedule,
             seed=seed,
         )

@@ -157,6 +157,38 @@ class Classification(Task):
             "attack_success_rate": int((correct & ~robust).sum()) / attacked if attacked else 0.0,
         }
 
+    def bind(self, attack: Any, scored: nn.Module) -> Task:
+        names = getattr(attack, "component_names", None)  # an ensemble (AutoAttack) says which part broke what
+        return EnsembleClassification(attack, names()) if names is not None else self
+
+
+class EnsembleClassification(Classification):
+    """Classification of an ensemble attack, with how many samples each component broke (``broken_by_NAME``).
+
+    The attack sets ``broken_by`` after each call: per sample, the index of the component that broke it, -1
+    for none. It is kept per sample with the other results, so a resumed run counts the stored batches too.
+    """
+
+    def __init__(self, attack: Any, names: list[str]) -> None:
+        self._attack, self._names = attack, names
+        # The metrics of a bound task depend on the ensemble it scores, so they are the instance's own.
+        self.metrics = (*Classification.metrics, *(Metric(f"broken_by_{n}", False, False, False) for n in names))  # type: ignore[misc]
+
+    def score(
+        self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
+    ) -> dict[str, Tensor]:
+        return {**super().score(scored, x_adv, y, clean, attack), "broken_by": attack.broken_by.to(y.device)}
+
+    def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        return {**super().unattacked(clean, y), "broken_by": torch.full_like(y, -1)}
+
+    def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
+        metrics = super().aggregate(y, clean, adversarial)
+        if "broken_by" in adversarial:  # absent from units stored before the breakdown existed
+            for i, name in enumerate(self._names):
+                metrics[f"broken_by_{name}"] = float((adversarial["broken_by"] == i).sum())
+        return metrics
+
 
 @TASKS.register(
     "class_confidence", summary="Fooling images: classes a model labels with high confidence, and at what cost."

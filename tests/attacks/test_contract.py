@@ -25,7 +25,8 @@ CHEAP: dict[str, dict[str, Any]] = {
 PERTURBATION = [
     entry.name
     for entry in robustlab.attacks.ATTACKS.entries()
-    if entry.name != "autoattack" and getattr(entry.factory, "kind", AttackKind.PERTURBATION) is AttackKind.PERTURBATION
+    if not entry.name.startswith("autoattack")
+    and getattr(entry.factory, "kind", AttackKind.PERTURBATION) is AttackKind.PERTURBATION
 ]
 
 

@@ -1,0 +1,275 @@
+"""robustlab's own APGD loop (Croce & Hein, ICML 2020), shared by ``apgd``, ``apgdt`` and the AutoAttack versions.
+
+The arithmetic follows the reference implementation (the ``autoattack`` package): a random start on the
+sphere of radius ``eps``, a first step of ``2 eps``, momentum 0.75, and checkpoints after 22% of the
+iterations, then every 3% fewer down to 6%, where a sample whose loss rose in at most ``rho`` of the
+steps since the last checkpoint (or that did not improve and was not halved last time) halves its
+step and restarts from its best point. Everything but the checkpoint schedule is per sample, so a
+sample's trajectory does not depend on the others in the batch. That is what makes two savings exact:
+
+* **early stop**: a sample leaves the batch at the first iterate the model misclassifies, keeping it;
+* **runs as rows**: every (sample, target class, restart) is one row of a single batch, and a sample
+  stops at the first of its rows that fools the model, instead of running the targets one after another.
+
+Each sample draws its random starts from its own stream (``seed`` and its index), so neither the batch
+it is in nor early stopping changes its result: without ``early_stop`` the loop runs every row for
+all its iterations and returns, per sample, the same first fooling iterate (earliest iteration, then
+lowest row) that the early-stopping run stops at. The reference instead returns the *last* fooling
+iterate of its *first* successful target and shares one stream across the batch; which samples are
+fooled is the same in law, which is what robust accuracy measures.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from robustlab.attacks._torchattacks import derive_seed, num_classes_of
+from torch import Tensor, nn
+
+from robustlab.attack import Attack
+from robustlab.errors import ConfigError
+from robustlab.threat import Norm, ThreatModel
+
+__all__ = ["APGDAttack", "APGDConfig", "apgd", "dlr_loss", "sample_streams", "targeted_dlr_loss", "top_targets"]
+
+
+@dataclass(frozen=True)
+class APGDConfig:
+    """One APGD run: the reference's defaults are those of AutoAttack's standard version."""
+
+    norm: Norm
+    eps: float
+    steps: int = 100
+    loss: str = "ce"
+    """``ce``, ``dlr`` (untargeted) or ``dlr-targeted`` (needs at least 4 classes)."""
+    n_restarts: int = 1
+    n_targets: int = 0
+    """Targeted only: the ``n_targets`` highest-scoring wrong classes of the clean input, 2nd to (n+1)th."""
+    eot: int = 1
+    """Gradients averaged over this many forward passes (Expectation over Transformation, randomized models)."""
+    rho: float = 0.75
+
+
+def dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Difference of Logits Ratio, per sample: shift- and scale-invariant, so it survives logit rescaling.
+
+    Untargeted: ``target`` is ignored."""
+    ranked = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    top_is_y = logits.argmax(dim=1) == y
+    z_other = torch.where(top_is_y, ranked[:, -2], ranked[:, -1])
+    return -(z_y - z_other) / (ranked[:, -1] - ranked[:, -3] + 1e-12)
+
+
+def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR: pull the target's logit above the label's, scaled by the gap between the top logits."""
+    ranked = logits.sort(dim=1).values
+    gap = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
+    return -gap / (ranked[:, -1] - 0.5 * (ranked[:, -3] + ranked[:, -4]) + 1e-12)
+
+
+def _ce_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "ce": _ce_loss,
+    "dlr": dlr_loss,
+    "dlr-targeted": targeted_dlr_loss,
+}
+
+
+def top_targets(model: nn.Module, x: Tensor, n_targets: int) -> Tensor:
+    """``(B, n_targets)``: the 2nd, 3rd, ... highest-scoring classes of the clean input, as the reference picks them."""
+    with torch.no_grad():
+        order = model(x).argsort(dim=1, descending=True)
+    return order[:, 1 : n_targets + 1]
+
+
+def sample_streams(seed: int, index: Tensor, shape: tuple[int, ...], norm: Norm, runs: int) -> Tensor:
+    """``(len(index) * runs, *shape)`` start directions, ``runs`` per sample, each sample from its own stream."""
+    draws = []
+    for i in index.tolist():
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + i) % 2**63)
+        if norm is Norm.LINF:
+            draws.append(torch.rand((runs, *shape), generator=generator) * 2 - 1)
+        else:
+            draws.append(torch.randn((runs, *shape), generator=generator))
+    return torch.cat(draws) if draws else torch.empty((0, *shape))
+
+
+def _normalize(t: Tensor, norm: Norm) -> Tensor:
+    flat = t.flatten(1)
+    size = flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
+    return t / (size.view(-1, 1, 1, 1) + 1e-12)
+
+
+def _project(x: Tensor, point: Tensor, norm: Norm, eps: float) -> Tensor:
+    """The reference's projection onto the eps-ball around ``x`` and the [0, 1] box."""
+    if norm is Norm.LINF:
+        return torch.clamp(torch.min(torch.max(point, x - eps), x + eps), 0.0, 1.0)
+    delta = point - x
+    length = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+    return torch.clamp(x + _normalize(delta, norm) * torch.clamp(length, max=eps), 0.0, 1.0)
+
+
+def _step(
+    x: Tensor, x_adv: Tensor, previous: Tensor, grad: Tensor, step: Tensor, momentum: float, c: APGDConfig
+) -> Tensor:
+    """One APGD update: a projected gradient step, then momentum towards the previous move, projected again."""
+    direction = grad.sign() if c.norm is Norm.LINF else _normalize(grad, c.norm)
+    z = _project(x, x_adv + step * direction, c.norm, c.eps)
+    return _project(x, x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum), c.norm, c.eps)
+
+
+def _loss_and_grad(
+    model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor, c: APGDConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, per-sample loss, gradient)``; the gradient averaged over ``c.eot`` draws, the rest from the last."""
+    grad = torch.zeros_like(x_adv)
+    for _ in range(c.eot):
+        point = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(point)
+            loss = LOSSES[c.loss](logits, y, target)
+            (g,) = torch.autograd.grad(loss.sum(), point)
+        grad += g
+    return logits.detach(), loss.detach(), grad / c.eot
+
+
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    c: APGDConfig,
+    *,
+    seed: int,
+    index: Tensor | None = None,
+    early_stop: bool,
+    max_rows: int,
+) -> tuple[Tensor, Tensor]:
+    """Run APGD on every sample; return ``(x_adv, fooled)``.
+
+    ``x_adv`` is, for a fooled sample, the first iterate that fooled the model, else ``x``; every
+    (restart, target) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
+    ``index`` numbers the samples for their random streams (default ``0..B-1``).
+    """
+    needed = {"dlr": 3, "dlr-targeted": 4}.get(c.loss, 2)  # the DLR denominator reads the 3rd (4th) logit
+    if len(x) and (classes := num_classes_of(model, x)) < needed:
+        raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
+    index = torch.arange(len(x)) if index is None else index.cpu()
+    targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
+    runs = c.n_restarts * (1 if targets is None else targets.shape[1])
+    per_chunk = max(1, max_rows // runs)
+    x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for start in range(0, len(x), per_chunk):
+        part = slice(start, start + per_chunk)
+        chunk_targets = None if targets is None else targets[part].repeat_interleave(c.n_restarts, dim=1).flatten()
+        x_adv[part], fooled[part] = _apgd_rows(
+            model, x[part], y[part], chunk_targets, c, seed, index[part], runs, early_stop
+        )
+    return x_adv, fooled
+
+
+def _apgd_rows(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    c: APGDConfig,
+    seed: int,
+    index: Tensor,
+    runs: int,
+    early_stop: bool,
+) -> tuple[Tensor, Tensor]:
+    """APGD with ``runs`` rows per sample (targets outer, restarts inner); a sample stops at its first fooling row."""
+    n = len(x)
+    owner = torch.arange(n, device=x.device).repeat_interleave(runs)  # the sample each row attacks
+    xr, yr = x[owner], y[owner]
+    target = yr if target is None else target  # untargeted losses ignore it
+    noise = sample_streams(seed, index, tuple(x.shape[1:]), c.norm, runs).to(x)
+    x_adv = (xr + c.eps * _normalize(noise, c.norm)).clamp(0.0, 1.0)
+
+    result, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+
+    def record(logits: Tensor, points: Tensor) -> Tensor:
+        """Keep the first fooling iterate of each sample not fooled before (its lowest row on a tie); return
+        which live rows go on: all of them, or with early stop those of samples still not fooled."""
+        new = (logits.argmax(dim=1) != yr) & ~fooled[owner]
+        if new.any():
+            rows = new.nonzero().flatten()
+            first = torch.ones_like(rows, dtype=torch.bool)  # rows of a sample are adjacent and in order
+            first[1:] = owner[rows[1:]] != owner[rows[:-1]]
+            rows = rows[first]
+            result[owner[rows]], fooled[owner[rows]] = points[rows], True
+        return ~fooled[owner] if early_stop else torch.ones_like(new)
+
+    logits, loss, grad = _loss_and_grad(model, x_adv, yr, target, c)
+    keep = record(logits, x_adv)
+    # Per-row state, each indexed by row along dim 0, so that stopped rows leave all of it at once. The loss
+    # history is the reference's: ``steps`` entries, zero-filled, so that its first checkpoint compares
+    # iteration 0 with a zero (index -1) -- a quirk kept because it decides the step-size schedule.
+    rows: dict[str, Tensor] = {
+        "x": xr, "y": yr, "target": target, "owner": owner, "x_adv": x_adv, "previous": x_adv.clone(),
+        "grad": grad, "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss,
+        "step": torch.full((len(xr), 1, 1, 1), 2.0 * c.eps, device=x.device),
+        "history": torch.zeros((len(xr), c.steps), device=x.device),
+        "last_best": loss.clone(), "halved_last": torch.ones(len(xr), dtype=torch.bool, device=x.device),
+    }  # fmt: skip
+    checkpoint, since = max(int(0.22 * c.steps), 1), 0
+    shrink, shortest = max(int(0.03 * c.steps), 1), max(int(0.06 * c.steps), 1)
+    for i in range(c.steps):
+        if not keep.all():
+            rows = {name: value[keep] for name, value in rows.items()}
+            yr, owner = rows["y"], rows["owner"]
+            if not len(yr):
+                break
+        r = rows
+        previous = r["x_adv"]
+        r["x_adv"] = _step(r["x"], r["x_adv"], r["previous"], r["grad"], r["step"], 0.75 if i > 0 else 1.0, c)
+        r["previous"] = previous
+        logits, loss, r["grad"] = _loss_and_grad(model, r["x_adv"], yr, r["target"], c)
+        keep = record(logits, r["x_adv"])
+        r["history"][:, i] = loss
+        better = loss > r["loss_best"]
+        r["x_best"][better], r["grad_best"][better] = r["x_adv"][better], r["grad"][better]
+        r["loss_best"][better] = loss[better]
+        since += 1
+        if since == checkpoint:
+            history = r["history"]
+            rises = sum((history[:, i - j] > history[:, i - j - 1]).float() for j in range(checkpoint))
+            halve = (rises <= checkpoint * c.rho) | (~r["halved_last"] & (r["last_best"] >= r["loss_best"]))
+            r["halved_last"], r["last_best"] = halve, r["loss_best"].clone()
+            r["step"][halve] /= 2.0
+            r["x_adv"][halve], r["grad"][halve] = r["x_best"][halve], r["grad_best"][halve]
+            checkpoint, since = max(checkpoint - shrink, shortest), 0
+    return result, fooled
+
+
+class APGDAttack(Attack):
+    """Base of the attacks on this loop: subclasses set ``eps`` and ``norm`` and say which run :meth:`settings` is."""
+
+    early_stopping = True
+    eps: float
+    norm: Norm
+    max_rows: int | None = None
+    """The most rows (sample x target x restart) differentiated at once; ``None``: as many as the batch has
+    samples, so that the caller's batch size bounds the memory, whatever the number of targets."""
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps)
+
+    @abstractmethod
+    def settings(self) -> APGDConfig:
+        """The loop's configuration for this attack."""
+
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+    ) -> Tensor:
+        rows = self.max_rows or len(x)
+        return apgd(model, x, y, self.settings(), seed=derive_seed(generator), early_stop=early_stop, max_rows=rows)[0]

@@ -1,0 +1,119 @@
+"""robustlab's APGD loop and AutoAttack: early stopping and batching change no sample's result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from robustlab.attacks._apgd import APGDConfig, apgd
+from robustlab.attacks.apgd import APGD
+from robustlab.attacks.apgdt import APGDT
+from robustlab.attacks.autoattack import FABT, AutoAttack
+from robustlab.attacks.square import Square
+
+from robustlab.attack import ATTACKS, Attack
+from robustlab.errors import ConfigError
+from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.threat import Norm
+
+N = 32
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        APGDConfig(Norm.LINF, 2 / 255, steps=25, loss="ce"),
+        APGDConfig(Norm.L2, 0.25, steps=25, loss="dlr", n_restarts=2),
+        APGDConfig(Norm.LINF, 2 / 255, steps=10, loss="dlr-targeted", n_targets=3),
+    ],
+    ids=["linf-ce", "l2-dlr-restarts", "linf-targeted"],
+)
+def test_apgd_early_stop_returns_the_same_points(
+    trained_model: torch.nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor], config: APGDConfig
+) -> None:
+    # A sample stopped at its first fooling iterate is the one the full run reports: same points, same samples.
+    x, y = synth_batch[0][:N], synth_batch[1][:N]
+    stopped, fooled_stopped = apgd(trained_model, x, y, config, seed=3, early_stop=True, max_rows=64)
+    full, fooled_full = apgd(trained_model, x, y, config, seed=3, early_stop=False, max_rows=64)
+    assert 0 < int(fooled_full.sum()) < N, "the budget should leave samples on both sides"
+    assert torch.equal(fooled_stopped, fooled_full)
+    assert torch.equal(stopped, full)
+    with torch.no_grad():
+        assert bool((trained_model(full[fooled_full]).argmax(1) != y[fooled_full]).all())
+
+
+def test_a_sample_does_not_depend_on_its_batch(
+    trained_model: torch.nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    # Own random stream per sample and per-sample state: the same sample gives the same point in any batch.
+    x, y = synth_batch[0][:N], synth_batch[1][:N]
+    config = APGDConfig(Norm.LINF, 2 / 255, steps=10, loss="dlr-targeted", n_targets=2)
+    whole, _ = apgd(trained_model, x, y, config, seed=5, early_stop=True, max_rows=2 * N)
+    part, _ = apgd(
+        trained_model, x[8:16], y[8:16], config, seed=5, index=torch.arange(8, 16), early_stop=True, max_rows=4
+    )
+    assert torch.allclose(whole[8:16], part, atol=1e-6)
+
+
+class _SmallAutoAttack(AutoAttack):
+    """The standard ensemble's order and components with few iterations: the bookkeeping under test is the same."""
+
+    def components(self) -> list[tuple[str, Attack]]:
+        eps = self.eps
+        return [
+            ("apgd-ce", APGD(eps=eps, steps=10)),
+            ("apgd-t", APGDT(eps=eps, steps=5, n_target_classes=3)),
+            ("fab-t", FABT(eps=eps, norm=Norm.LINF, steps=5, n_restarts=1, n_target_classes=2)),
+            ("square", Square(eps=eps, n_queries=20, rescale_schedule=False)),
+        ]
+
+
+def test_autoattack_early_stop_same_samples_and_breakdown(
+    trained_model: torch.nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = synth_batch[0][:N], synth_batch[1][:N]
+    results = []
+    for early_stop in (True, False):
+        attack = _SmallAutoAttack(eps=2 / 255)
+        x_adv = attack(trained_model, x, y, generator=torch.Generator().manual_seed(0), early_stop=early_stop)
+        with torch.no_grad():
+            robust = trained_model(x_adv).argmax(1) == y
+            correct = trained_model(x).argmax(1) == y
+        # Every sample the model gets right and the ensemble breaks is counted once, by the component that broke it.
+        assert sum(attack.broken.values()) == int(correct.sum() - robust.sum())
+        results.append((robust, attack.broken))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    assert results[0][1]["apgd-ce"] > 0 and results[0][0].any()
+
+
+def test_versions_follow_the_reference() -> None:
+    rand = ATTACKS.get("autoattack-rand").factory(eps=8 / 255)
+    plus = ATTACKS.get("autoattack-plus").factory(eps=8 / 255)
+    standard = ATTACKS.get("autoattack").factory(eps=8 / 255)
+    assert [name for name, _ in standard.components()] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [name for name, _ in plus.components()] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    rand_parts = [attack for _, attack in rand.components()]
+    assert [(a.loss, a.eot, a.n_restarts) for a in rand_parts if isinstance(a, APGD)] == [("ce", 20, 1), ("dlr", 20, 1)]
+    assert [a.n_restarts for _, a in plus.components() if isinstance(a, APGD)] == [5, 5]
+    square = dict(standard.components())["square"]
+    assert square.config()["rescale_schedule"] is False and square.config()["n_queries"] == 5000
+
+
+def test_report_row_has_the_breakdown(register: Any) -> None:
+    # Through the evaluator: the row says how many samples each component broke, and they add up.
+    register(ATTACKS, "test-small-autoattack", _SmallAutoAttack, stochastic=True)
+    spec = ComponentSpec("test-small-autoattack", (("eps", 2 / 255),))
+    row = Evaluator(progress=False).run(EvalConfig(attacks=(spec,), n=N, batch_size=16)).rows[0]
+    values = row.metric_values()
+    counts = [values[f"broken_by_{name}"] for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
+    assert counts[0] > 0
+    assert sum(counts) == round(N * (row.clean_acc - row.robust_acc))
+
+
+def test_dlr_on_too_few_classes_is_a_config_error(synth_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)).eval()
+    x, y = synth_batch[0][:2], torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ConfigError, match="at least 4 classes"):
+        APGDT(steps=2)(three, x, y)
