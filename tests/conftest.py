@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,68 @@ def synth_batch() -> tuple[torch.Tensor, torch.Tensor]:
     from robustlab.data.synth import SynthDataset
 
     return SynthDataset("test").get_batch(torch.arange(128))
+
+
+PLAIN_RESNET18 = {"steps": 300, "batch": 64, "seed": 0, "lr": 2e-3}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ImagenetNormalized(torch.nn.Module):
+    """A user's own pipeline around a torchvision net: ImageNet normalization outside the net, [0, 1] inputs."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@pytest.fixture(scope="session")
+def resnet18_checkpoint() -> Path:
+    """A torchvision resnet18 state dict trained at 32x32 by a plain PyTorch loop (not robustlab's training path).
+
+    Cached in ``ROBUSTLAB_HOME`` by its config: it stands for a checkpoint a user trained elsewhere
+    (tests/test_user_models.py) and for "a small torchvision net" (the AutoAttack parity test).
+    """
+    import torch.nn.functional as F
+    import torchvision
+
+    from robustlab.cache import cache_dir
+    from robustlab.data.synth import SynthDataset
+
+    steps, batch, seed, lr = (PLAIN_RESNET18[k] for k in ("steps", "batch", "seed", "lr"))
+    path = cache_dir("test-fixtures") / f"resnet18-synth32-steps{steps}-batch{batch}-seed{seed}.pt"
+    if path.is_file():
+        return path
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet18(num_classes=10)
+    model = ImagenetNormalized(net).train()
+    train = SynthDataset("train")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = train.get_batch(torch.randint(len(train), (batch,), generator=generator))
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(net.state_dict(), partial)
+    partial.replace(path)  # atomic: concurrent sessions may share the cache
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_resnet18(resnet18_checkpoint: Path) -> torch.nn.Module:
+    """The plain-loop resnet18 of :func:`resnet18_checkpoint`, loaded with its normalization, in eval mode."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10)
+    net.load_state_dict(torch.load(resnet18_checkpoint, weights_only=True))
+    return ImagenetNormalized(net).eval()
 
 
 @pytest.fixture

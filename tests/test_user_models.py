@@ -8,67 +8,18 @@ accuracy must equal the loop's on the same files.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from robustlab.cache import cache_dir
 from robustlab.cli import cli
 
-STEPS, BATCH, SEED = 300, 64, 0
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PER_CLASS = 8
-
-
-def _normalized(net: nn.Module) -> nn.Module:
-    """The user's own pipeline: ImageNet normalization outside the net."""
-
-    class Normalized(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net((x - self.mean) / self.std)
-
-    return Normalized().eval()
-
-
-@pytest.fixture(scope="session")
-def resnet18_checkpoint() -> Path:
-    """A resnet18 state dict trained at 32x32 by a plain loop, cached in ROBUSTLAB_HOME by its config."""
-    import torchvision
-
-    from robustlab.data.synth import SynthDataset
-
-    path = cache_dir("test-fixtures") / f"resnet18-synth32-steps{STEPS}-batch{BATCH}-seed{SEED}.pt"
-    if path.is_file():
-        return path
-    torch.manual_seed(SEED)
-    net = torchvision.models.resnet18(num_classes=10)
-    model = _normalized(net).train()
-    train = SynthDataset("train")
-    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    for _ in range(STEPS):
-        x, y = train.get_batch(torch.randint(len(train), (BATCH,), generator=generator))
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(net.state_dict(), partial)
-    partial.replace(path)  # atomic: other sessions share the cache
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -110,16 +61,13 @@ def _eval(*args: str) -> Any:
 
 
 def test_resnet18_at_its_own_size_matches_plain_pytorch_and_torchattacks(
-    resnet18_checkpoint: Path, png_folder: Path, tmp_path: Path
+    resnet18_checkpoint: Path, plain_resnet18: nn.Module, png_folder: Path, tmp_path: Path
 ) -> None:
     import torchattacks
-    import torchvision
 
     from robustlab.report import Report
 
-    net = torchvision.models.resnet18(num_classes=10)
-    net.load_state_dict(torch.load(resnet18_checkpoint, weights_only=True))
-    model = _normalized(net)
+    model = plain_resnet18
     x, y = _files(png_folder)
     with torch.no_grad():
         plain_clean = (model(x).argmax(1) == y).double().mean().item()

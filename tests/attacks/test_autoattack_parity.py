@@ -15,7 +15,15 @@ from robustlab.attacks.autoattack import AutoAttack
 from torch import nn
 
 N = 8
-BUDGETS = [("linf", 8 / 255), ("linf", 2 / 255), ("l2", 0.5)]
+# Where the trained nets keep samples at a budget, the reference runs FAB-T and Square in full on them:
+# minutes per case on 2 CPU cores, so those cases carry the ``reference`` mark, left out of the default
+# run (pyproject's addopts) and run with ``pytest -m reference``; results in experiments/RESULTS-autoattack.md.
+IN_FULL = pytest.mark.reference
+BUDGETS = [
+    pytest.param("linf", 8 / 255, id="linf-8"),
+    pytest.param("linf", 2 / 255, id="linf-2", marks=IN_FULL),
+    pytest.param("l2", 0.5, id="l2-0.5", marks=IN_FULL),
+]
 
 
 def _robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
@@ -35,26 +43,18 @@ def _assert_parity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     )
 
 
-@pytest.mark.parametrize(("norm", "eps"), BUDGETS, ids=["linf-8", "linf-2", "l2-0.5"])
+@pytest.mark.parametrize(("norm", "eps"), BUDGETS)
 def test_autoattack_matches_the_reference_on_the_default_model(
     trained_model: nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor], norm: str, eps: float
 ) -> None:
     _assert_parity(trained_model, synth_batch[0][:N], synth_batch[1][:N], norm, eps)
 
 
-@pytest.fixture(scope="module")
-def torchvision_model() -> nn.Module:
-    """torchvision's resnet18 trained on the synthetic world at 32x32 (cached like the default model)."""
-    from robustlab.models import load_model
-
-    return load_model("resnet18", weights="synth", progress=False).eval()
-
-
-@pytest.mark.parametrize(("norm", "eps"), BUDGETS, ids=["linf-8", "linf-2", "l2-0.5"])
+@pytest.mark.parametrize(("norm", "eps"), BUDGETS)
 def test_autoattack_matches_the_reference_on_a_torchvision_net(
-    torchvision_model: nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor], norm: str, eps: float
+    plain_resnet18: nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor], norm: str, eps: float
 ) -> None:
     x, y = synth_batch
     with torch.no_grad():
-        correct = (torchvision_model(x).argmax(1) == y).nonzero().flatten()[:N]
-    _assert_parity(torchvision_model, x[correct], y[correct], norm, eps)
+        correct = (plain_resnet18(x).argmax(1) == y).nonzero().flatten()[:N]
+    _assert_parity(plain_resnet18, x[correct], y[correct], norm, eps)
