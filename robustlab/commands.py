@@ -176,7 +176,7 @@ def run_eval(**options: Any) -> Report:
     if out is not None:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
-    flagged = sorted({d.model for d in report.diagnostics if d.code.startswith("sanity.")})
+    flagged = sorted({f"{d.model} ({d.code})" for d in report.diagnostics if d.code.startswith("sanity.")})
     if options.get("strict") and flagged:
         raise ConfigError(f"--strict: the sanity gate flagged {', '.join(flagged)} (see the lines under the table)")
     return report

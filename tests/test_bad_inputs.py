@@ -147,6 +147,23 @@ def _user_model(source: str) -> Build:
     return build
 
 
+def _linear_model(forward: str) -> str:
+    """Source of a ``make()`` returning a linear model on 32x32 RGB whose ``forward`` body is ``forward``."""
+    return (
+        "class Linear(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(3 * 32 * 32, 10)\n\n"
+        f"    def forward(self, x):\n        {forward}\n\n\n"
+        "def make():\n    return Linear()\n"
+    )
+
+
+def _strict(build: Build) -> Build:
+    """The same command under ``--strict``: a flagged model fails the run."""
+    return lambda tmp: [*build(tmp), "--strict"]
+
+
 def _checkpoint(content: bytes, suffix: str) -> Build:
     def build(tmp: Path) -> list[str]:
         path = tmp / f"weights{suffix}"
@@ -310,6 +327,17 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "user model wrong input": (
         _user_model("def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(100, 10))\n"),
         ("fails on images of shape (2, 3, 32, 32)",),
+        2,
+    ),
+    # 6. models that cannot be right: flagged under the table, exit 2 with --strict (the CI setting)
+    "model NaN logits strict": (
+        _strict(_user_model(_linear_model("return self.fc(x.flatten(1)) * float('nan')"))),
+        ("--strict", "sanity.nonfinite_logits"),
+        2,
+    ),
+    "model ignores its input strict": (
+        _strict(_user_model(_linear_model("return self.fc(x.flatten(1)) * 0 + self.fc.bias"))),
+        ("--strict", "sanity.constant_outputs"),
         2,
     ),
     "user model missing": (lambda t: [*EVAL, "--model", "no_such_module:make"], ("cannot load user model",), 2),
