@@ -159,7 +159,7 @@ class Classification(Task):
 
     def bind(self, attack: Any, scored: nn.Module) -> Task:
         names = getattr(attack, "component_names", None)  # an ensemble (AutoAttack) says which part broke what
-        return EnsembleClassification(attack, names()) if names is not None else self
+        return EnsembleClassification(attack, names(), draws=self.draws) if names is not None else self
 
 
 class EnsembleClassification(Classification):
@@ -169,7 +169,8 @@ class EnsembleClassification(Classification):
     for none. It is kept per sample with the other results, so a resumed run counts the stored batches too.
     """
 
-    def __init__(self, attack: Any, names: list[str]) -> None:
+    def __init__(self, attack: Any, names: list[str], *, draws: int = 1) -> None:
+        super().__init__(draws)
         self._attack, self._names = attack, names
         # The metrics of a bound task depend on the ensemble it scores, so they are the instance's own.
         self.metrics = (*Classification.metrics, *(Metric(f"broken_by_{n}", False, False, False) for n in names))  # type: ignore[misc]
