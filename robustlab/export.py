@@ -49,6 +49,7 @@ from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
 from robustlab.jsonfile import read_json
 from robustlab.models import ModelSpec
+from robustlab.randomized import attacked_by, through_eot
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
 from robustlab.sampling import sample_indices
@@ -224,6 +225,9 @@ def _shard(
         clean = task.clean(scored, x_source, y)
         everything = torch.ones_like(y, dtype=torch.bool)  # a dataset holds every image, broken or not
         seeds = torch.tensor([stream_seed(config.seed, f"generate/s{int(i)}") for i in indices])  # any shard size
+        # A model with randomness in forward (a user's, not only a registered defense) is attacked through EOT,
+        # as eval does; generate never stops early, so no iterate is kept for fooling a single draw.
+        attacked = attacked_by(attack, through_eot(attacked, x_source, config.eot_samples))
         x_adv = attack_and_score(
             attack,
             attacked,

@@ -22,7 +22,7 @@ from robustlab.report import Diagnostic
 from robustlab.sanity import randomized
 from robustlab.victims import Target
 
-__all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized"]
+__all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized", "through_eot"]
 
 RANDOMIZED_ALTERNATIVES = {"autoattack": "autoattack-rand"}
 """Attacks with a version for randomized models, used instead when that version is registered."""
@@ -39,7 +39,7 @@ def for_randomized(
     """``target`` and ``attacks`` as they must be run when ``target.scored`` is random on ``x``, else unchanged."""
     if not randomized(target.scored, x):
         return target, list(attacks), []
-    attacked = {mode: _through_eot(module, x, eot_samples) for mode, module in target.attacked.items()}
+    attacked = {mode: through_eot(module, x, eot_samples) for mode, module in target.attacked.items()}
     swapped = [_randomized_version(spec, attack) for spec, attack in attacks]
     changed = [
         f"{old.label()} -> {new.label()}" for (old, _), (new, _) in zip(attacks, swapped, strict=True) if old != new
@@ -58,7 +58,8 @@ def attacked_by(attack: Attack, module: nn.Module) -> nn.Module:
     return module.model if attack.averages_draws and isinstance(module, EOT) else module
 
 
-def _through_eot(module: nn.Module, x: Tensor, eot_samples: int) -> nn.Module:
+def through_eot(module: nn.Module, x: Tensor, eot_samples: int) -> nn.Module:
+    """``module`` averaged over ``eot_samples`` forward passes when it is random on ``x``, else ``module``."""
     if isinstance(module, EOT) or not randomized(module, x):
         return module  # already averaged, or deterministic (the bare model under transfer)
     return EOT(module, eot_samples).eval()

@@ -268,3 +268,30 @@ def test_a_random_model_gets_the_randomized_version_of_an_attack(
     assert attacked_by(swapped[1][1], wrapped) is wrapped
     same = Target(scored=plain, attacked={"-": plain}, fit_on={}, dataset=None)  # type: ignore[arg-type]
     assert for_randomized(same, attacks, x[:8], eot_samples=3, draws=4) == (same, attacks, [])
+
+
+def test_generate_attacks_a_noisy_user_model_through_eot(planted: str, register: Any, tmp_path: Path) -> None:
+    from robustlab.attacks.fgsm import FGSM
+
+    from robustlab.attack import ATTACKS
+    from robustlab.defense import EOT
+    from robustlab.evaluate import ComponentSpec
+    from robustlab.export import GenerateConfig, generate
+    from robustlab.models import ModelSpec
+
+    differentiated: list[nn.Module] = []
+
+    class RecordingFGSM(FGSM):
+        def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            differentiated.append(model)
+            return super().__call__(model, x, y, **kwargs)
+
+    register(ATTACKS, "test-recording-fgsm", RecordingFGSM)
+    for factory in ("noisy", "plain"):
+        config = GenerateConfig(
+            model=ModelSpec(f"{planted}:{factory}"), attack=ComponentSpec("test-recording-fgsm"), n=8, eot_samples=3
+        )
+        generate(config, tmp_path / factory, progress=False)
+    noisy, plain = differentiated
+    assert isinstance(noisy, EOT) and noisy.n_samples == 3
+    assert not isinstance(plain, EOT)
