@@ -83,6 +83,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ("clean", [r for r in scored if (r["attack"], r["threat"]) == first and r["mode"] != "adaptive"], "clean")
     ]
     panels += [(f"{a} {t}", [r for r in scored if (r["attack"], r["threat"]) == (a, t)], "robust") for a, t in settings]
+    labels = sorted({r["defense"] if r["mode"] in ("-", "transfer") else f"{r['defense']} (adaptive)" for r in scored})
+    colors = dict(zip(labels, plt.cm.tab20.colors, strict=False))  # one colour per line, the same in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), sharey=True)
     for ax, (title, panel, metric) in zip(axes, panels, strict=True):
         lines: dict[str, list[tuple[float, float]]] = {}
@@ -91,7 +93,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             lines.setdefault(label, []).append((r["p"], r[metric]))
         for label, points in sorted(lines.items()):
             xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if "adaptive" in label else "-")
+            linestyle = "--" if "adaptive" in label else "-"
+            ax.plot(xs, ys, marker="o", label=label, linestyle=linestyle, color=colors[label])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("context correlation p")
         ax.grid(alpha=0.3)
