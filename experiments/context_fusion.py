@@ -6,7 +6,7 @@ transferred PGD (crafted on the bare object network, the paper's setting), adapt
 through the fused model) and Gaussian blur. Every number is the evaluator's. Writes the rows as JSON
 and a plot of accuracy against ``p`` (matplotlib, Agg)::
 
-    python experiments/context_fusion.py --out out/context_fusion         # about 10 minutes on 2 CPU cores
+    python experiments/context_fusion.py --out out/context_fusion         # hours on 2 CPU cores (~15 min per p, n=128)
     python experiments/context_fusion.py --p 0 0.8 --eps 4/255 -n 256     # a quicker slice
     python experiments/context_fusion.py --merge a/rows.json b/rows.json --out out  # p values run apart
 
