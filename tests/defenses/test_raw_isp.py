@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,10 +80,12 @@ def train_set() -> SmoothImages:
 
 
 @pytest.fixture(scope="session")
-def trained(robustlab_home: Path, train_set: SmoothImages) -> Iterator[RawIsp]:
+def trained(robustlab_home: Path, train_set: SmoothImages) -> RawIsp:
+    # The isolated home only while fitting: a yield inside the context kept it for the rest of the session,
+    # so every later test module retrained the session's models (the default classifier, the captioner...).
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROBUSTLAB_HOME", str(robustlab_home))
-        yield RawIsp.tiny().fit(nn.Identity(), train_set, generator=torch.Generator().manual_seed(0), progress=False)
+        return RawIsp.tiny().fit(nn.Identity(), train_set, generator=torch.Generator().manual_seed(0), progress=False)
 
 
 def test_registered() -> None:
