@@ -254,6 +254,7 @@ class APGDAttack(Attack):
     """Base of the attacks on this loop: subclasses set ``eps`` and ``norm`` and say which run :meth:`settings` is."""
 
     early_stopping = True
+    per_sample_streams = True
     eps: float
     norm: Norm
     max_rows: int | None = None
@@ -269,7 +270,18 @@ class APGDAttack(Attack):
         """The loop's configuration for this attack."""
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None,
+        early_stop: bool = False,
+        sample_seeds: Tensor | None = None,
     ) -> Tensor:
         rows = self.max_rows or len(x)
-        return apgd(model, x, y, self.settings(), seed=derive_seed(generator), early_stop=early_stop, max_rows=rows)[0]
+        if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
+            seed, index = 0, sample_seeds.cpu()
+        else:
+            seed, index = derive_seed(generator), None
+        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=rows)[0]

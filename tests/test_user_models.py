@@ -193,11 +193,15 @@ def test_a_bare_eps_is_never_an_l2_radius() -> None:
     assert found == [("apgd", "", 8 / 255), ("apgd", "l2", 0.5), ("cw", "", 0.5), ("pgd", "", 8 / 255)]
 
 
-def test_pgd_per_sample_results_do_not_depend_on_the_batch_size(trained_model: nn.Module) -> None:
-    from robustlab.evaluate import EvalConfig, Evaluator
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_per_sample_results_do_not_depend_on_the_batch_size(trained_model: nn.Module, attack: str) -> None:
+    from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+
+    spec = ComponentSpec(attack, (("eps", 4 / 255), ("steps", 10)))  # a budget that leaves samples on both sides
 
     def per_sample(batch_size: int) -> tuple[list[int], list[int]]:
-        report = Evaluator(progress=False).run(EvalConfig(n=96, batch_size=batch_size, diagnostics=False))
+        config = EvalConfig(attacks=(spec,), n=96, batch_size=batch_size, diagnostics=False)
+        report = Evaluator(progress=False).run(config)
         (block,) = report.samples
         return block["index"], block["attacks"][0]["adv_pred"]
 
