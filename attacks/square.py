@@ -1,14 +1,13 @@
-"""Square Attack (Andriushchenko et al., ECCV 2020): score-based black-box random search."""
+"""Square Attack (Andriushchenko et al., ECCV 2020): score-based black-box random search, on robustlab's own loop."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchattacks
-from robustlab.attacks._torchattacks import TorchattacksAttack, torchattacks_norm
+import torch
+from robustlab.attacks._square import SquareConfig, square_attack
+from robustlab.attacks._torchattacks import derive_seed
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, Attack
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["Square"]
@@ -17,13 +16,16 @@ __all__ = ["Square"]
 @ATTACKS.register(
     "square", summary="Square Attack, score-based black-box random search, L∞/L2; no gradients.", stochastic=True
 )
-class Square(TorchattacksAttack):
+class Square(Attack):
     """Square Attack: a query-efficient black-box adversarial attack via random search,
     https://arxiv.org/abs/1912.00049.
 
-    Uses only the model's scores (no gradients), up to ``n_queries`` forward passes per sample,
-    deterministic given the generator. A black-box attack that beats the white-box ones is a
-    gradient-masking symptom.
+    Uses only the model's scores (no gradients): per restart, one forward pass for the random start
+    and up to ``n_queries`` more per sample; a sample stops once misclassified, and one the clean input
+    already misclassifies costs none. Each sample draws from its own random stream (the evaluator's
+    per-sample seed, else the generator's seed and its index), so its result does not depend on its
+    batch; the reference shares one square position across the batch. A black-box attack that beats
+    the white-box ones is a gradient-masking symptom.
 
     Args:
         eps: budget in [0, 1] pixel units.
@@ -31,11 +33,12 @@ class Square(TorchattacksAttack):
         n_queries: query budget per sample.
         n_restarts: random restarts.
         p_init: initial fraction of pixels changed per square.
-        rescale_schedule: stretch the schedule of square sizes to ``n_queries`` (torchattacks' and the
-            reference's default); AutoAttack's standard version keeps the schedule of 10000 queries.
+        rescale_schedule: stretch the schedule of square sizes to ``n_queries`` (the reference's
+            default); AutoAttack's standard version keeps the schedule of 10000 queries.
     """
 
     uses_gradients = False
+    per_sample_streams = True
 
     def __init__(
         self,
@@ -58,14 +61,16 @@ class Square(TorchattacksAttack):
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        return torchattacks.Square(
-            model,
-            norm=torchattacks_norm(self.norm),
-            eps=self.eps,
-            n_queries=self.n_queries,
-            n_restarts=self.n_restarts,
-            p_init=self.p_init,
-            resc_schedule=self.rescale_schedule,
-            seed=seed,
-        )
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None,
+        sample_seeds: Tensor | None = None,
+    ) -> Tensor:
+        config = SquareConfig(self.norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
+        if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
+            return square_attack(model, x, y, config, seed=0, index=sample_seeds)
+        return square_attack(model, x, y, config, seed=derive_seed(generator))
