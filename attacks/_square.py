@@ -233,7 +233,7 @@ def square_attack(
                 if len(done):
                     result[todo[done]] = best[done]
                     keep = best_margin[live] > 0
-                    live, uniforms = live[keep], uniforms[keep]
+                    live, uniforms = live[keep], uniforms[keep] if i % CHUNK else uniforms
                 if not len(live) or i == c.n_queries:
                     break
                 if i % CHUNK == 0:
