@@ -5,9 +5,8 @@ from __future__ import annotations
 import pyautoattack.square
 import pytest
 import torch
-from torch import Tensor, nn
-
 from robustlab.attacks.square import Square
+from torch import Tensor, nn
 
 # Budgets where 100 queries of Square leave the trained default model about 60% of these samples (from
 # the starts alone, 80-100%): the comparison with the reference then has samples on both sides.
