@@ -20,9 +20,9 @@ class Square(Attack):
     """Square Attack: a query-efficient black-box adversarial attack via random search,
     https://arxiv.org/abs/1912.00049.
 
-    Uses only the model's scores (no gradients): per restart, one forward pass for the random start
-    and up to ``n_queries`` more per sample; a sample stops once misclassified, and one the clean input
-    already misclassifies costs none. Each sample draws from its own random stream (the evaluator's
+    Uses only the model's scores (no gradients): one forward pass of the clean batch, then per restart
+    one for the random start and up to ``n_queries`` more per sample; a sample stops once misclassified,
+    and one the clean input already misclassifies is queried no further. Each sample draws from its own random stream (the evaluator's
     per-sample seed, else the generator's seed and its index), so its result does not depend on its
     batch; the reference shares one square position across the batch. A black-box attack that beats
     the white-box ones is a gradient-masking symptom.

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pyautoattack.square
 import pytest
 import torch
+from click.testing import CliRunner
 from robustlab.attacks.square import Square
 from torch import Tensor, nn
+
+from robustlab.cli import cli
 
 # Budgets where 100 queries of Square leave the trained default model about 60% of these samples (from
 # the starts alone, 80-100%): the comparison with the reference then has samples on both sides.
@@ -87,3 +90,9 @@ def test_a_misclassified_sample_costs_no_query_and_comes_back_unchanged(trained_
     asked = (distance <= eps + 1e-6).sum(dim=0)  # images each sample was asked about, the clean check included
     assert asked[wrong].tolist() == [1, 1, 1]
     assert (asked[[0, 2, 3, 5, 7]] > 1).all()
+
+
+def test_list_does_not_mark_square_as_random_per_batch() -> None:
+    lines = CliRunner().invoke(cli, ["list"]).output.splitlines()
+    (square,) = [line for line in lines if line.split()[:1] == ["square"]]
+    assert "randomness per batch" not in square
