@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyautoattack.square
 import pytest
+import robustlab.attacks._square as square_loop
 import torch
 from click.testing import CliRunner
 from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
 from robustlab.cli import cli
+from robustlab.threat import Norm
 
 # Budgets where 100 queries of Square leave the trained default model about 60% of these samples (from
 # the starts alone, 80-100%): the comparison with the reference then has samples on both sides.
@@ -55,6 +59,52 @@ def test_deterministic_given_the_seed(trained_model, synth_batch, norm) -> None:
     first = attack(trained_model, x, y, generator=torch.Generator().manual_seed(3))
     again = attack(trained_model, x, y, generator=torch.Generator().manual_seed(3))
     assert torch.equal(first, again)  # and both passed the threat-model check of Attack.__call__
+
+
+def reference_draws(norm: str, channels: int, height: int, width: int) -> Callable[..., Tensor]:
+    """The reference's random numbers, in its order from the global RNG, shared across the batch as it shares
+    them: a stand-in for ``_draws`` that turns robustlab's loop into the reference's."""
+
+    def draws(seed: int, owners: list[int], restart: int, block: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        n = len(owners)
+        if block == -1 and norm == "linf":
+            return torch.rand([n, channels, 1, width]).view(n, -1)  # vertical stripes
+        if block == -1:  # per grid cell: the eta transposition coin, then a sign per sample and channel
+            side = height // 5
+            cells = [torch.cat([torch.rand([1]).expand(n, 1), torch.rand([n, channels])], dim=1)
+                     for _ in range((height // side) * (width // side))]  # fmt: skip
+            return torch.stack(cells, dim=1).view(n, -1)
+        steps = []
+        for _ in range(shape[0]):
+            if norm == "linf":  # window row, column, then one sign per channel for the whole batch
+                steps.append(torch.cat([torch.rand([1]), torch.rand([1]), torch.rand([channels])]).expand(n, -1))
+            else:  # two windows' rows and columns, the eta coin, then a sign per sample and channel
+                shared = torch.cat([torch.rand([1]) for _ in range(5)]).expand(n, -1)
+                steps.append(torch.cat([shared, torch.rand([n, channels])], dim=1))
+        return torch.stack(steps, dim=1)
+
+    return draws
+
+
+@pytest.mark.parametrize(("norm", "eps", "queries"), [("linf", 16 / 255, 150), ("l2", 3.0, 60)], ids=["linf", "l2"])
+def test_with_the_references_draws_the_loop_returns_the_references_points(
+    trained_model, synth_batch, monkeypatch, norm, eps, queries
+) -> None:
+    """The arithmetic is the reference's: only where the random numbers come from differs."""
+    x, y = synth_batch[0][:32], synth_batch[1][:32]
+    with torch.random.fork_rng():
+        expected = pyautoattack.square.SquareAttack(
+            trained_model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, n_queries=queries, seed=0, device=x.device
+        ).perturb(x, y)
+    monkeypatch.setattr(square_loop, "_draws", reference_draws(norm, *x.shape[1:]))
+    # L2 draws a sign per sample still querying, so its numbers are drawn one iteration at a time
+    monkeypatch.setattr(square_loop, "CHUNK", queries if norm == "linf" else 1)
+    config = square_loop.SquareConfig(Norm(norm), eps, n_queries=queries)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        points = square_loop.square_attack(trained_model, x, y, config, seed=0)
+    assert (expected != x).flatten(1).any(dim=1).sum() >= 3, "some samples should be fooled"
+    torch.testing.assert_close(points, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
