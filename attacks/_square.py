@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm
 
-__all__ = ["SquareConfig", "p_selection", "square_attack", "window_side"]
+__all__ = ["SquareConfig", "eta", "margin", "p_selection", "square_attack", "window_side"]
 
 CHUNK = 100
 """Iterations whose uniform numbers a sample draws at once from its stream."""

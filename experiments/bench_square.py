@@ -4,9 +4,12 @@ All three run in one process on the same model, samples and budget (p_init 0.8, 
 ``--queries`` as both libraries default to). Per path and norm/eps: robust accuracy re-scored on the
 returned points, the wall-clock seconds, the queries (images pushed through the classifier, counted
 by a wrapper) and the microseconds per query. The three draw different random numbers, so robust
-accuracies agree in law only: with 64 samples, one sample is 1.6 points. Run from the repository root::
+accuracies agree in law only: with 64 samples, one sample is 1.6 points. ``--linear`` swaps the
+classifier for an untrained linear one (labels: its own predictions), which costs next to nothing, so
+the time per query is the loops' own overhead. Run from the repository root::
 
     OMP_NUM_THREADS=1 python experiments/bench_square.py --n 64 --queries 1000
+    OMP_NUM_THREADS=1 python experiments/bench_square.py --n 64 --queries 300 --linear --budgets linf:1/255 l2:0.05
 """
 
 from __future__ import annotations
@@ -70,9 +73,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--budgets", nargs="+", default=["linf:8/255", "linf:2/255", "l2:0.5"])
+    parser.add_argument("--linear", action="store_true", help="an untrained linear classifier: the loops' overhead")
     args = parser.parse_args()
-    model = Counting(load_model("smallcnn", weights="synth", progress=False)).to(args.device).eval()
     x, y = load_dataset("synth", split="test").get_batch(torch.arange(args.n))
+    if args.linear:
+        torch.manual_seed(0)
+        classifier = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10))
+        y = classifier(x).argmax(1)
+    else:
+        classifier = load_model("smallcnn", weights="synth", progress=False)
+    model = Counting(classifier).to(args.device).eval()
     x, y = x.to(args.device), y.to(args.device)
     for budget in args.budgets:
         norm, value = budget.split(":")
