@@ -22,10 +22,10 @@ class Square(Attack):
 
     Uses only the model's scores (no gradients): one forward pass of the clean batch, then per restart
     one for the random start and up to ``n_queries`` more per sample; a sample stops once misclassified,
-    and one the clean input already misclassifies is queried no further. Each sample draws from its own random stream (the evaluator's
-    per-sample seed, else the generator's seed and its index), so its result does not depend on its
-    batch; the reference shares one square position across the batch. A black-box attack that beats
-    the white-box ones is a gradient-masking symptom.
+    and one the clean input already misclassifies is queried no further. Each sample draws from its own
+    random stream (the evaluator's per-sample seed, else the generator's seed and its index), so its
+    result does not depend on its batch; the reference shares one square position across the batch.
+    A black-box attack that beats the white-box ones is a gradient-masking symptom.
 
     Args:
         eps: budget in [0, 1] pixel units.
