@@ -18,13 +18,13 @@ position per iteration for the whole batch; per sample, the law of the draws is 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from robustlab.components import stream_seed
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm
 
@@ -67,8 +67,7 @@ def window_side(c: SquareConfig, iteration: int, height: int, width: int) -> int
 
 def _stream(seed: int, index: int, restart: int, block: int, shape: tuple[int, ...]) -> Tensor:
     """Uniform numbers in [0, 1) of one block of one sample's stream: the same whatever batch it is in."""
-    key = hashlib.blake2b(f"{seed}/{index}/{restart}/{block}".encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+    generator = torch.Generator().manual_seed(stream_seed(seed, f"square/s{index}/r{restart}/b{block}"))
     return torch.rand(shape, generator=generator)
 
 
