@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,17 @@ from robustlab.attack import Attack
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel
 
-__all__ = ["APGDAttack", "APGDConfig", "apgd", "dlr_loss", "sample_streams", "targeted_dlr_loss", "top_targets"]
+__all__ = [
+    "APGDAttack",
+    "APGDConfig",
+    "RowLoopAttack",
+    "apgd",
+    "dlr_loss",
+    "normalize",
+    "sample_streams",
+    "targeted_dlr_loss",
+    "top_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ def sample_streams(seed: int, index: Tensor, shape: tuple[int, ...], norm: Norm,
     return torch.cat(draws) if draws else torch.empty((0, *shape))
 
 
-def _normalize(t: Tensor, norm: Norm) -> Tensor:
+def normalize(t: Tensor, norm: Norm) -> Tensor:
     flat = t.flatten(1)
     size = flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
     return t / (size.view(-1, 1, 1, 1) + 1e-12)
@@ -114,14 +125,14 @@ def _project(x: Tensor, point: Tensor, norm: Norm, eps: float) -> Tensor:
         return torch.clamp(torch.min(torch.max(point, x - eps), x + eps), 0.0, 1.0)
     delta = point - x
     length = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
-    return torch.clamp(x + _normalize(delta, norm) * torch.clamp(length, max=eps), 0.0, 1.0)
+    return torch.clamp(x + normalize(delta, norm) * torch.clamp(length, max=eps), 0.0, 1.0)
 
 
 def _step(
     x: Tensor, x_adv: Tensor, previous: Tensor, grad: Tensor, step: Tensor, momentum: float, c: APGDConfig
 ) -> Tensor:
     """One APGD update: a projected gradient step, then momentum towards the previous move, projected again."""
-    direction = grad.sign() if c.norm is Norm.LINF else _normalize(grad, c.norm)
+    direction = grad.sign() if c.norm is Norm.LINF else normalize(grad, c.norm)
     z = _project(x, x_adv + step * direction, c.norm, c.eps)
     return _project(x, x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum), c.norm, c.eps)
 
@@ -192,7 +203,7 @@ def _apgd_rows(
     xr, yr = x[owner], y[owner]
     target = yr if target is None else target  # untargeted losses ignore it
     noise = sample_streams(seed, index, tuple(x.shape[1:]), c.norm, runs).to(x)
-    x_adv = (xr + c.eps * _normalize(noise, c.norm)).clamp(0.0, 1.0)
+    x_adv = (xr + c.eps * normalize(noise, c.norm)).clamp(0.0, 1.0)
 
     result, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
 
@@ -250,11 +261,15 @@ def _apgd_rows(
     return result, fooled
 
 
-class APGDAttack(Attack):
-    """Base of the attacks on this loop: subclasses set ``eps`` and ``norm`` and say which run :meth:`settings` is."""
+class RowLoopAttack(Attack):
+    """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks._fab`): subclasses
+    set ``eps`` and ``norm`` and run the loop in :meth:`_attack`."""
 
     early_stopping = True
     per_sample_streams = True
+    stream: ClassVar[int] = 0
+    """Which of a sample's random streams the loop draws from: loops of one ensemble that share the evaluator's
+    per-sample seeds take different ones, so that they do not start from the same random directions."""
     eps: float
     norm: Norm
     max_rows: int | None = None
@@ -266,8 +281,18 @@ class APGDAttack(Attack):
         return ThreatModel(self.norm, self.eps)
 
     @abstractmethod
-    def settings(self) -> APGDConfig:
-        """The loop's configuration for this attack."""
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream."""
 
     def _run(
         self,
@@ -281,7 +306,28 @@ class APGDAttack(Attack):
     ) -> Tensor:
         rows = self.max_rows or len(x)
         if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
-            seed, index = 0, sample_seeds.cpu()
+            seed, index = self.stream, sample_seeds.cpu()
         else:
             seed, index = derive_seed(generator), None
-        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=rows)[0]
+        return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows)
+
+
+class APGDAttack(RowLoopAttack):
+    """Base of the attacks on this loop: subclasses say which run :meth:`settings` is."""
+
+    @abstractmethod
+    def settings(self) -> APGDConfig:
+        """The loop's configuration for this attack."""
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]

@@ -1,20 +1,18 @@
 """AutoAttack (Croce & Hein, ICML 2020): the standard, rand and plus versions of the reference.
 
-APGD and APGD-T run on robustlab's own loop (:mod:`robustlab.attacks._apgd`: the reference's step
-schedule, a sample stops at its first success, all target classes of a sample in one batch); FAB and
-Square come from torchattacks with the reference's settings. Each component attacks only the samples
+APGD, APGD-T and FAB run on robustlab's own loops (:mod:`robustlab.attacks._apgd`, :mod:`robustlab.attacks._fab`:
+the reference's arithmetic, a sample stops at its first success, all target classes of a sample in one
+batch); Square comes from torchattacks with the reference's settings. Each component attacks only the samples
 every earlier one failed on, as the reference does, and the attack counts how many each one broke.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import torch
-import torchattacks
-from robustlab.attacks._apgd import APGDAttack
-from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
+from robustlab.attacks._apgd import APGDAttack, RowLoopAttack
+from robustlab.attacks._fab import FABConfig, fab
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.square import Square
@@ -26,30 +24,41 @@ from robustlab.threat import Norm, ThreatModel
 __all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand"]
 
 
-class FABT(MultiTargetedAttack):
+class FABT(RowLoopAttack):
     """FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044), targeted over the top ``n_target_classes``.
 
     With ``targeted=False``, untargeted FAB (restarts after the first start from a random point), as in
-    AutoAttack's plus version. Minimum-norm: samples it cannot break within ``eps`` come back unchanged.
+    AutoAttack's plus version. Runs on robustlab's own loop (:mod:`robustlab.attacks._fab`): every
+    (sample, target, restart) is a row of one batch, a sample stops at its first misclassified iterate
+    within ``eps`` (which changes no result), and samples it cannot break within ``eps`` come back unchanged.
     """
+
+    stream = 1  # not APGD's: FAB's random restarts must not start along APGD's random directions
 
     def __init__(
         self, *, eps: float, norm: Norm | str, steps: int, n_restarts: int, n_target_classes: int, targeted: bool = True
     ) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
+        self.eps = eps
+        self.norm = Norm(norm)
+        self.steps = steps
+        self.n_restarts = n_restarts
+        self.n_target_classes = n_target_classes
         self.targeted = targeted
 
-    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        return torchattacks.FAB(
-            model,
-            norm=torchattacks_norm(self.norm),
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            multi_targeted=self.targeted,
-            n_classes=n_classes,
-        )
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        targets = self.n_target_classes if self.targeted else 0
+        config = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
+        return fab(model, x, y, config, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]
 
 
 @ATTACKS.register(
