@@ -40,7 +40,9 @@ __all__ = [
     "APGDConfig",
     "RowLoopAttack",
     "apgd",
+    "by_rows",
     "dlr_loss",
+    "keep_first",
     "normalize",
     "sample_streams",
     "targeted_dlr_loss",
@@ -174,16 +176,45 @@ def apgd(
         raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
     index = torch.arange(len(x)) if index is None else index.cpu()
     targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
-    runs = c.n_restarts * (1 if targets is None else targets.shape[1])
+    return by_rows(
+        x,
+        targets,
+        c.n_restarts,
+        max_rows,
+        lambda part, row_targets, runs: _apgd_rows(
+            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop
+        ),
+    )
+
+
+def by_rows(
+    x: Tensor,
+    targets: Tensor | None,
+    n_restarts: int,
+    max_rows: int,
+    attack_rows: Callable[[slice, Tensor | None, int], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """``(x_adv, fooled)`` from ``attack_rows(part, row_targets, runs)`` on the samples ``part``, as many at a time
+    as ``max_rows`` rows allow (at least one): each (target, restart) of a sample is a row, targets outer."""
+    runs = n_restarts * (1 if targets is None else targets.shape[1])
     per_chunk = max(1, max_rows // runs)
     x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for start in range(0, len(x), per_chunk):
         part = slice(start, start + per_chunk)
-        chunk_targets = None if targets is None else targets[part].repeat_interleave(c.n_restarts, dim=1).flatten()
-        x_adv[part], fooled[part] = _apgd_rows(
-            model, x[part], y[part], chunk_targets, c, seed, index[part], runs, early_stop
-        )
+        row_targets = None if targets is None else targets[part].repeat_interleave(n_restarts, dim=1).flatten()
+        x_adv[part], fooled[part] = attack_rows(part, row_targets, runs)
     return x_adv, fooled
+
+
+def keep_first(new: Tensor, owner: Tensor, points: Tensor, result: Tensor, fooled: Tensor) -> None:
+    """For each sample with ``new`` fooling rows, store the point of its lowest such row in ``result`` and mark it
+    ``fooled`` (rows of a sample are adjacent and in order)."""
+    if new.any():
+        rows = new.nonzero().flatten()
+        first = torch.ones_like(rows, dtype=torch.bool)
+        first[1:] = owner[rows[1:]] != owner[rows[:-1]]
+        rows = rows[first]
+        result[owner[rows]], fooled[owner[rows]] = points[rows], True
 
 
 def _apgd_rows(
@@ -211,12 +242,7 @@ def _apgd_rows(
         """Keep the first fooling iterate of each sample not fooled before (its lowest row on a tie); return
         which live rows go on: all of them, or with early stop those of samples still not fooled."""
         new = (logits.argmax(dim=1) != yr) & ~fooled[owner]
-        if new.any():
-            rows = new.nonzero().flatten()
-            first = torch.ones_like(rows, dtype=torch.bool)  # rows of a sample are adjacent and in order
-            first[1:] = owner[rows[1:]] != owner[rows[:-1]]
-            rows = rows[first]
-            result[owner[rows]], fooled[owner[rows]] = points[rows], True
+        keep_first(new, owner, points, result, fooled)
         return ~fooled[owner] if early_stop else torch.ones_like(new)
 
     logits, loss, grad = _loss_and_grad(model, x_adv, yr, target, c)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from robustlab.attacks._apgd import normalize, sample_streams, top_targets
+from robustlab.attacks._apgd import by_rows, keep_first, normalize, sample_streams, top_targets
 from torch import Tensor, nn
 
 from robustlab.threat import Norm, perturbation_norm
@@ -158,16 +158,15 @@ def fab(
     """
     index = torch.arange(len(x)) if index is None else index.cpu()
     targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
-    runs = c.n_restarts * (1 if targets is None else targets.shape[1])
-    per_chunk = max(1, max_rows // runs)
-    x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for start in range(0, len(x), per_chunk):
-        part = slice(start, start + per_chunk)
-        chunk_targets = None if targets is None else targets[part].repeat_interleave(c.n_restarts, dim=1).flatten()
-        x_adv[part], fooled[part] = _fab_rows(
-            model, x[part], y[part], chunk_targets, c, seed, index[part], runs, early_stop
-        )
-    return x_adv, fooled
+    return by_rows(
+        x,
+        targets,
+        c.n_restarts,
+        max_rows,
+        lambda part, row_targets, runs: _fab_rows(
+            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop
+        ),
+    )
 
 
 def _fab_rows(
@@ -197,14 +196,8 @@ def _fab_rows(
         """Keep the first fooling iterate within eps of each sample not fooled before (its lowest row on a tie);
         return which rows go on: all of them, or with early stop those of samples still not fooled."""
         within = perturbation_norm(x0, points, c.norm) <= c.eps
-        new = adversarial & within & ~fooled[owner]
-        if new.any():
-            rows = new.nonzero().flatten()
-            first = torch.ones_like(rows, dtype=torch.bool)  # rows of a sample are adjacent and in order
-            first[1:] = owner[rows[1:]] != owner[rows[:-1]]
-            rows = rows[first]
-            result[owner[rows]], fooled[owner[rows]] = points[rows], True
-        return ~fooled[owner] if early_stop else torch.ones_like(new)
+        keep_first(adversarial & within & ~fooled[owner], owner, points, result, fooled)
+        return ~fooled[owner] if early_stop else torch.ones_like(adversarial)
 
     with torch.no_grad():
         keep = record(model(x1).argmax(dim=1) != yr, x0, x1, owner)
@@ -216,11 +209,10 @@ def _fab_rows(
             rows = {name: value[keep] for name, value in rows.items()}
             if not len(rows["y"]):
                 break
-        r = rows
-        f, w = _boundary(model, r["x1"], r["y"], r.get("target"), c.norm)
-        x1 = _step(r["x1"], r["x0"], f, w, c)
+        f, w = _boundary(model, rows["x1"], rows["y"], rows.get("target"), c.norm)
+        x1 = _step(rows["x1"], rows["x0"], f, w, c)
         with torch.no_grad():
-            adversarial = model(x1).argmax(dim=1) != r["y"]
-        keep = record(adversarial, r["x0"], x1, r["owner"])
-        r["x1"] = torch.where(adversarial.view(-1, 1, 1, 1), r["x0"] + (x1 - r["x0"]) * c.beta, x1)
+            adversarial = model(x1).argmax(dim=1) != rows["y"]
+        keep = record(adversarial, rows["x0"], x1, rows["owner"])
+        rows["x1"] = torch.where(adversarial.view(-1, 1, 1, 1), rows["x0"] + (x1 - rows["x0"]) * c.beta, x1)
     return result, fooled
