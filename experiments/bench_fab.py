@@ -1,15 +1,17 @@
 """Benchmark FAB-T: robustlab's own loop vs torchattacks' ``FAB`` (robustlab's FAB-T before it) vs the authors'.
 
 On the same samples of ``synth-at`` (the first ``--n`` test samples that survive APGD-CE at the budget,
-the ones FAB-T gets inside AutoAttack), with AutoAttack's settings (L∞, 9 targets, 100 iterations,
-one restart), one after the other in one process:
+the ones FAB-T gets inside AutoAttack; with ``--unfiltered``, those the model classifies right), with
+AutoAttack's settings (L∞, 9 targets, 100 iterations, one restart), one after the other in one process:
 
 * ``robustlab`` with and without early stop (the two must fool the same samples with the same points);
 * ``torchattacks``: ``torchattacks.FAB(multi_targeted=True)`` with the reference's 9 targets, as robustlab ran it;
 * ``pyautoattack``: ``FABAttack_PT(targeted=True)``, the reference AutoAttack runs.
 
-Prints per path the seconds and the samples fooled within eps. ``--untargeted`` compares the plus
-version's untargeted FAB (5 restarts) instead. Run from the repository root::
+Prints per path the seconds, the samples fooled within eps and the work: samples through the classifier,
+forward passes that build a graph plus a third of the plain ones, over the samples (exact, immune to a
+shared machine's load; untargeted FAB's graph feeds one backward pass per class, counted once).
+``--untargeted`` compares the plus version's untargeted FAB (5 restarts) instead. Run from the repository root::
 
     OMP_NUM_THREADS=1 python experiments/bench_fab.py --n 32
 """
@@ -25,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torchattacks
+from bench_pgd import WORK  # the global forward hook that counts samples through the classifier
 from pyautoattack.fab_pt import FABAttack_PT
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.autoattack import FABT
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--weights", default="synth-at")
+    parser.add_argument("--unfiltered", action="store_true", help="every correctly classified sample, no APGD-CE first")
     parser.add_argument("--untargeted", action="store_true", help="the plus version's untargeted FAB, 5 restarts")
     parser.add_argument(
         "--paths", nargs="+", default=["robustlab", "robustlab-no-stop", "torchattacks", "pyautoattack"]
@@ -60,11 +64,15 @@ def main() -> None:
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     x, y = x[correct], y[correct]
-    survived = ~fooled_within(model, x, APGD(eps=eps, norm=norm)(model, x, y, early_stop=True), y, norm, eps)
-    x, y = x[survived][: args.n], y[survived][: args.n]
+    if not args.unfiltered:
+        survived = ~fooled_within(model, x, APGD(eps=eps, norm=norm)(model, x, y, early_stop=True), y, norm, eps)
+        x, y = x[survived], y[survived]
+    x, y = x[: args.n], y[: args.n]
     restarts, targeted = (5, False) if args.untargeted else (1, True)
     print(
-        f"smallcnn[{args.weights}], {len(x)} samples that survive APGD-CE at {eps:.5f} {norm}, {steps} iterations, "
+        f"smallcnn[{args.weights}], {len(x)} samples "
+        f"{'classified right' if args.unfiltered else 'that survive APGD-CE'} "
+        f"at {eps:.5f} {norm}, {steps} iterations, "
         f"{'untargeted, 5 restarts' if args.untargeted else '9 targets'}, {torch.get_num_threads()} threads",
         flush=True,
     )
@@ -94,11 +102,17 @@ def main() -> None:
     points = {}
     for name in args.paths:
         load = os.getloadavg()[0]
+        WORK.take()
         started = time.perf_counter()
         points[name] = paths[name]()
         seconds = time.perf_counter() - started
+        grad, plain = WORK.take()
         fooled = int(fooled_within(model, x, points[name], y, norm, eps).sum())
-        print(f"  {name:18s} {seconds:7.1f} s  fooled {fooled:3d} / {len(x)}  load {load:.1f}", flush=True)
+        work = (grad + plain / 3) / len(x)
+        print(
+            f"  {name:18s} {seconds:7.1f} s  fooled {fooled:3d} / {len(x)}  work {work:7.1f}  load {load:.1f}",
+            flush=True,
+        )
     if "robustlab" in points and "robustlab-no-stop" in points:
         print(f"  early stop returns the same points: {torch.equal(points['robustlab'], points['robustlab-no-stop'])}")
 
