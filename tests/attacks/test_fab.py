@@ -78,7 +78,7 @@ def test_fab_t_is_as_strong_as_the_reference(
 ) -> None:
     # Same samples, targets and iterations, no random restart: the trajectories are the reference's, so the
     # fooled counts agree but for float rounding (batches of other sizes, the projection's own arithmetic);
-    # robustlab's may fall short of the reference's by at most 2 of 32 samples.
+    # robustlab's may fall short of the reference's by at most 1 of 32 samples (here they fool the same 17).
     x, y = synth_batch[0][:N], synth_batch[1][:N]
     attack = FABT(eps=LINF_EPS, norm=Norm.LINF, steps=10, n_restarts=1, n_target_classes=3)
     ours = attack(trained_model, x, y, generator=torch.Generator().manual_seed(0), early_stop=True)  # verified
@@ -94,4 +94,4 @@ def test_fab_t_is_as_strong_as_the_reference(
     changed = (ours != x).flatten(1).any(1)
     assert torch.equal(changed[correct], ours_fooled[correct]), "a point differs from x exactly where it fools"
     assert int(reference_fooled.sum()) > 0
-    assert int(ours_fooled.sum()) >= int(reference_fooled.sum()) - 2
+    assert int(ours_fooled.sum()) >= int(reference_fooled.sum()) - 1
