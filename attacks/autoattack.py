@@ -184,7 +184,13 @@ class AutoAttack(Attack):
 )
 class AutoAttackRand(AutoAttack):
     """The reference's *rand* version, for randomized defenses: APGD-CE then APGD-DLR, 100 iterations,
-    each gradient the mean over 20 forward passes (Expectation over Transformation)."""
+    each gradient the mean over 20 forward passes (Expectation over Transformation).
+
+    It averages the draws itself, so the evaluator hands it the random model, not its EOT wrapper (which
+    would multiply the 20 passes by ``--eot-samples``).
+    """
+
+    averages_draws = True
 
     def components(self) -> list[tuple[str, Attack]]:
         eps, norm = self.eps, self.norm

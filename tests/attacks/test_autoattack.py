@@ -101,6 +101,7 @@ def test_versions_follow_the_reference() -> None:
     assert [name for name, _ in plus.components()] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     rand_parts = [attack for _, attack in rand.components()]
     assert [(a.loss, a.eot, a.n_restarts) for a in rand_parts if isinstance(a, APGD)] == [("ce", 20, 1), ("dlr", 20, 1)]
+    assert rand.averages_draws and not standard.averages_draws  # rand's 20 draws are not multiplied by an EOT wrapper
     assert [a.n_restarts for _, a in plus.components() if isinstance(a, APGD)] == [5, 5]
     square = dict(standard.components())["square"]
     assert square.config()["rescale_schedule"] is False and square.config()["n_queries"] == 5000
