@@ -24,7 +24,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -293,9 +292,6 @@ class RowLoopAttack(Attack):
 
     early_stopping = True
     per_sample_streams = True
-    stream: ClassVar[int] = 0
-    """Which of a sample's random streams the loop draws from: loops of one ensemble that share the evaluator's
-    per-sample seeds take different ones, so that they do not start from the same random directions."""
     eps: float
     norm: Norm
     max_rows: int | None = None
@@ -332,7 +328,7 @@ class RowLoopAttack(Attack):
     ) -> Tensor:
         rows = self.max_rows or len(x)
         if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
-            seed, index = self.stream, sample_seeds.cpu()
+            seed, index = 0, sample_seeds.cpu()
         else:
             seed, index = derive_seed(generator), None
         return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows)
