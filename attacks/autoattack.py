@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from robustlab.attacks._apgd import APGDAttack, RowLoopAttack
+from robustlab.attacks._apgd import RowLoopAttack
 from robustlab.attacks._fab import FABConfig, fab
 from robustlab.attacks._torchattacks import derive_seed
 from robustlab.attacks.apgd import APGD
@@ -175,7 +175,7 @@ class AutoAttack(Attack):
         """
         component_seeds = torch.tensor([stream_seed(int(seeds[i]), key) for i in index.tolist()], dtype=torch.long)
         generator = torch.Generator().manual_seed(stream_seed(int(component_seeds.sum()), key))
-        if isinstance(attack, APGDAttack):
+        if isinstance(attack, RowLoopAttack):
             attack.max_rows = len(x)  # the batch the caller chose bounds the rows differentiated at once
         candidate = attack(
             model, x[index], y[index], generator=generator, early_stop=early_stop, sample_seeds=component_seeds

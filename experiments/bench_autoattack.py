@@ -29,7 +29,7 @@ import pyautoattack
 import torch
 import torchattacks
 from bench_pgd import WORK  # the global forward hook that counts samples through the classifier
-from robustlab.attacks._apgd import APGDAttack
+from robustlab.attacks._apgd import RowLoopAttack
 from robustlab.attacks.autoattack import AutoAttack
 from torch import Tensor, nn
 
@@ -134,7 +134,7 @@ def run_robustlab(model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespa
         def components(self) -> list[tuple[str, Attack]]:
             parts = super().components()
             for _, attack in parts:
-                if isinstance(attack, APGDAttack):
+                if isinstance(attack, RowLoopAttack):
                     attack.max_rows = args.batch_size
             return [(name, _Measured(attack, breakdown[name], len(x))) for name, attack in parts]
 
