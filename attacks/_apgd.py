@@ -34,7 +34,19 @@ from robustlab.attack import Attack
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel
 
-__all__ = ["APGDAttack", "APGDConfig", "apgd", "dlr_loss", "sample_streams", "targeted_dlr_loss", "top_targets"]
+__all__ = [
+    "APGDAttack",
+    "APGDConfig",
+    "RowLoopAttack",
+    "apgd",
+    "by_rows",
+    "dlr_loss",
+    "keep_first",
+    "normalize",
+    "sample_streams",
+    "targeted_dlr_loss",
+    "top_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ def sample_streams(seed: int, index: Tensor, shape: tuple[int, ...], norm: Norm,
     return torch.cat(draws) if draws else torch.empty((0, *shape))
 
 
-def _normalize(t: Tensor, norm: Norm) -> Tensor:
+def normalize(t: Tensor, norm: Norm) -> Tensor:
     flat = t.flatten(1)
     size = flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
     return t / (size.view(-1, 1, 1, 1) + 1e-12)
@@ -114,14 +126,14 @@ def _project(x: Tensor, point: Tensor, norm: Norm, eps: float) -> Tensor:
         return torch.clamp(torch.min(torch.max(point, x - eps), x + eps), 0.0, 1.0)
     delta = point - x
     length = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
-    return torch.clamp(x + _normalize(delta, norm) * torch.clamp(length, max=eps), 0.0, 1.0)
+    return torch.clamp(x + normalize(delta, norm) * torch.clamp(length, max=eps), 0.0, 1.0)
 
 
 def _step(
     x: Tensor, x_adv: Tensor, previous: Tensor, grad: Tensor, step: Tensor, momentum: float, c: APGDConfig
 ) -> Tensor:
     """One APGD update: a projected gradient step, then momentum towards the previous move, projected again."""
-    direction = grad.sign() if c.norm is Norm.LINF else _normalize(grad, c.norm)
+    direction = grad.sign() if c.norm is Norm.LINF else normalize(grad, c.norm)
     z = _project(x, x_adv + step * direction, c.norm, c.eps)
     return _project(x, x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum), c.norm, c.eps)
 
@@ -163,16 +175,45 @@ def apgd(
         raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
     index = torch.arange(len(x)) if index is None else index.cpu()
     targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
-    runs = c.n_restarts * (1 if targets is None else targets.shape[1])
+    return by_rows(
+        x,
+        targets,
+        c.n_restarts,
+        max_rows,
+        lambda part, row_targets, runs: _apgd_rows(
+            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop
+        ),
+    )
+
+
+def by_rows(
+    x: Tensor,
+    targets: Tensor | None,
+    n_restarts: int,
+    max_rows: int,
+    attack_rows: Callable[[slice, Tensor | None, int], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """``(x_adv, fooled)`` from ``attack_rows(part, row_targets, runs)`` on the samples ``part``, as many at a time
+    as ``max_rows`` rows allow (at least one): each (target, restart) of a sample is a row, targets outer."""
+    runs = n_restarts * (1 if targets is None else targets.shape[1])
     per_chunk = max(1, max_rows // runs)
     x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for start in range(0, len(x), per_chunk):
         part = slice(start, start + per_chunk)
-        chunk_targets = None if targets is None else targets[part].repeat_interleave(c.n_restarts, dim=1).flatten()
-        x_adv[part], fooled[part] = _apgd_rows(
-            model, x[part], y[part], chunk_targets, c, seed, index[part], runs, early_stop
-        )
+        row_targets = None if targets is None else targets[part].repeat_interleave(n_restarts, dim=1).flatten()
+        x_adv[part], fooled[part] = attack_rows(part, row_targets, runs)
     return x_adv, fooled
+
+
+def keep_first(new: Tensor, owner: Tensor, points: Tensor, result: Tensor, fooled: Tensor) -> None:
+    """For each sample with ``new`` fooling rows, store the point of its lowest such row in ``result`` and mark it
+    ``fooled`` (rows of a sample are adjacent and in order)."""
+    if new.any():
+        rows = new.nonzero().flatten()
+        first = torch.ones_like(rows, dtype=torch.bool)
+        first[1:] = owner[rows[1:]] != owner[rows[:-1]]
+        rows = rows[first]
+        result[owner[rows]], fooled[owner[rows]] = points[rows], True
 
 
 def _apgd_rows(
@@ -192,7 +233,7 @@ def _apgd_rows(
     xr, yr = x[owner], y[owner]
     target = yr if target is None else target  # untargeted losses ignore it
     noise = sample_streams(seed, index, tuple(x.shape[1:]), c.norm, runs).to(x)
-    x_adv = (xr + c.eps * _normalize(noise, c.norm)).clamp(0.0, 1.0)
+    x_adv = (xr + c.eps * normalize(noise, c.norm)).clamp(0.0, 1.0)
 
     result, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
 
@@ -200,12 +241,7 @@ def _apgd_rows(
         """Keep the first fooling iterate of each sample not fooled before (its lowest row on a tie); return
         which live rows go on: all of them, or with early stop those of samples still not fooled."""
         new = (logits.argmax(dim=1) != yr) & ~fooled[owner]
-        if new.any():
-            rows = new.nonzero().flatten()
-            first = torch.ones_like(rows, dtype=torch.bool)  # rows of a sample are adjacent and in order
-            first[1:] = owner[rows[1:]] != owner[rows[:-1]]
-            rows = rows[first]
-            result[owner[rows]], fooled[owner[rows]] = points[rows], True
+        keep_first(new, owner, points, result, fooled)
         return ~fooled[owner] if early_stop else torch.ones_like(new)
 
     logits, loss, grad = _loss_and_grad(model, x_adv, yr, target, c)
@@ -250,8 +286,9 @@ def _apgd_rows(
     return result, fooled
 
 
-class APGDAttack(Attack):
-    """Base of the attacks on this loop: subclasses set ``eps`` and ``norm`` and say which run :meth:`settings` is."""
+class RowLoopAttack(Attack):
+    """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks._fab`): subclasses
+    set ``eps`` and ``norm`` and run the loop in :meth:`_attack`."""
 
     early_stopping = True
     per_sample_streams = True
@@ -266,8 +303,18 @@ class APGDAttack(Attack):
         return ThreatModel(self.norm, self.eps)
 
     @abstractmethod
-    def settings(self) -> APGDConfig:
-        """The loop's configuration for this attack."""
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream."""
 
     def _run(
         self,
@@ -284,4 +331,25 @@ class APGDAttack(Attack):
             seed, index = 0, sample_seeds.cpu()
         else:
             seed, index = derive_seed(generator), None
-        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=rows)[0]
+        return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows)
+
+
+class APGDAttack(RowLoopAttack):
+    """Base of the attacks on this loop: subclasses say which run :meth:`settings` is."""
+
+    @abstractmethod
+    def settings(self) -> APGDConfig:
+        """The loop's configuration for this attack."""
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]

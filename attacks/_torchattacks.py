@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from robustlab.attack import Attack
 from robustlab.errors import ConfigError
-from robustlab.threat import Norm, ThreatModel, perturbation_norm
+from robustlab.threat import Norm, perturbation_norm
 
 __all__ = [
-    "MultiTargetedAttack",
     "TorchattacksAttack",
     "derive_seed",
     "num_classes_of",
@@ -67,35 +66,6 @@ class TorchattacksAttack(Attack):
             attack.set_device(x.device)
             x_adv: Tensor = attack(x, y)
         return x_adv.to(dtype=x.dtype)
-
-
-class MultiTargetedAttack(TorchattacksAttack):
-    """Base of torchattacks' multi-targeted attacks (APGD-T, FAB-T), run over the top ``n_target_classes``.
-
-    torchattacks targets every wrong class by default; the AutoAttack reference takes the 9 highest-scoring
-    ones, and a model with fewer classes gets all of its wrong classes.
-    """
-
-    def __init__(self, *, eps: float, norm: Norm | str, steps: int, n_restarts: int, n_target_classes: int) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.n_target_classes = n_target_classes
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
-
-    @abstractmethod
-    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        """Construct the torchattacks object for a model with ``n_classes`` outputs."""
-
-    def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
-        n_classes = num_classes_of(model, x)
-        attack = self._build_targeted(model, n_classes, seed)
-        attack.n_target_classes = min(self.n_target_classes, n_classes - 1)
-        return attack
 
 
 def within_budget(x: Tensor, x_adv: Tensor, norm: Norm, eps: float | None) -> Tensor:

@@ -1,55 +1,65 @@
 """AutoAttack (Croce & Hein, ICML 2020): the standard, rand and plus versions of the reference.
 
-APGD and APGD-T run on robustlab's own loop (:mod:`robustlab.attacks._apgd`: the reference's step
-schedule, a sample stops at its first success, all target classes of a sample in one batch); FAB and
-Square come from torchattacks with the reference's settings. Each component attacks only the samples
+APGD, APGD-T and FAB run on robustlab's own loops (:mod:`robustlab.attacks._apgd`, :mod:`robustlab.attacks._fab`:
+the reference's arithmetic, a sample stops at its first success, all target classes of a sample in one
+batch); Square comes from torchattacks with the reference's settings. Each component attacks only the samples
 every earlier one failed on, as the reference does, and the attack counts how many each one broke.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import torch
-import torchattacks
-from robustlab.attacks._apgd import APGDAttack
-from robustlab.attacks._torchattacks import MultiTargetedAttack, torchattacks_norm
+from robustlab.attacks._apgd import RowLoopAttack
+from robustlab.attacks._fab import FABConfig, fab
+from robustlab.attacks._torchattacks import derive_seed
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.components import stream_seed
+from robustlab.store import RunStore
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand"]
 
 
-class FABT(MultiTargetedAttack):
+class FABT(RowLoopAttack):
     """FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044), targeted over the top ``n_target_classes``.
 
     With ``targeted=False``, untargeted FAB (restarts after the first start from a random point), as in
-    AutoAttack's plus version. Minimum-norm: samples it cannot break within ``eps`` come back unchanged.
+    AutoAttack's plus version. Runs on robustlab's own loop (:mod:`robustlab.attacks._fab`): every
+    (sample, target, restart) is a row of one batch, a sample stops at its first misclassified iterate
+    within ``eps`` (which changes no result), and samples it cannot break within ``eps`` come back unchanged.
     """
 
     def __init__(
         self, *, eps: float, norm: Norm | str, steps: int, n_restarts: int, n_target_classes: int, targeted: bool = True
     ) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
+        self.eps = eps
+        self.norm = Norm(norm)
+        self.steps = steps
+        self.n_restarts = n_restarts
+        self.n_target_classes = n_target_classes
         self.targeted = targeted
 
-    def _build_targeted(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        return torchattacks.FAB(
-            model,
-            norm=torchattacks_norm(self.norm),
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.n_restarts,
-            seed=seed,
-            multi_targeted=self.targeted,
-            n_classes=n_classes,
-        )
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int,
+        index: Tensor | None,
+        early_stop: bool,
+        max_rows: int,
+    ) -> Tensor:
+        targets = self.n_target_classes if self.targeted else 0
+        config = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
+        return fab(model, x, y, config, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]
 
 
 @ATTACKS.register(
@@ -63,9 +73,11 @@ class AutoAttack(Attack):
     classes, 100 iterations), FAB-T (9 target classes, 100 iterations) and Square (5000 queries, its
     square-size schedule not rescaled), each run only on the samples every earlier component failed on.
     torchattacks' own ``AutoAttack`` differs (10 APGD iterations, all n-1 target classes, a rescaled
-    Square schedule), so it is not used. Deterministic given the generator. After a call, :attr:`broken_by`
-    holds per sample the index of the component that broke it (-1: none); :attr:`broken` counts, per
-    component, the samples it broke over every call so far.
+    Square schedule), so it is not used. Each component draws each sample's randomness from the sample's
+    seed (the evaluator's, else one drawn from the generator and the sample's position). With a ``state``
+    store each component's result is saved as it finishes, so a killed run resumes at the first component
+    that had not. After a call, :attr:`broken_by` holds per sample the index of the component that broke it
+    (-1: none); :attr:`broken` counts, per component, the samples it broke over every call so far.
 
     Args:
         eps: budget in [0, 1] pixel units.
@@ -73,6 +85,7 @@ class AutoAttack(Attack):
     """
 
     early_stopping = True
+    saves_progress = True
 
     def __init__(self, *, eps: float = 8 / 255, norm: Norm | str = Norm.LINF) -> None:
         self.eps = eps
@@ -109,8 +122,20 @@ class AutoAttack(Attack):
         ]
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None,
+        early_stop: bool = False,
+        sample_seeds: Tensor | None = None,
+        state: RunStore | None = None,
     ) -> Tensor:
+        if sample_seeds is None:  # a direct call: streams numbered by position in the batch
+            base = derive_seed(generator)
+            sample_seeds = torch.tensor([stream_seed(base, f"s{i}") for i in range(len(x))], dtype=torch.long)
+        seeds = sample_seeds.cpu()
         x_adv = x.clone()
         self._broken_by = torch.full_like(y, -1)
         with torch.no_grad():
@@ -119,16 +144,45 @@ class AutoAttack(Attack):
             index = robust.nonzero().flatten()
             if len(index) == 0:
                 break
-            if isinstance(attack, APGDAttack):
-                attack.max_rows = len(x)  # the batch the caller chose bounds the rows differentiated at once
-            candidate = attack(model, x[index], y[index], generator=generator, early_stop=early_stop)
-            with torch.no_grad():
-                fooled = model(candidate).argmax(dim=1) != y[index]
-            x_adv[index[fooled]] = candidate[fooled]
-            robust[index[fooled]] = False
-            self._broken_by[index[fooled]] = position
-            self._broken[name] += int(fooled.sum())
+            key = f"{position}-{name}"
+            saved = state.get(key) if state is not None else None
+            if saved is None:
+                saved = self._attack_remaining(model, x, y, index, attack, seeds, key, early_stop)
+                if state is not None:
+                    state.put(key, saved)
+            fooled = saved["fooled"].to(y.device)
+            x_adv[fooled] = saved["x_adv"].to(x)
+            robust[fooled] = False
+            self._broken_by[fooled] = position
+            self._broken[name] += len(fooled)
         return x_adv
+
+    @staticmethod
+    def _attack_remaining(
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        index: Tensor,
+        attack: Attack,
+        seeds: Tensor,
+        key: str,
+        early_stop: bool,
+    ) -> dict[str, Tensor]:
+        """Run one component on the samples of ``index``; return those it broke (``fooled``) and their points.
+
+        Each sample gets the component its own stream (from the sample's seed and ``key``), so neither the
+        batch nor the components that ran before (or were read back from a killed run's state) change it.
+        """
+        component_seeds = torch.tensor([stream_seed(int(seeds[i]), key) for i in index.tolist()], dtype=torch.long)
+        generator = torch.Generator().manual_seed(stream_seed(int(component_seeds.sum()), key))
+        if isinstance(attack, RowLoopAttack):
+            attack.max_rows = len(x)  # the batch the caller chose bounds the rows differentiated at once
+        candidate = attack(
+            model, x[index], y[index], generator=generator, early_stop=early_stop, sample_seeds=component_seeds
+        )
+        with torch.no_grad():
+            fooled = model(candidate).argmax(dim=1) != y[index]
+        return {"fooled": index[fooled], "x_adv": candidate[fooled]}
 
 
 @ATTACKS.register(
@@ -138,7 +192,13 @@ class AutoAttack(Attack):
 )
 class AutoAttackRand(AutoAttack):
     """The reference's *rand* version, for randomized defenses: APGD-CE then APGD-DLR, 100 iterations,
-    each gradient the mean over 20 forward passes (Expectation over Transformation)."""
+    each gradient the mean over 20 forward passes (Expectation over Transformation).
+
+    It averages the draws itself, so the evaluator hands it the random model, not its EOT wrapper (which
+    would multiply the 20 passes by ``--eot-samples``).
+    """
+
+    averages_draws = True
 
     def components(self) -> list[tuple[str, Attack]]:
         eps, norm = self.eps, self.norm

@@ -29,7 +29,7 @@ import pyautoattack
 import torch
 import torchattacks
 from bench_pgd import WORK  # the global forward hook that counts samples through the classifier
-from robustlab.attacks._apgd import APGDAttack
+from robustlab.attacks._apgd import RowLoopAttack
 from robustlab.attacks.autoattack import AutoAttack
 from torch import Tensor, nn
 
@@ -100,6 +100,7 @@ class _Measured(Attack):
     """A component of robustlab's ensemble with its seconds and work recorded (what it computes is unchanged)."""
 
     early_stopping = True
+    per_sample_streams = True  # handed on to the component, which uses them if it can
 
     def __init__(self, inner: Attack, entry: dict[str, float], n: int) -> None:
         self.inner, self.entry, self.n = inner, entry, n
@@ -109,11 +110,18 @@ class _Measured(Attack):
         return self.inner.threat
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None, early_stop: bool = False
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        generator: torch.Generator | None,
+        early_stop: bool = False,
+        sample_seeds: Tensor | None = None,
     ) -> Tensor:
         WORK.take()
         started = time.perf_counter()
-        x_adv = self.inner(model, x, y, generator=generator, early_stop=early_stop)
+        x_adv = self.inner(model, x, y, generator=generator, early_stop=early_stop, sample_seeds=sample_seeds)
         self.entry["seconds"] = self.entry.get("seconds", 0.0) + time.perf_counter() - started
         self.entry["work"] = self.entry.get("work", 0.0) + _work(WORK.take(), self.n)
         return x_adv
@@ -126,7 +134,7 @@ def run_robustlab(model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespa
         def components(self) -> list[tuple[str, Attack]]:
             parts = super().components()
             for _, attack in parts:
-                if isinstance(attack, APGDAttack):
+                if isinstance(attack, RowLoopAttack):
                     attack.max_rows = args.batch_size
             return [(name, _Measured(attack, breakdown[name], len(x))) for name, attack in parts]
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
+from robustlab.store import RunStore
 from robustlab.threat import ThreatModel, verify
 
 __all__ = ["ATTACKS", "Attack", "AttackKind", "UniversalPerturbation", "check_images"]
@@ -59,6 +60,9 @@ class Attack(ABC):
     per_sample_streams: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``sample_seeds`` and draws each sample's randomness from its own seed, so a
     sample's result does not depend on the batch it is in (batch size, sharding, resume)."""
+    saves_progress: ClassVar[bool] = False
+    """Whether :meth:`_run` takes ``state``, a store where it saves its progress within one call (AutoAttack:
+    after each of its attacks), so that a run killed mid-call resumes there instead of at the call's start."""
     task: ClassVar[str | None] = None
     """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
 
@@ -77,6 +81,7 @@ class Attack(ABC):
         generator: torch.Generator | None = None,
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
+        state: RunStore | None = None,
     ) -> Tensor:
         """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached.
 
@@ -84,7 +89,8 @@ class Attack(ABC):
         evaluation does: attacks with :attr:`early_stopping` then stop a sample at its first success
         and return that point, which saves their remaining iterations; other attacks ignore it.
         ``sample_seeds`` (int64 ``(B,)``) seed each sample's own random stream in attacks with
-        :attr:`per_sample_streams`; the others draw from ``generator``.
+        :attr:`per_sample_streams`; the others draw from ``generator``. ``state`` (a store
+        private to this call's samples) goes to attacks that :attr:`saves_progress`.
         """
         check_images(x)
         if model.training:
@@ -96,6 +102,8 @@ class Attack(ABC):
         extra: dict[str, Any] = {"early_stop": True} if early_stop and self.early_stopping else {}
         if sample_seeds is not None and self.per_sample_streams:
             extra["sample_seeds"] = sample_seeds
+        if state is not None and self.saves_progress:
+            extra["state"] = state
         x_adv = self._run(model, x.detach(), y.detach(), generator=generator, **extra).detach()
         verify(self.threat, x, x_adv)
         return x_adv

@@ -40,7 +40,7 @@ from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, envi
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
 from robustlab.sanity import chance_level, output_checks
-from robustlab.store import MemoryStore, RunStore
+from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, Task, predict
 from robustlab.victims import (
     NO_MODE,
@@ -336,6 +336,7 @@ class Evaluator:
                         early_stop=target.early_stop,
                         limit=self._limit,
                         sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
+                        state=KeyedStore(self.store, cell_key),
                     ),
                 )
                 bar.update()
@@ -366,13 +367,17 @@ class Evaluator:
         return task
 
     def _unit(self, key: str, seed: int, compute: Callable[[torch.Generator], dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Return the stored result of ``key`` or compute and store it inside a seeded RNG fork."""
+        """Return the stored result of ``key`` or compute and store it inside a seeded RNG fork.
+
+        What the computation saved under ``key/`` to resume mid-way is discarded once the result is stored.
+        """
         stored = self.store.get(key)
         if stored is not None:
             return stored
         with seeded(seed, key) as generator:
             result = compute(generator)
         self.store.put(key, result)
+        self.store.discard(f"{key}/")
         return result
 
     def _report_halvings(self, cells: list[Cell], names: tuple[str, str]) -> None:

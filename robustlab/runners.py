@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from robustlab.attack import Attack, AttackKind
 from robustlab.cache import save_weights
 from robustlab.components import ComponentSpec
-from robustlab.store import RunStore
+from robustlab.store import KeyedStore, RunStore
 from robustlab.tasks import Task
 from robustlab.threat import perturbation_norm
 
-__all__ = ["RUNNERS", "BatchLimit", "Cell", "KeyedStore", "Runner", "attack_and_score"]
+__all__ = ["RUNNERS", "BatchLimit", "Cell", "Runner", "attack_and_score"]
 
 
 @dataclass
@@ -66,6 +66,7 @@ def attack_and_score(
     limit: BatchLimit | None = None,
     keep_images: bool = False,
     sample_seeds: Tensor | None = None,
+    state: RunStore | None = None,
 ) -> dict[str, Tensor]:
     """Attack the samples of ``mask`` and score them; the others keep the task's unattacked result.
 
@@ -73,6 +74,7 @@ def attack_and_score(
     attacked), ``attacked`` (the mask), ``seconds`` and ``halvings``, and ``x_adv`` when ``keep_images``.
     On a CUDA out-of-memory error the attack is retried on halves; ``limit`` remembers the size that fits.
     ``sample_seeds`` (one per sample of ``x``) go to attacks that draw each sample's randomness from its own seed.
+    ``state`` is where attacks that save progress within a call keep it, one key prefix per attacked part.
     """
     started = time.perf_counter()
     limit = limit if limit is not None else BatchLimit()
@@ -85,7 +87,16 @@ def attack_and_score(
         part = index[start : start + (limit.size or len(index))]
         try:
             seeds = sample_seeds[part.cpu()] if sample_seeds is not None else None
-            x_adv = attack(attacked, x[part], y[part], generator=generator, early_stop=early_stop, sample_seeds=seeds)
+            part_state = None if state is None else KeyedStore(state, f"p{start}+{len(part)}")
+            x_adv = attack(
+                attacked,
+                x[part],
+                y[part],
+                generator=generator,
+                early_stop=early_stop,
+                sample_seeds=seeds,
+                state=part_state,
+            )
         except torch.cuda.OutOfMemoryError:
             if len(part) == 1:
                 raise
@@ -108,19 +119,6 @@ def attack_and_score(
     if x_adv_all is not None:
         result["x_adv"] = x_adv_all
     return result
-
-
-class KeyedStore:
-    """A view of a run store whose keys are prefixed, handed to attacks that keep state of their own."""
-
-    def __init__(self, store: RunStore, prefix: str) -> None:
-        self._store, self._prefix = store, prefix
-
-    def get(self, key: str) -> dict[str, Tensor] | None:
-        return self._store.get(f"{self._prefix}/{key}")
-
-    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
-        self._store.put(f"{self._prefix}/{key}", tensors)
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ class GenerativeRunner:
     batched = False
 
     def prepare(self, cell: Cell, fit_on: nn.Module, scored: nn.Module, context: RunContext) -> None:
-        prefix = f"{context.key}/{cell.mode}/a{cell.index}"
+        prefix = f"{context.key}/{cell.mode}/a{cell.index}/generated"  # its scratch goes once it is stored
 
         def generate(generator: torch.Generator) -> dict[str, Tensor]:
             started = time.perf_counter()
@@ -198,7 +196,7 @@ class GenerativeRunner:
             )
             return {**out, "seconds": torch.tensor([time.perf_counter() - started])}
 
-        generated = context.unit(f"{prefix}/generated", generate)
+        generated = context.unit(prefix, generate)
         cell.metrics = cell.task.score_generated(scored, generated)
         cell.seconds = float(generated["seconds"].sum())
 

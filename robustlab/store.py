@@ -2,7 +2,9 @@
 
 A unit of work is one batch of one grid cell; its results are written in one SQLite transaction
 once the batch is done. ``SqliteStore`` survives ``kill -9`` (SQLite's journal makes each commit
-atomic) and refuses to resume a run whose configuration differs.
+atomic) and refuses to resume a run whose configuration differs. An attack that saves progress within
+a unit (AutoAttack, after each of its attacks) writes it under the unit's key plus ``/``: that scratch
+is discarded once the unit is stored.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from robustlab.errors import ConfigError, DataError
 
-__all__ = ["MemoryStore", "RunStore", "SqliteStore"]
+__all__ = ["KeyedStore", "MemoryStore", "RunStore", "SqliteStore"]
 
 
 class RunStore(Protocol):
@@ -27,6 +29,25 @@ class RunStore(Protocol):
     def get(self, key: str) -> dict[str, Tensor] | None: ...
 
     def put(self, key: str, tensors: dict[str, Tensor]) -> None: ...
+
+    def discard(self, prefix: str) -> None:
+        """Remove every unit whose key starts with ``prefix`` (a finished unit's scratch)."""
+
+
+class KeyedStore:
+    """A view of a run store whose keys are prefixed, handed to attacks that keep state of their own."""
+
+    def __init__(self, store: RunStore, prefix: str) -> None:
+        self._store, self._prefix = store, prefix
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        return self._store.get(f"{self._prefix}/{key}")
+
+    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
+        self._store.put(f"{self._prefix}/{key}", tensors)
+
+    def discard(self, prefix: str) -> None:
+        self._store.discard(f"{self._prefix}/{prefix}")
 
 
 class MemoryStore:
@@ -40,6 +61,10 @@ class MemoryStore:
 
     def put(self, key: str, tensors: dict[str, Tensor]) -> None:
         self._units[key] = tensors
+
+    def discard(self, prefix: str) -> None:
+        for key in [key for key in self._units if key.startswith(prefix)]:
+            del self._units[key]
 
 
 class SqliteStore:
@@ -89,6 +114,13 @@ class SqliteStore:
         payload = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, payload))
+
+    def discard(self, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("an empty prefix would discard the whole run")
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the keys in [prefix, after) are those starting with it
+        with self._db:
+            self._db.execute("DELETE FROM units WHERE key >= ? AND key < ?", (prefix, after))
 
     def close(self) -> None:
         """Close the database connection and let another process use the store."""

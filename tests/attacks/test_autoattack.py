@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from robustlab.attacks._apgd import APGDConfig, apgd
+from robustlab.attacks._apgd import APGDAttack, APGDConfig, apgd
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.autoattack import FABT, AutoAttack
@@ -14,7 +18,8 @@ from robustlab.attacks.square import Square
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
+from robustlab.store import SqliteStore
 from robustlab.threat import Norm
 
 N = 32
@@ -96,6 +101,7 @@ def test_versions_follow_the_reference() -> None:
     assert [name for name, _ in plus.components()] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     rand_parts = [attack for _, attack in rand.components()]
     assert [(a.loss, a.eot, a.n_restarts) for a in rand_parts if isinstance(a, APGD)] == [("ce", 20, 1), ("dlr", 20, 1)]
+    assert rand.averages_draws and not standard.averages_draws  # rand's 20 draws are not multiplied by an EOT wrapper
     assert [a.n_restarts for _, a in plus.components() if isinstance(a, APGD)] == [5, 5]
     square = dict(standard.components())["square"]
     assert square.config()["rescale_schedule"] is False and square.config()["n_queries"] == 5000
@@ -117,3 +123,50 @@ def test_dlr_on_too_few_classes_is_a_config_error(synth_batch: tuple[torch.Tenso
     x, y = synth_batch[0][:2], torch.zeros(2, dtype=torch.long)
     with pytest.raises(ConfigError, match="at least 4 classes"):
         APGDT(steps=2)(three, x, y)
+
+
+class _Killed(Exception):
+    """Stands for the kill: raised by the component the run dies in."""
+
+
+def test_a_killed_run_resumes_mid_ensemble(register: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The run dies in Square on its first batch, after APGD-CE, APGD-T and FAB-T saved what they broke. The resumed
+    # run runs none of that again, and ends with the uninterrupted run's report, sample for sample.
+    register(ATTACKS, "test-small-autoattack", _SmallAutoAttack, stochastic=True)
+    config = EvalConfig(attacks=(ComponentSpec("test-small-autoattack", (("eps", 2 / 255),)),), n=N, batch_size=16)
+    apgd_calls = Counter[str]()
+    apgd_run = APGDAttack._run
+
+    def counted(self: APGDAttack, *args: Any, **kwargs: Any) -> torch.Tensor:
+        apgd_calls[phase] += 1
+        return apgd_run(self, *args, **kwargs)
+
+    def killed(self: Square, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise _Killed
+
+    monkeypatch.setattr(APGDAttack, "_run", counted)
+    phase = "uninterrupted"
+    fresh = Evaluator(progress=False).run(config)
+
+    path = tmp_path / "store.sqlite"
+    with monkeypatch.context() as dying:
+        dying.setattr(Square, "_run", killed)
+        phase = "killed"
+        store = SqliteStore(path, config_hash=run_config_hash(config), resume=False)
+        with pytest.raises(_Killed):
+            Evaluator(store, progress=False).run(config)
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        saved = sorted(key.rsplit("/", 1)[1] for (key,) in db.execute("SELECT key FROM units"))
+    assert saved == ["0-apgd-ce", "1-apgd-t", "2-fab-t", "b0"], "the kill should land in Square, after three saves"
+
+    phase = "resumed"
+    store = SqliteStore(path, config_hash=run_config_hash(config), resume=True)
+    resumed = Evaluator(store, progress=False).run(config)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM units")]
+    store.close()
+    assert apgd_calls["killed"] > 0 and apgd_calls["resumed"] == apgd_calls["uninterrupted"] - apgd_calls["killed"]
+    assert resumed.samples == fresh.samples
+    assert [r.metric_values() for r in resumed.rows] == [r.metric_values() for r in fresh.rows]
+    assert not [key for key in keys if "/p0+" in key], "the components' saves outlive their batch"
