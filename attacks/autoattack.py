@@ -1,9 +1,12 @@
 """AutoAttack (Croce & Hein, ICML 2020): the standard, rand and plus versions of the reference.
 
-APGD, APGD-T and FAB run on robustlab's own loops (:mod:`robustlab.attacks._apgd`, :mod:`robustlab.attacks._fab`:
-the reference's arithmetic, a sample stops at its first success, all target classes of a sample in one
-batch); Square comes from torchattacks with the reference's settings. Each component attacks only the samples
-every earlier one failed on, as the reference does, and the attack counts how many each one broke.
+Every component runs on robustlab's own loops with the reference's arithmetic: APGD and APGD-T
+(:mod:`robustlab.attacks._apgd`) and FAB (:mod:`robustlab.attacks._fab`) stop a sample at its first
+success and run all target classes of a sample in one batch; Square (:mod:`robustlab.attacks._square`)
+stops a sample once it is misclassified, as the reference's does. Each component attacks only the samples
+every earlier one failed on, as the reference does, and the attack counts how many each one broke. Every
+random draw is a sample's own, so a sample's result does not depend on its batch, on early stopping, or
+on a resume that skipped the components it had finished.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.components import stream_seed
+from robustlab.errors import ConfigError
 from robustlab.store import RunStore
 from robustlab.threat import Norm, ThreatModel
 
@@ -85,6 +89,7 @@ class AutoAttack(Attack):
     """
 
     early_stopping = True
+    per_sample_streams = True
     saves_progress = True
 
     def __init__(self, *, eps: float = 8 / 255, norm: Norm | str = Norm.LINF) -> None:
@@ -173,13 +178,12 @@ class AutoAttack(Attack):
         Each sample gets the component its own stream (from the sample's seed and ``key``), so neither the
         batch nor the components that ran before (or were read back from a killed run's state) change it.
         """
+        if not attack.per_sample_streams:
+            raise ConfigError(f"AutoAttack's {key} draws its randomness per batch: its components must draw per sample")
         component_seeds = torch.tensor([stream_seed(int(seeds[i]), key) for i in index.tolist()], dtype=torch.long)
-        generator = torch.Generator().manual_seed(stream_seed(int(component_seeds.sum()), key))
         if isinstance(attack, RowLoopAttack):
             attack.max_rows = len(x)  # the batch the caller chose bounds the rows differentiated at once
-        candidate = attack(
-            model, x[index], y[index], generator=generator, early_stop=early_stop, sample_seeds=component_seeds
-        )
+        candidate = attack(model, x[index], y[index], early_stop=early_stop, sample_seeds=component_seeds)
         with torch.no_grad():
             fooled = model(candidate).argmax(dim=1) != y[index]
         return {"fooled": index[fooled], "x_adv": candidate[fooled]}

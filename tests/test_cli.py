@@ -51,6 +51,22 @@ def test_list_names_every_registry(run: Callable[..., Result]) -> None:
         assert name in result.stdout
 
 
+def test_list_marks_only_attacks_whose_randomness_is_per_batch(
+    run: Callable[..., Result], register: Callable[..., None]
+) -> None:
+    # Every built-in stochastic attack draws per sample now (AutoAttack's components included); a plug-in
+    # that draws from the batch's generator is still marked, since its per-sample results follow the batch.
+    from robustlab.attacks.fgsm import FGSM
+
+    from robustlab.attack import ATTACKS
+
+    register(ATTACKS, "test-per-batch", FGSM, stochastic=True)
+    lines = run("list").stdout.splitlines()
+    marked = [line.split()[0] for line in lines if "randomness per batch" in line]
+    assert marked == ["test-per-batch"]
+    assert {"square", "autoattack", "autoattack-rand", "autoattack-plus"} <= {line.split()[0] for line in lines if line}
+
+
 def test_imagenet_weights_offline_is_one_clear_line(run: Callable[..., Result]) -> None:
     result = run("eval", "--model", "resnet50", "--attack", "pgd")
     assert_one_line_error(result, "ResNet50_Weights", "--weights")

@@ -87,10 +87,39 @@ def test_autoattack_early_stop_same_samples_and_breakdown(
             correct = trained_model(x).argmax(1) == y
         # Every sample the model gets right and the ensemble breaks is counted once, by the component that broke it.
         assert sum(attack.broken.values()) == int(correct.sum() - robust.sum())
-        results.append((robust, attack.broken))
-    assert torch.equal(results[0][0], results[1][0])
-    assert results[0][1] == results[1][1]
-    assert results[0][1]["apgd-ce"] > 0 and results[0][0].any()
+        results.append((x_adv, robust, attack.broken))
+    assert torch.equal(results[0][0], results[1][0]), "every component returns the same point with or without stops"
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]
+    assert results[0][2]["apgd-ce"] > 0 and results[0][1].any()
+
+
+class _TargetedFirst(AutoAttack):
+    """FAB-T and APGD-T ahead of Square, with few iterations: at 4/255 each of the two breaks samples."""
+
+    def components(self) -> list[tuple[str, Attack]]:
+        eps = self.eps
+        return [
+            ("fab-t", FABT(eps=eps, norm=Norm.LINF, steps=5, n_restarts=1, n_target_classes=2)),
+            ("apgd-t", APGDT(eps=eps, steps=5, n_target_classes=3)),
+            ("square", Square(eps=eps, n_queries=20, rescale_schedule=False)),
+        ]
+
+
+def test_an_autoattack_sample_does_not_depend_on_its_batch(
+    trained_model: torch.nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    # Every component draws from the sample's own seed: the ensemble's point for a sample is the same in any batch.
+    x, y = synth_batch[0][:N], synth_batch[1][:N]
+    seeds = torch.arange(100, 100 + N)
+    attack = _TargetedFirst(eps=4 / 255)
+    whole = attack(trained_model, x, y, early_stop=True, sample_seeds=seeds)
+    whole_broken_by = attack.broken_by.clone()
+    assert {-1, 0, 1} <= set(whole_broken_by.tolist()), "the budget should leave samples to each component"
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))[: N // 2]  # other batch, other positions
+    part = attack(trained_model, x[order], y[order], early_stop=True, sample_seeds=seeds[order])
+    assert torch.equal(attack.broken_by, whole_broken_by[order])
+    assert torch.allclose(part, whole[order], atol=1e-6)
 
 
 def test_versions_follow_the_reference() -> None:

@@ -8,11 +8,9 @@ import pyautoattack.square
 import pytest
 import robustlab.attacks._square as square_loop
 import torch
-from click.testing import CliRunner
 from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
-from robustlab.cli import cli
 from robustlab.threat import Norm
 
 # Budgets where 100 queries of Square leave the trained default model about 60% of these samples (from
@@ -141,9 +139,3 @@ def test_a_misclassified_sample_costs_no_query_and_comes_back_unchanged(trained_
     asked = (distance <= eps + 1e-6).sum(dim=0)  # images each sample was asked about, the clean check included
     assert asked[wrong].tolist() == [1, 1, 1]
     assert (asked[[0, 2, 3, 5, 7]] > 1).all()
-
-
-def test_list_does_not_mark_square_as_random_per_batch() -> None:
-    lines = CliRunner().invoke(cli, ["list"]).output.splitlines()
-    (square,) = [line for line in lines if line.split()[:1] == ["square"]]
-    assert "randomness per batch" not in square
