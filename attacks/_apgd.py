@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from robustlab.attacks._torchattacks import derive_seed, num_classes_of
+from robustlab.attacks._torchattacks import num_classes_of, stream_ids
 from torch import Tensor, nn
 
 from robustlab.attack import Attack
@@ -326,12 +326,10 @@ class RowLoopAttack(Attack):
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
     ) -> Tensor:
-        rows = self.max_rows or len(x)
-        if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
-            seed, index = 0, sample_seeds.cpu()
-        else:
-            seed, index = derive_seed(generator), None
-        return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows)
+        seed, index = stream_ids(generator, sample_seeds)
+        return self._attack(
+            model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=self.max_rows or len(x)
+        )
 
 
 class APGDAttack(RowLoopAttack):

@@ -24,6 +24,7 @@ __all__ = [
     "TorchattacksAttack",
     "derive_seed",
     "num_classes_of",
+    "stream_ids",
     "torchattacks_norm",
     "within_budget",
 ]
@@ -34,6 +35,14 @@ def derive_seed(generator: torch.Generator | None) -> int:
     if generator is None:
         return 0
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def stream_ids(generator: torch.Generator | None, sample_seeds: Tensor | None) -> tuple[int, Tensor | None]:
+    """``(seed, index)`` naming each sample's random stream: the evaluator's per-sample seeds when given (a
+    sample's stream whatever its batch), else a seed drawn from ``generator`` and the samples' positions."""
+    if sample_seeds is not None:
+        return 0, sample_seeds.cpu()
+    return derive_seed(generator), None
 
 
 def torchattacks_norm(norm: Norm) -> str:

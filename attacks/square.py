@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from robustlab.attacks._square import SquareConfig, square_attack
-from robustlab.attacks._torchattacks import derive_seed
+from robustlab.attacks._torchattacks import stream_ids
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
@@ -71,6 +71,5 @@ class Square(Attack):
         sample_seeds: Tensor | None = None,
     ) -> Tensor:
         config = SquareConfig(self.norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
-        if sample_seeds is not None:  # the evaluator's per-sample seeds: a sample's stream whatever its batch
-            return square_attack(model, x, y, config, seed=0, index=sample_seeds)
-        return square_attack(model, x, y, config, seed=derive_seed(generator))
+        seed, index = stream_ids(generator, sample_seeds)
+        return square_attack(model, x, y, config, seed=seed, index=index)
