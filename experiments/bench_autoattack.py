@@ -133,8 +133,8 @@ def run_robustlab(model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespa
     class Measured(AutoAttack):
         def components(self) -> list[tuple[str, Attack]]:
             parts = super().components()
-            for _, attack in parts:
-                if isinstance(attack, RowLoopAttack):
+            for _, attack in parts:  # the wrapper hides the loops from AutoAttack: cap their rows as it would
+                if isinstance(attack, RowLoopAttack) and args.device != "cpu":
                     attack.max_rows = args.batch_size
             return [(name, _Measured(attack, breakdown[name], len(x))) for name, attack in parts]
 
