@@ -44,6 +44,12 @@ __all__ = [
 ]
 
 
+class _CheckFailed(click.ClickException):
+    """A regression against a baseline: exit 1, which the README reserves for a failed check."""
+
+    exit_code = 1
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available else ``cpu``; anything else is checked."""
     if name == "auto":
@@ -275,9 +281,7 @@ def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: f
     if not regressions:
         click.echo(verdict)
         return
-    failed = click.ClickException(verdict)  # the verdict is the one "robustlab: error:" line, exit 1
-    failed.exit_code = 1
-    raise failed
+    raise _CheckFailed(verdict)  # the verdict is the one "robustlab: error:" line, exit 1
 
 
 def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: int) -> None:

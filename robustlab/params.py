@@ -87,7 +87,7 @@ def _as(member: Any, text: str) -> Any:
     if member is bool:
         return click.BOOL.convert(text, None, None)
     if member is int:
-        return click.INT.convert(text, None, None)
+        return _int(text)
     if member is float:
         return _float(text)
     if isinstance(member, type) and issubclass(member, enum.Enum):
@@ -98,6 +98,13 @@ def _as(member: Any, text: str) -> Any:
     if member is str:
         return text
     return _untyped(text)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid integer") from None
 
 
 def _float(text: str) -> float:
