@@ -6,8 +6,9 @@ tests assert real accuracy drops instead of running on random weights.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 _HOME_KEY = "ROBUSTLAB_HOME"
+_CLAIM_SEED_KEY = "ROBUSTLAB_CLAIM_SEED"
+_CLAIM_LOG_KEY = "ROBUSTLAB_CLAIM_LOG"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,6 +26,36 @@ def pytest_configure(config: pytest.Config) -> None:
         import tempfile
 
         os.environ[_HOME_KEY] = tempfile.mkdtemp(prefix="robustlab-test-home-")
+
+
+@pytest.fixture(scope="session")
+def claim_seed() -> int:
+    """The seed of a claim test's trained parts (heads, defenses, fitted attacks): 0 in the suite.
+
+    ``experiments/claim_margins.py`` reruns the claim tests under other seeds (``ROBUSTLAB_CLAIM_SEED``) and
+    thread counts to measure each claim's spread, from which the tests' margins are set.
+    """
+    return int(os.environ.get(_CLAIM_SEED_KEY, "0"))
+
+
+@pytest.fixture(scope="session")
+def record_claim() -> Callable[[str, float], None]:
+    """Record a claim test's measured quantity before it is asserted.
+
+    Appends ``{"claim", "value", "seed", "threads"}`` to the JSON-lines file named by ``ROBUSTLAB_CLAIM_LOG``
+    when set (``experiments/claim_margins.py`` sets it); otherwise does nothing.
+    """
+
+    def record(claim: str, value: float) -> None:
+        log = os.environ.get(_CLAIM_LOG_KEY)
+        if not log:
+            return
+        entry = {"claim": claim, "value": float(value), "seed": int(os.environ.get(_CLAIM_SEED_KEY, "0"))}
+        entry["threads"] = torch.get_num_threads()
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(json.dumps(entry) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")

@@ -48,10 +48,13 @@ def test_uap_is_one_perturbation_for_every_input(trained_model: nn.Module) -> No
     assert torch.equal(x_adv, (x + delta).clamp(0, 1)), "the same delta for every input, bit for bit"
 
 
-def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result], trained_model: nn.Module) -> None:
+@pytest.mark.claim
+def test_uap_far_below_noise_and_above_per_input_pgd(
+    run: Callable[..., Result], trained_model: nn.Module, claim_seed: int, record_claim: Callable[[str, float], None]
+) -> None:
     result = run(
         "eval", "--attack", "uap", "--attack", "noise", "--attack", "pgd", "--eps", "16/255", "-n", "256",
-        "--out", "run.json", "-q",
+        "--out", "run.json", "-q", "--seed", str(claim_seed),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = Report.from_json(Path("run.json"))
@@ -59,6 +62,8 @@ def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result],
     assert set(robust) == {"uap", "noise", "pgd", WORST_CASE}
     for attack in ("uap", "noise", "pgd"):
         assert any(line.split()[3:4] == [attack] for line in result.stdout.splitlines()), result.stdout
+    record_claim("uap.noise_minus_uap", robust["noise"] - robust["uap"])
+    record_claim("uap.uap_minus_pgd", robust["uap"] - robust["pgd"])
     assert robust["uap"] < robust["noise"] - 0.25, robust
     assert robust["pgd"] < robust["uap"], robust
     uap = next(row for row in report.rows if row.attack == "uap")
@@ -66,7 +71,7 @@ def test_uap_far_below_noise_and_above_per_input_pgd(run: Callable[..., Result],
 
     # the saved perturbation, loaded back, reproduces its row to the digit
     again = run("eval", "--attack", "uap", "--attack-arg", f"uap.load={uap.artifact}", "--eps", "16/255", "-n", "256",
-                "--out", "again.json", "-q")  # fmt: skip
+                "--out", "again.json", "-q", "--seed", str(claim_seed))  # fmt: skip
     assert again.exit_code == 0, again.output
     (reloaded,) = Report.from_json(Path("again.json")).rows
     assert (reloaded.clean_acc, reloaded.robust_acc) == (uap.clean_acc, uap.robust_acc)

@@ -10,6 +10,8 @@ The margins below sit well inside those numbers and outside what the object-only
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
@@ -20,25 +22,29 @@ PGD = ComponentSpec("pgd", (("eps", 4 / 255), ("steps", 5)))
 BLUR = ComponentSpec("blur", (("sigma", 1.5),))
 
 
-def _report(context_p: float) -> Report:
+pytestmark = pytest.mark.claim
+
+
+def _report(context_p: float, seed: int) -> Report:
     config = EvalConfig(
         data=f"synth:context_p={context_p}",
         defenses=(ComponentSpec("none"), ComponentSpec("context_fusion", HEAD)),
         attacks=(PGD, BLUR),
         n=256,
         diagnostics=False,
+        seed=seed,
     )
     return Evaluator(progress=False).run(config)
 
 
 @pytest.fixture(scope="module")
-def informative(trained_model: object) -> Report:
-    return _report(0.8)
+def informative(trained_model: object, claim_seed: int) -> Report:
+    return _report(0.8, claim_seed)
 
 
 @pytest.fixture(scope="module")
-def uninformative(trained_model: object) -> Report:
-    return _report(0.0)
+def uninformative(trained_model: object, claim_seed: int) -> Report:
+    return _report(0.0, claim_seed)
 
 
 def _row(report: Report, defense: str, mode: str, attack: str) -> tuple[float, float]:
@@ -51,27 +57,35 @@ def _row(report: Report, defense: str, mode: str, attack: str) -> tuple[float, f
     return row.clean_acc, row.robust_acc
 
 
-def test_fusion_keeps_clean_accuracy(informative: Report) -> None:
+def test_fusion_keeps_clean_accuracy(informative: Report, record_claim: Callable[[str, float], None]) -> None:
     bare, _ = _row(informative, "none", "-", "pgd")
     fused, _ = _row(informative, "context_fusion", "transfer", "pgd")
+    record_claim("fusion.clean_change", fused - bare)
     assert fused >= bare - 0.01
 
 
-def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(informative: Report) -> None:
+def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
+    informative: Report, record_claim: Callable[[str, float], None]
+) -> None:
     for attack, margin in (("pgd", 0.04), ("blur", 0.02)):
         _, bare = _row(informative, "none", "-", attack)
         _, fused = _row(informative, "context_fusion", "transfer", attack)
+        record_claim(f"fusion.{attack}_gain", fused - bare)
         assert fused > bare + margin, attack
 
 
-def test_gain_vanishes_without_context(uninformative: Report) -> None:
+def test_gain_vanishes_without_context(uninformative: Report, record_claim: Callable[[str, float], None]) -> None:
     for attack in ("pgd", "blur"):
         _, bare = _row(uninformative, "none", "-", attack)
         _, fused = _row(uninformative, "context_fusion", "transfer", attack)
+        record_claim(f"fusion.{attack}_gain_without_context", fused - bare)
         assert fused < bare + 0.02, attack
 
 
-def test_adaptive_attack_is_reported_next_to_transfer(informative: Report) -> None:
+def test_adaptive_attack_is_reported_next_to_transfer(
+    informative: Report, record_claim: Callable[[str, float], None]
+) -> None:
     _, transfer = _row(informative, "context_fusion", "transfer", "pgd")
     _, adaptive = _row(informative, "context_fusion", "adaptive", "pgd")
+    record_claim("fusion.adaptive_minus_transfer", adaptive - transfer)
     assert adaptive <= transfer  # the attacker who knows the fusion does at least as well as the oblivious one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from robustlab.defenses.nmtune import (
@@ -27,11 +29,14 @@ TINY = {"epochs": 4, "n_train": 512}
 
 
 @pytest.fixture(scope="module")
-def fitted(trained_model: nn.Module) -> tuple[NMTune, dict[str, torch.Tensor]]:
+def fitted(trained_model: nn.Module, claim_seed: int) -> tuple[NMTune, dict[str, torch.Tensor]]:
     """NMTune fitted on the trained default model's features, and the model's state before fitting."""
     before = {k: v.clone() for k, v in trained_model.state_dict().items()}
     defense = NMTune(**TINY).fit(
-        trained_model, SynthDataset("train", n=512), generator=torch.Generator().manual_seed(0), progress=False
+        trained_model,
+        SynthDataset("train", n=512),
+        generator=torch.Generator().manual_seed(claim_seed),
+        progress=False,
     )
     return defense, before
 
@@ -47,8 +52,13 @@ def test_encoder_is_byte_identical_after_tuning(
     assert not trained_model.training
 
 
+@pytest.mark.claim
 def test_tuned_model_classifies_and_a_second_fit_loads_the_cache(
-    trained_model: nn.Module, fitted: tuple[NMTune, dict[str, torch.Tensor]], synth_batch: tuple[torch.Tensor, ...]
+    trained_model: nn.Module,
+    fitted: tuple[NMTune, dict[str, torch.Tensor]],
+    synth_batch: tuple[torch.Tensor, ...],
+    claim_seed: int,
+    record_claim: Callable[[str, float], None],
 ) -> None:
     defense, _ = fitted
     x, y = synth_batch
@@ -56,9 +66,14 @@ def test_tuned_model_classifies_and_a_second_fit_loads_the_cache(
     with torch.inference_mode():
         logits = tuned(x)
     # 4 epochs on 512 images of a clean, well-trained encoder's features: far above chance (10%).
-    assert (logits.argmax(1) == y).float().mean() >= 0.8
+    accuracy = (logits.argmax(1) == y).float().mean().item()
+    record_claim("nmtune.tuned_accuracy", accuracy)
+    assert accuracy >= 0.8
     again = NMTune(**TINY).fit(
-        trained_model, SynthDataset("train", n=512), generator=torch.Generator().manual_seed(0), progress=False
+        trained_model,
+        SynthDataset("train", n=512),
+        generator=torch.Generator().manual_seed(claim_seed),
+        progress=False,
     )
     with torch.inference_mode():
         assert torch.equal(again.wrap(trained_model)(x), logits)
@@ -71,13 +86,13 @@ def test_wrap_refuses_before_fit_and_on_another_model(trained_model: nn.Module) 
         NMTune(batch_size=1)
 
 
-def _fixed_batch() -> tuple[ResidualMLP, torch.Tensor]:
+def _fixed_batch(seed: int) -> tuple[ResidualMLP, torch.Tensor]:
     """A tuner and a batch of strongly correlated features (one shared factor plus small noise)."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     factor = torch.randn(64, 1, generator=generator)
     features = factor @ torch.randn(1, 16, generator=generator) + 0.3 * torch.randn(64, 16, generator=generator)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         tuner = ResidualMLP(16)
     return tuner.train(), features
 
@@ -92,24 +107,30 @@ def _after_steps(tuner: ResidualMLP, loss_fn: object, features: torch.Tensor, st
         optimizer.step()
 
 
-def test_covariance_term_lowers_off_diagonal_energy() -> None:
-    tuner, features = _fixed_batch()
+@pytest.mark.claim
+def test_covariance_term_lowers_off_diagonal_energy(
+    claim_seed: int, record_claim: Callable[[str, float], None]
+) -> None:
+    tuner, features = _fixed_batch(claim_seed)
     before = float(covariance_penalty(tuner(features)).detach())
     _after_steps(tuner, covariance_penalty, features)
     after = float(covariance_penalty(tuner(features)).detach())
+    record_claim("nmtune.covariance_ratio", after / before)
     assert after < 0.5 * before, (before, after)  # measured: 17.6 -> 4.9
 
 
-def test_svd_term_raises_the_top5_ratio() -> None:
-    tuner, features = _fixed_batch()
+@pytest.mark.claim
+def test_svd_term_raises_the_top5_ratio(claim_seed: int, record_claim: Callable[[str, float], None]) -> None:
+    tuner, features = _fixed_batch(claim_seed)
     before = float(top_singular_ratio(tuner(features), 5).detach())
     _after_steps(tuner, lambda z: -top_singular_ratio(z, 5), features)
     after = float(top_singular_ratio(tuner(features), 5).detach())
+    record_claim("nmtune.top5_ratio_gain", after - before)
     assert after > before + 0.005, (before, after)  # measured: 0.137 -> 0.152
 
 
 def test_loss_is_cross_entropy_plus_weighted_terms() -> None:
-    tuner, features = _fixed_batch()
+    tuner, features = _fixed_batch(0)
     head = nn.Linear(16, 3)
     labels = torch.arange(64) % 3
     weak, strong = features, features.flip(0)
