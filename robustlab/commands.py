@@ -95,6 +95,9 @@ def model_spec(name: str, options: dict[str, Any]) -> ModelSpec:
         image_size=options.get("image_size"),
         mean=options.get("mean"),
         std=options.get("std"),
+        resize=options.get("resize"),
+        interpolation=options.get("interpolation"),
+        crop_mode=options.get("crop_mode"),
     )
 
 
@@ -365,7 +368,7 @@ def run_generate(**options: Any) -> None:
     )
     out: Path = options["out"]
     check_output_folder(out, "the adversarial dataset in")
-    check_model_names([options["model"]])
+    check_model_names([options["model"]], options["weights"])
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
     summary = generate(config, out, progress=not options["quiet"])["summary"]
     for note in notes:

@@ -35,6 +35,7 @@ from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, check_logits
+from robustlab.preprocessing import preprocessing_of
 from robustlab.randomized import attacked_by, for_randomized
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
@@ -168,7 +169,12 @@ class Evaluator:
         inputs: list[str] = []
         for mi, model_spec in enumerate(config.models):
             model = _load_victim(model_spec, config, progress=self.progress).to(device)
-            dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
+            dataset = load_dataset(
+                config.data,
+                split="test",
+                image_size=getattr(model, "input_size", None),
+                preprocessing=preprocessing_of(model),
+            )
             indices, chosen = sample_indices(dataset, config.n, seed=config.seed)
             inputs.append(f"{config.data}: {chosen}")
             fed = ""
@@ -281,7 +287,10 @@ class Evaluator:
             key=key,
             fit_key=fit_key,
             fit_data=lambda: load_dataset(
-                config.fit_data or config.data, split="train", image_size=getattr(plain, "input_size", None)
+                config.fit_data or config.data,
+                split="train",
+                image_size=getattr(plain, "input_size", None),
+                preprocessing=preprocessing_of(plain),
             ),
             artifacts=self.artifacts if self.shard.is_main else None,
             progress=self.progress,

@@ -9,8 +9,10 @@ otherwise. What was used is returned as a one-line note for the report and the c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +20,7 @@ from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH
 from robustlab.data import DataSpec, parse_kwargs
 from robustlab.errors import ConfigError
 from robustlab.models import ModelSpec, load_model
+from robustlab.preprocessing import Preprocessing, preprocessing_of
 
 __all__ = ["NORMALIZATION_PRESETS", "input_note", "load_classifier", "native_image_size", "parse_channels"]
 
@@ -109,6 +112,11 @@ def load_classifier(spec: ModelSpec, data: str, *, progress: bool) -> ImageClass
     )
     if size is not None:
         model.input_size = size
+    flags: dict[str, Any] = {"resize": spec.resize, "interpolation": spec.interpolation, "crop_mode": spec.crop_mode}
+    given = {key: value for key, value in flags.items() if value is not None}
+    if given:
+        fed = preprocessing_of(model) or Preprocessing.standard(model.input_size)
+        model.preprocessing = dataclasses.replace(fed, **given, source=f"{fed.source} with {', '.join(_flags(given))}")
     for name, values in (("mean", spec.mean), ("std", spec.std)):
         if values is not None:
             buffer = getattr(model, name)
@@ -118,8 +126,12 @@ def load_classifier(spec: ModelSpec, data: str, *, progress: bool) -> ImageClass
     return model
 
 
+def _flags(given: dict[str, Any]) -> list[str]:
+    return [f"--{key.replace('_', '-')} {value}" for key, value in given.items()]
+
+
 def input_note(model: ImageClassifier, spec: ModelSpec, data: str) -> str:
-    """How ``model`` is fed, in one line: size (and why), mean and std."""
+    """How ``model`` is fed, in one line: size (and why), resampling (and whose), mean and std."""
     if spec.image_size is not None:
         why = "--image-size"
     elif native_image_size(data) is not None:
@@ -128,4 +140,9 @@ def input_note(model: ImageClassifier, spec: ModelSpec, data: str) -> str:
         why = "the model's standard size"
     mean = ", ".join(f"{v:.4g}" for v in model.mean.flatten().tolist())
     std = ", ".join(f"{v:.4g}" for v in model.std.flatten().tolist())
-    return f"{spec.label()} fed {model.input_size}x{model.input_size} images ({why}), mean ({mean}), std ({std})"
+    fed = preprocessing_of(model)
+    resampled = f", {fed.describe()}" if fed is not None else ""
+    return (
+        f"{spec.label()} fed {model.input_size}x{model.input_size} images ({why}){resampled}, "
+        f"mean ({mean}), std ({std})"
+    )
