@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD, ImageClassifier
-from robustlab.data import DataSpec, parse_kwargs
+from robustlab.data import DATASETS, DataSpec, parse_kwargs, register_builtin_datasets
 from robustlab.errors import ConfigError
 from robustlab.models import ModelSpec, load_model
 from robustlab.preprocessing import Preprocessing, preprocessing_of
@@ -126,22 +126,29 @@ def load_classifier(spec: ModelSpec, data: str, *, progress: bool) -> ImageClass
     return model
 
 
+def _resamples(data: str) -> bool:
+    """Whether ``data`` resizes its images (it takes a preprocessing); ``synth`` renders at the size asked for."""
+    register_builtin_datasets()
+    return "preprocessing" in DATASETS.get(DataSpec.parse(data).name).params()
+
+
 def _flags(given: dict[str, Any]) -> list[str]:
     return [f"--{key.replace('_', '-')} {value}" for key, value in given.items()]
 
 
 def input_note(model: ImageClassifier, spec: ModelSpec, data: str) -> str:
-    """How ``model`` is fed, in one line: size (and why), resampling (and whose), mean and std."""
+    """How ``model`` is fed, in one line: size (and why), resampling (and whose) if the data is resized, mean, std."""
+    native = spec.image_size is None and native_image_size(data) is not None
     if spec.image_size is not None:
         why = "--image-size"
-    elif native_image_size(data) is not None:
+    elif native:
         why = "the data's own size, not resized"
     else:
         why = "the model's standard size"
     mean = ", ".join(f"{v:.4g}" for v in model.mean.flatten().tolist())
     std = ", ".join(f"{v:.4g}" for v in model.std.flatten().tolist())
     fed = preprocessing_of(model)
-    resampled = f", {fed.describe()}" if fed is not None else ""
+    resampled = f", {fed.describe()}" if fed is not None and not native and _resamples(data) else ""
     return (
         f"{spec.label()} fed {model.input_size}x{model.input_size} images ({why}){resampled}, "
         f"mean ({mean}), std ({std})"

@@ -52,15 +52,17 @@ def test_torchvision_weights_resolve_to_their_own_transforms(
         assert torch.allclose((x - mean_t) / std_t, reference, atol=1e-6, rtol=0)
 
 
-def test_loaded_torchvision_weights_carry_their_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loaded_torchvision_weights_carry_their_preprocessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loader keeps resize, interpolation, mean and std, not only the crop size (weights faked offline)."""
     weight = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
     state = torchvision.models.efficientnet_b0().state_dict()
     monkeypatch.setattr(type(weight), "get_state_dict", lambda self, **_: state)
     model = load_model("efficientnet_b0", weights="IMAGENET1K_V1", progress=False)
     assert preprocessing_of(model) == Preprocessing(224, 256, "bicubic", source=f"torchvision {weight}")
-    note = input_note(model, ModelSpec("efficientnet_b0", "IMAGENET1K_V1"), "synth")
-    assert "resize 256 bicubic, crop 224 (torchvision EfficientNet_B0_Weights.IMAGENET1K_V1)" in note
+    _mixed_folder(tmp_path)
+    note = input_note(model, ModelSpec("efficientnet_b0", "IMAGENET1K_V1"), f"imagefolder:{tmp_path}")
+    assert "resize 256 bicubic, crop 224 (torchvision EfficientNet_B0_Weights.IMAGENET1K_V1), mean (0.485" in note
+    assert "resize" not in input_note(model, ModelSpec("efficientnet_b0", "IMAGENET1K_V1"), "synth")
 
 
 def test_flags_override_what_the_weights_say(tmp_path: Path) -> None:
