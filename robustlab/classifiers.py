@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.nets import SmallCNN, TinyResNet
+from robustlab.preprocessing import Preprocessing
 from robustlab.registry import Registry
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "SYNTH_MEAN", "SYNTH_STD", "ImageClassifier"]
@@ -67,6 +68,10 @@ class ImageClassifier(nn.Module):
     Shape:
         - x: :math:`(B, C, H, W)` float in ``[0, 1]``.
         - output: :math:`(B, K)` logits.
+
+    ``preprocessing`` is how images of another size were resized and cropped when the weights were
+    trained (:func:`robustlab.preprocessing.preprocessing_of` scales it to ``input_size``); ``None``:
+    robustlab's standard.
     """
 
     mean: Tensor
@@ -81,6 +86,7 @@ class ImageClassifier(nn.Module):
         num_classes: int,
         name: str,
         input_size: int,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -89,6 +95,7 @@ class ImageClassifier(nn.Module):
         self.num_classes = num_classes
         self.name = name
         self.input_size = input_size
+        self.preprocessing = preprocessing
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net((x - self.mean) / self.std)

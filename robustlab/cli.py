@@ -175,6 +175,21 @@ def list_command() -> None:
     show_default=True,
     help="Number of test samples: a seeded class-stratified subset of class folders, the first n of synth.",
 )
+@click.option(
+    "--subset",
+    type=click.Choice(["stratified", "first"]),
+    default="stratified",
+    show_default=True,
+    help="Which n samples: class-stratified (class folders, CIFAR-10), or the first n (RobustBench's protocol).",
+)
+@click.option(
+    "--leaderboard",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    metavar="DIR|FILE",
+    help="Compare clean and AutoAttack accuracy with RobustBench model_info entries: a clone's model_info folder "
+    "or one JSON; a `! leaderboard` line flags |z| > 2 (or > 0.5 pt on the full test set).",
+)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @seed_option
 @eot_samples_option
@@ -302,9 +317,11 @@ def run_command(ctx: click.Context, experiment: Path) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["html", "md", "csv", "png"]),
+    type=click.Choice(["html", "md", "csv", "png", "robustbench", "jsonl", "samples-csv"]),
     default=None,
-    help="html (self-contained page), md, csv, or png (robustness curves). Default: from -o's suffix, else html.",
+    help="html (self-contained page), md, csv (one line per row), png (robustness curves), robustbench (a "
+    "model_info entry that --leaderboard reads), jsonl or samples-csv (one record per sample). Default: from "
+    "-o's suffix, else html.",
 )
 @click.option(
     "--examples",
@@ -315,12 +332,13 @@ def run_command(ctx: click.Context, experiment: Path) -> None:
 )
 @click.option("--no-examples", is_flag=True, help="Same as --examples 0 (no model or data needed).")
 def report_command(source: Path, out: Path | None, fmt: str | None, examples: int, no_examples: bool) -> None:
-    """Render a report JSON as one HTML page (table, curves, examples), Markdown, CSV or a curves PNG.
+    """Render a report JSON as HTML (table, curves, examples), Markdown, CSV, a curves PNG, or export it.
 
     \b
     Examples:
       robustlab report run.json -o report.html
       robustlab report run.json --format md
+      robustlab report run.json --format robustbench -o MyModel.json
     """
     from robustlab.commands import render_report
 

@@ -206,7 +206,29 @@ class _Channels(click.ParamType):  # type: ignore[type-arg]
 
 
 def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--image-size``, ``--mean`` and ``--std``: how a checkpoint's inputs were prepared when it was trained."""
+    """``--image-size``, ``--mean``, ``--std`` and resampling: how a checkpoint's inputs were prepared in training."""
+    from robustlab.preprocessing import CROP_MODES, INTERPOLATIONS
+
+    command = click.option(
+        "--crop-mode",
+        type=click.Choice(CROP_MODES),
+        default=None,
+        help="center: resize the shorter side, then centre-crop; squash: resize both sides (aspect not kept), then "
+        "crop. Default: what the weights say (center).",
+    )(command)
+    command = click.option(
+        "--interpolation",
+        type=click.Choice(INTERPOLATIONS),
+        default=None,
+        help="Resampling filter for images of another size. Default: what the weights say (bilinear).",
+    )(command)
+    command = click.option(
+        "--resize",
+        type=click.IntRange(min=8),
+        default=None,
+        help="Side images are resized to before the centre crop to --image-size (e.g. 232 for 224). Default: what "
+        "the weights say (torchvision's transforms, timm's crop_pct), else image-size/0.875.",
+    )(command)
     for which in ("std", "mean"):
         command = click.option(
             f"--{which}",

@@ -25,9 +25,11 @@ from robustlab.distributed import Shard, init_from_env
 from robustlab.errors import ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import compare_reports, format_regressions
+from robustlab.leaderboard import check_leaderboard, describe_comparison
 from robustlab.models import ModelSpec
 from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
+from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
 __all__ = [
@@ -95,6 +97,9 @@ def model_spec(name: str, options: dict[str, Any]) -> ModelSpec:
         image_size=options.get("image_size"),
         mean=options.get("mean"),
         std=options.get("std"),
+        resize=options.get("resize"),
+        interpolation=options.get("interpolation"),
+        crop_mode=options.get("crop_mode"),
     )
 
 
@@ -113,6 +118,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         train_data=options["train_data"],
         fit_data=options["fit_data"],
         n=options["n"],
+        subset=options.get("subset", "stratified"),
         batch_size=options["batch_size"],
         seed=options["seed"],
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
@@ -170,11 +176,15 @@ def run_eval(**options: Any) -> Report:
     )
     if not shard.is_main:
         return report
+    if options.get("leaderboard") is not None:
+        report = check_leaderboard(report, options["leaderboard"])
     click.echo(format_table(report.rows))
     for line in report.inputs:
         click.echo(f"= {line}")
     for fidelity in report.fidelity:
         click.echo(f"= {fidelity.describe()}")
+    for comparison in report.leaderboard:
+        click.echo(f"= leaderboard {describe_comparison(comparison)}")
     for diagnostic in report.diagnostics:
         click.echo(f"! {diagnostic.code}: {diagnostic.message}")
     for note in notes:
@@ -259,7 +269,7 @@ def run_train_defense(**options: Any) -> None:
     )
 
 
-REPORT_FORMATS = ("html", "md", "csv", "png")
+REPORT_FORMATS = ("html", "md", "csv", "png", "robustbench", "jsonl", "samples-csv")
 
 
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
@@ -285,15 +295,15 @@ def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: f
 
 
 def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: int) -> None:
-    """Render a report JSON as HTML (default), Markdown, CSV or a PNG of the robustness curves.
+    """Render a report JSON as HTML (default), Markdown, CSV, a curves PNG, or an export (robustbench, jsonl...).
 
-    The format comes from ``fmt``, else from ``out``'s suffix, else HTML. Markdown and CSV go to
+    The format comes from ``fmt``, else from ``out``'s suffix, else HTML. Markdown, CSV and the exports go to
     stdout when ``out`` is not given; HTML and PNG need a file.
     """
     from robustlab.preflight import check_output_file
 
     fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None else "") or "html"
-    fmt = {"htm": "html", "markdown": "md"}.get(fmt, fmt)
+    fmt = {"htm": "html", "markdown": "md", "json": "robustbench"}.get(fmt, fmt)
     if fmt not in REPORT_FORMATS:
         raise ConfigError(f"cannot tell the format from {out}; pass --format {'|'.join(REPORT_FORMATS)}")
     if out is None and fmt in ("html", "png"):
@@ -309,6 +319,9 @@ def render_report(source: Path, *, out: Path | None, fmt: str | None, examples: 
     click.echo(f"{fmt} report written to {out}", err=True)
 
 
+_SAMPLE_FORMATS = {"robustbench": robustbench_entry, "jsonl": samples_jsonl, "samples-csv": samples_csv}
+
+
 def _render(report: Report, fmt: str, examples: int) -> bytes:
     from robustlab.plots import robustness_curves_png
     from robustlab.tables import csv_table, markdown_table
@@ -318,9 +331,12 @@ def _render(report: Report, fmt: str, examples: int) -> bytes:
         notes = [f"- {line}" for line in report.inputs]
         notes += [f"- **{d.code}**: {d.message}" for d in report.diagnostics]
         notes += [f"- {fidelity.describe()}" for fidelity in report.fidelity]
+        notes += [f"- leaderboard {describe_comparison(comparison)}" for comparison in report.leaderboard]
         return "\n\n".join([markdown_table(report.rows), *(["\n".join(notes)] if notes else [])]).encode() + b"\n"
     if fmt == "csv":
         return csv_table(report.rows).encode()
+    if fmt in _SAMPLE_FORMATS:
+        return _SAMPLE_FORMATS[fmt](report)
     curves = robustness_curves_png(report.rows)
     if fmt == "png":
         return curves
@@ -365,7 +381,7 @@ def run_generate(**options: Any) -> None:
     )
     out: Path = options["out"]
     check_output_folder(out, "the adversarial dataset in")
-    check_model_names([options["model"]])
+    check_model_names([options["model"]], options["weights"])
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
     summary = generate(config, out, progress=not options["quiet"])["summary"]
     for note in notes:

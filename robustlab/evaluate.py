@@ -35,6 +35,7 @@ from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, check_logits
+from robustlab.preprocessing import preprocessing_of
 from robustlab.randomized import attacked_by, for_randomized
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
@@ -75,6 +76,7 @@ class EvalConfig:
     name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
     ``task="captioning"`` loads each model as a captioner (:func:`robustlab.captioning.load_captioner`).
     ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
+    ``subset``: which ``n`` samples (:func:`robustlab.sampling.sample_indices`; ``first``: RobustBench's protocol).
     ``draws`` is how many forward passes score each input of a randomized model. ``diagnostics``: the
     cheap masking probes and the sanity gate on every model, the expensive probes behind defenses
     (``True``), the expensive ones on every model (``"full"``), or none (``False``).
@@ -87,6 +89,7 @@ class EvalConfig:
     train_data: str | None = None
     fit_data: str | None = None
     n: int | None = 1000
+    subset: str = "stratified"
     batch_size: int = 256
     seed: int = 0
     threat_modes: tuple[ThreatMode, ...] = (ThreatMode.TRANSFER, ThreatMode.ADAPTIVE)
@@ -104,6 +107,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
             raise ConfigError(f"n must be a positive number of samples, got {self.n}")
+        if self.subset not in ("stratified", "first"):
+            raise ConfigError(f"subset must be stratified or first, got {self.subset!r}")
         if self.batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if not (self.models and self.defenses and self.attacks and self.threat_modes):
@@ -168,8 +173,13 @@ class Evaluator:
         inputs: list[str] = []
         for mi, model_spec in enumerate(config.models):
             model = _load_victim(model_spec, config, progress=self.progress).to(device)
-            dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
-            indices, chosen = sample_indices(dataset, config.n, seed=config.seed)
+            dataset = load_dataset(
+                config.data,
+                split="test",
+                image_size=getattr(model, "input_size", None),
+                preprocessing=preprocessing_of(model),
+            )
+            indices, chosen = sample_indices(dataset, config.n, seed=config.seed, first=config.subset == "first")
             inputs.append(f"{config.data}: {chosen}")
             fed = ""
             if isinstance(model, ImageClassifier):
@@ -281,7 +291,10 @@ class Evaluator:
             key=key,
             fit_key=fit_key,
             fit_data=lambda: load_dataset(
-                config.fit_data or config.data, split="train", image_size=getattr(plain, "input_size", None)
+                config.fit_data or config.data,
+                split="train",
+                image_size=getattr(plain, "input_size", None),
+                preprocessing=preprocessing_of(plain),
             ),
             artifacts=self.artifacts if self.shard.is_main else None,
             progress=self.progress,

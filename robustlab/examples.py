@@ -19,6 +19,7 @@ from robustlab.data import iterate_batches, load_dataset
 from robustlab.inputs import load_classifier
 from robustlab.models import ModelSpec
 from robustlab.plots import Example
+from robustlab.preprocessing import preprocessing_of
 from robustlab.report import Report
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
@@ -58,7 +59,9 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         return f"{attack_spec.name} is a {attack.kind} attack: no per-input examples", []
     order = sorted(range(len(block["index"])), key=lambda i: not shown["success"][i])[:count]
     model = load_classifier(spec, config["data"], progress=False)
-    dataset = load_dataset(config["data"], split="test", image_size=model.input_size)
+    dataset = load_dataset(
+        config["data"], split="test", image_size=model.input_size, preprocessing=preprocessing_of(model)
+    )
     indices = [block["index"][i] for i in order]
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
     task = Classification()

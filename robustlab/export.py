@@ -49,6 +49,7 @@ from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
 from robustlab.jsonfile import read_json
 from robustlab.models import ModelSpec
+from robustlab.preprocessing import preprocessing_of
 from robustlab.randomized import attacked_by, through_eot
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
@@ -143,7 +144,9 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
     device = torch.device(config.device)
     spec = config.model
     model = load_classifier(spec, config.data, progress=progress).to(device)
-    dataset = load_dataset(config.data, split=config.split, image_size=model.input_size)
+    dataset = load_dataset(
+        config.data, split=config.split, image_size=model.input_size, preprocessing=preprocessing_of(model)
+    )
     if 0 < model.num_classes < dataset.num_classes:
         raise ConfigError(
             f"{config.data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "

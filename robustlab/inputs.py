@@ -9,15 +9,18 @@ otherwise. What was used is returned as a one-line note for the report and the c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD, ImageClassifier
-from robustlab.data import DataSpec, parse_kwargs
+from robustlab.data import DATASETS, DataSpec, parse_kwargs, register_builtin_datasets
 from robustlab.errors import ConfigError
 from robustlab.models import ModelSpec, load_model
+from robustlab.preprocessing import Preprocessing, preprocessing_of
 
 __all__ = ["NORMALIZATION_PRESETS", "input_note", "load_classifier", "native_image_size", "parse_channels"]
 
@@ -109,6 +112,11 @@ def load_classifier(spec: ModelSpec, data: str, *, progress: bool) -> ImageClass
     )
     if size is not None:
         model.input_size = size
+    flags: dict[str, Any] = {"resize": spec.resize, "interpolation": spec.interpolation, "crop_mode": spec.crop_mode}
+    given = {key: value for key, value in flags.items() if value is not None}
+    if given:
+        fed = preprocessing_of(model) or Preprocessing.standard(model.input_size)
+        model.preprocessing = dataclasses.replace(fed, **given, source=f"{fed.source} with {', '.join(_flags(given))}")
     for name, values in (("mean", spec.mean), ("std", spec.std)):
         if values is not None:
             buffer = getattr(model, name)
@@ -118,14 +126,30 @@ def load_classifier(spec: ModelSpec, data: str, *, progress: bool) -> ImageClass
     return model
 
 
+def _resamples(data: str) -> bool:
+    """Whether ``data`` resizes its images (it takes a preprocessing); ``synth`` renders at the size asked for."""
+    register_builtin_datasets()
+    return "preprocessing" in DATASETS.get(DataSpec.parse(data).name).params()
+
+
+def _flags(given: dict[str, Any]) -> list[str]:
+    return [f"--{key.replace('_', '-')} {value}" for key, value in given.items()]
+
+
 def input_note(model: ImageClassifier, spec: ModelSpec, data: str) -> str:
-    """How ``model`` is fed, in one line: size (and why), mean and std."""
+    """How ``model`` is fed, in one line: size (and why), resampling (and whose) if the data is resized, mean, std."""
+    native = spec.image_size is None and native_image_size(data) is not None
     if spec.image_size is not None:
         why = "--image-size"
-    elif native_image_size(data) is not None:
+    elif native:
         why = "the data's own size, not resized"
     else:
         why = "the model's standard size"
     mean = ", ".join(f"{v:.4g}" for v in model.mean.flatten().tolist())
     std = ", ".join(f"{v:.4g}" for v in model.std.flatten().tolist())
-    return f"{spec.label()} fed {model.input_size}x{model.input_size} images ({why}), mean ({mean}), std ({std})"
+    fed = preprocessing_of(model)
+    resampled = f", {fed.describe()}" if fed is not None and not native and _resamples(data) else ""
+    return (
+        f"{spec.label()} fed {model.input_size}x{model.input_size} images ({why}){resampled}, "
+        f"mean ({mean}), std ({std})"
+    )

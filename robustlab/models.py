@@ -19,17 +19,28 @@ from torch import Tensor, nn
 
 from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
+from robustlab.preprocessing import Preprocessing
 from robustlab.train import TrainConfig, trained_classifier
 
-__all__ = ["MODELS", "ImageClassifier", "ModelSpec", "check_logits", "load_model", "load_state_dict_file"]
+__all__ = [
+    "MODELS",
+    "ImageClassifier",
+    "ModelSpec",
+    "check_logits",
+    "load_model",
+    "load_state_dict_file",
+    "load_strict",
+    "torchvision_preprocessing",
+]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What the CLI asks for: an architecture (or ``module:factory``), weights, a class count, and how it is fed.
 
-    ``image_size``, ``mean`` and ``std`` override the input size and normalization
-    (:func:`robustlab.inputs.load_classifier`); ``None``: the data's own size, the architecture's normalization.
+    ``image_size``, ``mean``, ``std``, ``resize``, ``interpolation`` and ``crop_mode`` override the input size,
+    normalization and resampling (:func:`robustlab.inputs.load_classifier`); ``None``: the data's own size and
+    what the weights say (robustlab's standard when they say nothing).
     """
 
     name: str
@@ -38,6 +49,9 @@ class ModelSpec:
     image_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    resize: int | None = None
+    interpolation: str | None = None
+    crop_mode: str | None = None
 
     def label(self) -> str:
         """Short name used in tables and reports."""
@@ -55,8 +69,10 @@ def load_model(
     """Build a classifier in eval mode with frozen parameters.
 
     Args:
-        name: a registered architecture (``robustlab list``) or ``package.module:factory`` for a user model
-            (the factory takes no arguments and returns an ``nn.Module`` that accepts ``[0, 1]`` images).
+        name: a registered architecture (``robustlab list``), ``timm:NAME[.TAG]`` or ``timm:local-dir:DIR``
+            (:mod:`robustlab.timm_models`), ``robustbench:NAME[:DATASET/THREAT]``
+            (:mod:`robustlab.robustbench_models`), or ``package.module:factory`` for a user model (the factory
+            takes no arguments and returns an ``nn.Module`` that accepts ``[0, 1]`` images).
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
             nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
             ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision nets),
@@ -71,6 +87,14 @@ def load_model(
         WeightsUnavailableError: the weights cannot be downloaded or the file is missing.
         CheckpointMismatchError: the checkpoint does not fit the architecture.
     """
+    if name.startswith("timm:"):
+        from robustlab.timm_models import load_timm_model
+
+        return _finish(load_timm_model(name, weights=weights, num_classes=num_classes, image_size=image_size))
+    if name.startswith("robustbench:"):
+        from robustlab.robustbench_models import load_robustbench_model
+
+        return _finish(load_robustbench_model(name, weights=weights))
     if ":" in name and name not in MODELS:
         return _load_user_model(name, weights=weights, image_size=image_size)
     entry = MODELS.get(name)
@@ -179,9 +203,32 @@ def _load_torchvision_weights(name: str, tag: str, *, num_classes: int | None, p
         ) from None
     net = torchvision.models.get_model(name, weights=None, num_classes=classes)
     net.load_state_dict(state)
-    crop = weight.transforms().crop_size
-    size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
-    return ImageClassifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=classes, name=name, input_size=size)
+    preprocessing, mean, std = torchvision_preprocessing(weight)
+    return ImageClassifier(
+        net,
+        mean=mean,
+        std=std,
+        num_classes=classes,
+        name=name,
+        input_size=preprocessing.size,
+        preprocessing=preprocessing,
+    )
+
+
+def torchvision_preprocessing(weight: Any) -> tuple[Preprocessing, tuple[float, ...], tuple[float, ...]]:
+    """Resize, crop, interpolation, mean and std of a torchvision weights enum member (nothing downloaded)."""
+    transforms = weight.transforms()
+
+    def side(value: Any) -> int:
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    preprocessing = Preprocessing(
+        side(transforms.crop_size),
+        side(transforms.resize_size),
+        interpolation=transforms.interpolation.value,
+        source=f"torchvision {weight}",
+    )
+    return preprocessing, tuple(transforms.mean), tuple(transforms.std)
 
 
 def load_state_dict_file(path: Path) -> dict[str, Tensor]:
@@ -216,11 +263,11 @@ def _load_checkpoint(
     state = load_state_dict_file(path)
     size = image_size or (32 if family == "embedded" else 224)
     net = MODELS.get(name).factory(num_classes=num_classes or _default_classes(family), image_size=size)
-    _load_strict(net, state, source=path)
+    load_strict(net, state, source=path)
     return _wrap(name, net, family=family, input_size=size)
 
 
-def _load_strict(net: nn.Module, state: dict[str, Tensor], *, source: Path) -> None:
+def load_strict(net: nn.Module, state: dict[str, Tensor], *, source: Path) -> None:
     """``load_state_dict(strict=True)``, with a one-line error naming what does not fit."""
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
@@ -251,7 +298,7 @@ def _load_user_model(spec: str, *, weights: str | None, image_size: int | None) 
             f"user model {spec!r} returned {type(net).__name__}; the factory must return a torch nn.Module"
         )
     if weights:
-        _load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
+        load_strict(net, load_state_dict_file(Path(weights)), source=Path(weights))
     if isinstance(net, ImageClassifier):
         return _finish(net)
     return _finish(

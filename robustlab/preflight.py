@@ -37,7 +37,7 @@ def check_eval(options: dict[str, Any]) -> list[str]:
     if options["run_dir"] is not None:
         check_output_folder(options["run_dir"], "the run store in")
     if options["task"] == "classification":
-        check_model_names(options["models"])
+        check_model_names(options["models"], options["weights"])
     data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
     return check_data(data, options["n"] if options["n"] > 0 else None)
 
@@ -94,12 +94,18 @@ def check_data(specs: Sequence[tuple[str | None, str]], n: int | None) -> list[s
     return notes
 
 
-def check_model_names(names: Sequence[str]) -> None:
-    """Each registered architecture exists (a ``module:factory`` user model is imported later, when loaded)."""
+def check_model_names(names: Sequence[str], weights: str | None = None) -> None:
+    """Each registered architecture exists and a ``timm:`` model's ``--weights hub`` is in the local cache.
+
+    A ``module:factory`` user model is imported later, when loaded; timm is not imported here (seconds).
+    """
+    from robustlab.hub_cache import require_cached_timm
     from robustlab.models import MODELS
 
     for name in names:
-        if ":" not in name:
+        if name.startswith("timm:") and not name.startswith("timm:local-dir:") and weights in (None, "hub"):
+            require_cached_timm(name.removeprefix("timm:"))
+        elif ":" not in name:
             MODELS.get(name)  # raises UnknownNameError listing the close matches
 
 

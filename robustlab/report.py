@@ -128,6 +128,8 @@ class Report:
     fidelity: list[Fidelity] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     """How the data was sampled and each model fed (size, mean, std): printed under the table."""
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    """Claimed against measured accuracies (:mod:`robustlab.leaderboard`), when ``--leaderboard`` was given."""
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self, path: Path) -> None:
@@ -168,6 +170,7 @@ class Report:
                 seconds=data.get("seconds", 0.0),
                 fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
                 inputs=data.get("inputs", []),
+                leaderboard=data.get("leaderboard", []),
             )
         except TypeError as error:  # a diagnostic or fidelity entry with other keys
             raise DataError(

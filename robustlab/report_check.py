@@ -15,7 +15,7 @@ __all__ = ["check_report_document"]
 
 _NUMBER = (int, float)
 _TOP: dict[str, type] = {"config": dict, "environment": dict, "rows": list}
-_LISTS = ("diagnostics", "samples", "fidelity")
+_LISTS = ("diagnostics", "samples", "fidelity", "leaderboard")
 _ROW_TEXT = ("model", "defense", "threat_mode", "attack", "threat")
 _ROW_OPTIONAL_NUMBERS = ("clean_acc", "robust_acc", "attack_success_rate", "mean_norm", "max_norm")
 

@@ -17,13 +17,18 @@ from robustlab.errors import DataError
 __all__ = ["sample_indices"]
 
 
-def sample_indices(dataset: ImageDataset, n: int | None, *, seed: int) -> tuple[Tensor, str]:
-    """The sorted indices to evaluate and a one-line description of how they were chosen."""
+def sample_indices(dataset: ImageDataset, n: int | None, *, seed: int, first: bool = False) -> tuple[Tensor, str]:
+    """The sorted indices to evaluate and a one-line description of how they were chosen.
+
+    ``first``: the first ``n`` whatever the dataset (RobustBench's protocol, ``--subset first``).
+    """
     total = len(dataset)
     if total == 0:
         raise DataError("the dataset has no samples")
     if n is None or n >= total:
         return torch.arange(total), f"all {total} samples"
+    if first:
+        return torch.arange(n), f"the first {n} of {total} samples (--subset first)"
     targets = getattr(dataset, "targets", None)
     if targets is None:
         return torch.arange(n), f"the first {n} of {total} samples (an i.i.d. draw)"

@@ -17,6 +17,7 @@ from torch import nn
 
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.defense import EOT, Defense, ThreatMode
+from robustlab.preprocessing import preprocessing_of
 
 __all__ = [
     "NO_MODE",
@@ -76,7 +77,9 @@ def prepare_defense(defense: Defense, model: nn.Module, data: str, *, seed: int,
         defense.to(device)
     if type(defense).fit is Defense.fit:
         return
-    train = load_dataset(data, split="train", image_size=getattr(model, "input_size", None))
+    train = load_dataset(
+        data, split="train", image_size=getattr(model, "input_size", None), preprocessing=preprocessing_of(model)
+    )
     defense.fit(model, train, generator=torch.Generator().manual_seed(seed), progress=progress)
 
 

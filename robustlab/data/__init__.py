@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
+
+if TYPE_CHECKING:
+    from robustlab.preprocessing import Preprocessing
 
 __all__ = [
     "DATASETS",
@@ -78,13 +81,21 @@ def parse_kwargs(arg: str | None) -> dict[str, str]:
     return out
 
 
-def load_dataset(spec: str | DataSpec, *, split: str = "test", image_size: int | None = None) -> ImageDataset:
+def load_dataset(
+    spec: str | DataSpec,
+    *,
+    split: str = "test",
+    image_size: int | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> ImageDataset:
     """Build the dataset named by ``spec``.
 
     Args:
         spec: ``synth``, ``synth:size=64,context_p=0.8``, ``cifar10``, ``cifar10:ROOT``, ``imagefolder:PATH``...
         split: ``train``, ``val`` or ``test`` for datasets that have splits.
         image_size: side length the model expects; datasets that can resize use it.
+        preprocessing: how the model's weights want other sizes resized and cropped
+            (:func:`robustlab.preprocessing.preprocessing_of`), given to the datasets that take it.
 
     Raises:
         UnknownNameError: no dataset of that name.
@@ -92,8 +103,10 @@ def load_dataset(spec: str | DataSpec, *, split: str = "test", image_size: int |
     """
     register_builtin_datasets()
     parsed = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)
-    factory: Any = DATASETS.get(parsed.name).factory
-    dataset: ImageDataset = factory(parsed.arg, split=split, image_size=image_size)
+    entry = DATASETS.get(parsed.name)
+    factory: Any = entry.factory
+    extra = {"preprocessing": preprocessing} if preprocessing is not None and "preprocessing" in entry.params() else {}
+    dataset: ImageDataset = factory(parsed.arg, split=split, image_size=image_size, **extra)
     return dataset
 
 

@@ -9,28 +9,29 @@ from __future__ import annotations
 import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
 from robustlab.cache import cache_dir
 from robustlab.data import DATASETS, ImageDataset
 from robustlab.errors import ConfigError, DataError
+from robustlab.preprocessing import Preprocessing
 
 __all__ = ["CheckedImageFolder", "load_cifar10", "load_imagefolder"]
 
 
 @DATASETS.register("cifar10", summary="CIFAR-10 via torchvision (cifar10:ROOT; downloads when online).")
-def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> ImageDataset:
+def load_cifar10(
+    arg: str | None, *, split: str, image_size: int | None, preprocessing: Preprocessing | None = None
+) -> ImageDataset:
     """CIFAR-10's 10,000 test images (``split=test``) or 50,000 training images, at 32x32 (or resized)."""
     import torchvision
-    from torchvision import transforms
 
     if split not in ("train", "test"):
         raise ConfigError(f"cifar10 has splits train and test, not {split!r}")
     root = Path(arg) if arg else cache_dir("data")
-    steps: list[object] = [transforms.Resize(image_size)] if image_size and image_size != 32 else []
-    transform = transforms.Compose([*steps, transforms.ToTensor()])
+    size = image_size or 32
+    transform = preprocessing.at_size(size) if preprocessing else Preprocessing(size, size, source="cifar10 resize")
     try:
         dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform, download=True)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
@@ -45,25 +46,11 @@ def load_cifar10(arg: str | None, *, split: str, image_size: int | None) -> Imag
 class CheckedImageFolder:
     """``torchvision.datasets.ImageFolder`` whose unreadable files raise a :class:`DataError` naming them."""
 
-    def __init__(self, root: Path, image_size: int) -> None:
-        from torchvision import transforms
-
+    def __init__(self, root: Path, preprocessing: Preprocessing) -> None:
         from robustlab.data.images import TreeImageFolder
 
-        standard = transforms.Compose(
-            [
-                transforms.Resize(round(image_size / 0.875)) if image_size >= 64 else transforms.Resize(image_size),
-                transforms.CenterCrop(image_size),
-            ]
-        )
-
-        def transform(image: Any) -> Tensor:
-            # An image already at the model's size is taken as it is: resizing it to crop it back loses detail.
-            same = image.size == (image_size, image_size)
-            return transforms.functional.to_tensor(image if same else standard(image))
-
         try:
-            self._folder = TreeImageFolder(str(root), transform=transform)
+            self._folder = TreeImageFolder(str(root), transform=preprocessing)
         except (FileNotFoundError, OSError) as error:
             raise DataError(f"no images in {root}: {error}") from None
         self.classes: Sequence[str] = self._folder.classes
@@ -88,11 +75,14 @@ class CheckedImageFolder:
 
 
 @DATASETS.register("imagefolder", summary="Class-per-folder image tree, e.g. ImageNet val (imagefolder:PATH).")
-def load_imagefolder(arg: str | None, *, split: str, image_size: int | None) -> CheckedImageFolder:
-    """Images under ``PATH/<class>/*``, resized and centre-cropped to the model's input size."""
+def load_imagefolder(
+    arg: str | None, *, split: str, image_size: int | None, preprocessing: Preprocessing | None = None
+) -> CheckedImageFolder:
+    """Images under ``PATH/<class>/*``, resized and centre-cropped as the model's weights were trained."""
     if not arg:
         raise ConfigError("imagefolder needs a path: --data imagefolder:PATH")
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
-    return CheckedImageFolder(root, image_size or 224)
+    size = image_size or (preprocessing.size if preprocessing else 224)
+    return CheckedImageFolder(root, preprocessing.at_size(size) if preprocessing else Preprocessing.standard(size))
