@@ -12,6 +12,7 @@ PACKAGES = (
     "click",
     "safetensors",
     "torchmetrics",
+    "timm",
     "mypy",
     "ruff",
     "pytest",
