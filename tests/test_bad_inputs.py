@@ -376,7 +376,6 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
         ("is the --baseline",),
         2,
     ),
-    "out in missing folder": (lambda t: [*EVAL, "--out", str(t / "no" / "run.json")], ("does not exist",), 2),
     "out is a folder": (lambda t: (t / "d").mkdir() or [*EVAL, "--out", str(t / "d")], ("is a directory",), 2),
     "out is a FIFO": (_fifo, ("a FIFO",), 2),
     "out is a device": (lambda t: [*EVAL, "--out", os.devnull], ("a device",), 2),
