@@ -167,6 +167,7 @@ def test_cli_writes_lossless_images_grid_and_json(
     summary = json.loads(Path("out/fooling.json").read_text())
     assert summary["generation"] == 3 and summary["queries"] == 8 + 3 * 8 and summary["seconds"] > 0
     assert Path("out/grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not Path("out/archive.sqlite.lock").exists()  # the store's lock goes when the run ends
     images = torch.stack(
         [torch.from_numpy(np.array(Image.open(Path("out") / c["image"]))).permute(2, 0, 1) for c in summary["classes"]]
     )
