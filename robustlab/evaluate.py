@@ -442,9 +442,11 @@ class Evaluator:
             said = target.draws > 1  # the ``randomized`` line already says so
             found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
             if defense.changes_model or config.diagnostics == "full":
-                found += expensive_probes(
-                    attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
-                )
+                bar = tqdm(total=0, desc=f"{' / '.join(names)}: masking probes", disable=not self.progress, leave=False)
+                with bar, reporting(on_bar(bar, "probe") if self.progress else None):
+                    found += expensive_probes(
+                        attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+                    )
         return found
 
 
