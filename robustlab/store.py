@@ -104,7 +104,7 @@ class SqliteStore:
                     f"run store {path} belongs to a different configuration: use a new --run-dir, or delete the store"
                 )
         except BaseException:
-            self._lock.close()
+            self._release()
             raise
 
     def get(self, key: str) -> dict[str, Tensor] | None:
@@ -126,7 +126,11 @@ class SqliteStore:
     def close(self) -> None:
         """Close the database connection and let another process use the store; the lock file goes with it."""
         self._db.close()
-        Path(self._lock.name).unlink(missing_ok=True)  # removed while still held, so no one locks it meanwhile
+        self._release()
+
+    def _release(self) -> None:
+        """Remove the lock file while still holding it (so no one locks it meanwhile), then let it go."""
+        Path(self._lock.name).unlink(missing_ok=True)
         self._lock.close()
 
 
