@@ -176,8 +176,8 @@ class Evaluator:
             model = _load_victim(model_spec, config, progress=self.progress).to(device)
             dataset = load_dataset(config.data, split="test", image_size=getattr(model, "input_size", None))
             indices, chosen = sample_indices(dataset, config.n, seed=config.seed)
-            scored = any(RUNNERS[attack.kind].batched for _, attack in attacks)
-            inputs.append(f"{config.data}: {chosen if scored else 'no samples scored (the attacks make images)'}")
+            batched = any(RUNNERS[attack.kind].batched for _, attack in attacks)  # else every attack makes images
+            inputs.append(f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}")
             if isinstance(dataset, AdversarialDataset):
                 inputs.append(f"{config.data}: {dataset.provenance()}; {ADVERSARIAL_CHECK}")
             fed = ""
