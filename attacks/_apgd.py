@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import Attack
 from robustlab.errors import ConfigError
+from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = [
@@ -259,6 +260,7 @@ def _apgd_rows(
     checkpoint, since = max(int(0.22 * c.steps), 1), 0
     shrink, shortest = max(int(0.03 * c.steps), 1), max(int(0.06 * c.steps), 1)
     for i in range(c.steps):
+        advance(f"apgd-{c.loss} iterations", i, c.steps)
         if not keep.all():
             rows = {name: value[keep] for name, value in rows.items()}
             yr, owner = rows["y"], rows["owner"]

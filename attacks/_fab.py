@@ -32,6 +32,7 @@ import torch
 from robustlab.attacks._apgd import by_rows, keep_first, normalize, sample_streams, top_targets
 from torch import Tensor, nn
 
+from robustlab.progress import advance
 from robustlab.threat import Norm, perturbation_norm
 
 __all__ = ["FABConfig", "fab", "project_onto_hyperplane"]
@@ -204,7 +205,8 @@ def _fab_rows(
     rows: dict[str, Tensor] = {"x0": x0, "y": yr, "owner": owner, "x1": x1}
     if target is not None:
         rows["target"] = target
-    for _ in range(c.steps):
+    for i in range(c.steps):
+        advance("fab iterations", i, c.steps)
         if not keep.all():
             rows = {name: value[keep] for name, value in rows.items()}
             if not len(rows["y"]):

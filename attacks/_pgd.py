@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attack import Attack
+from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = [
@@ -102,7 +103,8 @@ def projected_gradient_descent(
     x_adv = x_start.detach().clone()
     active = torch.arange(len(x), device=x.device)
     xa, ya, adva = x, y, x_adv
-    for _ in range(steps):
+    for i in range(steps):
+        advance("pgd steps", i, steps)
         adva = adva.detach().requires_grad_(True)
         logits = model(adva)
         # torchattacks' mean over the batch, but always over the *full* batch: the L2 step's 1e-10 guard makes

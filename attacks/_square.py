@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from robustlab.components import stream_seed
 from robustlab.errors import ConfigError
+from robustlab.progress import advance
 from robustlab.threat import Norm
 
 __all__ = ["SquareConfig", "eta", "margin", "p_selection", "square_attack", "window_side"]
@@ -228,6 +229,7 @@ def square_attack(
             live = torch.arange(len(rows), device=x.device)  # rows of ``xa`` still querying
             uniforms = x.new_empty((0, CHUNK, step_draws))
             for i in range(c.n_queries + 1):
+                advance("square queries", restart * c.n_queries + i, c.n_restarts * c.n_queries)
                 done = live[best_margin[live] <= 0]
                 if len(done):
                     result[todo[done]] = best[done]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchattacks
 from robustlab.attacks._torchattacks import TorchattacksAttack, within_budget
 from torch import Tensor, nn
 
@@ -41,6 +40,8 @@ class DeepFool(TorchattacksAttack):
         return ThreatModel(Norm.L2, self.eps)
 
     def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
+        import torchattacks  # its scipy import costs every command a second: only when run
+
         return torchattacks.DeepFool(model, steps=self.steps, overshoot=self.overshoot)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchattacks
 from robustlab.attacks._torchattacks import TorchattacksAttack
 from torch import Tensor, nn
 
@@ -29,4 +28,6 @@ class FGSM(TorchattacksAttack):
         return ThreatModel(Norm.LINF, self.eps)
 
     def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
+        import torchattacks  # its scipy import costs every command a second: only when run
+
         return torchattacks.FGSM(model, eps=self.eps)

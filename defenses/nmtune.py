@@ -251,7 +251,12 @@ def train_nmtune(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * per_epoch)
     tuner.train()
     head.train()
-    bar = tqdm(range(config.epochs), desc="nmtune", disable=not progress, leave=False)
+    bar = tqdm(
+        range(config.epochs),
+        desc="training nmtune's MLP (--defense nmtune: first use, then cached)",
+        disable=not progress,
+        leave=False,
+    )
     for _ in bar:
         order = torch.randperm(len(weak), generator=generator).to(device)
         for step in range(per_epoch):

@@ -366,7 +366,9 @@ class RawIsp(PreprocessingDefense):
         generator = torch.Generator(device=device).manual_seed(seed)
         pool = _load_pool(dataset, self.cfg, generator=generator).to(device)
         total = self.cfg.f_steps + self.cfg.g_steps
-        with tqdm(total=total, desc="raw_isp", file=sys.stderr, disable=not progress) as bar:
+        with tqdm(
+            total=total, desc="training raw_isp (first use, then cached)", file=sys.stderr, disable=not progress
+        ) as bar:
             _train_encoder(self.encoder, pool, self.cfg, generator=generator, bar=bar)
             _train_isp(self.isp, pool, self.cfg, generator=generator, bar=bar)
 

@@ -83,7 +83,7 @@ def list_command() -> None:
             kind = getattr(entry.factory, "kind", None)
             suffix = f" [{kind}]" if kind is not None and str(kind) != "perturbation" else ""
             per_batch = entry.tags.get("stochastic") and not getattr(entry.factory, "per_sample_streams", True)
-            if per_batch and str(kind) == "perturbation":
+            if per_batch and str(kind) != "generative":  # the others are applied batch by batch
                 suffix += " [randomness per batch: per-sample results may change with --batch-size]"
             click.echo(f"  {entry.name.ljust(width)}  {entry.summary}{suffix}")
 
@@ -265,7 +265,7 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
     accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
     if accepted is not None:
         check_same_scope({key: options[key] for key in ("data", "n", "task")}, accepted.config)
-    report = run_eval(**options)
+    report = run_eval(baseline=accepted, **options)
     if accepted is not None:
         gate(report, accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
 
@@ -295,14 +295,17 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
 def run_command(ctx: click.Context, experiment: Path) -> None:
     """Run the grid an EXPERIMENT TOML file declares; its keys are the eval options (models, attacks, eps, out...).
 
-    The report goes to `out`, by default NAME.json in the working directory.
+    EXPERIMENT is a path, a path relative to the project, or a name in its experiments/ folder. The report
+    goes to `out`, by default NAME.json in the working directory.
 
     \b
-    Example:
+    Examples:
       robustlab run experiments/synth_pgd_sweep.toml
+      robustlab run synth_pgd_sweep
     """
-    from robustlab.experiment import experiment_options
+    from robustlab.experiment import experiment_options, find_experiment
 
+    experiment = find_experiment(experiment)
     options = experiment_options(experiment, eval_command, ctx)
     if options["out"] is None:
         options["out"] = Path(f"{experiment.stem}.json")

@@ -78,7 +78,9 @@ def build_specs(
     ``shared`` values (``--steps``) go to every component that takes them; each ``sweep`` budget
     (``--eps``, repeatable) written for a component's norm makes one spec of it (a component with a
     ``norm`` parameter takes every norm's budgets, each at its norm); a component no budget is for keeps
-    its default. A scoped argument must name a component in ``names`` and a parameter it takes.
+    its default. A scoped argument must name a component in ``names`` and a parameter it takes. A
+    parameter given at its default is dropped (``--steps 10`` is PGD's default: the spec is plain ``pgd``)
+    and a component asked for twice is kept once.
     """
     scoped: dict[str, dict[str, Any]] = {name: {} for name in names}
     for item in args:
@@ -101,7 +103,9 @@ def build_specs(
         base.update(scoped[name])
         budgets = _budgets_for(registry, name, base, sweep) if "eps" in params and "eps" not in scoped[name] else []
         for extra in budgets or [{}]:
-            specs.append(ComponentSpec(name, tuple({**base, **extra}.items())))
+            spec = ComponentSpec(name, tuple({**base, **extra}.items())).without_defaults(registry)
+            if spec not in specs:  # the same component asked for twice is one row, not two of one label
+                specs.append(spec)
     return tuple(specs)
 
 

@@ -24,7 +24,7 @@ from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env
 from robustlab.errors import ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
-from robustlab.gate import compare_reports, format_regressions
+from robustlab.gate import check_same_grid, compare_reports, format_regressions
 from robustlab.leaderboard import check_leaderboard, describe_comparison
 from robustlab.models import ModelSpec
 from robustlab.preflight import check_eval
@@ -111,7 +111,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
     attacks, defenses = component_specs(options, options["attacks"], options["defenses"], sweep=options["eps"])
 
     return EvalConfig(
-        models=tuple(model_spec(name, options) for name in options["models"]),
+        models=tuple(model_spec(name, options) for name in dict.fromkeys(options["models"])),
         defenses=defenses,
         attacks=attacks,
         data=options["data"],
@@ -163,10 +163,18 @@ def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: boo
     return store if store is not None else open_store(run_dir, config, resume=run_dir is not None)
 
 
-def run_eval(**options: Any) -> Report:
-    """Run ``robustlab eval``: print the table, write the report if asked."""
+def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
+    """Run ``robustlab eval``: print the table, write the report if asked.
+
+    A ``baseline`` the run will be gated against must cover the same grid: that is checked from the
+    config, before any model is loaded or attacked.
+    """
     notes = check_eval(options)
     config = build_config(options)
+    if baseline is not None:
+        from robustlab.grid import planned_rows
+
+        check_same_grid(planned_rows(config), baseline)
     out: Path | None = options["out"]
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)

@@ -7,6 +7,7 @@ can build an attack or seed a unit without importing the evaluator; importing it
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,10 +42,26 @@ class ComponentSpec:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{registry.kind} {self.name}: {error}") from None
 
+    def without_defaults(self, registry: Registry[Any]) -> ComponentSpec:
+        """The same component less the parameters given at their default: ``pgd`` for ``pgd(steps=10)``.
+
+        Two specs that build the same component then have one label, one row key and one run hash.
+        """
+        accepted = registry.get(self.name).params()
+        kept = tuple((k, v) for k, v in self.params if k not in accepted or not _same(v, accepted[k].default))
+        return ComponentSpec(self.name, kept)
+
     def label(self) -> str:
         """Name plus the non-budget parameters, e.g. ``pgd(steps=20)`` (the budget has its own column)."""
         shown = [f"{k}={v}" for k, v in self.params if k != "eps"]
         return f"{self.name}({', '.join(shown)})" if shown else self.name
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Whether a given parameter value is its factory's default (an enum default equals its value)."""
+    if default is inspect.Parameter.empty:
+        return False
+    return bool(value == default or value == getattr(default, "value", default))
 
 
 def json_ready(value: Any) -> Any:

@@ -204,7 +204,12 @@ def train_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     head.train()
-    for _ in tqdm(range(config.steps), desc=f"head {config.task}", disable=not progress, leave=False):
+    for _ in tqdm(
+        range(config.steps),
+        desc=f"training the {config.task} head (first use, then cached)",
+        disable=not progress,
+        leave=False,
+    ):
         chunk = torch.randint(len(features), (config.batch_size,), generator=generator)
         loss = F.cross_entropy(head((features[chunk] - mean) / std), labels[chunk])
         optimizer.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
 from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
@@ -36,11 +37,12 @@ from robustlab.inputs import input_note, load_classifier
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec, check_logits
 from robustlab.preprocessing import preprocessing_of
+from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, for_randomized
 from robustlab.report import WORST_CASE, Diagnostic, Fidelity, Report, Row, environment
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
-from robustlab.sanity import chance_level, output_checks
+from robustlab.sanity import adversarial_data, chance_level, output_checks
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, Task, predict
 from robustlab.victims import (
@@ -65,6 +67,10 @@ __all__ = [
 ]
 
 TASK_CHOICES = ("classification", "downstream", "captioning")
+ADVERSARIAL_CHECK = (
+    "its clean accuracy is the attack's robust accuracy, so instead of the chance-level check the model and "
+    "defense that made it must score what generate recorded (NaN and constant outputs are still checked)"
+)
 DEFAULT_HEADS = ("shape", "color", "background", "size")
 
 
@@ -180,7 +186,10 @@ class Evaluator:
                 preprocessing=preprocessing_of(model),
             )
             indices, chosen = sample_indices(dataset, config.n, seed=config.seed, first=config.subset == "first")
-            inputs.append(f"{config.data}: {chosen}")
+            batched = any(RUNNERS[attack.kind].batched for _, attack in attacks)  # else every attack makes images
+            inputs.append(f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}")
+            if isinstance(dataset, AdversarialDataset):
+                inputs.append(f"{config.data}: {dataset.provenance()}; {ADVERSARIAL_CHECK}")
             fed = ""
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
@@ -204,7 +213,11 @@ class Evaluator:
                     samples += block_samples
                     if isinstance(model, ImageClassifier) and config.diagnostics and config.task == "classification":
                         labels = torch.tensor(block_samples[0]["label"]) if block_samples else torch.empty(0)
-                        diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
+                        if isinstance(dataset, AdversarialDataset):
+                            exact = target.draws == 1
+                            diagnostics += adversarial_data(block_rows, dataset, indices, names=names, exact=exact)
+                        else:
+                            diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
                         diagnostics += self._probe(model, defense, target, indices, target_attacks, config)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
@@ -339,19 +352,20 @@ class Evaluator:
             for cell, cell_key in zip(batched, cell_keys, strict=True):
                 cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
                 mask = cell.task.attackable(cell_clean, y)
-                units[cell_key] = self._unit(
-                    cell_key,
-                    config.seed,
-                    partial(
-                        attack_and_score,
-                        *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
-                        *(cell_clean, mask),
-                        early_stop=target.early_stop,
-                        limit=self._limit,
-                        sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
-                        state=KeyedStore(self.store, cell_key),
-                    ),
-                )
+                with reporting(on_bar(bar, cell.spec.label()) if self.progress else None):  # a long call moves too
+                    units[cell_key] = self._unit(
+                        cell_key,
+                        config.seed,
+                        partial(
+                            attack_and_score,
+                            *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
+                            *(cell_clean, mask),
+                            early_stop=target.early_stop,
+                            limit=self._limit,
+                            sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
+                            state=KeyedStore(self.store, cell_key),
+                        ),
+                    )
                 bar.update()
         bar.close()
         units = gather_units(self.shard, units)
@@ -441,9 +455,11 @@ class Evaluator:
             said = target.draws > 1  # the ``randomized`` line already says so
             found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
             if defense.changes_model or config.diagnostics == "full":
-                found += expensive_probes(
-                    attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
-                )
+                bar = tqdm(total=0, desc=f"{' / '.join(names)}: masking probes", disable=not self.progress, leave=False)
+                with bar, reporting(on_bar(bar, "probe") if self.progress else None):
+                    found += expensive_probes(
+                        attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+                    )
         return found
 
 

@@ -22,7 +22,23 @@ else:  # the same parser, before it joined the standard library
 
 from robustlab.errors import ConfigError, DataError
 
-__all__ = ["experiment_options"]
+__all__ = ["PROJECT", "experiment_options", "find_experiment"]
+
+PROJECT = Path(__file__).resolve().parent.parent
+"""The project the package was installed from (``experiments/`` sits beside ``robustlab/`` in a clone)."""
+
+
+def find_experiment(path: Path) -> Path:
+    """``path`` as given, else relative to the project, else a name in the project's ``experiments/``.
+
+    ``robustlab run experiments/synth_pgd_sweep.toml`` and ``robustlab run synth_pgd_sweep`` then work
+    from any working directory; a path that names nothing is returned as it is, for the caller's error.
+    """
+    folder = PROJECT / "experiments"
+    for candidate in [path, PROJECT / path, folder / path, folder / f"{path}.toml"]:
+        if candidate.is_file():
+            return candidate
+    return path
 
 
 def experiment_options(path: Path, command: click.Command, ctx: click.Context) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from robustlab.inputs import load_classifier
 from robustlab.jsonfile import read_json
 from robustlab.models import ModelSpec
 from robustlab.preprocessing import preprocessing_of
+from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, through_eot
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
@@ -162,9 +163,11 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
         chosen, _ = sample_indices(dataset, config.n, seed=config.seed)  # class-stratified, as eval's -n
         starts = range(0, len(chosen), config.shard_size)
         records: list[dict[str, Any]] = []
-        for s, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
+        bar = tqdm(starts, desc="generate", disable=not progress, leave=False)
+        for s, start in enumerate(bar):
             indices = chosen[start : start + config.shard_size]
-            records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
+            with reporting(on_bar(bar, config.attack.label()) if progress else None):
+                records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
         manifest = {
             **header,
             "source": {"data": config.data, "split": config.split, "quantization": "round(x * 255) / 255"},

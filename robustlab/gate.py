@@ -12,11 +12,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from robustlab.errors import ConfigError
 from robustlab.report import Report, Row
 
-__all__ = ["Regression", "check_same_scope", "compare_reports", "format_regressions", "load_baseline"]
+__all__ = [
+    "Regression",
+    "check_same_grid",
+    "check_same_scope",
+    "compare_reports",
+    "format_regressions",
+    "load_baseline",
+]
 
 SCOPE = ("data", "n", "task")
 """Config keys two reports must share to be compared: the same rows over other samples mean nothing."""
@@ -66,21 +74,14 @@ def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_s
             small ``n`` does not fail the gate on sampling noise alone (0 disables it).
 
     Raises:
-        ConfigError: a negative tolerance or margin, other data, n or task than the baseline's, or a baseline row
-            or metric the new report lacks.
+        ConfigError: a negative tolerance or margin, other data, n or task than the baseline's, a baseline row
+            or metric the new report lacks, or an attack resolved to other hyperparameters.
     """
     if tolerance < 0 or margin_sigmas < 0:
         raise ConfigError(f"tolerance and margin must be >= 0, got {tolerance} and {margin_sigmas}")
     check_same_scope(new.config, baseline.config)
+    check_same_grid({row.key(): row.attack_config for row in new.rows}, baseline)
     rows = {row.key(): row for row in new.rows}
-    missing = [row.key() for row in baseline.rows if row.key() not in rows]
-    if missing:
-        shown = "; ".join(" / ".join(key) for key in missing[:3])
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise ConfigError(
-            f"the report covers another grid than the baseline: {len(missing)} baseline row(s) missing "
-            f"({shown}{more}); rerun with the baseline's models, defenses, attacks and budgets"
-        )
     found: list[Regression] = []
     for old in baseline.rows:
         current = rows[old.key()]
@@ -98,6 +99,48 @@ def compare_reports(new: Report, baseline: Report, *, tolerance: float, margin_s
             if worse > allowed + 1e-12:  # accuracies are ratios of counts: ignore float noise
                 found.append(Regression(old.key(), name, before, after, allowed, higher))
     return found
+
+
+def check_same_grid(new: dict[tuple[str, ...], dict[str, Any] | None], baseline: Report) -> None:
+    """Refuse a run without a row for each baseline row, or whose attack there resolves to other hyperparameters.
+
+    ``new`` maps the run's row keys (made or planned, :func:`robustlab.grid.planned_rows`) to their
+    attack's resolved config (``None``: not compared). The message names what differs, axis by axis.
+    """
+    missing = [row.key() for row in baseline.rows if row.key() not in new]
+    if missing:
+        shown = "; ".join(" / ".join(key) for key in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(
+            f"the report covers another grid than the baseline: {len(missing)} baseline row(s) missing "
+            f"({shown}{more}){_axis_differences(missing, list(new))}; rerun with the baseline's models, "
+            f"weights, defenses, attacks and budgets, or make a new baseline"
+        )
+    for row in baseline.rows:
+        resolved = new[row.key()]
+        if resolved is None or not row.attack_config or resolved == row.attack_config:
+            continue
+        changed = sorted(k for k in {*resolved, *row.attack_config} if resolved.get(k) != row.attack_config.get(k))
+        raise ConfigError(
+            f"{' / '.join(row.key())}: the baseline ran {row.attack} with "
+            f"{', '.join(f'{k}={row.attack_config.get(k)!r}' for k in changed)}, this run with "
+            f"{', '.join(f'{k}={resolved.get(k)!r}' for k in changed)}: make a new baseline with this robustlab"
+        )
+
+
+_AXES = ("model", "defense", "threat mode", "attack", "threat", "task")
+
+
+def _axis_differences(missing: list[tuple[str, ...]], present: list[tuple[str, ...]]) -> str:
+    """``: its attack pgd(steps=20) is not in this run (which has pgd)``, for every axis that explains ``missing``."""
+    said = []
+    for i, axis in enumerate(_AXES):
+        ours = list(dict.fromkeys(key[i] if len(key) > i else "classification" for key in present))
+        theirs = dict.fromkeys(key[i] if len(key) > i else "classification" for key in missing)
+        absent = [value for value in theirs if value not in ours]
+        if absent:
+            said.append(f"its {axis} {', '.join(absent)} is not in this run (which has {', '.join(ours) or 'none'})")
+    return ": " + "; ".join(said) if said else ""
 
 
 def check_same_scope(new: dict[str, object], baseline: dict[str, object]) -> None:

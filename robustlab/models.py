@@ -7,7 +7,10 @@ pixels and an ``eps`` of 8/255 means the same thing for every model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import sys
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ __all__ = [
     "ImageClassifier",
     "ModelSpec",
     "check_logits",
+    "default_weights",
     "load_model",
     "load_state_dict_file",
     "load_strict",
@@ -54,8 +58,22 @@ class ModelSpec:
     crop_mode: str | None = None
 
     def label(self) -> str:
-        """Short name used in tables and reports."""
-        return self.name if self.weights is None else f"{self.name}[{Path(self.weights).name}]"
+        """Short name used in tables and reports: the weights are named unless they are the default ones.
+
+        ``smallcnn`` and ``smallcnn`` with ``--weights synth`` are one model, so they have one label (and row key).
+        """
+        if self.weights is None or self.weights == default_weights(self.name):
+            return self.name
+        return f"{self.name}[{Path(self.weights).name}]"
+
+
+def default_weights(name: str) -> str | None:
+    """The weights a registered architecture loads when none are named (``None`` for a user model)."""
+    return _default_weights(MODELS.get(name).tags["family"]) if name in MODELS else None
+
+
+def _default_weights(family: str) -> str:
+    return "synth" if family == "embedded" else "imagenet"
 
 
 def load_model(
@@ -99,7 +117,7 @@ def load_model(
         return _load_user_model(name, weights=weights, image_size=image_size)
     entry = MODELS.get(name)
     family = entry.tags["family"]
-    weights = weights or ("synth" if family == "embedded" else "imagenet")
+    weights = weights or _default_weights(family)
     if weights in ("synth", "synth-at"):
         config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32)
         return _finish(trained_classifier(config, adversarial=weights == "synth-at", progress=progress))
@@ -194,13 +212,17 @@ def _load_torchvision_weights(name: str, tag: str, *, num_classes: int | None, p
     classes = len(weight.meta["categories"])
     if num_classes not in (None, classes):
         raise ConfigError(f"{weight} has {classes} classes, not {num_classes}; pass a checkpoint for other heads")
+    said = io.StringIO()  # torch announces a download on stdout, the table's stream: shown only if it worked
     try:
-        state = weight.get_state_dict(progress=progress, check_hash=True)
+        with contextlib.redirect_stdout(said):
+            state = weight.get_state_dict(progress=progress, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         raise WeightsUnavailableError(
             f"cannot download {weight} ({type(error).__name__}: offline?): fetch {weight.url} on a connected machine "
             f"and pass --weights PATH, or use --weights synth"
         ) from None
+    if progress:
+        sys.stderr.write(said.getvalue())
     net = torchvision.models.get_model(name, weights=None, num_classes=classes)
     net.load_state_dict(state)
     preprocessing, mean, std = torchvision_preprocessing(weight)
@@ -238,7 +260,10 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
     strips a ``module.`` prefix left by ``DataParallel``.
     """
     if not path.is_file():
-        raise WeightsUnavailableError(f"no checkpoint file at {path}")
+        raise WeightsUnavailableError(
+            f"no checkpoint file at {path}: make one with robustlab train --model NAME --out model.safetensors "
+            f"(then --weights model.safetensors), or use --weights synth"
+        )
     if path.suffix == ".safetensors":
         from robustlab.cache import load_weights
 

@@ -43,27 +43,32 @@ def check_eval(options: dict[str, Any]) -> list[str]:
 
 
 def check_output_file(path: Path, what: str) -> None:
-    """``path`` can be written atomically: its folder exists and is writable, it is not a folder or a FIFO.
+    """``path`` can be written atomically: it is not a folder or a FIFO, and its folder exists or can be made.
 
     ``what`` names the output in messages (``"the report"``). A symlink is fine: the write goes to its
-    target (see :func:`robustlab.cache.atomic_write`).
+    target (see :func:`robustlab.cache.atomic_write`, which also creates the missing folders).
     """
     target = Path(os.path.realpath(path))
     if target.exists() and not target.is_file():
         raise ConfigError(f"cannot write {what} {path}: it is {_kind(target)}, not a regular file; name a file")
-    _check_writable_folder(target.parent, f"{what} {path}")
+    _check_creatable_folder(target.parent, f"{what} {path}")
 
 
 def check_output_folder(path: Path, what: str) -> None:
     """``path`` is a folder, or can be made one: nothing else is in the way and its nearest parent is writable."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"cannot write {what} {path}: it is {_kind(path)}, not a folder")
-    existing = path
+    _check_creatable_folder(path, f"{what} {path}")
+
+
+def _check_creatable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists and is writable, or its nearest existing parent is a writable folder to make it in."""
+    existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"cannot create {what} {path}: {existing} is {_kind(existing)}, not a folder")
-    _check_writable_folder(existing, f"{what} {path}")
+        raise ConfigError(f"cannot create {what}: {existing} is {_kind(existing)}, not a folder")
+    _check_writable_folder(existing, what)
 
 
 def check_not_baseline(out: Path | None, baseline: Path | None) -> None:

@@ -22,7 +22,7 @@ from robustlab.report import Diagnostic
 from robustlab.sanity import randomized
 from robustlab.victims import Target
 
-__all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized", "through_eot"]
+__all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized", "randomized_version", "through_eot"]
 
 RANDOMIZED_ALTERNATIVES = {"autoattack": "autoattack-rand"}
 """Attacks with a version for randomized models, used instead when that version is registered."""
@@ -40,7 +40,7 @@ def for_randomized(
     if not randomized(target.scored, x):
         return target, list(attacks), []
     attacked = {mode: through_eot(module, x, eot_samples) for mode, module in target.attacked.items()}
-    swapped = [_randomized_version(spec, attack) for spec, attack in attacks]
+    swapped = [randomized_version(spec, attack) for spec, attack in attacks]
     changed = [
         f"{old.label()} -> {new.label()}" for (old, _), (new, _) in zip(attacks, swapped, strict=True) if old != new
     ]
@@ -65,7 +65,7 @@ def through_eot(module: nn.Module, x: Tensor, eot_samples: int) -> nn.Module:
     return EOT(module, eot_samples).eval()
 
 
-def _randomized_version(spec: ComponentSpec, attack: Attack) -> tuple[ComponentSpec, Attack]:
+def randomized_version(spec: ComponentSpec, attack: Attack) -> tuple[ComponentSpec, Attack]:
     """The registered randomized-model version of an attack (looked up at run time), else the attack itself."""
     name = RANDOMIZED_ALTERNATIVES.get(spec.name)
     if name is None or name not in ATTACKS:

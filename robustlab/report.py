@@ -28,6 +28,7 @@ __all__ = [
     "environment",
     "format_table",
     "other_metrics",
+    "row_key",
     "row_value",
     "shown_columns",
 ]
@@ -74,13 +75,23 @@ class Row:
             object.__setattr__(self, "metrics", {**self.metrics, **_accuracy_metrics(self)})
 
     def key(self) -> tuple[str, ...]:
-        """Identity of the row across runs (what a baseline comparison matches on); the task when not classification."""
-        base = (self.model, self.defense, self.threat_mode, self.attack, self.threat)
-        return base if self.task == "classification" else (*base, self.task)
+        """Identity of the row across runs (what a baseline comparison matches on), see :func:`row_key`."""
+        return row_key(self.model, self.defense, self.threat_mode, self.attack, self.threat, self.task)
 
     def metric_values(self) -> dict[str, float]:
         """Metric name -> value."""
         return {name: float(m["value"]) for name, m in self.metrics.items()}
+
+
+def row_key(model: str, defense: str, mode: str, attack: str, threat: str, task: str) -> tuple[str, ...]:
+    """A row's identity: its labels (the task when not classification).
+
+    Labels name only what differs from the defaults (``smallcnn`` for ``--weights synth``, ``pgd`` for
+    ``--steps 10``), so one evaluation has one key however it was asked for; the gate also compares
+    the attack's resolved hyperparameters (``attack_config``) of rows with the same key.
+    """
+    base = (model, defense, mode, attack, threat)
+    return base if task == "classification" else (*base, task)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,17 @@ every input. Each finding is a ``sanity.*`` :class:`Diagnostic` whose message na
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.report import Diagnostic, Row
 
-__all__ = ["CAUSES", "chance_level", "output_checks", "randomized"]
+if TYPE_CHECKING:
+    from robustlab.data.adv import AdversarialDataset
+
+__all__ = ["CAUSES", "adversarial_data", "chance_level", "output_checks", "randomized"]
 
 CAUSES = (
     "usual causes: the input size (--image-size), the normalization (--mean/--std), the class order "
@@ -82,3 +86,25 @@ def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed
         + f"; {CAUSES}"
     )
     return [Diagnostic("sanity.chance_level", message, *names)]
+
+
+def adversarial_data(
+    rows: list[Row], data: AdversarialDataset, indices: Tensor, *, names: tuple[str, str], exact: bool
+) -> list[Diagnostic]:
+    """The check that replaces :func:`chance_level` on a dataset ``generate`` made, whose low accuracy is the point.
+
+    The model and defense that made the images must score on them what ``generate`` recorded (``exact``:
+    a deterministic model, scored in one pass); a mismatch means the model is not fed as it was then.
+    Any other model is only subject to :func:`output_checks`.
+    """
+    clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.task == "classification"), None)
+    if clean is None or not exact or data.made_by() != names:
+        return []
+    recorded = data.recorded_accuracy(indices)
+    if abs(clean - recorded) < 1e-9:
+        return []
+    message = (
+        f"{names[0]} scores {clean:.1%} on the adversarial images it was attacked into, where generate recorded "
+        f"{recorded:.1%} for the same model and defense: it is not fed as it was then; {CAUSES}"
+    )
+    return [Diagnostic("sanity.adversarial_mismatch", message, *names)]

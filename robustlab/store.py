@@ -10,6 +10,7 @@ is discarded once the unit is stored.
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 from pathlib import Path
 from typing import IO, Protocol
@@ -103,7 +104,7 @@ class SqliteStore:
                     f"run store {path} belongs to a different configuration: use a new --run-dir, or delete the store"
                 )
         except BaseException:
-            self._lock.close()
+            self._release()
             raise
 
     def get(self, key: str) -> dict[str, Tensor] | None:
@@ -123,8 +124,13 @@ class SqliteStore:
             self._db.execute("DELETE FROM units WHERE key >= ? AND key < ?", (prefix, after))
 
     def close(self) -> None:
-        """Close the database connection and let another process use the store."""
+        """Close the database connection and let another process use the store; the lock file goes with it."""
         self._db.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Remove the lock file while still holding it (so no one locks it meanwhile), then let it go."""
+        Path(self._lock.name).unlink(missing_ok=True)
         self._lock.close()
 
 
@@ -132,11 +138,15 @@ def _lock(path: Path) -> IO[bytes]:
     """Hold an exclusive lock on ``path`` for this process, or refuse: two runs on one store would race.
 
     A POSIX record lock (``lockf``) belongs to the process, so reopening a store within one process works;
-    the operating system releases it when the process ends, however it ends.
+    the operating system releases it when the process ends, however it ends. A store that is closed removes
+    its lock file; a lock taken on a file that was removed meanwhile (its closing owner just left) is refused.
     """
-    handle = open(path.with_name(f"{path.name}.lock"), "ab")  # noqa: SIM115 (held until close)
+    name = path.with_name(f"{path.name}.lock")
+    handle = open(name, "ab")  # noqa: SIM115 (held until close)
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(name).st_ino != os.fstat(handle.fileno()).st_ino:
+            raise OSError("the lock file was replaced")
     except OSError:
         handle.close()
         raise ConfigError(

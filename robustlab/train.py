@@ -80,7 +80,7 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
         base = TrainConfig(arch=config.arch, num_classes=config.num_classes, image_size=config.image_size)
         standard = trained_classifier(replace(base, seed=config.seed), progress=progress)
         model.net.load_state_dict(standard.net.state_dict())
-    train_classifier(model, config, progress=progress)
+    train_classifier(model, config, progress=progress, why=f"for --weights {kind}: first use, then cached")
     save_weights(path, model.net.state_dict(), metadata={"config": json.dumps(asdict(config))})
     return model
 
@@ -146,7 +146,12 @@ def _build(config: TrainConfig) -> ImageClassifier:
 
 
 def train_classifier(
-    model: ImageClassifier, config: TrainConfig, *, data: ImageDataset | None = None, progress: bool = True
+    model: ImageClassifier,
+    config: TrainConfig,
+    *,
+    data: ImageDataset | None = None,
+    progress: bool = True,
+    why: str = "",
 ) -> None:
     """Train ``model`` in place (AdamW, one-cycle schedule) on the device its parameters are on.
 
@@ -155,7 +160,8 @@ def train_classifier(
         config: the recipe; ``adversarial`` trains on PGD examples made against the current weights.
         data: training samples; default the synthetic world's train split at ``config.image_size``, with
             ``config.label_noise`` of its labels flipped.
-        progress: a tqdm bar on stderr.
+        progress: a tqdm bar on stderr, one tick a step.
+        why: what the bar adds after the model's name (``for --weights synth: first use, then cached``).
     """
     from robustlab.data.synth import SynthConfig, SynthDataset
 
@@ -169,7 +175,7 @@ def train_classifier(
     model.requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
-    label = f"training {config.arch}" + (" (PGD adversarial)" if config.adversarial else "")
+    label = " ".join(filter(None, (f"training {config.arch}", "(PGD adversarial)" * config.adversarial, why)))
     bar = tqdm(range(steps), desc=label, disable=not progress, leave=False, dynamic_ncols=True)
     for _ in bar:
         chunk = torch.randint(len(data), (config.batch_size,), generator=generator)

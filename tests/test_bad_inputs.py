@@ -212,7 +212,6 @@ def _store(tmp: Path, config_hash: str = "another") -> Path:
 def _corrupt_store(tmp: Path) -> list[str]:
     (tmp / "run").mkdir()
     (tmp / "run" / "store.sqlite").write_bytes(b"this is not a database" * 100)
-    (tmp / "run" / "store.sqlite.lock").touch()
     return [*EVAL, "--run-dir", str(tmp / "run"), "--resume"]
 
 
@@ -376,7 +375,6 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
         ("is the --baseline",),
         2,
     ),
-    "out in missing folder": (lambda t: [*EVAL, "--out", str(t / "no" / "run.json")], ("does not exist",), 2),
     "out is a folder": (lambda t: (t / "d").mkdir() or [*EVAL, "--out", str(t / "d")], ("is a directory",), 2),
     "out is a FIFO": (_fifo, ("a FIFO",), 2),
     "out is a device": (lambda t: [*EVAL, "--out", os.devnull], ("a device",), 2),
@@ -410,11 +408,6 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     ),
     "generate missing data": (
         lambda t: ["generate", "--n", "4", "--data", "imagefolder:/no/such", "--out", str(t / "g")],
-        ("does not exist",),
-        2,
-    ),
-    "train out in missing folder": (
-        lambda t: ["train", "--out", str(t / "no" / "w.safetensors")],
         ("does not exist",),
         2,
     ),
@@ -483,8 +476,8 @@ def test_component_values_mean_what_they_say() -> None:
 
     from robustlab.cli_options import build_specs
 
-    (spec,) = build_specs(robustlab.attacks.ATTACKS, ["pgd"], ["random_start=no", "eps=8/255", "steps=7"])
-    assert dict(spec.params) == {"random_start": False, "eps": 8 / 255, "steps": 7}
+    (spec,) = build_specs(robustlab.attacks.ATTACKS, ["pgd"], ["random_start=no", "eps=4/255", "steps=7"])
+    assert dict(spec.params) == {"random_start": False, "eps": 4 / 255, "steps": 7}
     (spec,) = build_specs(robustlab.attacks.ATTACKS, ["apgd"], ["norm=L2"])
     assert dict(spec.params) == {"norm": "l2"}, "an enum stays its spelled-out value: labels and hashes unchanged"
 

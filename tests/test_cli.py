@@ -63,13 +63,14 @@ def test_list_marks_only_attacks_whose_randomness_is_per_batch(
     register(ATTACKS, "test-per-batch", FGSM, stochastic=True)
     lines = run("list").stdout.splitlines()
     marked = [line.split()[0] for line in lines if "randomness per batch" in line]
-    assert marked == ["test-per-batch"]
+    assert marked == ["caption_decoder_pgd", "caption_feature_pgd", "caption_noise", "test-per-batch"]
     assert {"square", "autoattack", "autoattack-rand", "autoattack-plus"} <= {line.split()[0] for line in lines if line}
 
 
 def test_imagenet_weights_offline_is_one_clear_line(run: Callable[..., Result]) -> None:
     result = run("eval", "--model", "resnet50", "--attack", "pgd")
     assert_one_line_error(result, "ResNet50_Weights", "--weights")
+    assert result.stdout == ""  # not even torch's "Downloading: ..." line
 
 
 def _image_tree(root: Path, classes: int = 3, per_class: int = 4) -> Path:

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli, eval_command
-from robustlab.experiment import experiment_options
+from robustlab.experiment import experiment_options, find_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -67,3 +67,13 @@ def test_shipped_experiments_are_valid() -> None:
     sweep = experiment_options(EXPERIMENTS / "synth_pgd_sweep.toml", eval_command, click.Context(eval_command))
     assert tuple(budget.eps for budget in sweep["eps"]) == (1 / 255, 2 / 255, 4 / 255, 8 / 255)
     assert sweep["attacks"] == ("pgd", "fgsm")
+
+
+def test_an_experiment_is_found_from_any_folder(run: Callable[..., Result]) -> None:
+    sweep = EXPERIMENTS / "synth_pgd_sweep.toml"
+    assert find_experiment(Path("experiments/synth_pgd_sweep.toml")) == sweep  # relative to the project
+    assert find_experiment(Path("synth_pgd_sweep")) == find_experiment(Path("synth_pgd_sweep.toml")) == sweep
+    Path("synth_pgd_sweep.toml").write_text("n = 8\n")
+    assert find_experiment(Path("synth_pgd_sweep.toml")) == Path("synth_pgd_sweep.toml")  # the working folder first
+    missing = run("run", "no_such_sweep")
+    assert missing.exit_code == 2 and "cannot read experiment no_such_sweep" in missing.stderr

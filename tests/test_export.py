@@ -74,9 +74,17 @@ def test_round_trip_is_within_budget_on_the_8bit_grid_and_scores_as_recorded(
     assert broken.sum().item() / correct.sum().item() == summary["success_rate"]
     assert (prediction == y).double().mean().item() == summary["adversarial_acc"]
 
-    scored = run("eval", "--data", "adv:adv", "--attack", "fgsm", "--n", str(N), "-q", "--out", "re.json")
-    assert scored.exit_code == 0, scored.output
+    scored = run("eval", "--data", "adv:adv", "--attack", "fgsm", "--n", str(N), "-q", "--out", "re.json", "--strict")
+    assert scored.exit_code == 0, scored.output  # its low clean accuracy is the point, not a preprocessing error
     assert json.loads(Path("re.json").read_text())["rows"][0]["clean_acc"] == summary["adversarial_acc"]
+    assert "sanity" not in scored.stdout
+    assert (
+        "= adv:adv: adversarial images made by robustlab generate: pgd at linf 8/255 against smallcnn," in scored.stdout
+    )
+    misfed = run(
+        "eval", "--data", "adv:adv", "--attack", "fgsm", "--n", str(N), "-q", "--mean", "none", "--std", "none"
+    )
+    assert misfed.exit_code == 0 and "! sanity.adversarial_mismatch: smallcnn scores" in misfed.stdout, misfed.output
 
     to_tensor = torchvision.transforms.ToTensor()
     folder = torchvision.datasets.ImageFolder("adv/png", transform=to_tensor, allow_empty=True)

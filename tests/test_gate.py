@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from robustlab.cli import cli
 from robustlab.errors import ConfigError
 from robustlab.gate import compare_reports
-from robustlab.models import load_model
+from robustlab.models import ModelSpec, load_model
 from robustlab.report import Report, Row
 
 EVAL = ("eval", "--model", "smallcnn", "--weights", "model.safetensors", "--attack", "fgsm", "--n", "64", "-q")
@@ -82,7 +82,93 @@ def test_baseline_of_another_schema_version_is_one_line(run: Callable[..., Resul
 def test_report_of_another_grid_is_one_line(run: Callable[..., Result]) -> None:
     _report(_row(attack="fgsm")).to_json(Path("new.json"))
     _report(_row(), _row(attack="fgsm")).to_json(Path("baseline.json"))
-    assert_one_line_error(run("compare", "new.json", "baseline.json"), "another grid", "m / none / - / pgd")
+    result = run("compare", "new.json", "baseline.json")
+    assert_one_line_error(
+        result, "another grid", "m / none / - / pgd", "its attack pgd is not in this run (which has fgsm)"
+    )
+
+
+def test_a_default_given_explicitly_is_the_same_row() -> None:
+    from robustlab.attacks import ATTACKS
+
+    from robustlab.cli_options import build_specs
+
+    plain = build_specs(ATTACKS, ["pgd"], [])
+    assert build_specs(ATTACKS, ["pgd"], ["steps=10", "random_start=true"], shared={"steps": 10}) == plain
+    assert [spec.label() for spec in plain] == ["pgd"]
+    assert [spec.label() for spec in build_specs(ATTACKS, ["pgd"], [], shared={"steps": 20})] == ["pgd(steps=20)"]
+    assert [spec.label() for spec in build_specs(ATTACKS, ["pgd", "fgsm", "pgd"], [])] == ["pgd", "fgsm"]
+    assert ModelSpec("smallcnn", "synth").label() == ModelSpec("smallcnn").label() == "smallcnn"
+    assert ModelSpec("smallcnn", "synth-at").label() == "smallcnn[synth-at]"
+    assert ModelSpec("resnet50", "synth").label() == "resnet50[synth]"
+    assert ModelSpec("resnet50", "imagenet").label() == "resnet50"
+
+
+def _baseline_of(*rows: Row, n: int = 16) -> None:
+    Report(config={"data": "synth", "n": n, "task": "classification"}, environment={}, rows=list(rows)).to_json(
+        Path("baseline.json")
+    )
+
+
+PGD = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": True}
+
+
+@pytest.mark.parametrize(
+    ("baseline", "args", "fragments"),
+    [
+        (
+            _row(model="smallcnn", attack="pgd", attack_config=PGD),
+            ["--steps", "20"],
+            ["its attack pgd is not", "pgd(steps=20)"],
+        ),
+        (_row(model="smallcnn[synth-at]", attack_config=PGD), ["--weights", "synth"], ["its model smallcnn[synth-at]"]),
+        (_row(model="smallcnn", threat="linf 4/255", attack_config=PGD), [], ["its threat linf 4/255"]),
+        (
+            _row(model="smallcnn", attack_config={**PGD, "steps": 7}),
+            [],
+            ["ran pgd with steps=7, this run with steps=10"],
+        ),
+    ],
+)
+def test_a_baseline_of_another_grid_is_refused_before_anything_runs(
+    run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, baseline: Row, args: list[str], fragments: list[str]
+) -> None:
+    from robustlab.evaluate import Evaluator
+
+    def must_not_run(*_: object) -> None:
+        raise AssertionError("the grid is checked before the evaluation")
+
+    monkeypatch.setattr(Evaluator, "run", must_not_run)
+    _baseline_of(baseline)
+    assert_one_line_error(run("eval", "--attack", "pgd", "--n", "16", "--baseline", "baseline.json", *args), *fragments)
+
+
+def test_explicit_defaults_pass_the_gate_of_a_baseline_in_a_new_folder(
+    run: Callable[..., Result], trained_model: torch.nn.Module
+) -> None:
+    made = run(
+        "eval",
+        "--weights",
+        "synth",
+        "--attack",
+        "fgsm",
+        "--attack",
+        "pgd",
+        "--n",
+        "16",
+        "-q",
+        "--out",
+        "baselines/b.json",
+    )
+    assert made.exit_code == 0, made.output  # the folder is made, the file written atomically
+    checked = run(
+        *("eval", "--attack", "fgsm", "--attack", "pgd", "--attack", "pgd", "--steps", "10", "--n", "16", "-q"),
+        *("--out", "run.json", "--baseline", "baselines/b.json"),
+    )
+    assert checked.exit_code == 0, checked.output
+    assert "gate passed: 3 row(s)" in checked.stdout  # fgsm, pgd (once) and their worst case
+    assert [line.split()[3] for line in checked.stdout.splitlines()[2:5]] == ["fgsm", "pgd", "worst-case"]
+    assert run("compare", "run.json", "baselines/b.json").exit_code == 0
 
 
 def test_tolerance_is_absolute_and_the_margin_grows_as_n_shrinks() -> None:

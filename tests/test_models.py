@@ -50,7 +50,9 @@ def test_checkpoint_never_unpickles_code(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(WeightsUnavailableError, match="no checkpoint file"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"no checkpoint file.*robustlab train .*--out model\.safetensors"
+    ):
         load_model("resnet18", weights=str(tmp_path / "missing.pt"))
 
 

@@ -25,10 +25,16 @@ def test_train_writes_loadable_weights(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in pairs), "training changed nothing"
 
 
-def test_train_refuses_missing_folder(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["train", "--steps", "1", "--out", str(tmp_path / "no" / "w.safetensors")])
+def test_train_makes_a_missing_folder_and_refuses_one_blocked_by_a_file(tmp_path: Path) -> None:
+    made = CliRunner().invoke(
+        cli, ["train", "--steps", "1", "--eval-n", "8", "-q", "--out", str(tmp_path / "new" / "w.safetensors")]
+    )
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "new" / "w.safetensors").is_file()
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["train", "--steps", "1", "--out", str(tmp_path / "file" / "w.safetensors")])
     assert result.exit_code == 2
-    assert result.stderr.strip().startswith("robustlab: error: cannot write the weights")
+    assert result.stderr.strip().startswith("robustlab: error: cannot create the weights")
 
 
 def test_training_examples_stay_in_budget(trained_model: torch.nn.Module) -> None:

@@ -73,6 +73,34 @@ class AdversarialDataset:
         """Images and labels at ``indices``, vectorised."""
         return self._images[indices].float() / 255, self._labels[indices]
 
+    def made_by(self) -> tuple[str, str]:
+        """The labels of the model and defense whose attack made these images (as ``eval`` names them)."""
+        from robustlab.components import ComponentSpec
+        from robustlab.models import ModelSpec
+
+        config = self.manifest.get("config", {})
+        model, defense = config.get("model", {}), config.get("defense", {})
+        params = tuple(tuple(param) for param in defense.get("params", []))
+        model_label = ModelSpec(str(model.get("name", "?")), model.get("weights")).label()
+        return model_label, ComponentSpec(str(defense.get("name", "none")), params).label()
+
+    def provenance(self) -> str:
+        """Where the images come from: the attack, its budget and the model it ran against, from the manifest."""
+        attack, threat = self.manifest.get("attack", {}).get("name"), self.manifest.get("threat", {}).get("describe")
+        source = self.manifest.get("source", {})
+        model, defense = self.made_by()
+        behind = "" if defense == "none" else f" behind {defense}"
+        return (
+            f"adversarial images made by robustlab generate: {attack} at {threat} against {model}{behind}, "
+            f"from {source.get('data')} ({source.get('split')} split), seed {self.manifest.get('seed')}"
+        )
+
+    def recorded_accuracy(self, indices: Tensor) -> float:
+        """The accuracy ``generate`` measured on the stored images of ``indices`` (its model's, behind its defense)."""
+        records = self.manifest.get("samples", [])
+        hits = [records[i]["adv_pred"] == records[i]["label"] for i in indices.tolist()]
+        return sum(hits) / max(len(hits), 1)
+
     def sources(self, indices: Tensor) -> Tensor:
         """The 8-bit source images of ``indices`` as floats in ``[0, 1]``."""
         return self._sources[indices].float() / 255

@@ -173,6 +173,7 @@ def test_cli_writes_lossless_images_grid_and_json(
     summary = json.loads(Path("out/fooling.json").read_text())
     assert summary["generation"] == 3 and summary["queries"] == 8 + 3 * 8 and summary["seconds"] > 0
     assert Path("out/grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not Path("out/archive.sqlite.lock").exists()  # the store's lock goes when the run ends
     images = torch.stack(
         [torch.from_numpy(np.array(Image.open(Path("out") / c["image"]))).permute(2, 0, 1) for c in summary["classes"]]
     )
@@ -197,3 +198,15 @@ def test_cli_bad_input_is_one_line(
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("robustlab: error: ") and fragment in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_eval_of_fooling_alone_says_it_scored_no_samples(
+    tmp_path: Path, trained_model: ImageClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--attack", "fooling", "--attack-arg", "encoding=direct", "--attack-arg", "generations=2", "-q"]
+    result = CliRunner().invoke(cli, [*args, "--attack-arg", "population=4"])
+    assert result.exit_code == 0, result.output
+    assert "= synth: no samples scored (the attacks make images)" in result.stdout
+    assert "the first 1000" not in result.stdout
