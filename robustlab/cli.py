@@ -184,7 +184,7 @@ def list_command() -> None:
 )
 @click.option(
     "--leaderboard",
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     metavar="DIR|FILE",
     help="Compare clean and AutoAttack accuracy with RobustBench model_info entries: a clone's model_info folder "

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, DataError
 
 __all__ = [
     "check_data",
@@ -38,6 +38,8 @@ def check_eval(options: dict[str, Any]) -> list[str]:
         check_output_folder(options["run_dir"], "the run store in")
     if options["task"] == "classification":
         check_model_names(options["models"], options["weights"])
+    if options.get("leaderboard") is not None and not options["leaderboard"].exists():
+        raise DataError(f"--leaderboard {options['leaderboard']} does not exist: pass a model_info folder or JSON")
     data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
     return check_data(data, options["n"] if options["n"] > 0 else None)
 
