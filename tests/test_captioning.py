@@ -23,15 +23,15 @@ def captioner() -> Captioner:
 
 
 @pytest.fixture(scope="module")
-def test_split() -> tuple[torch.Tensor, list[str]]:
+def caption_split() -> tuple[torch.Tensor, list[str]]:
     return SynthCaptions("test", n=500).images_and_captions(torch.arange(500))
 
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_captioner_writes_exact_captions(
-    captioner: Captioner, test_split: tuple[torch.Tensor, list[str]], beam: int
+    captioner: Captioner, caption_split: tuple[torch.Tensor, list[str]], beam: int
 ) -> None:
-    x, references = test_split
+    x, references = caption_split
     captions = captioner.caption(x, beam=beam)
     exact = sum(c == r for c, r in zip(captions, references, strict=True)) / len(references)
     assert exact >= 0.90, f"exact-match {exact:.3f} on 500 test images with beam {beam}"
