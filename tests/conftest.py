@@ -1,6 +1,6 @@
 """Shared fixtures: a private weights cache for the session and one trained default model.
 
-Training the default model once per session (about a minute on 2 CPU cores) is what lets attack
+Training the default model once per session (about three minutes on 2 CPU cores) is what lets attack
 tests assert real accuracy drops instead of running on random weights.
 """
 
@@ -18,6 +18,9 @@ import torch
 _HOME_KEY = "ROBUSTLAB_HOME"
 _CLAIM_SEED_KEY = "ROBUSTLAB_CLAIM_SEED"
 _CLAIM_LOG_KEY = "ROBUSTLAB_CLAIM_LOG"
+# The fixtures below that train a model (minutes on 2 CPU cores in a fresh session): every test that uses
+# one, directly or through another fixture, is marked slow, so `pytest -m "not slow"` never waits for them.
+TRAINING_FIXTURES = frozenset({"trained_model", "resnet18_checkpoint"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +29,12 @@ def pytest_configure(config: pytest.Config) -> None:
         import tempfile
 
         os.environ[_HOME_KEY] = tempfile.mkdtemp(prefix="robustlab-test-home-")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -271,6 +271,7 @@ def test_schema_1_baseline_is_read_and_gates_accuracies(run: Callable[..., Resul
     assert weak.exit_code == 1 and "robust_acc" in weak.stdout
 
 
+@pytest.mark.slow  # trains the captioner (minutes on a CPU) in a fresh session
 def test_caption_attack_through_eval_reports_caption_metrics(run: Callable[..., Result]) -> None:
     from robustlab.captioning import load_captioner
 

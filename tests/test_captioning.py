@@ -23,20 +23,22 @@ def captioner() -> Captioner:
 
 
 @pytest.fixture(scope="module")
-def test_split() -> tuple[torch.Tensor, list[str]]:
+def caption_split() -> tuple[torch.Tensor, list[str]]:
     return SynthCaptions("test", n=500).images_and_captions(torch.arange(500))
 
 
 @pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.slow
 def test_captioner_writes_exact_captions(
-    captioner: Captioner, test_split: tuple[torch.Tensor, list[str]], beam: int
+    captioner: Captioner, caption_split: tuple[torch.Tensor, list[str]], beam: int
 ) -> None:
-    x, references = test_split
+    x, references = caption_split
     captions = captioner.caption(x, beam=beam)
     exact = sum(c == r for c, r in zip(captions, references, strict=True)) / len(references)
     assert exact >= 0.90, f"exact-match {exact:.3f} on 500 test images with beam {beam}"
 
 
+@pytest.mark.slow
 def test_loaded_captioner_is_frozen_eval_and_in_pixel_space(captioner: Captioner) -> None:
     assert not captioner.training and not any(p.requires_grad for p in captioner.parameters())
     assert captioner.input_size == 32 and captioner.name == "captioner"
@@ -45,6 +47,7 @@ def test_loaded_captioner_is_frozen_eval_and_in_pixel_space(captioner: Captioner
     assert "<end>" in captioner.vocab.words and "stripes" in captioner.vocab.words
 
 
+@pytest.mark.slow
 def test_second_load_reuses_the_cache(captioner: Captioner) -> None:
     again = load_captioner(progress=False)
     assert all(
@@ -52,6 +55,7 @@ def test_second_load_reuses_the_cache(captioner: Captioner) -> None:
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(captioner: Captioner, tmp_path: Path) -> None:
     path = tmp_path / "captioner.safetensors"
     save_captioner(captioner, path, config=CaptionerConfig())

@@ -150,6 +150,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert not Path("out.json").exists()
 
 
+@pytest.mark.slow  # trains a RAW/ISP defense and evaluates behind it
 def test_train_defense_fills_the_cache_that_eval_reads(run: Callable[..., Result]) -> None:
     from robustlab.cache import cache_dir
 

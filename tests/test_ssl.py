@@ -20,6 +20,7 @@ def tiny_simclr() -> torch.nn.Module:
     return trained_simclr(TINY, progress=False)
 
 
+@pytest.mark.slow
 def test_simclr_is_cached_and_deterministic(tiny_simclr: torch.nn.Module) -> None:
     again = trained_simclr(TINY, progress=False)  # from the cache
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -28,6 +29,7 @@ def test_simclr_is_cached_and_deterministic(tiny_simclr: torch.nn.Module) -> Non
     assert tiny_simclr(x).shape == (4, tiny_simclr.feature_dim)
 
 
+@pytest.mark.slow
 def test_simclr_features_carry_the_downstream_attributes(tiny_simclr: torch.nn.Module) -> None:
     """A head on frozen features beats chance by a wide margin on attributes SimCLR never saw as labels."""
     from robustlab.data.synth import SynthDataset

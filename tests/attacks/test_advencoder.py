@@ -76,6 +76,7 @@ def test_registered_with_paper_defaults() -> None:
         AdvEncoder(mode="gan_patch")
 
 
+@pytest.mark.slow
 def test_perturbation_is_one_delta_within_budget_and_box(
     encoder: nn.Module, fitted: dict[str, AdvEncoder], downstream: tuple[torch.Tensor, dict[str, nn.Module]]
 ) -> None:
@@ -90,6 +91,7 @@ def test_perturbation_is_one_delta_within_budget_and_box(
     assert torch.equal((x_adv - x)[inside], (x + delta).sub(x)[inside])
 
 
+@pytest.mark.slow
 def test_patch_covers_its_area_at_a_fixed_place_with_values_in_the_box(
     encoder: nn.Module, fitted: dict[str, AdvEncoder], downstream: tuple[torch.Tensor, dict[str, nn.Module]]
 ) -> None:
@@ -119,6 +121,7 @@ def test_out_of_box_patches_and_oversized_masks_are_rejected() -> None:
         attack.load_fitted({"patch": torch.zeros(1, 3, 32, 32), "mask": torch.ones(1, 1, 32, 32)})
 
 
+@pytest.mark.slow
 def test_saved_perturbation_reloads_bit_identically(
     encoder: nn.Module,
     fitted: dict[str, AdvEncoder],
@@ -134,6 +137,7 @@ def test_saved_perturbation_reloads_bit_identically(
         assert torch.equal(reloaded(encoder, x, y), fitted[mode](encoder, x, y))
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_given_the_generator(encoder: nn.Module, surrogate: SynthDataset) -> None:
     small = {**FIT, "epochs": 1, "n_fit": 64}
     a, b = (
@@ -144,6 +148,7 @@ def test_fit_is_deterministic_given_the_generator(encoder: nn.Module, surrogate:
 
 
 @pytest.mark.claim
+@pytest.mark.slow
 def test_beats_noise_on_unseen_downstream_tasks(
     encoder: nn.Module,
     surrogate: SynthDataset,
@@ -171,6 +176,7 @@ def test_beats_noise_on_unseen_downstream_tasks(
 
 
 @pytest.mark.claim
+@pytest.mark.slow
 def test_high_frequency_term_raises_the_high_low_energy_ratio(
     fitted: dict[str, AdvEncoder], record_claim: Callable[[str, float], None]
 ) -> None:

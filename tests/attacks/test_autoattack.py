@@ -136,6 +136,7 @@ def test_versions_follow_the_reference() -> None:
     assert square.config()["rescale_schedule"] is False and square.config()["n_queries"] == 5000
 
 
+@pytest.mark.slow  # evaluates the default model, trained in the session
 def test_report_row_has_the_breakdown(register: Any) -> None:
     # Through the evaluator: the row says how many samples each component broke, and they add up.
     register(ATTACKS, "test-small-autoattack", _SmallAutoAttack, stochastic=True)
@@ -158,6 +159,7 @@ class _Killed(Exception):
     """Stands for the kill: raised by the component the run dies in."""
 
 
+@pytest.mark.slow  # evaluates the default model, trained in the session
 def test_a_killed_run_resumes_mid_ensemble(register: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The run dies in Square on its first batch, after APGD-CE, APGD-T and FAB-T saved what they broke. The resumed
     # run runs none of that again, and ends with the uninterrupted run's report, sample for sample.

@@ -19,6 +19,8 @@ from robustlab.data.captions import SynthCaptions
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, perturbation_norm
 
+pytestmark = pytest.mark.slow  # every test needs the captioner, trained in the session
+
 CAPTION_ATTACKS = [e.name for e in robustlab.attacks.ATTACKS.entries() if e.name.startswith("caption_")]
 CHEAP: dict[str, dict[str, Any]] = {
     "caption_gan": {"steps": 4, "scan": 256},

@@ -11,6 +11,7 @@ import torch
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec
+from robustlab.threat import Norm, perturbation_norm
 
 # Cheap settings so the whole table runs in seconds; each attack's defaults are tested elsewhere.
 CHEAP: dict[str, dict[str, Any]] = {
@@ -43,11 +44,14 @@ def batch(synth_batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
 @pytest.mark.parametrize("name", PERTURBATION)
 def test_output_contract(name: str, trained_model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     attack = _build(name)
-    assert attack.kind is AttackKind.PERTURBATION
     x, y = batch
     x_before = x.clone()
     x_adv = attack(trained_model, x, y, generator=torch.Generator().manual_seed(1))
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    threat = attack.threat
+    if threat.eps is not None and threat.norm in (Norm.LINF, Norm.L2):
+        assert float(perturbation_norm(x, x_adv, threat.norm).max()) <= threat.eps + 1e-6
     assert torch.equal(x, x_before), "the attack modified its input in place"
     assert not trained_model.training
     again = attack(trained_model, x, y, generator=torch.Generator().manual_seed(1))

@@ -31,7 +31,7 @@ def load_synth(arg: str | None, split: str = "test", image_size: int | None = No
 
 
 @pytest.fixture(scope="module")
-def test_attrs() -> dict[str, torch.Tensor]:
+def split_attrs() -> dict[str, torch.Tensor]:
     return SynthDataset("test").attributes(torch.arange(N_STATS))
 
 
@@ -108,18 +108,18 @@ def test_splits_are_disjoint_and_map_to_global_indices() -> None:
 
 
 @pytest.mark.parametrize("key", sorted(ATTRIBUTES))
-def test_every_class_present_and_balanced(test_attrs: dict[str, torch.Tensor], key: str) -> None:
-    counts = torch.bincount(test_attrs[key], minlength=len(ATTRIBUTES[key]))
+def test_every_class_present_and_balanced(split_attrs: dict[str, torch.Tensor], key: str) -> None:
+    counts = torch.bincount(split_attrs[key], minlength=len(ATTRIBUTES[key]))
     expected = N_STATS / len(ATTRIBUTES[key])
     assert len(counts) == len(ATTRIBUTES[key])
     # Largest expected-count is 5,000 (size), binomial std <= 50: a 15% band is over 5 standard deviations.
     assert float((counts - expected).abs().max()) < 0.15 * expected
 
 
-def test_context_p_ties_background_to_shape(test_attrs: dict[str, torch.Tensor]) -> None:
-    related = test_attrs["shape"] % len(BACKGROUNDS)
+def test_context_p_ties_background_to_shape(split_attrs: dict[str, torch.Tensor]) -> None:
+    related = split_attrs["shape"] % len(BACKGROUNDS)
     # Uniform backgrounds match by chance 1/5 of the time; std over 10,000 samples is 0.004.
-    assert abs(float((test_attrs["background"] == related).float().mean()) - 0.2) < 0.02
+    assert abs(float((split_attrs["background"] == related).float().mean()) - 0.2) < 0.02
     tied = SynthDataset("test", config=SynthConfig(context_p=1.0)).attributes(torch.arange(N_STATS))
     assert torch.equal(tied["background"], tied["shape"] % len(BACKGROUNDS))
     half = SynthDataset("test", config=SynthConfig(context_p=0.5)).attributes(torch.arange(N_STATS))
@@ -164,11 +164,11 @@ def test_no_label_noise_by_default() -> None:
     assert torch.equal(y, train.attributes(torch.arange(2000))["shape"])
 
 
-def test_colour_attribute_is_visible(test_attrs: dict[str, torch.Tensor]) -> None:
+def test_colour_attribute_is_visible(split_attrs: dict[str, torch.Tensor]) -> None:
     # A centred circle covers the image centre, so the centre pixels show its (jittered) fill colour.
-    selected = (test_attrs["shape"] == SHAPES.index("circle")) & (test_attrs["position"] == 0)
+    selected = (split_attrs["shape"] == SHAPES.index("circle")) & (split_attrs["position"] == 0)
     for name, channel in (("red", 0), ("green", 1), ("blue", 2)):
-        indices = torch.nonzero(selected & (test_attrs["color"] == COLORS.index(name))).squeeze(1)
+        indices = torch.nonzero(selected & (split_attrs["color"] == COLORS.index(name))).squeeze(1)
         assert len(indices) > 5
         x, _ = SynthDataset("test").get_batch(indices)
         centre = x[:, :, 15:17, 15:17].mean(dim=(2, 3))

@@ -40,7 +40,7 @@ def _scene_share(fused: FusedClassifier, x: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def test_images() -> tuple[torch.Tensor, torch.Tensor]:
+def eval_images() -> tuple[torch.Tensor, torch.Tensor]:
     return SynthDataset("test", config=SynthConfig(context_p=0.8)).get_batch(torch.arange(256))
 
 
@@ -111,18 +111,18 @@ def test_every_ablation_head_reads_only_its_streams() -> None:
 
 
 def test_head_leans_on_the_scene_only_when_the_scene_is_informative(
-    fused_by_p: dict[float, FusedClassifier], test_images: tuple[torch.Tensor, torch.Tensor]
+    fused_by_p: dict[float, FusedClassifier], eval_images: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    x, _ = test_images
+    x, _ = eval_images
     informative, uninformative = _scene_share(fused_by_p[0.8], x), _scene_share(fused_by_p[0.0], x)
     # Measured 0.066 (p=0.8) against 0.043 (p=0): the plain head still reads mostly object features.
     assert informative > 1.3 * uninformative
 
 
 def test_fused_model_is_as_accurate_as_the_object_network(
-    trained_model: nn.Module, fused_by_p: dict[float, FusedClassifier], test_images: tuple[torch.Tensor, torch.Tensor]
+    trained_model: nn.Module, fused_by_p: dict[float, FusedClassifier], eval_images: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    x, y = test_images
+    x, y = eval_images
     with torch.inference_mode():
         bare = (trained_model(x).argmax(1) == y).double().mean().item()
         fused = (fused_by_p[0.8](x).argmax(1) == y).double().mean().item()
@@ -130,8 +130,8 @@ def test_fused_model_is_as_accurate_as_the_object_network(
 
 
 def test_context_weight_shifts_the_decision_toward_the_scene(
-    trained_model: nn.Module, fused_by_p: dict[float, FusedClassifier], test_images: tuple[torch.Tensor, torch.Tensor]
+    trained_model: nn.Module, fused_by_p: dict[float, FusedClassifier], eval_images: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     biased = _fit(ContextFusion(context_weight=0.05, **SMALL), trained_model, 0.8).wrap(trained_model)
-    x, _ = test_images
+    x, _ = eval_images
     assert _scene_share(biased, x) > _scene_share(fused_by_p[0.8], x) + 0.1

@@ -121,6 +121,7 @@ def test_gradcheck_networks() -> None:
 
 
 @pytest.mark.grad
+@pytest.mark.slow
 def test_gradcheck_trained_transform(trained: RawIsp) -> None:
     defense = copy.deepcopy(trained).double()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
@@ -140,6 +141,7 @@ def test_transform_needs_weights() -> None:
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 32, 32), (2, 3, 20, 28)])
+@pytest.mark.slow
 def test_transform_range_shape_and_determinism(trained: RawIsp, shape: tuple[int, ...]) -> None:
     x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -151,6 +153,7 @@ def test_transform_range_shape_and_determinism(trained: RawIsp, shape: tuple[int
     assert torch.equal(out, again)
 
 
+@pytest.mark.slow
 def test_tiny_reconstructs_held_out_images(trained: RawIsp) -> None:
     held_out = SmoothImages(128, seed=2).images
     with torch.no_grad():
@@ -158,6 +161,7 @@ def test_tiny_reconstructs_held_out_images(trained: RawIsp) -> None:
     assert quality.mean() > TINY_MIN_PSNR, f"mean PSNR {quality.mean():.2f} dB"
 
 
+@pytest.mark.slow
 def test_wrap_is_eval_and_passes_input_gradients(trained: RawIsp) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
     wrapped = trained.wrap(model, adaptive=True)
@@ -171,6 +175,7 @@ def test_wrap_is_eval_and_passes_input_gradients(trained: RawIsp) -> None:
     assert all(p.grad is None for p in trained.parameters()), "the defense's weights are frozen after fit"
 
 
+@pytest.mark.slow
 def test_second_fit_loads_cached_weights(
     trained: RawIsp, train_set: SmoothImages, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,6 +194,7 @@ def test_second_fit_loads_cached_weights(
         RawIsp.tiny().fit(nn.Identity(), SmoothImages(512, seed=9), generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
 def test_fit_draws_the_same_from_the_generator_cached_or_not(trained: RawIsp, train_set: SmoothImages) -> None:
     generator = torch.Generator().manual_seed(0)
     RawIsp.tiny().fit(nn.Identity(), train_set, generator=generator, progress=False)
@@ -212,6 +218,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone(tmp_path: Path, m
     assert any(not torch.equal(weights[0][k], untrained[k]) for k in untrained), "training changed nothing"
 
 
+@pytest.mark.slow
 def test_load_rejects_other_architecture(trained: RawIsp) -> None:
     assert trained.weights_path is not None
     with pytest.raises(CheckpointMismatchError, match=r"missing|resized"):
