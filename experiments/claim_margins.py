@@ -35,7 +35,7 @@ def t_quantile(dof: int) -> float:
     return T_975.get(dof, 1.96 if dof > 30 else 2.1)
 
 
-def run_claims(seeds: list[int], threads: list[int], log: Path, select: str, home: Path) -> None:
+def run_claims(seeds: list[int], threads: list[int], log: Path, select: str, keyword: str, home: Path) -> None:
     """Run the claim tests once per (seed, threads), appending what they record to ``log``."""
     for count in threads:
         for seed in seeds:
@@ -46,7 +46,19 @@ def run_claims(seeds: list[int], threads: list[int], log: Path, select: str, hom
                 "ROBUSTLAB_TEST_KEEP_HOME": "1",
                 "ROBUSTLAB_HOME": str(home / f"threads{count}"),  # the default model as trained at this count
             }
-            command = [sys.executable, "-m", "pytest", "-q", "-m", select, "-p", "no:cacheprovider", "tests"]
+            command = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                select,
+                "-k",
+                keyword,
+                "-p",
+                "no:cacheprovider",
+                "tests",
+            ]
             print(f"# seed {seed}, {count} thread(s): {' '.join(command[1:])}", flush=True)
             # a failed claim is a measurement here, not an error: its value was recorded before it was asserted
             subprocess.run(command, cwd=ROOT, env=env, check=False)  # noqa: S603
@@ -99,13 +111,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("-m", dest="select", default="claim", help="pytest marker expression (default: claim)")
+    parser.add_argument("-k", dest="keyword", default="", help="pytest -k expression (default: every claim test)")
     parser.add_argument("--out", type=Path, default=Path("claims.jsonl"), help="JSON-lines log (appended to)")
     parser.add_argument("--home", type=Path, help="ROBUSTLAB_HOME root kept between runs (default: a temp dir)")
     parser.add_argument("--summarize", type=Path, help="only summarize this log")
     args = parser.parse_args()
     if args.summarize is None:
         home = args.home or Path(tempfile.mkdtemp(prefix="robustlab-claims-"))
-        run_claims(args.seeds, args.threads, args.out.resolve(), args.select, home)
+        run_claims(args.seeds, args.threads, args.out.resolve(), args.select, args.keyword, home)
     print(markdown(summarize(args.summarize or args.out)))
 
 
