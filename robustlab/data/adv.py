@@ -7,6 +7,7 @@ one split: every split name gives the same images, so it can serve as ``--data``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class AdversarialDataset:
         names, classes = self.manifest.get("shards"), self.manifest.get("classes")
         if not (isinstance(names, list) and names and isinstance(classes, list) and classes):
             raise DataError(f"manifest {root / 'manifest.json'} lists no shards or classes; {fix}")
+        _check_hashes(root, names, self.manifest.get("sha256"), fix)
         shards = [load_weights(root / str(name)) for name in names]
         missing = [
             f"{name} lacks {key!r}"
@@ -62,6 +64,12 @@ class AdversarialDataset:
         self.classes: Sequence[str] = tuple(str(name) for name in classes)
         self.num_classes = len(self.classes)
         self.image_size = int(self._images.shape[-1])
+        recorded = self.manifest.get("summary", {}).get("n")
+        if recorded != len(self._labels):
+            raise DataError(
+                f"adversarial dataset {root} holds {len(self._labels)} images but its manifest records {recorded}: "
+                f"shards were dropped from or added to manifest.json after generate; {fix}"
+            )
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -76,6 +84,32 @@ class AdversarialDataset:
     def sources(self, indices: Tensor) -> Tensor:
         """The 8-bit source images of ``indices`` as floats in ``[0, 1]``."""
         return self._sources[indices].float() / 255
+
+
+def shard_hash(path: Path) -> str:
+    """The SHA-256 of a shard file, as the manifest records it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_hashes(root: Path, names: list[Any], hashes: Any, fix: str) -> None:
+    """Every listed shard is the file ``generate`` wrote: a shard edited or replaced since is refused, not read."""
+    if not isinstance(hashes, dict):
+        raise DataError(f"manifest {root / 'manifest.json'} records no content hashes of its shards; {fix}")
+    for name in names:
+        path = root / str(name)
+        try:
+            found = shard_hash(path)
+        except OSError as error:
+            raise DataError(f"cannot read shard {path}: {error.strerror or error}; {fix}") from None
+        if hashes.get(str(name)) != found:
+            raise DataError(
+                f"shard {path} is not the file generate wrote (its SHA-256 differs from the manifest's): it was "
+                f"edited or replaced; {fix}"
+            )
 
 
 @DATASETS.register("adv", summary="Adversarial dataset written by `robustlab generate` (adv:PATH).")
