@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
+from robustlab.allocator import fix_mmap_threshold
 from robustlab.cli_options import (
     BudgetType,
     EpsType,
@@ -46,6 +47,7 @@ class _Group(click.Group):
     """
 
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        fix_mmap_threshold()  # before the first tensor: peak memory flat in the number of batches
         kwargs["standalone_mode"] = False
         try:
             with warnings.catch_warnings(), _terminate_as_interrupt():
