@@ -902,9 +902,3 @@ def test_half_precision_logits_are_upcast_and_said(run: Callable[..., Result], t
     result = run(*_user_model(_linear_model("return self.fc(x.flatten(1)).half()"))(tmp_path))
     assert result.exit_code == 0, result.output
     assert "returns torch.float16 logits: upcast to float32" in result.stdout
-
-
-def test_a_tiny_budget_is_shown_as_it_is() -> None:
-    from robustlab.budgets import format_eps
-
-    assert (format_eps(1e-12), format_eps(1 / 255), format_eps(0.0)) == ("1e-12", "1/255", "0")
