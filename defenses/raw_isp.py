@@ -335,7 +335,7 @@ class RawIsp(PreprocessingDefense):
             return self.load(path)
         self._train(dataset, seed, progress=progress)
         save_weights(path, self.state_dict(), metadata={"run": json.dumps(dataclasses.asdict(run), sort_keys=True)})
-        return self.load(path)
+        return self._ready(path)  # the trained weights, even when a full disk kept them out of the cache
 
     def load(self, path: Path) -> RawIsp:
         """Load weights saved by :meth:`fit` (strictly: every key and shape must match this config).
@@ -352,6 +352,10 @@ class RawIsp(PreprocessingDefense):
                 f"{path} does not fit raw_isp {self.cfg}: missing {missing}, unexpected {unexpected}, resized {resized}"
             )
         self.load_state_dict(state)
+        return self._ready(path)
+
+    def _ready(self, path: Path) -> RawIsp:
+        """Frozen for use, remembering ``path``: the cache file of these weights."""
         self.weights_path = path
         self.zero_grad(set_to_none=True)  # training leaves the last step's gradients behind
         self.requires_grad_(False)

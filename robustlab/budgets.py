@@ -78,8 +78,13 @@ def parse_eps(text: str) -> float:
 
 
 def format_eps(eps: float) -> str:
-    """Show a budget as ``k/255`` when it is one, else with 4 significant digits."""
+    """Show a budget as ``k/255`` when it is one, else with 4 significant digits.
+
+    Example:
+        >>> format_eps(8 / 255), format_eps(0.5), format_eps(1e-12)
+        ('8/255', '0.5', '1e-12')
+    """
     k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
+    if round(k) >= 1 and abs(k - round(k)) < 1e-6:  # 1e-12 is not 0/255
         return f"{round(k)}/255"
     return f"{eps:.4g}"

@@ -11,16 +11,19 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from robustlab.errors import ConfigError, DataError
+from robustlab.errors import CacheNotWritten, ConfigError, DataError
 
 __all__ = ["atomic_write", "cache_dir", "config_hash", "load_weights", "save_weights"]
 
@@ -74,6 +77,7 @@ def _replacing(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp's owner-only mode would hide shared datasets and caches from teammates
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -100,18 +104,45 @@ def _process_alive(pid: int) -> bool:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with _replacing(path) as tmp:
-        os.chmod(tmp, _umask_mode())
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with _replacing(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def save_weights(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a state dict as safetensors atomically (tensors made contiguous, moved to CPU)."""
-    with _replacing(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    """Save a state dict as safetensors atomically (tensors made contiguous, moved to CPU).
+
+    A file that cannot be written raises an ``OSError`` naming ``path`` (safetensors' own error type is
+    converted), except in robustlab's cache: what was just trained there stays usable in memory for this
+    run, and a :class:`~robustlab.errors.CacheNotWritten` warning says so instead of losing it.
+    """
+    try:
+        with _replacing(path) as tmp:
+            try:
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+            except SafetensorError as error:
+                raise _os_error(error, path) from None
+    except OSError as error:
+        if not _in_cache(path):
+            raise
+        warnings.warn(
+            f"cannot write the cache file {path} ({error.strerror or error}): what was trained is kept in memory "
+            f"for this run only; free space or set ROBUSTLAB_HOME to a writable folder to keep it",
+            CacheNotWritten,
+            stacklevel=2,
+        )
+
+
+def _os_error(error: SafetensorError, path: Path) -> OSError:
+    """The ``OSError`` a safetensors write failure stands for (its message carries the ``os error N``)."""
+    found = re.search(r"os error (\d+)", str(error))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _in_cache(path: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(_cache_root()))
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
@@ -120,6 +151,5 @@ def load_weights(path: Path) -> dict[str, Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as error:  # safetensors raises its own SafetensorError, OSError, ValueError...
         reason = (str(error).splitlines() or [type(error).__name__])[0]
-        cached = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(_cache_root()))
-        hint = "delete it and robustlab trains it again" if cached else "write or download it again"
+        hint = "delete it and robustlab trains it again" if _in_cache(path) else "write or download it again"
         raise DataError(f"cannot read {path} ({reason}): not a complete safetensors file; {hint}") from None

@@ -98,4 +98,14 @@ class ImageClassifier(nn.Module):
         self.preprocessing = preprocessing
 
     def forward(self, x: Tensor) -> Tensor:
+        logits = self.raw_logits(x)
+        # Half-precision logits saturate the loss (a confident softmax is exactly 1 in float16, so its gradient
+        # is 0 and FGSM's sign step is 0): losses and margins are computed on float32 copies.
+        return logits.float() if logits.dtype in _HALF else logits
+
+    def raw_logits(self, x: Tensor) -> Tensor:
+        """What the wrapped net returns, before half precision is upcast (the model check reads its dtype)."""
         return self.net((x - self.mean) / self.std)
+
+
+_HALF = (torch.float16, torch.bfloat16)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from robustlab.cli_options import build_specs
 from robustlab.components import ComponentSpec
 from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env
-from robustlab.errors import ConfigError, DataError
+from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import check_same_grid, compare_reports, format_regressions
 from robustlab.leaderboard import check_leaderboard, describe_comparison
@@ -267,7 +268,12 @@ def run_train_defense(**options: Any) -> None:
     model = load_classifier(model_spec(options["model"], options), options["data"], progress=not quiet).to(
         resolve_device(options["device"])
     )
-    prepare_defense(defense, model, options["data"], seed=options["seed"], progress=not quiet)
+    try:
+        with warnings.catch_warnings():  # this command exists to fill the cache: a write it cannot do fails it
+            warnings.simplefilter("error", CacheNotWritten)
+            prepare_defense(defense, model, options["data"], seed=options["seed"], progress=not quiet)
+    except CacheNotWritten as error:
+        raise DataError(str(error).replace("is kept in memory for this run only", "is lost")) from None
     where = getattr(defense, "weights_path", None)
     click.echo(f"{spec.label()} trained on the train split of {options['data']}" + (f": {where}" if where else ""))
     click.echo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CacheNotWritten",
     "CheckpointMismatchError",
     "ConfigError",
     "DataError",
@@ -42,3 +43,7 @@ class CheckpointMismatchError(RobustlabError):
 
 class ThreatModelViolation(RobustlabError, AssertionError):
     """An attack returned a point outside its threat model: a bug, never clipped silently."""
+
+
+class CacheNotWritten(UserWarning):
+    """Trained weights could not be cached (a full disk): the run goes on with them in memory; the CLI prints a note."""

@@ -193,10 +193,12 @@ class Evaluator:
             fed = ""
             if isinstance(model, ImageClassifier):
                 _check_classes(model, dataset, config.data)
-                _, x, _ = next(iterate_batches(dataset, indices[:2], 2))
-                check_logits(model, x.to(device), data_classes=dataset.num_classes, name=model_spec.label())
+                first = indices[: config.batch_size]
+                _, x, _ = next(iterate_batches(dataset, first, len(first)))
+                classes, label = dataset.num_classes, model_spec.label()
+                half = check_logits(model, x.to(device), batch_size=config.batch_size, data_classes=classes, name=label)
                 fed = input_note(model, model_spec, config.data)
-                inputs.append(fed)
+                inputs += [fed, *([half] if half else [])]
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)

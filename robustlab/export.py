@@ -18,7 +18,8 @@ Layout of ``OUT``::
     png/003-star/000012.png        class-per-folder tree named by source index; folders sort in label order
                                    and exist for every class, so ImageFolder(..., allow_empty=True) gives
                                    the same labels even when a small n leaves a class empty
-    manifest.json                  written last: config, versions, classes, every record, summary
+    manifest.json                  written last: config, versions, classes, every record, summary, and
+                                   the SHA-256 of each shard, checked when ``adv:OUT`` is read
 
 Every file is written atomically (temporary file + rename), and a shard counts as done once its
 safetensors file exists (written after its PNGs and records), so an interrupted run resumes at the
@@ -40,10 +41,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
-from robustlab.cache import atomic_write, config_hash, save_weights
+from robustlab.cache import atomic_write, config_hash, load_weights, save_weights
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
-from robustlab.data.adv import FORMAT, FORMAT_VERSION
+from robustlab.data.adv import FORMAT, FORMAT_VERSION, shard_hash
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
@@ -168,6 +169,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
             indices = chosen[start : start + config.shard_size]
             with reporting(on_bar(bar, config.attack.label()) if progress else None):
                 records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
+        shards = [f"shards/shard-{s:05d}.safetensors" for s in range(len(starts))]
         manifest = {
             **header,
             "source": {"data": config.data, "split": config.split, "quantization": "round(x * 255) / 255"},
@@ -176,13 +178,17 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
             "seed": config.seed,
             "versions": environment(str(device)),
             "classes": list(dataset.classes),
-            "shards": [f"shards/shard-{s:05d}.safetensors" for s in range(len(starts))],
+            "shards": shards,
+            "sha256": {name: shard_hash(load_weights(out / name)) for name in shards},
             "summary": _summary(records),
             "samples": records,
         }
         atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     except OSError as error:
-        raise DataError(f"cannot write the dataset under {out}: {error.strerror or error}") from None
+        raise DataError(
+            f"cannot write {error.filename or out}: {error.strerror or error}; free space or make {out} writable, "
+            f"then run the same generate again: it resumes at the first missing shard"
+        ) from None
     return manifest
 
 

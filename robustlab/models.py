@@ -140,24 +140,51 @@ def load_model(
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
 
 
-def check_logits(model: nn.Module, x: Tensor, *, data_classes: int, name: str) -> None:
-    """One tiny forward pass: the model must return logits ``(batch, classes)`` covering the data's classes.
+def check_logits(model: ImageClassifier, x: Tensor, *, batch_size: int, data_classes: int, name: str) -> str | None:
+    """Forward passes as the attacks will make them: logits ``(batch, classes)`` of a float dtype, on ``x``'s device.
 
+    Batches of 1, 2 and ``batch_size`` images (the first ones of ``x``) are tried: early stop attacks the
+    samples left, down to a single image, so a ``squeeze()`` in ``forward`` fails here rather than mid-run.
     A user model's class count is only guessed (its last linear layer), so the data's is what is checked.
+
+    Returns:
+        A note when the logits are half precision (they are upcast to float32 for the losses), else ``None``.
     """
+    dtypes = set()
+    for size in sorted({1, 2, min(batch_size, len(x))}):
+        out = _forward(model, x[:size], name)
+        if out.ndim != 2 or out.shape[0] != size or out.shape[1] < data_classes:
+            one = " (attacks whittle a batch down to one image: keep the batch dimension, no squeeze())"
+            raise ConfigError(
+                f"model {name} returned shape {tuple(out.shape)} for {size} images; expected logits "
+                f"({size}, classes) with at least the data's {data_classes} classes" + (one if size == 1 else "")
+            )
+        if not out.is_floating_point():
+            raise ConfigError(
+                f"model {name} returns {out.dtype} logits: attacks need float scores to take gradients; "
+                f"return the scores before any argmax or rounding"
+            )
+        if out.device != x.device:
+            raise ConfigError(f"model {name} returns logits on {out.device} for images on {x.device}")
+        dtypes.add(out.dtype)
+    half = sorted(str(dtype) for dtype in dtypes if dtype in (torch.float16, torch.bfloat16))
+    if not half:
+        return None
+    return (
+        f"{name} returns {half[0]} logits: upcast to float32 for every loss (gradients inside the model stay {half[0]})"
+    )
+
+
+def _forward(model: ImageClassifier, x: Tensor, name: str) -> Tensor:
     try:
         with torch.inference_mode():
-            out = model(x)
-    except RuntimeError as error:  # shape mismatches inside the model
+            out = model.raw_logits(x)
+    except Exception as error:  # a user's forward: shape mismatches, asserts, whatever it raises on this batch
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise ConfigError(f"model {name} fails on images of shape {tuple(x.shape)} from the data: {reason}") from None
     if not isinstance(out, Tensor):
         raise ConfigError(f"model {name} returned {type(out).__name__}, not a tensor of logits (batch, classes)")
-    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < data_classes:
-        raise ConfigError(
-            f"model {name} returned shape {tuple(out.shape)} for {len(x)} images; expected logits "
-            f"({len(x)}, classes) with at least the data's {data_classes} classes"
-        )
+    return out
 
 
 def _label_noise(tag: str) -> float:

@@ -1,11 +1,14 @@
 """The shape a report JSON must have before it is read, so a hand-edited or foreign file is one clear line.
 
 :meth:`robustlab.report.Report.from_json` builds dataclasses straight from the document; without this
-check a missing key or a string where a number belongs surfaced later as a traceback in the gate.
+check a missing key or a string where a number belongs surfaced later as a traceback in the gate, and a
+NaN accuracy passed the gate both ways (every comparison with NaN is false): numbers must be finite, and
+accuracies and other proportions within ``[0, 1]``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ _NUMBER = (int, float)
 _TOP: dict[str, type] = {"config": dict, "environment": dict, "rows": list}
 _LISTS = ("diagnostics", "samples", "fidelity", "leaderboard")
 _ROW_TEXT = ("model", "defense", "threat_mode", "attack", "threat")
-_ROW_OPTIONAL_NUMBERS = ("clean_acc", "robust_acc", "attack_success_rate", "mean_norm", "max_norm")
+_ROW_PROPORTIONS = ("clean_acc", "robust_acc", "attack_success_rate")
+_ROW_OPTIONAL_NUMBERS = (*_ROW_PROPORTIONS, "mean_norm", "max_norm")
 
 
 def check_report_document(path: Path, data: Any) -> None:
@@ -46,15 +50,24 @@ def _check_row(path: Path, i: int, row: Any) -> None:
     for name in _ROW_TEXT:
         _expect(path, f"{where}.{name}", row[name], str)
     _expect(path, f"{where}.n", row["n"], int)
-    _expect(path, f"{where}.seconds", row["seconds"], _NUMBER)
+    _number(path, f"{where}.seconds", row["seconds"])
     for name in _ROW_OPTIONAL_NUMBERS:
         if row.get(name) is not None:
-            _expect(path, f"{where}.{name}", row[name], _NUMBER)
+            _number(path, f"{where}.{name}", row[name], proportion=name in _ROW_PROPORTIONS)
     metrics = row.get("metrics", {})
     _expect(path, f"{where}.metrics", metrics, dict)
     for name, metric in metrics.items():
         _expect(path, f"{where}.metrics.{name}", metric, dict)
-        _expect(path, f"{where}.metrics.{name}.value", metric.get("value"), _NUMBER)
+        _number(path, f"{where}.metrics.{name}.value", metric.get("value"), proportion=bool(metric.get("proportion")))
+
+
+def _number(path: Path, where: str, value: Any, *, proportion: bool = False) -> None:
+    """A finite JSON number, within ``[0, 1]`` for a proportion (the gate compares these)."""
+    _expect(path, where, value, _NUMBER)
+    if not math.isfinite(value):
+        _fail(path, f"{where} is {value}, not a finite number (a gate must not pass on it)")
+    if proportion and not 0 <= value <= 1:
+        _fail(path, f"{where} is {value}, outside [0, 1] for a proportion")
 
 
 def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...]) -> None:

@@ -73,8 +73,8 @@ def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed
         return []
     counts = torch.bincount(labels.long())
     classes = int((counts > 0).sum())
-    if classes < 2:
-        return []  # one class: any constant guess is right, so accuracy says nothing about the input
+    if classes < 2:  # a constant guess of the one class is right, so only a model that never guesses it is flagged
+        return [] if clean > 0 else [_one_class(len(labels), names, fed)]
     majority = float(counts.max()) / len(labels)
     margin = max(min(0.5 / classes, 0.1), 2 * math.sqrt(majority * (1 - majority) / len(labels)))
     if clean >= majority + margin:
@@ -108,3 +108,12 @@ def adversarial_data(
         f"{recorded:.1%} for the same model and defense: it is not fed as it was then; {CAUSES}"
     )
     return [Diagnostic("sanity.adversarial_mismatch", message, *names)]
+
+
+def _one_class(n: int, names: tuple[str, str], fed: str) -> Diagnostic:
+    message = (
+        f"clean accuracy 0.0% on {n} samples of one class: the model never predicts the only class in the data"
+        + (f" ({fed})" if fed else "")
+        + f"; {CAUSES}"
+    )
+    return Diagnostic("sanity.chance_level", message, *names)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import IO, Protocol
 
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
@@ -22,6 +24,9 @@ from torch import Tensor
 from robustlab.errors import ConfigError, DataError
 
 __all__ = ["KeyedStore", "MemoryStore", "RunStore", "SqliteStore"]
+
+_WRITE_FAILURES = re.compile(r"disk is full|disk I/O error|readonly database|unable to open database", re.IGNORECASE)
+"""SQLite's words for a store that could not be written, as opposed to one whose content is damaged."""
 
 
 class RunStore(Protocol):
@@ -83,6 +88,7 @@ class SqliteStore:
     def __init__(self, path: Path, *, config_hash: str, resume: bool) -> None:
         existed = path.is_file()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = _lock(path)
         try:
             if existed and not resume:
@@ -92,13 +98,15 @@ class SqliteStore:
                 self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self._db.execute("CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, payload BLOB NOT NULL)")
                 row = self._db.execute("SELECT value FROM meta WHERE key = 'config_hash'").fetchone()
+                if row is None:
+                    with self._db:
+                        self._db.execute("INSERT INTO meta VALUES ('config_hash', ?)", (config_hash,))
             except sqlite3.DatabaseError as error:
                 self._db.close()
-                raise DataError(f"run store {path} is unreadable ({error}): delete it to start the run again") from None
-            if row is None:
-                with self._db:
-                    self._db.execute("INSERT INTO meta VALUES ('config_hash', ?)", (config_hash,))
-            elif row[0] != config_hash:
+                if not existed:  # nothing of the user's was in it: leave no store that a rerun would refuse
+                    path.unlink(missing_ok=True)
+                raise self._error(error, resume=False) from None
+            if row is not None and row[0] != config_hash:
                 self._db.close()
                 raise ConfigError(
                     f"run store {path} belongs to a different configuration: use a new --run-dir, or delete the store"
@@ -108,13 +116,28 @@ class SqliteStore:
             raise
 
     def get(self, key: str) -> dict[str, Tensor] | None:
-        row = self._db.execute("SELECT payload FROM units WHERE key = ?", (key,)).fetchone()
-        return None if row is None else load_tensors(row[0])
+        try:
+            row = self._db.execute("SELECT payload FROM units WHERE key = ?", (key,)).fetchone()
+            return None if row is None else load_tensors(row[0])
+        except (sqlite3.DatabaseError, SafetensorError) as error:
+            raise self._error(error, resume=True) from None
 
     def put(self, key: str, tensors: dict[str, Tensor]) -> None:
         payload = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, payload))
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, payload))
+        except sqlite3.DatabaseError as error:
+            raise self._error(error, resume=True) from None
+
+    def _error(self, error: Exception, *, resume: bool) -> DataError:
+        """One line for a store that cannot be read or written: a full disk is not a damaged store."""
+        if isinstance(error, sqlite3.OperationalError) and _WRITE_FAILURES.search(str(error)):
+            again = "run again with --resume: the batches stored so far are kept" if resume else "run again"
+            return DataError(
+                f"cannot write run store {self._path} ({error}): free space or make its folder writable, then {again}"
+            )
+        return DataError(f"run store {self._path} is unreadable ({error}): delete it to start the run again")
 
     def discard(self, prefix: str) -> None:
         if not prefix:

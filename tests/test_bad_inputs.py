@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from robustlab.store import SqliteStore
 
 Build = Callable[[Path], list[str]]
 EVAL = ["eval", "--quiet", "-n", "4", "--attack", "fgsm"]
+PATCH = pytest.MonkeyPatch()
+"""Faults a case injects (a full disk...): set by its builder, undone by the ``run`` fixture."""
 RANDOM = ["--weights", "random"]  # a model that needs no training, for cases that fail while reading data
 
 
@@ -124,8 +128,11 @@ def _adv(manifest: bytes | str | object | None, shard: bytes | None = None) -> B
         (root / "shards").mkdir(parents=True)
         if manifest is not None:
             _raw(root / "manifest.json", manifest)
-        if shard is not None:
+        if shard is not None:  # recorded in the manifest as generate would, so the damage is found on loading it
             (root / "shards" / "shard-00000.safetensors").write_bytes(shard)
+            if isinstance(manifest, dict):
+                hashes = {"shards/shard-00000.safetensors": "not checked: the shard cannot be read"}
+                _raw(root / "manifest.json", {**manifest, "sha256": hashes})
         return [*EVAL, *RANDOM, "--data", f"adv:{root}"]
 
     return build
@@ -157,6 +164,9 @@ def _linear_model(forward: str) -> str:
         f"    def forward(self, x):\n        {forward}\n\n\n"
         "def make():\n    return Linear()\n"
     )
+
+
+_ONLY_PAIRS = "if len(x) > 2:\n            raise ValueError('only pairs')\n        return self.fc(x.flatten(1))"
 
 
 def _strict(build: Build) -> Build:
@@ -219,6 +229,131 @@ def _generate_marker(tmp: Path) -> list[str]:
     (tmp / "gen").mkdir()
     (tmp / "gen" / "generate.json").write_bytes(b'{"format": "robustlab-adv", trunc')
     return ["generate", *RANDOM, "--n", "4", "--quiet", "--out", str(tmp / "gen")]
+
+
+def _nan_report(**row: object) -> dict[str, object]:
+    """A report document with some row values replaced (json.dumps writes NaN as the bare word NaN)."""
+    rows = _report_dict()["rows"]
+    return _report_dict(config={"data": "synth", "n": 100, "task": "classification"}, rows=[{**rows[0], **row}])  # type: ignore[index]
+
+
+def _compare_raw(new: dict[str, object], *, baseline: bool = False) -> Build:
+    """``compare`` with one side a raw document: the new report, or the baseline."""
+
+    def build(tmp: Path) -> list[str]:
+        raw, good = str(_raw(tmp / "raw.json", new)), str(_report_file(tmp / "good.json"))
+        return ["compare", good, raw] if baseline else ["compare", raw, good]
+
+    return build
+
+
+def _generated(tmp: Path) -> Path:
+    """A real adversarial dataset of two shards (random weights: seconds)."""
+    out = tmp / "adv"
+    args = ["generate", *RANDOM, "-n", "4", "--shard-size", "2", "--attack", "fgsm", "--quiet", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _adv_edited(edit: Callable[[Path], object]) -> Build:
+    def build(tmp: Path) -> list[str]:
+        root = _generated(tmp)
+        edit(root)
+        return [*EVAL, *RANDOM, "--data", f"adv:{root}"]
+
+    return build
+
+
+def _flip_a_pixel(root: Path) -> None:
+    shard = root / "shards" / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # the last byte of the last tensor
+    shard.write_bytes(bytes(data))
+
+
+def _drop_a_shard(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:1]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+# ---- faults found after a file was opened: a full disk, damaged pages, edited files -------------------
+
+
+def _full_disk(after: int = 0) -> None:
+    """Every safetensors write after the first ``after`` fails as on a full disk, with safetensors' own error."""
+    from safetensors import SafetensorError
+
+    import robustlab.cache
+
+    real, calls = robustlab.cache.save_file, [0]
+
+    def save_file(*args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] > after:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    PATCH.setattr(robustlab.cache, "save_file", save_file)
+
+
+def _stored_run(tmp: Path) -> Path:
+    """A finished run's store (random weights: seconds), to be damaged by the case."""
+    result = CliRunner().invoke(cli, [*EVAL, *RANDOM, "--run-dir", str(tmp / "run")])
+    assert result.exit_code == 0, result.output
+    return tmp / "run" / "store.sqlite"
+
+
+def _store_pages_damaged(tmp: Path) -> list[str]:
+    store = _stored_run(tmp)
+    data = bytearray(store.read_bytes())
+    data[8192:] = b"Z" * (len(data) - 8192)  # every page after the first two: the units' b-tree
+    store.write_bytes(bytes(data))
+    return [*EVAL, *RANDOM, "--run-dir", str(tmp / "run"), "--resume"]
+
+
+def _store_result_damaged(tmp: Path) -> list[str]:
+    store = sqlite3.connect(_stored_run(tmp))
+    with store:
+        store.execute("UPDATE units SET payload = ?", (b"\x08" * 16,))
+    store.close()
+    return [*EVAL, *RANDOM, "--run-dir", str(tmp / "run"), "--resume"]
+
+
+def _store_disk_full(tmp: Path) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "store.sqlite.lock").touch()
+    real = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        db = real(*args, **kwargs)  # type: ignore[arg-type]
+        db.execute("PRAGMA max_page_count = 1")  # SQLite's own "database or disk is full" at the first table
+        return db
+
+    PATCH.setattr(sqlite3, "connect", connect)
+    return [*EVAL, *RANDOM, "--run-dir", str(tmp / "run")]
+
+
+def _generate_disk_full(tmp: Path) -> list[str]:
+    _full_disk(after=1)  # the first shard is written, the second finds the disk full
+    return ["generate", *RANDOM, "-n", "4", "--shard-size", "2", "--attack", "fgsm", "--quiet", "--out", str(tmp / "g")]
+
+
+def _train_disk_full(tmp: Path) -> list[str]:
+    _full_disk()
+    return ["train", "--steps", "1", "--eval-n", "4", "--quiet", "--out", str(tmp / "w.safetensors")]
+
+
+# ---- faults: name -> (build the arguments, fragments of the error line, exit code); files from before stay ----
+
+FAULTS: dict[str, tuple[Build, tuple[str, ...], int]] = {
+    "store pages damaged": (_store_pages_damaged, ("store.sqlite", "malformed", "delete it"), 2),
+    "store result damaged": (_store_result_damaged, ("store.sqlite", "unreadable", "delete it"), 2),
+    "store creation disk full": (_store_disk_full, ("cannot write run store", "full", "free space"), 2),
+    "generate shard disk full": (_generate_disk_full, ("shard-00001", "No space left", "free space"), 2),
+    "train out disk full": (_train_disk_full, ("w.safetensors", "No space left", "free space"), 2),
+}
 
 
 # ---- the table: name -> (build the arguments, fragments of the error line, exit code) ----------------
@@ -320,12 +455,38 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "user model not a module": (_user_model("def make():\n    return 'a string'\n"), ("nn.Module",), 2),
     "user model wrong shape": (
         _user_model("def make():\n    return nn.Conv2d(3, 10, 32)\n"),
-        ("returned shape (2, 10, 1, 1)",),
+        ("returned shape (1, 10, 1, 1)",),
         2,
     ),
     "user model wrong input": (
         _user_model("def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(100, 10))\n"),
-        ("fails on images of shape (2, 3, 32, 32)",),
+        ("fails on images of shape (1, 3, 32, 32)",),
+        2,
+    ),
+    # the check runs the model as the attacks will: batches of 1, 2 and --batch-size; float logits on the device
+    "user model integer logits": (
+        _user_model(_linear_model("return self.fc(x.flatten(1)).round().long()")),
+        ("torch.int64 logits", "float scores"),
+        2,
+    ),
+    "user model squeeze in forward": (
+        _user_model(_linear_model("return self.fc(x.flatten(1)).squeeze()")),
+        ("returned shape (10,) for 1 images", "no squeeze()"),
+        2,
+    ),
+    "user model breaks on one image": (
+        _user_model(_linear_model("assert len(x) > 1 or x.ndim == 0; return self.fc(x.flatten(1))")),
+        ("fails on images of shape (1, 3, 32, 32)",),
+        2,
+    ),
+    "user model breaks on the batch size": (
+        lambda t: [*_user_model(_linear_model(_ONLY_PAIRS))(t), "--batch-size", "3"],
+        ("fails on images of shape (3, 3, 32, 32)", "only pairs"),
+        2,
+    ),
+    "user model logits elsewhere": (
+        _user_model(_linear_model("return self.fc(x.flatten(1)).to('meta')")),
+        ("logits on meta for images on cpu",),
         2,
     ),
     # 6. models that cannot be right: flagged under the table, exit 2 with --strict (the CI setting)
@@ -417,16 +578,52 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "compare other grid": (_compare({"attack": "pgd"}, {}), ("another grid",), 2),
     "compare missing file": (lambda t: ["compare", str(t / "a.json"), str(t / "b.json")], ("cannot read report",), 2),
     "compare regression": (_compare({"robust_acc": 0.1}, {}), ("gate failed",), 1),
+    # reports and adversarial datasets are checked on read: the gate fails closed, an edited dataset is refused
+    "compare NaN accuracy": (_compare_raw(_nan_report(robust_acc=float("nan"))), ("robust_acc is nan",), 2),
+    "compare NaN baseline": (
+        _compare_raw(_nan_report(clean_acc=float("nan")), baseline=True),
+        ("clean_acc is nan", "not a finite"),
+        2,
+    ),
+    "compare accuracy above 1": (_compare_raw(_nan_report(clean_acc=1.5)), ("clean_acc is 1.5", "[0, 1]"), 2),
+    "compare infinite metric": (
+        _compare_raw(_nan_report(metrics={"acc": {"value": float("inf"), "higher_is_better": True}})),
+        ("metrics.acc.value is inf",),
+        2,
+    ),
+    "adv shard edited": (_adv_edited(_flip_a_pixel), ("shard-00001", "SHA-256 differs", "edited or replaced"), 2),
+    "adv shard dropped from manifest": (_adv_edited(_drop_a_shard), ("holds 2 images", "records 4"), 2),
+    "adv shard missing": (
+        _adv_edited(lambda root: (root / "shards" / "shard-00000.safetensors").unlink()),
+        ("cannot read", "shard-00000"),
+        2,
+    ),
+    "adv manifest without hashes": (
+        _adv_edited(
+            lambda root: _raw(
+                root / "manifest.json", {**json.loads((root / "manifest.json").read_text()), "sha256": None}
+            )
+        ),
+        ("records no content hashes",),
+        2,
+    ),
+    # hidden folders are not classes
+    "data only hidden folders": (
+        lambda t: [*EVAL, *RANDOM, "--data", f"imagefolder:{_images(t / 'tree' / '.git').parent}"],
+        ("no images",),
+        2,
+    ),
 }
 
 
 @pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Result]]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path.parent / f"{tmp_path.name}-torch"))  # outside the snapshot
     monkeypatch.setenv("ROBUSTLAB_HOME", os.environ["ROBUSTLAB_HOME"])  # cases may point it elsewhere
     monkeypatch.setattr(sys, "path", list(sys.path))
-    return lambda *args: CliRunner().invoke(cli, list(args))
+    yield lambda *args: CliRunner().invoke(cli, list(args))
+    PATCH.undo()
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
@@ -466,6 +663,45 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, run: Callable[..., 
     result = run(*args)
     assert_one_error_line(result, code, *fragments)
     assert _snapshot(tmp_path) == before, "a failed command must not create, change or replace a file"
+
+
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_a_fault_is_one_line_and_keeps_what_was_there(case: str, run: Callable[..., Result], tmp_path: Path) -> None:
+    build, fragments, code = FAULTS[case]
+    args = build(tmp_path)
+    before = _snapshot(tmp_path)
+    result = run(*args)
+    assert_one_error_line(result, code, *fragments)
+    after = _snapshot(tmp_path)
+    assert {path: after.get(path) for path in before} == before, "a fault must not change or remove a prior file"
+
+
+def test_a_defense_trained_before_the_disk_filled_is_used_and_said(run: Callable[..., Result], tmp_path: Path) -> None:
+    os.environ["ROBUSTLAB_HOME"] = str(tmp_path / "home")  # an empty cache: the defense trains (seconds)
+    _full_disk()
+    tiny = ["f_steps=2", "g_steps=2", "n_images=8", "batch_size=2"]
+    defense = ["raw_isp", *(arg for value in tiny for arg in ("--defense-arg", value))]
+    result = run(*EVAL, *RANDOM, "--defense", *defense, "--threat-mode", "transfer", "--out", "run.json")
+    assert result.exit_code == 0, result.output
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("robustlab: note:")]
+    assert "cannot write the cache file" in note and "kept in memory for this run" in note, note
+    assert any(row["defense"].startswith("raw_isp") for row in json.loads((tmp_path / "run.json").read_text())["rows"])
+    assert not list((tmp_path / "home").rglob("*.safetensors")), "nothing half-written in the cache"
+    assert_one_error_line(
+        run("train-defense", *defense, *RANDOM, "--quiet"), 2, "cannot write the cache file", "is lost"
+    )
+
+
+def test_written_files_get_the_users_normal_permissions(tmp_path: Path) -> None:
+    from robustlab.cache import atomic_write, save_weights
+
+    old = os.umask(0o022)
+    try:
+        save_weights(tmp_path / "w.safetensors", {"w": torch.ones(2)})
+        atomic_write(tmp_path / "r.json", b"{}")
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(0o644)}, "as open() would make them"
 
 
 # ---- what a table row cannot show -----------------------------------------------------------------------
@@ -605,3 +841,57 @@ def test_a_user_model_declaring_its_head_first_is_not_refused(run: Callable[...,
     )
     result = run(*_user_model(source)(tmp_path))
     assert result.exit_code == 0, result.output
+
+
+def test_sigterm_is_an_interrupt_and_the_store_resumes(tmp_path: Path) -> None:
+    args = [*EVAL[:2], "-n", "64", "--batch-size", "8", "--attack", "pgd", "--steps", "50", *RANDOM]
+    args += ["--run-dir", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "robustlab", *args]
+    running = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    store = tmp_path / "run" / "store.sqlite"
+    try:
+        while running.poll() is None and not _stored_units(store):
+            time.sleep(0.2)  # a batch is stored: the run is under way
+        running.send_signal(signal.SIGTERM)
+        _, stderr = running.communicate(timeout=120)
+    finally:
+        running.kill()
+    assert running.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines() == ["robustlab: error: interrupted"], stderr[-2000:]
+    kept = _stored_units(store)
+    assert kept, "the finished batches are kept"
+    again = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _stored_units(store: Path) -> int:
+    if not store.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM units").fetchone()[0])
+    except sqlite3.Error:  # the tables are not created yet
+        return 0
+
+
+def test_hidden_folders_are_not_classes_and_generated_trees_read_back(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    from robustlab.data import load_dataset
+
+    root = _images(tmp_path / "tree", count=4)
+    _images(root / ".ipynb_checkpoints", count=2)
+    _images(root / "c0" / ".ipynb_checkpoints", count=2)  # a notebook's copies inside a class
+    dataset = load_dataset(f"imagefolder:{root}", split="test", image_size=32)
+    assert (dataset.classes, len(dataset)) == (["c0", "c1"], 4)
+    out = _generated(tmp_path)  # 4 images: most of synth's 10 class folders are empty by design
+    png = load_dataset(f"imagefolder:{out / 'png'}", split="test", image_size=32)
+    assert png.num_classes == 10 and len(png) == 4
+    assert sorted(png.targets) == sorted(r["label"] for r in json.loads((out / "manifest.json").read_text())["samples"])
+
+
+def test_half_precision_logits_are_upcast_and_said(run: Callable[..., Result], tmp_path: Path) -> None:
+    result = run(*_user_model(_linear_model("return self.fc(x.flatten(1)).half()"))(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "returns torch.float16 logits: upcast to float32" in result.stdout

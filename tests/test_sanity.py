@@ -29,7 +29,8 @@ def _row(clean: float) -> Row:
         (0.52, torch.cat([torch.zeros(900), torch.ones(100)]), True),  # below "always class 0"
         (0.0012, torch.arange(5000) % 1000, True),
         (0.01, torch.arange(5000) % 1000, False),
-        (0.0, torch.zeros(50), False),  # one class: nothing to say
+        (0.0, torch.zeros(50), True),  # one class that the model never predicts
+        (0.1, torch.zeros(50), False),  # one class: a constant guess is right, so any hit says nothing more
     ],
 )
 def test_chance_level(clean: float, labels: torch.Tensor, flagged: bool) -> None:

@@ -21,6 +21,7 @@ def test_parse_eps_rejects(text: str) -> None:
 def test_format_eps() -> None:
     assert format_eps(8 / 255) == "8/255"
     assert format_eps(0.5) == "0.5"
+    assert (format_eps(1e-12), format_eps(0.0)) == ("1e-12", "0"), "a budget under 1/255 is not 0/255"
     assert ThreatModel(Norm.L2, None).describe() == "l2 unbounded"
 
 

@@ -7,6 +7,7 @@ one split: every split name gives the same images, so it can serve as ``--data``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class AdversarialDataset:
         if not (isinstance(names, list) and names and isinstance(classes, list) and classes):
             raise DataError(f"manifest {root / 'manifest.json'} lists no shards or classes; {fix}")
         shards = [load_weights(root / str(name)) for name in names]
+        _check_hashes(root, names, shards, self.manifest.get("sha256"), fix)
         missing = [
             f"{name} lacks {key!r}"
             for name, shard in zip(names, shards, strict=True)
@@ -62,6 +64,12 @@ class AdversarialDataset:
         self.classes: Sequence[str] = tuple(str(name) for name in classes)
         self.num_classes = len(self.classes)
         self.image_size = int(self._images.shape[-1])
+        recorded = self.manifest.get("summary", {}).get("n")
+        if recorded != len(self._labels):
+            raise DataError(
+                f"adversarial dataset {root} holds {len(self._labels)} images but its manifest records {recorded}: "
+                f"shards were dropped from or added to manifest.json after generate; {fix}"
+            )
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -104,6 +112,32 @@ class AdversarialDataset:
     def sources(self, indices: Tensor) -> Tensor:
         """The 8-bit source images of ``indices`` as floats in ``[0, 1]``."""
         return self._sources[indices].float() / 255
+
+
+def shard_hash(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of a shard's content, as the manifest records it: names, dtypes, shapes and bytes in name order.
+
+    The file's own bytes would not do: safetensors writes its metadata in no fixed order, so a resumed
+    generation's shard differs from an uninterrupted one's in its header, never in its tensors.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _check_hashes(root: Path, names: list[Any], shards: list[dict[str, Tensor]], hashes: Any, fix: str) -> None:
+    """Every listed shard holds what ``generate`` wrote: a shard edited or replaced since is refused, not read."""
+    if not isinstance(hashes, dict):
+        raise DataError(f"manifest {root / 'manifest.json'} records no content hashes of its shards; {fix}")
+    for name, shard in zip(names, shards, strict=True):
+        if hashes.get(str(name)) != shard_hash(shard):
+            raise DataError(
+                f"shard {root / str(name)} is not what generate wrote (its SHA-256 differs from the manifest's): "
+                f"it was edited or replaced; {fix}"
+            )
 
 
 @DATASETS.register("adv", summary="Adversarial dataset written by `robustlab generate` (adv:PATH).")

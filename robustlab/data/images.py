@@ -20,7 +20,7 @@ from torchvision.datasets.folder import has_file_allowed_extension
 
 from robustlab.errors import DataError
 
-__all__ = ["TreeImageFolder", "image_files", "load_rgb"]
+__all__ = ["TreeImageFolder", "image_files", "load_rgb", "visible_classes"]
 
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """PIL modes of 16-bit grey images (PNG opens them as ``I`` or ``I;16``); scaled to 8 bits, not clipped."""
@@ -43,7 +43,13 @@ class TreeImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision ships n
     """``ImageFolder`` that reads with :func:`load_rgb` and visits every real folder at most once."""
 
     def __init__(self, root: str, transform: Callable[..., Any] | None = None) -> None:
-        super().__init__(root, transform=transform, loader=load_rgb)
+        # Empty class folders are allowed: `robustlab generate` writes one for every class, so that labels
+        # are ranks of the full class list even when a small n leaves a class without images.
+        super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        """The class folders of ``directory``, hidden ones (``.git``, ``.ipynb_checkpoints``) left out."""
+        return visible_classes(directory)
 
     @staticmethod
     def make_dataset(
@@ -70,13 +76,21 @@ class TreeImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision ships n
         return samples
 
 
+def visible_classes(directory: str | Path) -> tuple[list[str], dict[str, int]]:
+    """Sorted class folder names under ``directory`` and their labels, skipping names that start with a dot."""
+    classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {directory}")
+    return classes, {name: label for label, name in enumerate(classes)}
+
+
 def image_files(root: str | Path) -> list[str]:
     """The image files a :class:`TreeImageFolder` over ``root`` would read, in its order (no file opened)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     try:
-        _, class_to_idx = find_classes(str(root))
-    except (FileNotFoundError, OSError):
+        _, class_to_idx = visible_classes(root)
+    except OSError:
         return []
     samples = TreeImageFolder.make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     return [path for path, _ in samples]
@@ -87,7 +101,7 @@ def _walk_once(top: str, seen: set[str]) -> list[tuple[str, list[str]]]:
     found = []
     for folder, subfolders, files in os.walk(top, followlinks=True):
         fresh = []
-        for sub in sorted(subfolders):
+        for sub in sorted(name for name in subfolders if not name.startswith(".")):  # .ipynb_checkpoints copies
             real = os.path.realpath(os.path.join(folder, sub))
             if real not in seen:
                 seen.add(real)

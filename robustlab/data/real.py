@@ -53,6 +53,8 @@ class CheckedImageFolder:
             self._folder = TreeImageFolder(str(root), transform=preprocessing)
         except (FileNotFoundError, OSError) as error:
             raise DataError(f"no images in {root}: {error}") from None
+        if not self._folder.samples:
+            raise DataError(f"no images in {root}: its class folders {', '.join(self._folder.classes)} are empty")
         self.classes: Sequence[str] = self._folder.classes
         self.num_classes = len(self.classes)
         self.root = root
