@@ -195,7 +195,7 @@ def solo_learn_resnet18(path: Path) -> SimCLREncoder:
     """
     import torchvision
 
-    from robustlab.models import load_state_dict_file
+    from robustlab.checkpoints import load_state_dict_file
 
     state = load_state_dict_file(path)
     backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}

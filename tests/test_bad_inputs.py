@@ -627,11 +627,16 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
-    """Every entry under ``root``: its kind, size and content hash (symlinks and special files by kind only)."""
+    """Every entry under ``root``: its kind, size and content hash (symlinks and special files by kind only).
+
+    Lock files are left out: they hold nothing, and a run store removes its own when it closes.
+    """
     found = {}
     for folder, subfolders, files in os.walk(root):
         for name in subfolders + files:
             path = Path(folder) / name
+            if path.suffix == ".lock":
+                continue
             info = path.lstat()
             if path.is_symlink() or not path.is_file():
                 found[str(path)] = (oct(info.st_mode), 0, os.readlink(path) if path.is_symlink() else "")
