@@ -160,6 +160,10 @@ def test_beats_noise_on_unseen_downstream_tasks(
     """Fitted on sky/grass images only, it changes far more downstream predictions on other backgrounds than noise.
 
     Measured on the tiny encoder: AdvEncoder about 0.5 / 0.3 / 0.2 (shape / colour / size), noise 0.14 / 0.11 / 0.05.
+    Over fits of seeds 0-2 (and seed 0 at 2 threads) the mean gain over noise is 0.23, 0.25, 0.09, 0.25: mean
+    0.21, sd 0.08, so the margin is mean - 2 sd = 0.05 (experiments/RESULTS-claims.md); a gain of 0.15 on
+    every run, the first margin, does not survive seed 1. Each task's gain stays above zero in every run
+    (smallest: size, 0.04).
     """
     x, heads = downstream
     y = torch.zeros(len(x), dtype=torch.long)
@@ -171,7 +175,7 @@ def test_beats_noise_on_unseen_downstream_tasks(
     for task in adv_rates:
         record_claim(f"advencoder.{task}_gain_over_noise", adv_rates[task] - noise_rates[task])
     record_claim("advencoder.mean_gain_over_noise", sum(adv_rates.values()) / 3 - sum(noise_rates.values()) / 3)
-    assert sum(adv_rates.values()) / 3 > sum(noise_rates.values()) / 3 + 0.15, (adv_rates, noise_rates)
+    assert sum(adv_rates.values()) / 3 > sum(noise_rates.values()) / 3 + 0.05, (adv_rates, noise_rates)
     assert all(adv_rates[task] > noise_rates[task] for task in adv_rates), (adv_rates, noise_rates)
 
 
@@ -184,10 +188,11 @@ def test_high_frequency_term_raises_the_high_low_energy_ratio(
 
     At the paper's weight (1, beside 5 x InfoNCE) the effect is small and not reliable: on this tiny encoder
     0.097 with it vs 0.097 without, on the default encoder 0.081 vs 0.028 (experiments/RESULTS-advencoder.md);
-    at 1000 it is ~200 here.
+    at 1000 it is ~200 here. The ratio of the two over seeds 0-2 and threads: 1782, 595, 15, 1444; on a log
+    scale mean - 2 sd is 4.5x, the margin (experiments/RESULTS-claims.md).
     """
     radius = 8 * 32 / 64
     paper = high_low_energy_ratio(fitted["per"].fitted()["delta"], radius)
     heavy = high_low_energy_ratio(fitted["per-hfc1000"].fitted()["delta"], radius)
     record_claim("advencoder.hfc1000_ratio_over_paper", heavy / paper)
-    assert heavy > 10 * paper, (heavy, paper)
+    assert heavy > 4 * paper, (heavy, paper)

@@ -95,13 +95,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trained_model: ImageClas
 def test_cppn_fools_most_classes_of_the_trained_model(
     trained_model: ImageClassifier, claim_seed: int, record_claim: Callable[[str, float], None]
 ) -> None:
-    # Calibrated once (experiments/RESULTS-fooling.md): this quarter of the default budget fools 8/10 classes at
-    # >= 99% with seed 0 (median confidence 0.99998); the margin allows one more miss. Random images score ~0.1.
+    # A quarter of the default budget fools 8, 10 and 7 classes at >= 99% over seeds 0-2 (1 thread; median
+    # confidence >= 0.9999 in each): mean - 2 sd = 5.3 classes (experiments/RESULTS-claims.md). Random images
+    # score ~0.1.
     out = _generate(trained_model, seed=claim_seed, encoding="cppn", generations=100, population=32)
     metrics = confidence_metrics(out["confidence"], queries=int(out["queries"]))
     record_claim("fooling.cppn_classes_fooled_99", metrics["classes_fooled_99"])
     record_claim("fooling.cppn_median_confidence", metrics["median_confidence"])
-    assert metrics["classes_fooled_99"] >= 7 and metrics["median_confidence"] >= 0.99, metrics
+    assert metrics["classes_fooled_99"] >= 5 and metrics["median_confidence"] >= 0.99, metrics
 
 
 def test_gradient_ascent_reaches_9999_for_every_class(trained_model: ImageClassifier) -> None:
