@@ -86,12 +86,14 @@ def test_gan_moves_captions_to_the_target_far_more_than_noise(
     )
     # Measured (experiments/RESULTS-caption_gan.md): forcing all four words at once fails in this world at 16/255,
     # but the generator moves held-out images' features towards the target's and rewrites far more captions than
-    # noise of the same size (first measured: 36% vs 8% changed after 200 steps).
+    # noise of the same size (first measured: 36% vs 8% changed after 200 steps). Changed minus noise's changed
+    # over seeds 0-2 at 1 thread: .34, .48, .42; seed 0 at 2 threads (another trained captioner): .19; mean - 2 sd
+    # = .11, the margin (experiments/RESULTS-claims.md). The exact target is reached in no run.
     record_claim("caption_gan.changed_over_noise", gan_metrics["changed"] - noise_metrics["changed"])
     record_claim(
         "caption_gan.target_success_over_noise", gan_metrics["target_success"] - noise_metrics["target_success"]
     )
-    assert gan_metrics["changed"] >= noise_metrics["changed"] + 0.2, (gan_metrics, noise_metrics)
+    assert gan_metrics["changed"] >= noise_metrics["changed"] + 0.1, (gan_metrics, noise_metrics)
     target = goal_features(captioner, fit_data, target=goal, keyword=None, n_targets=1, scan=512)
     distance = {a: float((captioner.encoder(x_adv) - target).pow(2).mean()) for a, x_adv in adversarial.items()}
     record_claim("caption_gan.feature_distance_ratio", distance["gan"] / distance["noise"])
