@@ -7,12 +7,13 @@ PGD on the fused model: 69.5%. With context_p=0 see RESULTS-context_fusion.md.
 
 Margins (experiments/RESULTS-claims.md): each is the measured mean minus two standard deviations of the
 quantity over the heads' seeds and thread counts (``experiments/claim_margins.py``), so a machine that
-satisfies the dependencies passes. The PGD gain (+7.4, +11.3, +8.2 points over seeds 0-2) keeps its
-4-point margin. The blur gain does not survive as a margin: +4.3, +4.3, +7.8 points here, +1.2 and +1.5
-on a fresh environment (torch 2.15, 2 and 1 threads); mean +3.8, 95% interval of the mean [+0.5, +7.1],
-mean - 2 sd = -1.5 points. The test asserts what survives: fusion costs no more than that under blur.
-Without context the gains are PGD -1.6, -2.3, -2.7 and blur +1.2, +1.6, -0.4 points: mean + 2 sd is -1.0
-and +2.8 points, the upper bounds asserted.
+satisfies the dependencies passes. The PGD gain: +7.4, +11.3, +8.2 points over seeds 0-2 at 1 thread,
++4.7 at 2 threads; mean - 2 sd = +2.5 points, the margin (the first margin, 4 points, is inside the spread).
+The blur gain does not survive as a margin: +4.3, +4.3, +7.8 (1 thread), +3.1 (2 threads) points here,
++1.2 and +1.5 on a fresh environment (torch 2.15, 2 and 1 threads); mean +3.7, mean - 2 sd = -1.1 points.
+The test asserts what survives: fusion costs no more than 1.5 points under blur. Without context the gains
+are PGD -1.6, -2.3, -2.7, -3.1 and blur +1.2, +1.6, -0.4, +2.7 points: mean + 2 sd is -1.1 and +3.9 points,
+the upper bounds asserted.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_fusion_keeps_clean_accuracy(informative: Report, record_claim: Callable
 def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
     informative: Report, record_claim: Callable[[str, float], None]
 ) -> None:
-    for attack, margin in (("pgd", 0.04), ("blur", -0.015)):
+    for attack, margin in (("pgd", 0.025), ("blur", -0.015)):
         _, bare = _row(informative, "none", "-", attack)
         _, fused = _row(informative, "context_fusion", "transfer", attack)
         record_claim(f"fusion.{attack}_gain", fused - bare)
@@ -82,7 +83,7 @@ def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
 
 
 def test_gain_vanishes_without_context(uninformative: Report, record_claim: Callable[[str, float], None]) -> None:
-    for attack, bound in (("pgd", 0.0), ("blur", 0.029)):
+    for attack, bound in (("pgd", 0.0), ("blur", 0.04)):
         _, bare = _row(uninformative, "none", "-", attack)
         _, fused = _row(uninformative, "context_fusion", "transfer", attack)
         record_claim(f"fusion.{attack}_gain_without_context", fused - bare)
