@@ -4,10 +4,10 @@ A README that drifts from the code (a renamed flag, a missing folder, two comman
 fit together) fails here rather than for a reader. An HTML comment on the line before a fenced
 block says how its commands are tested (blocks without one must be quick, and run in the smoke suite):
 
-- ``<!-- readme-test: slow -->``: run under ``-m slow``, in README order, in one temporary folder (a
+- ``<!-- readme-test: slow -->``: run under ``-m readme`` (deselected by default: about an hour), in README order, in one temporary folder (a
   block makes the inputs of the blocks after it);
 - ``<!-- readme-test: external -->``: commands that need what a reader brings (their own data or
-  checkpoint, a network): run under ``-m slow`` too, and each must succeed or fail with the one-line
+  checkpoint, a network): run under ``-m readme`` too, and each must succeed or fail with the one-line
   ``robustlab: error:`` that says what is missing.
 
 Every command of every block, whatever its marker, is parsed by the CLI in the smoke suite, so a flag
@@ -144,6 +144,7 @@ def test_quick_readme_commands_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.readme
 def test_every_readme_command_runs_in_order(tmp_path: Path) -> None:
     """The README as a new user copies it: one folder, every block in order (an hour on 2 CPU cores)."""
     for command in COMMANDS:
