@@ -4,8 +4,8 @@ A README that drifts from the code (a renamed flag, a missing folder, two comman
 fit together) fails here rather than for a reader. An HTML comment on the line before a fenced
 block says how its commands are tested (blocks without one must be quick, and run in the smoke suite):
 
-- ``<!-- readme-test: slow -->``: run under ``-m readme`` (deselected by default: about an hour), in README order, in one temporary folder (a
-  block makes the inputs of the blocks after it);
+- ``<!-- readme-test: slow -->``: run under ``-m readme`` (deselected by default: about an hour), in README
+  order, in one temporary folder (a block makes the inputs of the blocks after it);
 - ``<!-- readme-test: external -->``: commands that need what a reader brings (their own data or
   checkpoint, a network): run under ``-m readme`` too, and each must succeed or fail with the one-line
   ``robustlab: error:`` that says what is missing.
