@@ -147,15 +147,29 @@ def test_fit_is_deterministic_given_the_generator(encoder: nn.Module, surrogate:
     assert torch.equal(a.fitted()["delta"], b.fitted()["delta"])
 
 
-@pytest.mark.claim
-@pytest.mark.slow
-def test_beats_noise_on_unseen_downstream_tasks(
+@pytest.fixture(scope="module")
+def rates(
     encoder: nn.Module,
     surrogate: SynthDataset,
     fitted: dict[str, AdvEncoder],
     downstream: tuple[torch.Tensor, dict[str, nn.Module]],
     claim_seed: int,
-    record_claim: Callable[[str, float], None],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per task, the share of downstream predictions AdvEncoder-PER changes, and the share noise changes."""
+    x, heads = downstream
+    y = torch.zeros(len(x), dtype=torch.long)
+    noise = UniversalNoise().fit(
+        encoder, surrogate, generator=torch.Generator().manual_seed(claim_seed), progress=False
+    )
+    adv_rates = {task: _fooling_rate(encoder, head, x, fitted["per"](encoder, x, y)) for task, head in heads.items()}
+    noise_rates = {task: _fooling_rate(encoder, head, x, noise(encoder, x, y)) for task, head in heads.items()}
+    return adv_rates, noise_rates
+
+
+@pytest.mark.claim
+@pytest.mark.slow
+def test_beats_noise_on_unseen_downstream_tasks(
+    rates: tuple[dict[str, float], dict[str, float]], record_claim: Callable[[str, float], None]
 ) -> None:
     """Fitted on sky/grass images only, it changes far more downstream predictions on other backgrounds than noise.
 
@@ -165,18 +179,23 @@ def test_beats_noise_on_unseen_downstream_tasks(
     every run, the first margin, does not survive seed 1. Each task's gain stays above zero in every run
     (smallest: size, 0.04).
     """
-    x, heads = downstream
-    y = torch.zeros(len(x), dtype=torch.long)
-    noise = UniversalNoise().fit(
-        encoder, surrogate, generator=torch.Generator().manual_seed(claim_seed), progress=False
-    )
-    adv_rates = {task: _fooling_rate(encoder, head, x, fitted["per"](encoder, x, y)) for task, head in heads.items()}
-    noise_rates = {task: _fooling_rate(encoder, head, x, noise(encoder, x, y)) for task, head in heads.items()}
+    adv_rates, noise_rates = rates
     for task in adv_rates:
         record_claim(f"advencoder.{task}_gain_over_noise", adv_rates[task] - noise_rates[task])
     record_claim("advencoder.mean_gain_over_noise", sum(adv_rates.values()) / 3 - sum(noise_rates.values()) / 3)
     assert sum(adv_rates.values()) / 3 > sum(noise_rates.values()) / 3 + 0.05, (adv_rates, noise_rates)
     assert all(adv_rates[task] > noise_rates[task] for task in adv_rates), (adv_rates, noise_rates)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the first claim (mean gain over noise > 0.15 on every fit) fails at seed 1 (0.09): runs 0.23, 0.25, "
+    "0.09, 0.25 (experiments/RESULTS-claims.md)",
+)
+@pytest.mark.slow
+def test_mean_gain_as_first_claimed(rates: tuple[dict[str, float], dict[str, float]]) -> None:
+    adv_rates, noise_rates = rates
+    assert sum(adv_rates.values()) / 3 > sum(noise_rates.values()) / 3 + 0.15
 
 
 @pytest.mark.claim

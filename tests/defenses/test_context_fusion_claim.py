@@ -82,6 +82,17 @@ def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
         assert fused > bare + margin, (attack, fused, bare)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="the blur gain's first claim (> +2 points) is inside its spread: +1.2 to +7.8 points over seeds and "
+    "environments, mean +3.7 (experiments/RESULTS-claims.md)",
+)
+def test_blur_gain_as_first_claimed(informative: Report) -> None:
+    _, bare = _row(informative, "none", "-", "blur")
+    _, fused = _row(informative, "context_fusion", "transfer", "blur")
+    assert fused > bare + 0.02
+
+
 def test_gain_vanishes_without_context(uninformative: Report, record_claim: Callable[[str, float], None]) -> None:
     for attack, bound in (("pgd", 0.0), ("blur", 0.04)):
         _, bare = _row(uninformative, "none", "-", attack)
