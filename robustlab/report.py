@@ -16,6 +16,7 @@ from typing import Any
 
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
+from robustlab.intervals import wilson_interval, with_interval
 from robustlab.report_check import check_report_document
 
 __all__ = [
@@ -46,7 +47,9 @@ class Row:
     as robust when it was classified correctly and the attack failed; ``attack_success_rate`` is the
     fraction of attacked (clean-correct) samples the attack broke; the norms are over the successful
     adversarial examples (None when there are none). ``artifact`` is the file a universal attack's
-    perturbation was written to, if any.
+    perturbation was written to, if any. ``success_rule`` names which point of each sample's attack was
+    scored (:data:`robustlab.victims.SUCCESS_RULES`; empty on rows without inputs and on older reports).
+    ``clean_interval`` and ``robust_interval`` are the accuracies' 95% Wilson intervals on ``n`` samples.
     """
 
     model: str
@@ -66,12 +69,19 @@ class Row:
     task: str = "classification"
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifact: str | None = None
+    success_rule: str = ""
+    clean_interval: tuple[float, float] | None = None
+    robust_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task == "classification" and self.clean_acc is not None:
             # the accuracy fields are the truth of a classification row (a schema-1 report, a hand-made or
             # dataclasses.replace()d row): its metrics follow them
             object.__setattr__(self, "metrics", {**self.metrics, **_accuracy_metrics(self)})
+        for name in ("clean", "robust"):  # derived from the accuracy and n, whatever a file said
+            value = getattr(self, f"{name}_acc")
+            interval = None if value is None or self.n <= 0 else wilson_interval(value, self.n)
+            object.__setattr__(self, f"{name}_interval", interval)
 
     def key(self) -> tuple[str, ...]:
         """Identity of the row across runs (what a baseline comparison matches on); the task when not classification."""
@@ -227,8 +237,8 @@ TABLE_COLUMNS = (  # (title, Row field, format) of the console table
     ("attack", "attack", "{}"),
     ("threat", "threat", "{}"),
     ("n", "n", "{}"),
-    ("clean", "clean_acc", "{:.2%}"),
-    ("robust", "robust_acc", "{:.2%}"),
+    ("clean", "clean_acc", "{}"),
+    ("robust", "robust_acc", "{}"),
     ("ASR", "attack_success_rate", "{:.2%}"),
     ("mean norm", "mean_norm", "{:.4f}"),
     ("max norm", "max_norm", "{:.4f}"),
@@ -245,7 +255,9 @@ def other_metrics(row: Row) -> str | None:
 
 
 def row_value(row: Row, name: str) -> Any:
-    """The value of a table column: a :class:`Row` field, or ``other_metrics``."""
+    """The value of a table column: a :class:`Row` field, ``other_metrics``, or an accuracy with its interval."""
+    if name in ("clean_acc", "robust_acc"):
+        return with_interval(getattr(row, name), row.n)
     return other_metrics(row) if name == "other_metrics" else getattr(row, name)
 
 
