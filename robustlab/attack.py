@@ -89,9 +89,10 @@ class Attack(ABC):
     ) -> Tensor:
         """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached.
 
-        ``early_stop`` says the caller only needs each sample misclassified by ``model`` once, as an
-        evaluation does: attacks with :attr:`early_stopping` then stop a sample at its first success
-        and return that point, which saves their remaining iterations; other attacks ignore it.
+        ``early_stop`` says the caller only needs each sample misclassified once by the scored model
+        (``scored``, else ``model``), as an evaluation does: attacks with :attr:`early_stopping` then stop
+        a sample at its first success and return that point, which saves their remaining iterations; other
+        attacks ignore it.
         ``sample_seeds`` (int64 ``(B,)``) seed each sample's own random stream in attacks with
         :attr:`per_sample_streams`; the others draw from ``generator``. ``state`` (a store
         private to this call's samples) goes to attacks that :attr:`saves_progress`. ``scored`` is the model
