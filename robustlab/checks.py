@@ -52,6 +52,7 @@ class ProbeSettings:
     fd_samples: int = 32
     fd_directions: int = 8
     fd_min_cosine: float = 0.5
+    fd_confirm_queries: int = 1000
     noise_draws: int = 100
 
 
@@ -161,14 +162,15 @@ def shattered_gradients(
     if not len(cosine) or float(cosine.median()) >= settings.fd_min_cosine:
         return []
     pgd = _rate(_broken(attacked, scored, x, y, generator, "pgd", early_stop=True, eps=eps, steps=settings.pgd_steps))
-    square = _rate(_broken(attacked, scored, x, y, generator, "square", eps=eps, n_queries=settings.square_queries))
+    queries = settings.fd_confirm_queries
+    square = _rate(_broken(attacked, scored, x, y, generator, "square", eps=eps, n_queries=queries))
     if square <= pgd + SLACK:
         return []
     return [
         (
             "shattered_gradients",
             f"finite differences disagree with autograd (median cosine {float(cosine.median()):.2f} over "
-            f"{settings.fd_directions} random directions) and black-box Square ({settings.square_queries} queries) "
+            f"{settings.fd_directions} random directions) and black-box Square ({queries} queries) "
             f"breaks {square:.0%} of the probe samples where PGD breaks {pgd:.0%}: the gradient points nowhere "
             "(a non-smooth step in forward); add --attack square or autoattack, and give the step a BPDA surrogate",
         )
