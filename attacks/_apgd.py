@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from robustlab.attacks._torchattacks import num_classes_of, stream_ids
 from torch import Tensor, nn
 
-from robustlab.attack import Attack
+from robustlab.attack import Attack, misclassified
 from robustlab.errors import ConfigError
 from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
@@ -164,12 +164,13 @@ def apgd(
     index: Tensor | None = None,
     early_stop: bool,
     max_rows: int,
+    scored: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run APGD on every sample; return ``(x_adv, fooled)``.
 
-    ``x_adv`` is, for a fooled sample, the first iterate that fooled the model, else ``x``; every
-    (restart, target) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
-    ``index`` numbers the samples for their random streams (default ``0..B-1``).
+    ``x_adv`` is, for a fooled sample, the first iterate that fooled the scored model (``scored``, else
+    ``model``), else ``x``; every (restart, target) of a sample is a row, ``max_rows`` rows at a time (at
+    least one sample's). ``index`` numbers the samples for their random streams (default ``0..B-1``).
     """
     needed = {"dlr": 3, "dlr-targeted": 4}.get(c.loss, 2)  # the DLR denominator reads the 3rd (4th) logit
     if len(x) and (classes := num_classes_of(model, x)) < needed:
@@ -182,7 +183,7 @@ def apgd(
         c.n_restarts,
         max_rows,
         lambda part, row_targets, runs: _apgd_rows(
-            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop
+            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop, scored
         ),
     )
 
@@ -227,6 +228,7 @@ def _apgd_rows(
     index: Tensor,
     runs: int,
     early_stop: bool,
+    scored: nn.Module | None,
 ) -> tuple[Tensor, Tensor]:
     """APGD with ``runs`` rows per sample (targets outer, restarts inner); a sample stops at its first fooling row."""
     n = len(x)
@@ -241,7 +243,7 @@ def _apgd_rows(
     def record(logits: Tensor, points: Tensor) -> Tensor:
         """Keep the first fooling iterate of each sample not fooled before (its lowest row on a tie); return
         which live rows go on: all of them, or with early stop those of samples still not fooled."""
-        new = (logits.argmax(dim=1) != yr) & ~fooled[owner]
+        new = misclassified(logits, yr, points, scored) & ~fooled[owner]
         keep_first(new, owner, points, result, fooled)
         return ~fooled[owner] if early_stop else torch.ones_like(new)
 
@@ -293,6 +295,7 @@ class RowLoopAttack(Attack):
     set ``eps`` and ``norm`` and run the loop in :meth:`_attack`."""
 
     early_stopping = True
+    tracks_scored = True
     per_sample_streams = True
     eps: float
     norm: Norm
@@ -315,8 +318,10 @@ class RowLoopAttack(Attack):
         index: Tensor | None,
         early_stop: bool,
         max_rows: int,
+        scored: nn.Module | None,
     ) -> Tensor:
-        """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream."""
+        """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream; ``scored``
+        is the model whose first misclassified iterate is kept, when it is not ``model``."""
 
     def _run(
         self,
@@ -327,11 +332,11 @@ class RowLoopAttack(Attack):
         generator: torch.Generator | None,
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
+        scored: nn.Module | None = None,
     ) -> Tensor:
         seed, index = stream_ids(generator, sample_seeds)
-        return self._attack(
-            model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=self.max_rows or len(x)
-        )
+        rows = self.max_rows or len(x)
+        return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows, scored=scored)
 
 
 class APGDAttack(RowLoopAttack):
@@ -351,5 +356,7 @@ class APGDAttack(RowLoopAttack):
         index: Tensor | None,
         early_stop: bool,
         max_rows: int,
+        scored: nn.Module | None,
     ) -> Tensor:
-        return apgd(model, x, y, self.settings(), seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]
+        c = self.settings()
+        return apgd(model, x, y, c, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows, scored=scored)[0]

@@ -32,6 +32,7 @@ import torch
 from robustlab.attacks._apgd import by_rows, keep_first, normalize, sample_streams, top_targets
 from torch import Tensor, nn
 
+from robustlab.attack import misclassified
 from robustlab.progress import advance
 from robustlab.threat import Norm, perturbation_norm
 
@@ -150,10 +151,12 @@ def fab(
     index: Tensor | None = None,
     early_stop: bool,
     max_rows: int,
+    scored: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run FAB on every sample; return ``(x_adv, fooled)``.
 
-    ``x_adv`` is, for a fooled sample, its first misclassified iterate within ``eps``, else ``x``; every
+    ``x_adv`` is, for a fooled sample, its first iterate within ``eps`` that the scored model (``scored``, else
+    ``model``) misclassifies, else ``x``; every
     (target, restart) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
     ``index`` numbers the samples for their random streams (default ``0..B-1``).
     """
@@ -165,7 +168,7 @@ def fab(
         c.n_restarts,
         max_rows,
         lambda part, row_targets, runs: _fab_rows(
-            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop
+            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop, scored
         ),
     )
 
@@ -180,6 +183,7 @@ def _fab_rows(
     index: Tensor,
     runs: int,
     early_stop: bool,
+    scored: nn.Module | None,
 ) -> tuple[Tensor, Tensor]:
     """FAB with ``runs`` rows per sample (targets outer, restarts inner); a sample stops at its first fooling row."""
     n = len(x)
@@ -201,7 +205,7 @@ def _fab_rows(
         return ~fooled[owner] if early_stop else torch.ones_like(adversarial)
 
     with torch.no_grad():
-        keep = record(model(x1).argmax(dim=1) != yr, x0, x1, owner)
+        keep = record(misclassified(model(x1), yr, x1, scored), x0, x1, owner)
     rows: dict[str, Tensor] = {"x0": x0, "y": yr, "owner": owner, "x1": x1}
     if target is not None:
         rows["target"] = target
@@ -214,7 +218,8 @@ def _fab_rows(
         f, w = _boundary(model, rows["x1"], rows["y"], rows.get("target"), c.norm)
         x1 = _step(rows["x1"], rows["x0"], f, w, c)
         with torch.no_grad():
-            adversarial = model(x1).argmax(dim=1) != rows["y"]
-        keep = record(adversarial, rows["x0"], x1, rows["owner"])
+            logits = model(x1)
+        adversarial = logits.argmax(dim=1) != rows["y"]  # what the walk reacts to: the attacked model's verdict
+        keep = record(misclassified(logits, rows["y"], x1, scored), rows["x0"], x1, rows["owner"])
         rows["x1"] = torch.where(adversarial.view(-1, 1, 1, 1), rows["x0"] + (x1 - rows["x0"]) * c.beta, x1)
     return result, fooled

@@ -4,9 +4,12 @@ It replaces the torchattacks call because an evaluation only needs each sample t
 with ``early_stop`` a sample leaves the batch at the first iterate the model misclassifies, and that
 iterate is what is returned (never a later, possibly weaker one). The forward pass that computes the
 gradient already yields the logits of the current iterate, so the check costs nothing, and the batch
-that is differentiated shrinks as samples fall. Without ``early_stop`` the arithmetic is exactly
-torchattacks' ``PGD.forward`` / ``PGDL2.forward`` (same operations in the same order), so a
-configuration without a random start reproduces torchattacks to the last bit.
+that is differentiated shrinks as samples fall. When the scored model is another one (a transfer
+attack: the bare model differentiated, the defended one scored), each iterate costs one forward pass
+of the scored model instead, and a sample stops at the first iterate *that* model misclassifies.
+Without ``early_stop`` the arithmetic is exactly torchattacks' ``PGD.forward`` / ``PGDL2.forward``
+(same operations in the same order), so a configuration without a random start reproduces
+torchattacks to the last bit.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attack import Attack
+from robustlab.attack import Attack, misclassified
 from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
 
@@ -84,7 +87,15 @@ def l2_step(eps: float, step_size: float) -> Step:
 
 
 def projected_gradient_descent(
-    model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, steps: int, step: Step, early_stop: bool
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_start: Tensor,
+    *,
+    steps: int,
+    step: Step,
+    early_stop: bool,
+    scored: nn.Module | None = None,
 ) -> Tensor:
     """Run ``steps`` iterations of untargeted PGD on the cross-entropy loss from ``x_start``.
 
@@ -95,7 +106,8 @@ def projected_gradient_descent(
         x_start: first iterate (``x`` itself, or a random start).
         steps: forward+backward passes for a sample that is never fooled.
         step: the norm's ascent-and-projection step.
-        early_stop: freeze a sample at the first iterate ``model`` misclassifies and stop differentiating it.
+        early_stop: freeze a sample at the first iterate the scored model misclassifies and stop differentiating it.
+        scored: the model scored, when it is not ``model`` (``None``: ``model`` itself).
 
     Returns:
         ``x_adv`` with the shape and dtype of ``x``, detached.
@@ -114,7 +126,7 @@ def projected_gradient_descent(
         adva = adva.detach()
         if early_stop:
             # The logits are those of the current iterate: a fooled sample keeps exactly this point.
-            fooled = logits.detach().argmax(dim=1) != ya
+            fooled = misclassified(logits, ya, adva, scored)
             if fooled.any():
                 x_adv[active[fooled]] = adva[fooled]
                 keep = ~fooled
@@ -131,6 +143,7 @@ class ProjectedGradientAttack(Attack):
 
     norm: ClassVar[Norm]
     early_stopping = True
+    tracks_scored = True
     per_sample_streams = True
 
     def __init__(self, *, eps: float, step_size: float | None, steps: int, random_start: bool) -> None:
@@ -152,6 +165,7 @@ class ProjectedGradientAttack(Attack):
         generator: torch.Generator | None,
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
+        scored: nn.Module | None = None,
     ) -> Tensor:
         random_start, step = (linf_random_start, linf_step) if self.norm is Norm.LINF else (l2_random_start, l2_step)
         if not self.random_start:
@@ -161,7 +175,14 @@ class ProjectedGradientAttack(Attack):
         else:
             start = random_start(x, self.eps, generator)
         return projected_gradient_descent(
-            model, x, y, start, steps=self.steps, step=step(self.eps, self.step_size), early_stop=early_stop
+            model,
+            x,
+            y,
+            start,
+            steps=self.steps,
+            step=step(self.eps, self.step_size),
+            early_stop=early_stop,
+            scored=scored,
         )
 
 

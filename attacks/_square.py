@@ -201,11 +201,20 @@ def _l2_candidate(x: Tensor, best: Tensor, u: Tensor, side: int, eps: float) -> 
 
 
 def square_attack(
-    model: nn.Module, x: Tensor, y: Tensor, c: SquareConfig, *, seed: int, index: Tensor | None = None
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    c: SquareConfig,
+    *,
+    seed: int,
+    index: Tensor | None = None,
+    scored: nn.Module | None = None,
 ) -> Tensor:
     """Run Square on every sample; return ``x_adv``: a fooled sample's first point with margin <= 0, else ``x``.
 
-    ``index`` numbers the samples for their random streams (default ``0..B-1``).
+    ``index`` numbers the samples for their random streams (default ``0..B-1``). With ``scored`` (the model
+    scored, when it is not ``model``) a sample is fooled, and stops, at its first point ``scored`` misclassifies:
+    one more forward pass of ``scored`` per accepted proposal.
     """
     channels, height, width = x.shape[1:]
     if c.norm is Norm.L2 and min(height, width) < 5:
@@ -217,8 +226,14 @@ def square_attack(
     start_draws = channels * width if c.norm is Norm.LINF else _l2_cells(height, width) * (1 + channels)
     step_draws = 2 + channels if c.norm is Norm.LINF else 5 + channels
     result = x.clone()
+
+    def fooled(points: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
+        if scored is None or not len(points):
+            return margins <= 0
+        return scored(points).argmax(dim=1) != labels
+
     with torch.no_grad():
-        todo = (margin(model, x, y) > 0).nonzero().flatten()
+        todo = (~fooled(x, y, margin(model, x, y))).nonzero().flatten()
         for restart in range(c.n_restarts):
             if not len(todo):
                 break
@@ -226,14 +241,15 @@ def square_attack(
             xa, ya = x[todo], y[todo]
             best = start(xa, c.eps, _draws(seed, [owners[i] for i in rows], restart, -1, (start_draws,), x))
             best_margin = margin(model, best, ya)
+            best_fooled = fooled(best, ya, best_margin)
             live = torch.arange(len(rows), device=x.device)  # rows of ``xa`` still querying
             uniforms = x.new_empty((0, CHUNK, step_draws))
             for i in range(c.n_queries + 1):
                 advance("square queries", restart * c.n_queries + i, c.n_restarts * c.n_queries)
-                done = live[best_margin[live] <= 0]
+                done = live[best_fooled[live]]
                 if len(done):
                     result[todo[done]] = best[done]
-                    keep = best_margin[live] > 0
+                    keep = ~best_fooled[live]
                     live, uniforms = live[keep], uniforms[keep] if i % CHUNK else uniforms
                 if not len(live) or i == c.n_queries:
                     break
@@ -246,5 +262,6 @@ def square_attack(
                 better = proposal_margin < best_margin[live]
                 best[live[better]] = proposal[better]
                 best_margin[live[better]] = proposal_margin[better]
-            todo = todo[best_margin > 0]
+                best_fooled[live[better]] = fooled(proposal[better], ya[live[better]], proposal_margin[better])
+            todo = todo[~best_fooled]
     return result

@@ -60,10 +60,11 @@ class FABT(RowLoopAttack):
         index: Tensor | None,
         early_stop: bool,
         max_rows: int,
+        scored: nn.Module | None,
     ) -> Tensor:
         targets = self.n_target_classes if self.targeted else 0
-        config = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
-        return fab(model, x, y, config, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows)[0]
+        c = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
+        return fab(model, x, y, c, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows, scored=scored)[0]
 
 
 @ATTACKS.register(
@@ -89,6 +90,7 @@ class AutoAttack(Attack):
     """
 
     early_stopping = True
+    tracks_scored = True
     per_sample_streams = True
     saves_progress = True
 
@@ -136,6 +138,7 @@ class AutoAttack(Attack):
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
         state: RunStore | None = None,
+        scored: nn.Module | None = None,
     ) -> Tensor:
         if sample_seeds is None:  # a direct call: streams numbered by position in the batch
             base = derive_seed(generator)
@@ -143,8 +146,9 @@ class AutoAttack(Attack):
         seeds = sample_seeds.cpu()
         x_adv = x.clone()
         self._broken_by = torch.full_like(y, -1)
+        judge = model if scored is None else scored
         with torch.no_grad():
-            robust = model(x).argmax(dim=1) == y
+            robust = judge(x).argmax(dim=1) == y
         for position, (name, attack) in enumerate(self.components()):
             index = robust.nonzero().flatten()
             if len(index) == 0:
@@ -152,7 +156,7 @@ class AutoAttack(Attack):
             key = f"{position}-{name}"
             saved = state.get(key) if state is not None else None
             if saved is None:
-                saved = self._attack_remaining(model, x, y, index, attack, seeds, key, early_stop)
+                saved = self._attack_remaining(model, x, y, index, attack, seeds, key, early_stop, scored)
                 if state is not None:
                     state.put(key, saved)
             fooled = saved["fooled"].to(y.device)
@@ -172,8 +176,10 @@ class AutoAttack(Attack):
         seeds: Tensor,
         key: str,
         early_stop: bool,
+        scored: nn.Module | None,
     ) -> dict[str, Tensor]:
-        """Run one component on the samples of ``index``; return those it broke (``fooled``) and their points.
+        """Run one component on the samples of ``index``; return those it broke (``fooled``: misclassified by
+        ``scored``, else ``model``) and their points.
 
         Each sample gets the component its own stream (from the sample's seed and ``key``), so neither the
         batch nor the components that ran before (or were read back from a killed run's state) change it.
@@ -187,9 +193,11 @@ class AutoAttack(Attack):
             # on 34 synth-at samples: 98.8 s at 63 rows, 89.9 s at 27, the reference 93.7 s): there the loops keep
             # their default, the samples they are given, which is the reference's batch per target.
             attack.max_rows = len(x)
-        candidate = attack(model, x[index], y[index], early_stop=early_stop, sample_seeds=component_seeds)
+        candidate = attack(
+            model, x[index], y[index], early_stop=early_stop, sample_seeds=component_seeds, scored=scored
+        )
         with torch.no_grad():
-            fooled = model(candidate).argmax(dim=1) != y[index]
+            fooled = (model if scored is None else scored)(candidate).argmax(dim=1) != y[index]
         return {"fooled": index[fooled], "x_adv": candidate[fooled]}
 
 

@@ -39,6 +39,7 @@ class Square(Attack):
 
     uses_gradients = False
     per_sample_streams = True
+    tracks_scored = True
 
     def __init__(
         self,
@@ -69,7 +70,8 @@ class Square(Attack):
         *,
         generator: torch.Generator | None,
         sample_seeds: Tensor | None = None,
+        scored: nn.Module | None = None,
     ) -> Tensor:
         config = SquareConfig(self.norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
         seed, index = stream_ids(generator, sample_seeds)
-        return square_attack(model, x, y, config, seed=seed, index=index)
+        return square_attack(model, x, y, config, seed=seed, index=index, scored=scored)

@@ -21,7 +21,7 @@ from robustlab.registry import Registry
 from robustlab.store import RunStore
 from robustlab.threat import ThreatModel, verify
 
-__all__ = ["ATTACKS", "Attack", "AttackKind", "UniversalPerturbation", "check_images"]
+__all__ = ["ATTACKS", "Attack", "AttackKind", "UniversalPerturbation", "check_images", "misclassified"]
 
 
 class AttackKind(str, enum.Enum):
@@ -54,6 +54,9 @@ class Attack(ABC):
     uses_gradients: ClassVar[bool] = True
     early_stopping: ClassVar[bool] = False
     """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
+    tracks_scored: ClassVar[bool] = False
+    """Whether :meth:`_run` takes ``scored``: it checks that model at every iterate and keeps each sample's first
+    point that fools it (a transfer attack differentiates the bare model but is scored on the defended one)."""
     averages_draws: ClassVar[bool] = False
     """Whether the attack averages a randomized model's gradients over draws itself (its own EOT, as
     AutoAttack's rand version does): the evaluator then hands it the model without its EOT wrapper."""
@@ -82,15 +85,19 @@ class Attack(ABC):
         early_stop: bool = False,
         sample_seeds: Tensor | None = None,
         state: RunStore | None = None,
+        scored: nn.Module | None = None,
     ) -> Tensor:
         """Return adversarial examples for ``(x, y)`` against ``model``, verified and detached.
 
-        ``early_stop`` says the caller only needs each sample misclassified by ``model`` once, as an
-        evaluation does: attacks with :attr:`early_stopping` then stop a sample at its first success
-        and return that point, which saves their remaining iterations; other attacks ignore it.
+        ``early_stop`` says the caller only needs each sample misclassified once by the scored model
+        (``scored``, else ``model``), as an evaluation does: attacks with :attr:`early_stopping` then stop
+        a sample at its first success and return that point, which saves their remaining iterations; other
+        attacks ignore it.
         ``sample_seeds`` (int64 ``(B,)``) seed each sample's own random stream in attacks with
         :attr:`per_sample_streams`; the others draw from ``generator``. ``state`` (a store
-        private to this call's samples) goes to attacks that :attr:`saves_progress`.
+        private to this call's samples) goes to attacks that :attr:`saves_progress`. ``scored`` is the model
+        the output is scored on when it is not ``model``: attacks that :attr:`tracks_scored` keep (and with
+        ``early_stop`` stop at) each sample's first iterate it misclassifies; the others ignore it.
         """
         check_images(x)
         if model.training:
@@ -104,6 +111,8 @@ class Attack(ABC):
             extra["sample_seeds"] = sample_seeds
         if state is not None and self.saves_progress:
             extra["state"] = state
+        if scored is not None and self.tracks_scored:
+            extra["scored"] = scored
         x_adv = self._run(model, x.detach(), y.detach(), generator=generator, **extra).detach()
         verify(self.threat, x, x_adv)
         return x_adv
@@ -147,6 +156,15 @@ def check_images(x: Tensor) -> None:
         raise ConfigError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)} {x.dtype}")
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ConfigError("images must lie in [0, 1]: normalization belongs inside the model wrapper")
+
+
+def misclassified(logits: Tensor, y: Tensor, points: Tensor, scored: nn.Module | None) -> Tensor:
+    """Which ``points`` the scored model misclassifies: read off the attacked model's ``logits`` when that is the
+    scored one (``scored`` is ``None``), else one forward pass of ``scored``."""
+    if scored is None or not len(points):
+        return logits.detach().argmax(dim=1) != y
+    with torch.no_grad():
+        return scored(points).argmax(dim=1) != y
 
 
 class UniversalPerturbation(Attack):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, Attack
 from robustlab.report import Diagnostic, Row
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
@@ -26,6 +26,7 @@ from robustlab.tasks import Classification
 __all__ = [
     "ProbeSettings",
     "attack_gaps",
+    "broken_by",
     "cheap_probes",
     "expensive_probes",
     "probe_gradient_masking",
@@ -48,6 +49,11 @@ class ProbeSettings:
     square_queries: int = 300
     large_eps_max_accuracy: float = 0.05
     zero_gradient_fraction: float = 0.1
+    fd_samples: int = 32
+    fd_directions: int = 8
+    fd_min_cosine: float = 0.5
+    fd_confirm_queries: int = 1000
+    noise_draws: int = 100
 
 
 def probe_gradient_masking(
@@ -75,7 +81,7 @@ def probe_gradient_masking(
     """
     if len(x) == 0:
         return []
-    cheap = cheap_probes(attacked, scored, x, y, settings=settings, model=model, defense=defense)
+    cheap = cheap_probes(attacked, scored, x, y, settings=settings, generator=generator, model=model, defense=defense)
     return cheap + expensive_probes(
         attacked, scored, x, y, settings=settings, generator=generator, model=model, defense=defense
     )
@@ -88,18 +94,87 @@ def cheap_probes(
     y: Tensor,
     *,
     settings: ProbeSettings,
+    generator: torch.Generator,
     model: str = "",
     defense: str = "",
 ) -> list[Diagnostic]:
-    """AutoAttack's ``checks.py`` flags, a few forward and one backward pass: run on every evaluated model.
+    """AutoAttack's ``checks.py`` flags and a gradient-health check, a few dozen forward passes: run on every
+    evaluated model.
 
-    Randomized outputs, outputs that look like probabilities instead of logits, and zero or non-finite
-    input gradients (a saturated softmax, a rounding step, a detached input).
+    Randomized outputs, outputs that look like probabilities instead of logits, zero or non-finite
+    input gradients (a saturated softmax, a rounding step, a detached input), and gradients that are
+    there but useless (:func:`shattered_gradients`).
     """
     if len(x) == 0:
         return []
-    found = _randomness(scored, x) + _probabilities(scored, x) + _gradients(attacked, x, y, settings)
+    random = _randomness(scored, x)
+    found = random + _probabilities(scored, x) + _gradients(attacked, x, y, settings)
+    if not random:  # a random model's finite differences are noise: EOT, not this check, is its remedy
+        found += shattered_gradients(attacked, scored, x, y, settings=settings, generator=generator)
     return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+
+
+def gradient_agreement(
+    model: nn.Module, x: Tensor, y: Tensor, *, step: float, directions: int, generator: torch.Generator
+) -> Tensor:
+    """Per sample, the cosine between the loss's slopes along ``directions`` random sign directions measured by
+    central finite differences ``step`` apart (per pixel) and predicted by autograd; NaN where either is zero.
+
+    A differentiable model agrees (cosine near 1) at an attack's step size; a shattered one does not: its
+    gradient describes the loss over a far smaller neighbourhood than the attack moves in, or not at all.
+    """
+    point = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(point), y, reduction="sum")
+        grad = cast("Tensor | None", torch.autograd.grad(loss, point, allow_unused=True)[0])  # None: x is unused
+    if grad is None:
+        return torch.full((len(x),), float("nan"))
+    signs = torch.randint(0, 2, (directions, *x.shape), generator=generator).to(x) * 2 - 1
+    predicted = (grad.detach()[None] * signs).flatten(2).sum(-1)  # (directions, B)
+    with torch.no_grad():
+        measured = torch.stack(
+            [
+                (
+                    F.cross_entropy(model(x + step * d), y, reduction="none")
+                    - F.cross_entropy(model(x - step * d), y, reduction="none")
+                )
+                / (2 * step)
+                for d in signs
+            ]
+        )
+    norms = predicted.norm(dim=0) * measured.norm(dim=0)
+    cosine = (predicted * measured).sum(0) / norms
+    return torch.where(norms > 0, cosine, torch.full_like(cosine, float("nan"))).cpu()
+
+
+def shattered_gradients(
+    attacked: nn.Module, scored: nn.Module, x: Tensor, y: Tensor, *, settings: ProbeSettings, generator: torch.Generator
+) -> list[tuple[str, str]]:
+    """Athalye et al.'s shattered gradients on a model that has gradients: finite differences disagree with
+    autograd, and a short black-box attack (which never reads a gradient) confirms that gradients mislead.
+
+    The black-box confirmation keeps a BPDA surrogate (whose gradient is not the forward's, by design, yet
+    leads the attack well) from being flagged.
+    """
+    x, y, eps = x[: settings.fd_samples], y[: settings.fd_samples], settings.eps
+    cosine = gradient_agreement(attacked, x, y, step=eps / 4, directions=settings.fd_directions, generator=generator)
+    cosine = cosine[~cosine.isnan()]
+    if not len(cosine) or float(cosine.median()) >= settings.fd_min_cosine:
+        return []
+    pgd = _rate(_broken(attacked, scored, x, y, generator, "pgd", early_stop=True, eps=eps, steps=settings.pgd_steps))
+    queries = settings.fd_confirm_queries
+    square = _rate(_broken(attacked, scored, x, y, generator, "square", eps=eps, n_queries=queries))
+    if square <= pgd + SLACK:
+        return []
+    return [
+        (
+            "shattered_gradients",
+            f"finite differences disagree with autograd (median cosine {float(cosine.median()):.2f} over "
+            f"{settings.fd_directions} random directions) and black-box Square ({queries} queries) "
+            f"breaks {square:.0%} of the probe samples where PGD breaks {pgd:.0%}: the gradient points nowhere "
+            "(a non-smooth step in forward); add --attack square or autoattack, and give the step a BPDA surrogate",
+        )
+    ]
 
 
 def expensive_probes(
@@ -112,21 +187,16 @@ def expensive_probes(
     generator: torch.Generator,
     model: str = "",
     defense: str = "",
+    deterministic: bool = True,
 ) -> list[Diagnostic]:
-    """The Athalye et al. signs measured by probe attacks (a PGD eps sweep, large eps, FGSM, Square)."""
-    import robustlab.attacks  # noqa: F401  (registers the probe attacks)
-
+    """The Athalye et al. signs measured by probe attacks (a PGD eps sweep, large eps, FGSM, Square, and on a
+    ``deterministic`` model uniform noise: a random model's draws would count as noise finding errors)."""
     if len(x) == 0:
         return []
-    found: list[tuple[str, str]] = []
-    task = Classification()
-    probed = {"pred": y}  # the probe samples are the clean-correct ones
-    everything = torch.ones_like(y, dtype=torch.bool)
+    found = noise_sanity(attacked, scored, x, y, settings=settings, generator=generator) if deterministic else []
 
     def success(name: str, **params: object) -> float:
-        attack = ATTACKS.get(name).factory(**params)
-        result = attack_and_score(attack, attacked, scored, task, x, y, probed, everything, generator)
-        return (result["adv_pred"] != y).double().mean().item()
+        return _rate(_broken(attacked, scored, x, y, generator, name, early_stop=False, **params))
 
     sweep = [success("pgd", eps=min(1.0, settings.eps * f), steps=settings.pgd_steps) for f in settings.eps_factors]
     pgd = sweep[settings.eps_factors.index(1.0)] if 1.0 in settings.eps_factors else max(sweep)
@@ -155,6 +225,69 @@ def expensive_probes(
     if square > pgd + SLACK:
         found.append(("blackbox_beats_whitebox", f"black-box Square breaks {square:.0%}, white-box PGD only {pgd:.0%}"))
     return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+
+
+def noise_sanity(
+    attacked: nn.Module, scored: nn.Module, x: Tensor, y: Tensor, *, settings: ProbeSettings, generator: torch.Generator
+) -> list[tuple[str, str]]:
+    """Athalye et al.'s fourth sign: uniform noise in the eps-ball misclassifies samples PGD left correct."""
+    pgd = _broken(attacked, scored, x, y, generator, "pgd", early_stop=True, eps=settings.eps, steps=settings.pgd_steps)
+    noisy = torch.zeros_like(pgd)
+    with torch.no_grad():
+        for _ in range(settings.noise_draws):
+            noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x) * settings.eps
+            noisy |= scored((x + noise).clamp(0, 1)).argmax(dim=1) != y
+    missed = (noisy & ~pgd).double().mean().item()
+    if missed <= SLACK:
+        return []
+    return [
+        (
+            "noise_beats_gradient",
+            f"uniform noise in the eps-ball ({settings.noise_draws} draws) misclassifies {missed:.0%} of the probe "
+            "samples that PGD left correct: the gradient does not lead the attack; add --attack square or autoattack",
+        )
+    ]
+
+
+def broken_by(
+    attack: Attack,
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    generator: torch.Generator,
+    *,
+    early_stop: bool = False,
+) -> Tensor:
+    """Which clean-correct probe samples ``attack`` breaks, differentiating ``attacked``, scored on ``scored``."""
+    everything = torch.ones_like(y, dtype=torch.bool)
+    task = Classification()
+    result = attack_and_score(
+        attack, attacked, scored, task, x, y, {"pred": y}, everything, generator, early_stop=early_stop
+    )
+    broken: Tensor = result["adv_pred"] != y
+    return broken
+
+
+def _broken(
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    generator: torch.Generator,
+    name: str,
+    *,
+    early_stop: bool = False,
+    **params: object,
+) -> Tensor:
+    """Which probe samples the registered attack ``name`` breaks."""
+    import robustlab.attacks  # noqa: F401  (registers the probe attacks)
+
+    return broken_by(ATTACKS.get(name).factory(**params), attacked, scored, x, y, generator, early_stop=early_stop)
+
+
+def _rate(broken: Tensor) -> float:
+    return broken.double().mean().item()
 
 
 def _randomness(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:

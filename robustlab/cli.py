@@ -270,7 +270,7 @@ def list_command() -> None:
     default="auto",
     show_default=True,
     help="auto: the sanity gate and cheap masking probes on every model, attack probes behind defenses; "
-    "full: the attack probes on every model too.",
+    "full: the attack probes and the steps/restarts/loss convergence checks on every model too.",
 )
 @click.option(
     "--strict",

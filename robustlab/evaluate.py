@@ -27,6 +27,7 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
+from robustlab.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
@@ -203,13 +204,14 @@ class Evaluator:
                 names = (model_spec.label(), defense_spec.label())
                 targets = self._targets(model, defense, dataset, config, names=names)
                 for ti, target in enumerate(targets):
-                    key = f"m{mi}/d{di}" + (f"/h{ti}" if target.head else "")
+                    head = f"/h{ti}" if target.head else ""
+                    key = f"m{mi}/d{di}{head}"
                     target_attacks: list[tuple[ComponentSpec, Attack]] = list(attacks)
                     if config.task == "classification":
                         target, target_attacks, found = self._for_randomized(target, indices, attacks, config, key)
                         diagnostics += found
                     block_rows, block_samples = self._evaluate_target(
-                        target, indices, target_attacks, config, key=key, fit_key=f"m{mi}/d{di}"
+                        target, indices, target_attacks, config, key=key, fit_key=f"m{mi}/d{di}", streams=f"m{mi}{head}"
                     )
                     rows += block_rows
                     samples += block_samples
@@ -220,7 +222,9 @@ class Evaluator:
                             diagnostics += adversarial_data(block_rows, dataset, indices, names=names, exact=exact)
                         else:
                             diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
-                        diagnostics += self._probe(model, defense, target, indices, target_attacks, config)
+                        diagnostics += self._probe(
+                            model, defense, target, indices, target_attacks, config, block_rows, block_samples
+                        )
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(_fidelity(defense, dataset, indices, config, names=names))
         diagnostics += threat_mode_gaps(rows)
@@ -290,7 +294,12 @@ class Evaluator:
         *,
         key: str,
         fit_key: str,
+        streams: str,
     ) -> tuple[list[Row], list[dict[str, Any]]]:
+        """Rows and per-sample blocks of one target. ``streams`` keys the samples' random streams: the model's,
+        not the defense's or the threat mode's, so every row of a model draws the same random starts and its
+        defended rows compare with the bare one sample for sample (a defense that changes nothing changes no
+        number)."""
         device = torch.device(config.device)
         plain = target.scored
         scored = _accelerated(plain, config)
@@ -363,8 +372,9 @@ class Evaluator:
                             *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
                             *(cell_clean, mask),
                             early_stop=target.early_stop,
+                            track_scored=target.tracks_scored(cell.mode),
                             limit=self._limit,
-                            sample_seeds=_sample_seeds(config.seed, _cell_key(key, cell, None), chunk),
+                            sample_seeds=_sample_seeds(config.seed, f"{streams}/a{cell.index}", chunk),
                             state=KeyedStore(self.store, cell_key),
                         ),
                     )
@@ -431,10 +441,14 @@ class Evaluator:
         indices: Tensor,
         attacks: Sequence[tuple[ComponentSpec, Attack]],
         config: EvalConfig,
+        rows: list[Row],
+        samples: list[dict[str, Any]],
     ) -> list[Diagnostic]:
         """The sanity gate and the masking probes on up to 128 samples (the probes on the clean-correct ones).
 
-        The cheap probes run on every model; the attack-based ones behind a defense or with full diagnostics.
+        The cheap probes run on every model; the attack-based ones, and the check that a stronger attack would
+        not move the run's strongest gradient attack (:mod:`robustlab.convergence`), behind a defense or with
+        full diagnostics.
         """
         from robustlab.threat import Norm
 
@@ -453,16 +467,47 @@ class Evaluator:
         budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
         settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
         with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
-            cheap = cheap_probes(attacked, scored, x, y, settings=settings, model=names[0], defense=names[1])
+            cheap = cheap_probes(
+                attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+            )
             said = target.draws > 1  # the ``randomized`` line already says so
             found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
             if defense.changes_model or config.diagnostics == "full":
                 bar = tqdm(total=0, desc=f"{' / '.join(names)}: masking probes", disable=not self.progress, leave=False)
                 with bar, reporting(on_bar(bar, "probe") if self.progress else None):
                     found += expensive_probes(
-                        attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+                        *(attacked, scored, x, y),
+                        settings=settings,
+                        generator=generator,
+                        model=names[0],
+                        defense=names[1],
+                        deterministic=target.draws == 1,
                     )
+                    labelled = [(spec.label(), attack) for spec, attack in attacks]
+                    mode = NO_MODE if NO_MODE in target.attacked else adaptive
+                    strongest = strongest_gradient_attack(labelled, [row for row in rows if row.threat_mode == mode])
+                    if strongest is not None:
+                        found += convergence_checks(
+                            *(attacked, scored, x, y, strongest[1], strongest[0]),
+                            early_stop=target.early_stop,
+                            generator=generator,
+                            names=names,
+                            base=_robust_in_run(samples, mode, strongest[0], keep),
+                        )
         return found
+
+
+def _robust_in_run(samples: list[dict[str, Any]], mode: str, attack: str, keep: Tensor) -> list[bool] | None:
+    """Which of the first ``len(keep)`` samples (those ``keep`` marks) ``attack`` left robust in ``mode``, read from
+    the run's per-sample results; ``None`` when the run has none for that mode."""
+    for block in samples:
+        if block["threat_mode"] != mode or block["task"] != "classification":
+            continue
+        for entry in block["attacks"]:
+            if entry["attack"] == attack and "adv_pred" in entry:
+                pairs = zip(entry["adv_pred"], block["label"], keep.tolist(), strict=False)
+                return [prediction == label for prediction, label, kept in pairs if kept]
+    return None
 
 
 def _first_batch(dataset: ImageDataset, indices: Tensor, config: EvalConfig, size: int = 128) -> tuple[Tensor, Tensor]:
@@ -494,9 +539,9 @@ def _cell_key(key: str, cell: Cell, batch: int | None) -> str:
     return f"{key}/{cell.mode}/a{cell.index}" + (f"/b{batch}" if batch is not None else "")
 
 
-def _sample_seeds(seed: int, cell_key: str, indices: Tensor) -> Tensor:
-    """Each sample's own random stream in a cell, keyed by its dataset index: the same in any batch or shard."""
-    return torch.tensor([stream_seed(seed, f"{cell_key}/s{int(i)}") for i in indices], dtype=torch.long)
+def _sample_seeds(seed: int, key: str, indices: Tensor) -> Tensor:
+    """Each sample's own random stream for one attack, keyed by its dataset index: the same in any batch or shard."""
+    return torch.tensor([stream_seed(seed, f"{key}/s{int(i)}") for i in indices], dtype=torch.long)
 
 
 def _with_target(spec: str, attribute: str) -> str:
@@ -623,6 +668,7 @@ def _make_row(
     norms: Tensor | None = None,
     attack_config: dict[str, Any] | None = None,
     artifact: str | None = None,
+    success_rule: str = "",
 ) -> Row:
     described = {
         m.name: {
@@ -652,6 +698,7 @@ def _make_row(
         task=_row_task(target, task),
         metrics=described,
         artifact=artifact,
+        success_rule=success_rule,
     )
 
 
@@ -676,6 +723,7 @@ def _cell_row(target: Target, cell: Cell, cleans: dict[str, dict[str, Tensor]]) 
         metrics=cell.task.aggregate(y, clean, adversarial),
         seconds=float(adversarial["seconds"].sum()),
         norms=adversarial["norm"][success],
+        success_rule=target.success_rule(cell.attack),
         **common,
     )
 
@@ -695,6 +743,7 @@ def _worst_case_row(target: Target, mode: str, cells: list[Cell], clean: dict[st
     for cell in cells:
         robust &= task.robust(y, clean, _concat(cell.results))
     threats = {cell.attack.threat.describe() for cell in cells}
+    rules = {target.success_rule(cell.attack) for cell in cells}
     return _make_row(
         target,
         mode,
@@ -705,6 +754,7 @@ def _worst_case_row(target: Target, mode: str, cells: list[Cell], clean: dict[st
         n=len(y),
         metrics=task.summarize(y, clean, robust),
         seconds=sum(float(_concat(cell.results)["seconds"].sum()) for cell in cells),
+        success_rule=rules.pop() if len(rules) == 1 else "mixed",
     )
 
 

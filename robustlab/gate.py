@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.errors import ConfigError
+from robustlab.intervals import wilson_sigma
 from robustlab.report import Report, Row
 
 __all__ = [
@@ -35,7 +36,8 @@ class Regression:
     """One metric of one row that moved the wrong way by more than it is allowed to.
 
     ``allowed`` is the tolerance plus, for proportions, the statistical margin (``margin_sigmas``
-    standard errors of the difference of two binomial proportions measured on ``n`` samples each).
+    standard errors of the difference of two proportions measured on ``n`` samples each, each standard
+    error the 95% Wilson half-width over 1.96: the arithmetic of the report's intervals).
     """
 
     key: tuple[str, ...]
@@ -154,8 +156,9 @@ def check_same_scope(new: dict[str, object], baseline: dict[str, object]) -> Non
 
 
 def _difference_se(p1: float, n1: int, p2: float, n2: int) -> float:
-    """Standard error of ``p1 - p2`` for two independent binomial proportions."""
-    return math.sqrt(p1 * (1 - p1) / max(n1, 1) + p2 * (1 - p2) / max(n2, 1))
+    """Standard error of ``p1 - p2`` for two independent proportions, each in Wilson's arithmetic (the report's
+    intervals): unlike the binomial one it is not zero at 0% or 100%, where a robust accuracy often sits."""
+    return math.hypot(wilson_sigma(p1, n1), wilson_sigma(p2, n2))
 
 
 def format_regressions(regressions: list[Regression], rows: list[Row], tolerance: float) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
+from robustlab.intervals import PairedDifference, paired_difference, wilson_interval, with_interval
 from robustlab.report_check import check_report_document
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "environment",
     "format_table",
     "other_metrics",
+    "paired_rows",
+    "robust_per_sample",
     "row_key",
     "row_value",
     "shown_columns",
@@ -47,7 +50,9 @@ class Row:
     as robust when it was classified correctly and the attack failed; ``attack_success_rate`` is the
     fraction of attacked (clean-correct) samples the attack broke; the norms are over the successful
     adversarial examples (None when there are none). ``artifact`` is the file a universal attack's
-    perturbation was written to, if any.
+    perturbation was written to, if any. ``success_rule`` names which point of each sample's attack was
+    scored (:data:`robustlab.victims.SUCCESS_RULES`; empty on rows without inputs and on older reports).
+    ``clean_interval`` and ``robust_interval`` are the accuracies' 95% Wilson intervals on ``n`` samples.
     """
 
     model: str
@@ -67,12 +72,19 @@ class Row:
     task: str = "classification"
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifact: str | None = None
+    success_rule: str = ""
+    clean_interval: tuple[float, float] | None = None
+    robust_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task == "classification" and self.clean_acc is not None:
             # the accuracy fields are the truth of a classification row (a schema-1 report, a hand-made or
             # dataclasses.replace()d row): its metrics follow them
             object.__setattr__(self, "metrics", {**self.metrics, **_accuracy_metrics(self)})
+        for name in ("clean", "robust"):  # derived from the accuracy and n, whatever a file said
+            value = getattr(self, f"{name}_acc")
+            interval = None if value is None or self.n <= 0 else wilson_interval(value, self.n)
+            object.__setattr__(self, f"{name}_interval", interval)
 
     def key(self) -> tuple[str, ...]:
         """Identity of the row across runs (what a baseline comparison matches on), see :func:`row_key`."""
@@ -241,8 +253,8 @@ TABLE_COLUMNS = (  # (title, Row field, format) of the console table
     ("attack", "attack", "{}"),
     ("threat", "threat", "{}"),
     ("n", "n", "{}"),
-    ("clean", "clean_acc", "{:.2%}"),
-    ("robust", "robust_acc", "{:.2%}"),
+    ("clean", "clean_acc", "{}"),
+    ("robust", "robust_acc", "{}"),
     ("ASR", "attack_success_rate", "{:.2%}"),
     ("mean norm", "mean_norm", "{:.4f}"),
     ("max norm", "max_norm", "{:.4f}"),
@@ -259,7 +271,9 @@ def other_metrics(row: Row) -> str | None:
 
 
 def row_value(row: Row, name: str) -> Any:
-    """The value of a table column: a :class:`Row` field, or ``other_metrics``."""
+    """The value of a table column: a :class:`Row` field, ``other_metrics``, or an accuracy with its interval."""
+    if name in ("clean_acc", "robust_acc"):
+        return with_interval(getattr(row, name), row.n)
     return other_metrics(row) if name == "other_metrics" else getattr(row, name)
 
 
@@ -288,3 +302,38 @@ def _cell(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
+
+
+def robust_per_sample(report: Report, row: Row) -> tuple[list[int], list[bool]]:
+    """``(dataset indices, robust)`` of a classification row of ``report`` read from its per-sample results.
+
+    A sample is robust when its clean prediction and its prediction under the row's attack (under every
+    attack of its block, for a worst-case row) are its label.
+    """
+    where = (row.model, row.defense, row.threat_mode, row.task)
+    blocks = [b for b in report.samples if (b["model"], b["defense"], b["threat_mode"], b["task"]) == where]
+    if not blocks:
+        raise ValueError(f"the report has no per-sample results for {' / '.join(where)}")
+    block = blocks[0]
+    attacks = [
+        entry
+        for entry in block["attacks"]
+        if row.attack == WORST_CASE or (entry["attack"], entry["threat"]) == (row.attack, row.threat)
+    ]
+    if not attacks or "adv_pred" not in attacks[0]:
+        raise ValueError(f"the report has no per-sample predictions for {row.attack} at {row.threat}")
+    labels = block["label"]
+    robust = [
+        clean == label and all(entry["adv_pred"][i] == label for entry in attacks)
+        for i, (clean, label) in enumerate(zip(block["clean_pred"], labels, strict=True))
+    ]
+    return list(block["index"]), robust
+
+
+def paired_rows(report: Report, first: Row, second: Row) -> PairedDifference:
+    """``first - second`` robust accuracy of two rows of one report, paired sample by sample."""
+    index_first, robust_first = robust_per_sample(report, first)
+    index_second, robust_second = robust_per_sample(report, second)
+    if index_first != index_second:
+        raise ValueError("the two rows were not measured on the same samples")
+    return paired_difference(robust_first, robust_second)

@@ -63,6 +63,7 @@ def attack_and_score(
     generator: torch.Generator,
     *,
     early_stop: bool = False,
+    track_scored: bool = False,
     limit: BatchLimit | None = None,
     keep_images: bool = False,
     sample_seeds: Tensor | None = None,
@@ -75,6 +76,8 @@ def attack_and_score(
     On a CUDA out-of-memory error the attack is retried on halves; ``limit`` remembers the size that fits.
     ``sample_seeds`` (one per sample of ``x``) go to attacks that draw each sample's randomness from its own seed.
     ``state`` is where attacks that save progress within a call keep it, one key prefix per attacked part.
+    ``track_scored``: ``attacked`` is not ``scored`` (a transfer attack), so attacks that can check ``scored`` at
+    every iterate do, and keep each sample's first point that fools it.
     """
     started = time.perf_counter()
     limit = limit if limit is not None else BatchLimit()
@@ -96,6 +99,7 @@ def attack_and_score(
                 early_stop=early_stop,
                 sample_seeds=seeds,
                 state=part_state,
+                scored=scored if track_scored else None,
             )
         except torch.cuda.OutOfMemoryError:
             if len(part) == 1:

@@ -45,7 +45,7 @@ def markdown_table(rows: list[Row]) -> str:
     Example:
         >>> row = Row("smallcnn", "none", "-", "pgd", "linf 8/255", 10, 1.0, 0.3, 0.7, 0.03, 0.03, 1.0)
         >>> print(markdown_table([row]).splitlines()[2])
-        | smallcnn | none | - | pgd | linf 8/255 | 10 | 100.00% | 30.00% | 70.00% | 0.0300 | 0.0300 |
+        | smallcnn | none | - | pgd | linf 8/255 | 10 | 100.0% ±13.9 | 30.0% ±24.8 | 70.00% | 0.0300 | 0.0300 |
     """
     columns = shown_columns(COLUMNS, rows)
     header = "| " + " | ".join(title for title, _, _ in columns) + " |"

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from robustlab.attack import Attack
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.defense import EOT, Defense, ThreatMode
 from robustlab.preprocessing import preprocessing_of
 
 __all__ = [
     "NO_MODE",
+    "SUCCESS_RULES",
     "Target",
     "attacked_models",
     "classifier_targets",
@@ -43,8 +45,10 @@ class Target:
         dataset: the test data, labelled for this target.
         task: the task that scores per-input and universal attacks on it (``classification`` for heads too).
         head: the downstream task's name for a head of an encoder, else ``""``.
-        early_stop: whether stopping a sample at its first success on ``attacked`` is sound: only when the
-            attacked module's prediction is the scored one, and never on a randomized model.
+        early_stop: whether a sample may stop at the first point that fools ``scored``: not on a randomized
+            model, whose next draw may score that point correct. Under ``transfer`` the attack checks
+            ``scored`` at each iterate of its run on the bare model; elsewhere the attacked module computes
+            the scored function (through BPDA's forward pass), so its own logits say it.
         draws: forward passes each input is scored over (more than one on a randomized model).
     """
 
@@ -57,6 +61,24 @@ class Target:
     early_stop: bool = True
     names: tuple[str, str] = field(default=("", ""))
     draws: int = 1
+
+    def tracks_scored(self, mode: str) -> bool:
+        """Whether attacks in ``mode`` must check :attr:`scored` themselves: it is not the module they attack."""
+        return self.early_stop and mode == ThreatMode.TRANSFER.value
+
+    def success_rule(self, attack: Attack) -> str:
+        """Which point of ``attack``'s run is scored on this target (a key of :data:`SUCCESS_RULES`)."""
+        if self.draws > 1:
+            return "over-draws"
+        return "first-fooling" if attack.tracks_scored else "returned-point"
+
+
+SUCCESS_RULES = {
+    "first-fooling": "each sample's first iterate that fools the scored model (checked at every step)",
+    "returned-point": "the point the attack returned (a one-step attack, or one that does not expose its iterates)",
+    "over-draws": "the point the attack returned, correct only when every scoring draw of the random model is",
+}
+"""What a row's ``success_rule`` says about the point each sample was scored at."""
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -113,7 +135,6 @@ def classifier_targets(
             attacked=attacked,
             fit_on=attacked,
             dataset=dataset,
-            early_stop=not defense.changes_model,
             names=names,
         )
     ]

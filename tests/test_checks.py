@@ -68,3 +68,38 @@ def _row(mode: str, robust: float) -> Row:
 def test_threat_mode_gaps(transfer: float, adaptive: float, expected: set[str]) -> None:
     found = threat_mode_gaps([_row("transfer", transfer), _row("adaptive", adaptive)])
     assert {d.code for d in found} == expected
+
+
+@pytest.mark.slow
+def test_an_under_attacked_robust_model_is_flagged_not_converged() -> None:
+    """PGD with 2 steps on the adversarially trained model leaves samples that APGD with 10 steps x 5 breaks."""
+    from click.testing import CliRunner
+
+    from robustlab.cli import cli
+
+    args = ["eval", "-q", "--weights", "synth-at", "--attack", "pgd", "--steps", "2", "--diagnostics", "full"]
+    result = CliRunner().invoke(cli, [*args, "-n", "64"])
+    assert result.exit_code == 0, result.output
+    flagged = [line for line in result.output.splitlines() if line.startswith("! not_converged")]
+    assert flagged and "steps=10" in flagged[0], result.output
+
+
+def test_shattered_gradients_are_flagged_and_a_bpda_surrogate_is_not(
+    trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from robustlab.checks import shattered_gradients
+
+    class Shattered(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return trained_model(x + 0.001 * torch.sin(10000 * x))
+
+    def codes(attacked: nn.Module, scored: nn.Module) -> list[str]:
+        found = shattered_gradients(
+            attacked, scored, *probe_batch, settings=SETTINGS, generator=torch.Generator().manual_seed(0)
+        )
+        return [code for code, _ in found]
+
+    assert codes(Shattered().eval(), Shattered().eval()) == ["shattered_gradients"]
+    assert codes(trained_model, trained_model) == []
+    defense = Quantize(levels=8)
+    assert codes(defense.wrap(trained_model, adaptive=True), defense.wrap(trained_model)) == []

@@ -185,6 +185,17 @@ def test_tolerance_is_absolute_and_the_margin_grows_as_n_shrinks() -> None:
         compare_reports(baseline, baseline, tolerance=-1)
 
 
+def test_the_margin_is_in_the_reports_wilson_arithmetic_even_at_100_percent() -> None:
+    from robustlab.intervals import wilson_interval
+
+    baseline = _report(_row(clean_acc=1.0, n=50))
+    (regression,) = compare_reports(_report(_row(clean_acc=0.9, n=50)), baseline, tolerance=0.01, margin_sigmas=1.5)
+    intervals = (wilson_interval(1.0, 50), wilson_interval(0.9, 50))
+    sigmas = [(high - low) / 2 / 1.959963984540054 for low, high in intervals]
+    assert regression.allowed == pytest.approx(0.01 + 1.5 * (sigmas[0] ** 2 + sigmas[1] ** 2) ** 0.5)
+    assert sigmas[0] > 0.01  # the binomial standard error at 100% is zero: no margin where noise is largest
+
+
 def test_gate_under_torchrun_judges_once_on_rank_0(tmp_path: Path, trained_model: torch.nn.Module) -> None:
     args = ["eval", "-n", "32", "--batch-size", "16", "--attack", "fgsm", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

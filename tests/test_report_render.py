@@ -62,7 +62,7 @@ def test_markdown_and_csv_keep_every_row() -> None:
     rows = [_row("pgd", 2 / 255, 0.8), _row("a|b", 8 / 255, 0.25)]
     markdown = markdown_table(rows).splitlines()
     assert len(markdown) == 4 and markdown[1].startswith("|---|")
-    assert "a\\|b" in markdown[3] and "25.00%" in markdown[3] and "| - |" in markdown[3]
+    assert "a\\|b" in markdown[3] and "25.0% ±23.8" in markdown[3] and "| - |" in markdown[3]
     parsed = list(csv.DictReader(io.StringIO(csv_table(rows))))
     assert [float(r["robust_acc"]) for r in parsed] == [0.8, 0.25]
     assert parsed[1]["attack"] == "a|b" and parsed[1]["mean_norm"] == "" and '"eps"' in parsed[0]["attack_config"]

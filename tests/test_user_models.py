@@ -113,6 +113,8 @@ class Planted(nn.Module):
             x = (x * 3).round() / 3  # 4 levels: zero gradients
         if self.kind == "noisy":
             x = x + 0.05 * torch.randn_like(x)
+        if self.kind == "shattered":
+            x = x + 0.001 * torch.sin(10000 * x)  # moves pixels by 0.001; its slope flips sign every 0.0003
         if self.kind == "nan":
             return self.net(x) * float("nan")
         logits = self.net(x)
@@ -123,6 +125,7 @@ def scaled(): return Planted("scaled")
 def rounded(): return Planted("rounded")
 def noisy(): return Planted("noisy")
 def nan(): return Planted("nan")
+def shattered(): return Planted("shattered")
 def plain(): return Planted("plain")
 """
 
@@ -141,6 +144,7 @@ def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model: nn.M
         ("rounded", "! masking.zero_gradients"),
         ("noisy", "! randomized"),
         ("nan", "! sanity.nonfinite_logits"),
+        ("shattered", "! masking.shattered_gradients"),
         ("plain", None),
     ],
 )

@@ -1,0 +1,116 @@
+"""Would a stronger attack have moved the number? The step, restart and loss checks of an evaluation.
+
+Carlini et al. (2019) ask for many iterations with random restarts and more than one loss; Croce & Hein
+(2020) found published numbers that fell by over 10 points under a stronger, parameter-free attack.
+Here the run's strongest gradient attack is re-run on the probe samples beside APGD with five times
+its steps and five restarts, on the cross-entropy and on the DLR loss. A number that moves by more
+than 2 points, and by more than the paired 95% interval allows, is flagged: ``not_converged`` (more
+steps or restarts break samples the run's attack left) or ``loss_gap`` (the two losses disagree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attack import Attack
+from robustlab.checks import ITERATIVE_WHITE_BOX, broken_by
+from robustlab.intervals import paired_difference
+from robustlab.report import Diagnostic, Row
+from robustlab.threat import Norm
+
+__all__ = ["MIN_DROP", "STRONGER", "convergence_checks", "strongest_gradient_attack"]
+
+STRONGER = 5
+"""How many times the steps, and how many restarts, the stronger attack has."""
+MIN_DROP = 0.02
+"""A change in robust accuracy below this is not worth a flag, however significant."""
+
+
+def convergence_checks(
+    attacked: nn.Module,
+    scored: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: Attack,
+    label: str,
+    *,
+    early_stop: bool,
+    generator: torch.Generator,
+    names: tuple[str, str],
+    base: list[bool] | None = None,
+) -> list[Diagnostic]:
+    """Flag ``attack`` (the run's strongest gradient attack, ``label`` in its rows) when more steps and restarts,
+    or the DLR loss instead of cross-entropy, change its robust accuracy on the clean-correct samples ``(x, y)``.
+
+    ``base``: which of them ``attack`` left robust in the run itself (read from its per-sample results), so that
+    it is not run again; ``None``: it is run here.
+    """
+    from robustlab.attacks.apgd import APGD
+
+    if len(x) == 0:
+        return []
+    steps = int(attack.config().get("steps", 100))
+    norm, eps = attack.threat.norm, attack.threat.eps
+    if eps is None:
+        return []  # an unbounded attack: no budget to re-run it at
+    stronger = {
+        loss: APGD(eps=eps, norm=norm, steps=STRONGER * steps, n_restarts=STRONGER, loss=loss) for loss in ("ce", "dlr")
+    }
+
+    def robust(candidate: Attack) -> list[bool]:
+        robust: list[bool] = (~broken_by(candidate, attacked, scored, x, y, generator, early_stop=early_stop)).tolist()
+        return robust
+
+    base = robust(attack) if base is None else base
+    ce, dlr = robust(stronger["ce"]), robust(stronger["dlr"])
+    found = []
+    worst = [b and c for b, c in zip(base, ce, strict=True)]
+    drop = paired_difference(base, worst)
+    if drop.difference > MIN_DROP and not drop.within_noise():
+        found.append(
+            Diagnostic(
+                "not_converged",
+                f"{label} leaves {_rate(base)} of {len(base)} probe samples robust, APGD-CE with {STRONGER}x its "
+                f"{steps} steps and {STRONGER} restarts only {_rate(worst)} ({drop.describe()}): the attack had not "
+                f"converged; add steps and restarts (--attack apgd --attack-arg steps={STRONGER * steps} "
+                f"--attack-arg n_restarts={STRONGER}) or run autoattack",
+                *names,
+            )
+        )
+    gap = paired_difference(ce, dlr)
+    if abs(gap.difference) > MIN_DROP and not gap.within_noise():
+        misled, other, loss = ("cross-entropy", "DLR", "dlr") if gap.difference > 0 else ("DLR", "cross-entropy", "ce")
+        found.append(
+            Diagnostic(
+                "loss_gap",
+                f"APGD leaves {_rate(ce)} robust on cross-entropy and {_rate(dlr)} on DLR ({gap.describe()}): "
+                f"{misled} misleads the attack where {other} does not; add the other loss "
+                f"(--attack apgd --attack-arg loss={loss}) and trust the worst case",
+                *names,
+            )
+        )
+    return found
+
+
+def strongest_gradient_attack(attacks: Sequence[tuple[str, Attack]], rows: Sequence[Row]) -> tuple[str, Attack] | None:
+    """The iterative white-box attack (``(label, attack)``) that left the fewest samples robust in ``rows``."""
+    robust: dict[str, float] = {}
+    for row in rows:
+        if row.robust_acc is not None:
+            robust[row.attack] = min(robust.get(row.attack, 1.0), row.robust_acc)
+    candidates = [
+        (label, attack)
+        for label, attack in attacks
+        if label.split("(", 1)[0] in ITERATIVE_WHITE_BOX
+        and label in robust
+        and attack.threat.norm in (Norm.LINF, Norm.L2)
+        and attack.threat.eps
+    ]
+    return min(candidates, key=lambda candidate: robust[candidate[0]], default=None)
+
+
+def _rate(robust: list[bool]) -> str:
+    return f"{sum(robust) / max(len(robust), 1):.1%}"
