@@ -315,11 +315,15 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
       robustlab eval --model resnet50 --weights synth --attack pgd --attack fgsm
       robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
     """
-    from robustlab.commands import gate, run_eval
-    from robustlab.gate import check_same_scope, load_baseline
-    from robustlab.preflight import check_not_baseline
+    from robustlab.preflight import check_model_names, check_not_baseline
 
     check_not_baseline(options["out"], baseline)
+    if options["task"] == "classification":  # before torch is imported: an empty hub cache fails in a second
+        check_model_names(options["models"], options["weights"])
+
+    from robustlab.commands import gate, run_eval
+    from robustlab.gate import check_same_scope, load_baseline
+
     accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
     if accepted is not None:
         check_same_scope({key: options[key] for key in ("data", "n", "task")}, accepted.config)

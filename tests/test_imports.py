@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,14 @@ def test_help_and_list_do_not_import_the_evaluator() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_empty_hub_cache_fails_before_torch_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys; from click.testing import CliRunner; from robustlab.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['eval', '--model', 'timm:resnet18', '--weights', 'hub'])\n"
+        "print(result.exit_code, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["2", "False"]
