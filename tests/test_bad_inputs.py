@@ -193,10 +193,11 @@ def _truncated_safetensors(tmp: Path) -> list[str]:
 
 
 def _corrupt_cached_weights(tmp: Path) -> list[str]:
+    from robustlab.cache import numerics
     from robustlab.train import TrainConfig, _cache_key
 
     config = TrainConfig(arch="smallcnn", num_classes=10, image_size=32).resolved()
-    models = tmp / "home" / "models"
+    models = tmp / "home" / numerics() / "models"
     models.mkdir(parents=True)
     (models / f"smallcnn-synth-{_cache_key(config)}.safetensors").write_bytes(b"\0" * 100)
     os.environ["ROBUSTLAB_HOME"] = str(tmp / "home")  # restored by the fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from robustlab.cache import cache_dir
+from robustlab.cache import data_dir
 from robustlab.data import DATASETS, ImageDataset
 from robustlab.errors import ConfigError, DataError
 from robustlab.preprocessing import Preprocessing
@@ -29,7 +29,7 @@ def load_cifar10(
 
     if split not in ("train", "test"):
         raise ConfigError(f"cifar10 has splits train and test, not {split!r}")
-    root = Path(arg) if arg else cache_dir("data")
+    root = Path(arg) if arg else data_dir()
     size = image_size or 32
     transform = preprocessing.at_size(size) if preprocessing else Preprocessing(size, size, source="cifar10 resize")
     try:
