@@ -235,10 +235,11 @@ def list_command() -> None:
 )
 @click.option(
     "--subset",
-    type=click.Choice(["stratified", "first"]),
     default="stratified",
     show_default=True,
-    help="Which n samples: class-stratified (class folders, CIFAR-10), or the first n (RobustBench's protocol).",
+    metavar="stratified|first|list:FILE",
+    help="Which n samples: class-stratified (class folders, CIFAR-10), the first n (RobustBench's protocol), or the "
+    "first n a list file names (indices, or paths under an image folder: RobustBench's 5000 ImageNet images).",
 )
 @click.option(
     "--leaderboard",

@@ -83,7 +83,8 @@ class EvalConfig:
     name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
     ``task="captioning"`` loads each model as a captioner (:func:`robustlab.captioning.load_captioner`).
     ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
-    ``subset``: which ``n`` samples (:func:`robustlab.sampling.sample_indices`; ``first``: RobustBench's protocol).
+    ``subset``: which ``n`` samples (:func:`robustlab.sampling.sample_indices`; ``first`` and ``list:FILE`` are
+    RobustBench's protocols).
     ``draws`` is how many forward passes score each input of a randomized model. ``diagnostics``: the
     cheap masking probes and the sanity gate on every model, the expensive probes behind defenses
     (``True``), the expensive ones on every model (``"full"``), or none (``False``).
@@ -114,8 +115,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
             raise ConfigError(f"n must be a positive number of samples, got {self.n}")
-        if self.subset not in ("stratified", "first"):
-            raise ConfigError(f"subset must be stratified or first, got {self.subset!r}")
+        if self.subset not in ("stratified", "first") and not self.subset.startswith("list:"):
+            raise ConfigError(f"subset must be stratified, first or list:FILE, got {self.subset!r}")
         if self.batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if not (self.models and self.defenses and self.attacks and self.threat_modes):
@@ -186,7 +187,7 @@ class Evaluator:
                 image_size=getattr(model, "input_size", None),
                 preprocessing=preprocessing_of(model),
             )
-            indices, chosen = sample_indices(dataset, config.n, seed=config.seed, first=config.subset == "first")
+            indices, chosen = sample_indices(dataset, config.n, seed=config.seed, subset=config.subset)
             batched = any(RUNNERS[attack.kind].batched for _, attack in attacks)  # else every attack makes images
             inputs.append(f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}")
             if isinstance(dataset, AdversarialDataset):

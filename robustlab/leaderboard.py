@@ -180,7 +180,8 @@ def _z_score(measured: float, claimed: float, n: int, population: int | None) ->
 def _incomparable_data(claim: Claim, data: str, config: dict[str, Any], n: int, population: int | None) -> str:
     if claim.dataset and _DATA_NAMES.get(data, data) != claim.dataset:
         return f"the run's data is {data}, the entry's {claim.dataset}"
-    if population is not None and n < population and config.get("subset") != "first":
+    subset = str(config.get("subset", "stratified"))
+    if population is not None and n < population and subset != "first" and not subset.startswith("list:"):
         return f"a {n}-sample stratified subset, the leaderboard's protocol is the first n test points: --subset first"
     return ""
 

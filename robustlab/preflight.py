@@ -40,6 +40,11 @@ def check_eval(options: dict[str, Any]) -> list[str]:
         check_model_names(options["models"], options["weights"])
     if options.get("leaderboard") is not None and not options["leaderboard"].exists():
         raise DataError(f"--leaderboard {options['leaderboard']} does not exist: pass a model_info folder or JSON")
+    subset = options.get("subset", "stratified")
+    if subset not in ("stratified", "first") and not subset.startswith("list:"):
+        raise ConfigError(f"--subset {subset}: use stratified, first or list:FILE")
+    if subset.startswith("list:") and not Path(subset.removeprefix("list:")).is_file():
+        raise DataError(f"--subset {subset}: {subset.removeprefix('list:')} is not a file")
     data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
     return check_data(data, options["n"] if options["n"] > 0 else None)
 

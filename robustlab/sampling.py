@@ -4,9 +4,12 @@ Class-folder datasets list their files class by class, so the first 64 of a 10-c
 classes. A dataset that knows its labels (``targets``) is sampled class-stratified instead: a seeded
 shuffle of each class, taken in turns, so ``n`` samples cover ``min(n, classes)`` classes as evenly as
 they can. Generated datasets without ``targets`` (``synth``) are i.i.d. draws already: their first ``n``.
+A leaderboard's fixed subset (RobustBench's 5000 ImageNet validation images) is a list file.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -14,20 +17,27 @@ from torch import Tensor
 from robustlab.data import ImageDataset
 from robustlab.errors import DataError
 
-__all__ = ["sample_indices"]
+__all__ = ["listed_indices", "sample_indices"]
 
 
-def sample_indices(dataset: ImageDataset, n: int | None, *, seed: int, first: bool = False) -> tuple[Tensor, str]:
+def sample_indices(
+    dataset: ImageDataset, n: int | None, *, seed: int, subset: str = "stratified"
+) -> tuple[Tensor, str]:
     """The sorted indices to evaluate and a one-line description of how they were chosen.
 
-    ``first``: the first ``n`` whatever the dataset (RobustBench's protocol, ``--subset first``).
+    ``subset``: ``stratified`` (see above), ``first`` (the first ``n`` whatever the dataset, RobustBench's
+    protocol) or ``list:FILE`` (the first ``n`` entries of a list file, :func:`listed_indices`).
     """
     total = len(dataset)
     if total == 0:
         raise DataError("the dataset has no samples")
+    if subset.startswith("list:"):
+        listed = listed_indices(dataset, Path(subset.removeprefix("list:")))
+        chosen = listed[:n] if n is not None else listed
+        return chosen.sort().values, f"{len(chosen)} of the {len(listed)} samples listed in {subset[5:]}"
     if n is None or n >= total:
         return torch.arange(total), f"all {total} samples"
-    if first:
+    if subset == "first":
         return torch.arange(n), f"the first {n} of {total} samples (--subset first)"
     targets = getattr(dataset, "targets", None)
     if targets is None:
@@ -45,3 +55,34 @@ def sample_indices(dataset: ImageDataset, n: int | None, *, seed: int, first: bo
     chosen = order[order >= 0][:n].sort().values
     covered = int(labels[chosen].unique().numel())
     return chosen, f"{n} of {total} samples, class-stratified (seed {seed}): {covered} of {len(classes)} classes"
+
+
+def listed_indices(dataset: ImageDataset, path: Path) -> Tensor:
+    """The samples a list file names, in its order: one per line, a dataset index or a file path relative to
+    a class-folder dataset's root (``n01440764/ILSVRC2012_val_00000293.JPEG``, RobustBench's ImageNet list).
+
+    Raises:
+        DataError: the file cannot be read, is empty, or names a sample the dataset does not have.
+    """
+    try:
+        entries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the subset list {path}: {getattr(error, 'strerror', None) or error}") from None
+    if not entries:
+        raise DataError(f"the subset list {path} names no samples")
+    if all(entry.isdigit() for entry in entries):
+        indices = [int(entry) for entry in entries]
+        outside = [i for i in indices if i >= len(dataset)]
+        if outside:
+            raise DataError(f"the subset list {path} names index {outside[0]}, the dataset has {len(dataset)} samples")
+        return torch.tensor(indices)
+    files = getattr(dataset, "relative_files", None)
+    if files is None:
+        raise DataError(f"the subset list {path} names files: that needs a class-folder dataset (imagefolder:PATH)")
+    position = {name: i for i, name in enumerate(files)}
+    missing = [entry for entry in entries if entry not in position]
+    if missing:
+        raise DataError(
+            f"the subset list {path} names {len(missing)} files the data folder does not have, e.g. {missing[0]}"
+        )
+    return torch.tensor([position[entry] for entry in entries])

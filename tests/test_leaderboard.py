@@ -142,3 +142,10 @@ def test_an_exported_entry_reads_back_with_zero_delta_and_a_wrong_claim_is_flagg
     records = [json.loads(line) for line in lines]
     assert len(records) == 40 and set(records[0]) >= {"index", "label", "clean_pred", "worst_case"}
     assert all(record["clean_pred"] == 3 and not record["worst_case"] for record in records)
+
+
+def test_a_listed_subset_is_the_leaderboards_protocol(tmp_path: Path) -> None:
+    _entry(tmp_path)
+    clean, robust = _check(tmp_path, [_row()], subset="list:imagenet_test_image_ids.txt")
+    assert "reason" not in clean or "--subset first" not in clean["reason"]
+    assert clean["status"] == "ok" and robust["status"] == "ok"

@@ -60,6 +60,11 @@ class CheckedImageFolder:
         self.root = root
 
     @property
+    def relative_files(self) -> list[str]:
+        """Every sample's path relative to the root, ``/``-separated (what a subset list file names)."""
+        return [Path(path).relative_to(self.root).as_posix() for path, _ in self._folder.samples]
+
+    @property
     def targets(self) -> list[int]:
         """Every sample's label, in order, without reading an image (what a stratified subset needs)."""
         return list(self._folder.targets)
