@@ -16,6 +16,11 @@ Where robustlab differs from the reference code, on purpose:
   restores its training loss for reproduction, application stays clipped and verified).
 * Patch values are kept in ``[0, 1]`` by a sigmoid (the reference clamps in the *normalized* space and
   pastes before normalizing, so its patches reach about -2.1..2.6 in pixel space: not realisable).
+* ``bound="tanh"`` makes the perturbation ``eps * tanh(raw / eps)`` instead of the reference's clamp of
+  the generator's map ``raw`` (the same near 0): the clamp passes no gradient where a pixel sits at
+  ``±eps``, and once most pixels do the generator stops learning. :attr:`AdvEncoder.diagnostics` says,
+  per epoch, how much gradient each loss term sends to the generator's map and which share of the
+  perturbation sits at its bound.
 * The generator's noise batch is a parameter (``noise_batch``) rather than tied to the data batch size,
   and its channels halve from 256 per up-sampling stage (the reference: 1024..128 for 64x64).
 """
@@ -41,6 +46,7 @@ from robustlab.threat import Norm, ThreatModel
 __all__ = ["AdvEncoder", "check_patch", "high_low_energy_ratio", "high_pass", "info_nce", "patch_box"]
 
 MODES = ("per", "pat")
+BOUNDS = ("clamp", "tanh")
 
 
 def info_nce(query: Tensor, key: Tensor, temperature: float = 0.1) -> Tensor:
@@ -168,6 +174,8 @@ class AdvEncoder(UniversalPerturbation):
         noise_dim: channels of the fixed noise input.
         noise_batch: noise samples merged into the one perturbation.
         unclipped_training: train on the unclipped ``x + delta`` as the reference does (``per`` only).
+        bound: how ``per`` keeps the generator's map within ±eps: ``clamp`` (the reference) or ``tanh``
+            (``eps * tanh(map / eps)``, which passes a gradient at the bound too).
         load: a safetensors file written by an earlier run (``delta``, or ``patch`` and ``mask``).
 
     Example:
@@ -194,11 +202,14 @@ class AdvEncoder(UniversalPerturbation):
         noise_dim: int = 100,
         noise_batch: int = 64,
         unclipped_training: bool = False,
+        bound: str = "clamp",
         load: str | None = None,
     ) -> None:
         super().__init__(load=load)
         if mode not in MODES:
             raise ConfigError(f"advencoder mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if bound not in BOUNDS:
+            raise ConfigError(f"advencoder bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
         if min(epochs, n_fit, batch_size, noise_dim, noise_batch) < 1:
             raise ConfigError("advencoder epochs, n_fit, batch_size, noise_dim and noise_batch must be positive")
         if not 0 < patch_frac < 1 or eps < 0 or temperature <= 0:
@@ -217,6 +228,11 @@ class AdvEncoder(UniversalPerturbation):
         self.noise_dim = noise_dim
         self.noise_batch = noise_batch
         self.unclipped_training = unclipped_training
+        self.bound = bound
+        self.diagnostics: list[dict[str, float]] = []
+        """One entry per epoch of the last fit, on its last batch: the norm of each loss term's gradient at
+        the generator's map (``grad_infonce`` for alpha * -InfoNCE, ``grad_reconstruction``, ``grad_hfc``)
+        and ``saturated``, the share of the perturbation (or patch) within 1% of its bound."""
         self._patch: Tensor | None = None
         self._mask: Tensor | None = None
 
@@ -242,8 +258,20 @@ class AdvEncoder(UniversalPerturbation):
         return mask
 
     def _constrain(self, raw: Tensor) -> Tensor:
-        """The generator's map as the perturbation (clamped to ±eps) or the patch (a sigmoid into [0, 1])."""
-        return raw.clamp(-self.eps, self.eps) if self.mode == "per" else torch.sigmoid(raw)
+        """The generator's map as the perturbation (clamped to, or eps * tanh into, ±eps) or the patch (a sigmoid
+        into [0, 1])."""
+        if self.mode == "pat":
+            return torch.sigmoid(raw)
+        if self.bound == "tanh":
+            return self.eps * torch.tanh(raw / self.eps) if self.eps else torch.zeros_like(raw)
+        return raw.clamp(-self.eps, self.eps)
+
+    def _saturated(self, made: Tensor) -> float:
+        """The share of the perturbation (or patch) within 1% of its bound, where clamp or sigmoid pass little
+        gradient."""
+        if self.mode == "per":
+            return (made.abs() >= 0.99 * self.eps).float().mean().item()
+        return ((made <= 0.01) | (made >= 0.99)).float().mean().item()
 
     def _apply(self, x: Tensor, made: Tensor, mask: Tensor | None) -> Tensor:
         if mask is not None:
@@ -267,16 +295,24 @@ class AdvEncoder(UniversalPerturbation):
         n = min(self.n_fit, len(dataset))
         bar = tqdm(total=self.epochs * -(-n // self.batch_size), desc="fitting advencoder", disable=not progress)
         net.train()
+        self.diagnostics = []
+        last = -(-n // self.batch_size) - 1
         for _ in range(self.epochs):
-            for _, x, _ in iterate_batches(dataset, torch.randperm(n, generator=generator), self.batch_size):
+            batches = iterate_batches(dataset, torch.randperm(n, generator=generator), self.batch_size)
+            for b, (_, x, _) in enumerate(batches):
                 x = x.to(device)
-                x_adv = self._apply(x, self._constrain(net(noise)), mask)
+                raw = net(noise)
+                made = self._constrain(raw)
+                x_adv = self._apply(x, made, mask)
                 with torch.no_grad():
                     clean = model(x)
                 push = -info_nce(clean, model(x_adv), self.temperature)
-                loss = self.alpha * push + F.mse_loss(x_adv, x)
+                terms = {"infonce": self.alpha * push, "reconstruction": F.mse_loss(x_adv, x)}
                 if self.hfc:
-                    loss = loss - self.hfc * F.mse_loss(high_pass(x_adv, radius), high_pass(x, radius))
+                    terms["hfc"] = -self.hfc * F.mse_loss(high_pass(x_adv, radius), high_pass(x, radius))
+                if b == last:
+                    self.diagnostics.append(_diagnose(terms, raw) | {"saturated": self._saturated(made)})
+                loss = sum(terms.values(), torch.zeros((), device=device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -315,6 +351,16 @@ class AdvEncoder(UniversalPerturbation):
         if not torch.equal(x_adv * (1 - self._mask.to(x)), x * (1 - self._mask.to(x))):
             raise ThreatModelViolation("the patch changed pixels outside its mask")
         return x_adv
+
+
+def _diagnose(terms: dict[str, Tensor], raw: Tensor) -> dict[str, float]:
+    """The norm of each loss term's gradient at the generator's map ``raw`` (what reaches the generator through
+    the bound), 0 for a term switched off."""
+    norms = {"grad_hfc": 0.0}
+    for name, term in terms.items():
+        (grad,) = torch.autograd.grad(term, raw, retain_graph=True)
+        norms[f"grad_{name}"] = grad.norm().item()
+    return norms
 
 
 def check_patch(patch: Tensor, mask: Tensor, fraction: float) -> None:

@@ -14,7 +14,8 @@ Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
 * ``noise``: uniform random sign noise; ``uap``: robustlab's UAP, which on an encoder maximises the feature
   distortion (the SSP-style baseline); ``pgd``: per-instance PGD-10 on encoder + head (upper bound).
 * ``advencoder`` (hfc weight 1, the paper's), its ablations hfc 0 and hfc 1000, and the reference's
-  unclipped training loss; ``advencoder-pat`` and a random patch in the same box.
+  unclipped training loss, its ``eps * tanh`` bound instead of the clamp (with the per-epoch gradient
+  norms and saturated share of every fit); ``advencoder-pat`` and a random patch in the same box.
 * ``--transfer``: the main perturbation applied to a second SimCLR encoder (another seed).
 
 Run from the repository root (about 15 minutes on 2 busy CPU cores, encoder training included)::
@@ -78,12 +79,15 @@ def fitted_attacks(encoder: Encoder, surrogate: object, args: argparse.Namespace
         "advencoder hfc=0": AdvEncoder(**fit, hfc=0.0),
         "advencoder hfc=1000": AdvEncoder(**fit, hfc=1000.0),
         "advencoder unclipped training": AdvEncoder(**fit, unclipped_training=True),
+        "advencoder tanh bound": AdvEncoder(**fit, bound="tanh"),
         "advencoder-pat": AdvEncoder(**fit, mode="pat"),
     }
     for name, attack in attacks.items():
         started = time.perf_counter()
         attack.fit(encoder, surrogate, generator=torch.Generator().manual_seed(args.seed), progress=False)
         print(f"fitted {name} in {time.perf_counter() - started:.0f} s", flush=True)
+        for epoch, entry in enumerate(getattr(attack, "diagnostics", [])):  # why the generator stops learning
+            print(f"  epoch {epoch}: " + ", ".join(f"{key} {value:.3g}" for key, value in entry.items()), flush=True)
     random_patch = AdvEncoder(mode="pat")
     pat = attacks["advencoder-pat"].fitted()
     values = torch.rand(pat["patch"].shape, generator=torch.Generator().manual_seed(args.seed))

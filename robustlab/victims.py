@@ -43,7 +43,9 @@ class Target:
         attacked: threat mode -> the module a per-input attack differentiates.
         fit_on: threat mode -> the module a universal or task attack is fitted against.
         dataset: the test data, labelled for this target.
-        task: the task that scores per-input and universal attacks on it (``classification`` for heads too).
+        task: the task that scores per-input and universal attacks on it: ``classification``, and for a
+            downstream head ``prediction_change`` (the same metrics plus the share of predictions changed,
+            the AdvEncoder paper's attack success rate).
         head: the downstream task's name for a head of an encoder, else ``""``.
         early_stop: whether a sample may stop at the first point that fools ``scored``: not on a randomized
             model, whose next draw may score that point correct. Under ``transfer`` the attack checks
@@ -150,6 +152,7 @@ def downstream_targets(
             attacked={NO_MODE: head},
             fit_on={NO_MODE: encoder},
             dataset=datasets[task],
+            task="prediction_change",
             head=task,
             names=names,
         )
