@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -142,6 +143,54 @@ def test_loss_is_cross_entropy_plus_weighted_terms() -> None:
     expected = parts["ce"] + 1.0 * parts["mse"] + 0.04 * parts["cov"] - 0.001 * parts["svd"]
     assert float(full.detach()) == pytest.approx(expected, rel=1e-5)
     assert parts["ce"] == pytest.approx(float(plain.detach()), rel=1e-5)
+
+
+def _by_hand_loss(
+    tuner: ResidualMLP,
+    head: nn.Linear,
+    tuned_view: torch.Tensor,
+    frozen_view: torch.Tensor,
+    weak: torch.Tensor,
+    strong: torch.Tensor,
+    labels: torch.Tensor,
+) -> float:
+    """CE over both views plus the mean squared gap of unit vectors, written out (tuner in eval mode)."""
+    with torch.no_grad():
+        logits = head(tuner(torch.cat([weak, strong])))
+        log_p = logits - logits.exp().sum(dim=1, keepdim=True).log()
+        ce = -log_p[torch.arange(len(logits)), torch.cat([labels, labels])].mean()
+        a = tuner(tuned_view)
+        a = a / a.norm(dim=1, keepdim=True)
+        b = frozen_view / frozen_view.norm(dim=1, keepdim=True)
+        return float(ce + ((a - b) ** 2).sum() / a.numel())
+
+
+def test_consistency_pairs_the_strong_views_tuned_features_with_the_weak_views_frozen_ones() -> None:
+    tuner, features = _fixed_batch(0)
+    tuner.eval()  # batch norm on running statistics: tuner(strong) alone equals its half of the joint batch
+    head = nn.Linear(16, 3)
+    labels = torch.arange(64) % 3
+    generator = torch.Generator().manual_seed(1)
+    weak, strong = features, features + 0.8 * torch.randn(features.shape, generator=generator)
+    config = NMTuneConfig(mse_weight=1.0, cov_weight=0, svd_weight=0)
+    loss = float(nmtune_loss(tuner, head, weak, strong, labels, config)[0].detach())
+    expected = _by_hand_loss(tuner, head, strong, weak, weak, strong, labels)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    for tuned_view, frozen_view in ((weak, strong), (weak, weak), (strong, strong)):  # the wrong pairings
+        assert abs(loss - _by_hand_loss(tuner, head, tuned_view, frozen_view, weak, strong, labels)) > 1e-3
+
+
+def test_spectra_of_the_tuned_features_equal_hand_computed_values() -> None:
+    # Rows u, v, v (after L2 normalisation; each already has zero mean): singular values sqrt(2) and 1.
+    features = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 3.0, -3.0]])
+    project = nn.Linear(4, 4, bias=False)  # keeps the first two dimensions: rows u, 0, 0, rank one
+    project.weight.data = torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    spectra = tuned_spectra(project, features)
+    p = [2**0.5 / (1 + 2**0.5), 1 / (1 + 2**0.5)]
+    assert spectra["sve_before"] == pytest.approx(-sum(q * math.log(q) for q in p), abs=1e-7)
+    assert spectra["lsvr_before"] == pytest.approx(p[0], abs=1e-7)
+    assert spectra["sve_after"] == pytest.approx(0.0, abs=1e-9)
+    assert spectra["lsvr_after"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_views_and_spectra_of_the_tuned_features(
