@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,29 @@ def test_eval_of_fooling_alone_says_it_scored_no_samples(
     assert result.exit_code == 0, result.output
     assert "= synth: no samples scored (the attacks make images)" in result.stdout
     assert "the first 1000" not in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_rescores_with_the_attacks_ten_crops(
+    tmp_path: Path, trained_model: ImageClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 36-px images scored on ten 32-px crops; the model also takes the whole 36-px image, which scores otherwise.
+    monkeypatch.chdir(tmp_path)
+    own: list[torch.Tensor] = []
+    generate = Fooling.generate
+
+    def recording(self: Fooling, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out = generate(self, *args, **kwargs)
+        own.append(out["confidence"])
+        return out
+
+    monkeypatch.setattr(Fooling, "generate", recording)
+    options = {"encoding": "cppn", "generations": 10, "population": 16, "ten_crop": "true", "image_size": 36}
+    args = [arg for key, value in options.items() for arg in ("--attack-arg", f"{key}={value}")]
+    result = CliRunner().invoke(cli, ["eval", "--attack", "fooling", *args, "-q", "--out", "run.json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(Path("run.json").read_text())["rows"]
+    (confidence,) = own
+    eval_median = row["metrics"]["median_confidence"]["value"]
+    assert 0.1 < eval_median < 0.99  # measured 0.85; whole-image rescoring misses it
+    assert eval_median == pytest.approx(statistics.median(confidence.tolist()), abs=1e-6)
