@@ -11,9 +11,11 @@ from robustlab.defenses.nmtune import (
     NMTune,
     NMTuneConfig,
     ResidualMLP,
+    _view_pairs,
     covariance_penalty,
     nmtune_loss,
     top_singular_ratio,
+    train_nmtune,
     tuned_spectra,
     view_features,
 )
@@ -193,21 +195,54 @@ def test_spectra_of_the_tuned_features_equal_hand_computed_values() -> None:
     assert spectra["lsvr_after"] == pytest.approx(1.0, abs=1e-9)
 
 
+def test_each_epoch_pairs_two_distinct_views_and_every_pair_occurs() -> None:
+    weak, strong = _view_pairs(4, 4000, torch.Generator().manual_seed(0))
+    assert bool((weak != strong).all())
+    assert len(set(zip(weak.tolist(), strong.tolist(), strict=True))) == 4 * 3  # every ordered pair is drawn
+    again = _view_pairs(4, 4000, torch.Generator().manual_seed(1))
+    assert not torch.equal(weak, again[0])  # another epoch's draw pairs other views
+
+
+def _clustered_views(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen features of 512 samples in 5 Gaussian clusters (32-d), 4 noisy views each, and the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(512) % 5
+    clean = 2 * torch.randn(5, 32, generator=generator)[labels] + torch.randn(512, 32, generator=generator)
+    views = torch.stack([clean + 0.3 * torch.randn(512, 32, generator=generator) for _ in range(4)])
+    return clean, views, labels
+
+
+def test_top5_ratio_after_training_falls_with_the_papers_weights() -> None:
+    # The SVD term (weight 0.001) is meant to raise the top-5 share; after training, the covariance term
+    # (0.04) pulls it down instead, and without the covariance term the SVD term moves it by < 1e-3.
+    clean, views, labels = _clustered_views()
+
+    def top5_after(**weights: float) -> float:
+        tuner, _ = train_nmtune(views, labels, 5, NMTuneConfig(epochs=5, **weights), seed=0)
+        with torch.no_grad():
+            return float(top_singular_ratio(tuner(clean), 5))
+
+    mlp_res = top5_after(mse_weight=0, cov_weight=0, svd_weight=0)
+    assert top5_after() < mlp_res - 0.005  # measured 0.0872 vs 0.0982
+    assert abs(top5_after(cov_weight=0) - mlp_res) < 1e-3  # measured 0.0982 vs 0.0982
+
+
 def test_views_and_spectra_of_the_tuned_features(
     trained_model: nn.Module, fitted: tuple[NMTune, dict[str, torch.Tensor]]
 ) -> None:
     defense, _ = fitted
-    weak, strong, labels = view_features(
+    views, labels = view_features(
         ClassifierFeatures(trained_model),
         SynthDataset("test", n=128),
         128,
+        views=3,
         shift=2,
         generator=torch.Generator().manual_seed(0),
     )
-    assert weak.shape == strong.shape == (128, 128) and labels.shape == (128,)
-    assert not torch.equal(weak, strong)  # two independent augmentations
+    assert views.shape == (3, 128, 128) and labels.shape == (128,)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])  # independent augmentations
     tuner = defense.wrap(trained_model).tuner
-    spectra = tuned_spectra(tuner, weak)
+    spectra = tuned_spectra(tuner, views[0])
     assert set(spectra) == {"sve_before", "lsvr_before", "sve_after", "lsvr_after"}
     assert all(0 < value < 128 for value in spectra.values())
 
