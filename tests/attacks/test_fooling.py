@@ -21,6 +21,7 @@ from robustlab.attacks.fooling import Fooling, class_probabilities
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.cli import cli
 from robustlab.errors import ConfigError
+from robustlab.mnistlike import LeNet, MnistLike
 from robustlab.models import ImageClassifier
 from robustlab.store import MemoryStore
 from robustlab.tasks import confidence_metrics
@@ -238,3 +239,17 @@ def test_eval_rescores_with_the_attacks_ten_crops(
     eval_median = row["metrics"]["median_confidence"]["value"]
     assert 0.1 < eval_median < 0.99  # measured 0.85; whole-image rescoring misses it
     assert eval_median == pytest.approx(statistics.median(confidence.tolist()), abs=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["cppn", "direct"])
+def test_both_encodings_fool_a_one_channel_28px_lenet(encoding: str) -> None:
+    x, y = MnistLike("test", n=8).get_batch(torch.arange(8))
+    assert x.shape == (8, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1 and y.max() < 10
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = LeNet()
+    model = ImageClassifier(net, mean=(0.5,), std=(0.25,), num_classes=10, name="lenet", input_size=28).eval()
+    out = _generate(model, encoding=encoding)
+    assert out["images"].shape == (10, 1, 28, 28) and int(out["crop"]) == 0
+    rescored = class_probabilities(model, out["images"], crop=None).diagonal()
+    torch.testing.assert_close(rescored, out["confidence"], atol=1e-5, rtol=0)
