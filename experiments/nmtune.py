@@ -188,7 +188,9 @@ def main() -> None:
         for path in args.merge:
             with open(path) as handle:
                 for noise, runs in json.load(handle)["runs"].items():
-                    merged["runs"].setdefault(noise, {}).update(runs)
+                    for pretrain_seed, run in runs.items():  # files may split one encoder's downstream seeds
+                        entry = merged["runs"].setdefault(noise, {}).setdefault(pretrain_seed, {**run, "seeds": {}})
+                        entry["seeds"].update(run["seeds"])
         print(tables(merged))
         return
     torch.manual_seed(0)  # entry point: nothing below should draw from it, but make sure
