@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import config_hash
 from robustlab.errors import ConfigError
+from robustlab.tasks import class_probabilities
 from robustlab.threat import Norm, ThreatModel, verify
 
 __all__ = ["ENCODINGS", "Fooling", "class_probabilities", "max_softmax_auroc"]
@@ -140,6 +141,9 @@ class Fooling(Attack):
     ) -> dict[str, Tensor]:
         """One image per class, with ``confidence`` ``(K,)`` and the ``generation`` ``(1,)`` reached.
 
+        Evolved runs add ``crop`` ``(1,)``: the side of the ten crops the confidences average over (0: the
+        whole image), which the ``class_confidence`` task rescores with.
+
         The MAP-Elites archive is saved to ``store`` (its one key is overwritten) every ``checkpoint_every``
         generations, with the generator's state, so a killed run resumes and ends bit for bit as an
         uninterrupted one. Gradient ascent is not checkpointed.
@@ -225,6 +229,7 @@ class Fooling(Attack):
             "confidence": archive.confidence.clone(),
             "queries": torch.tensor([archive.queries]),
             "generation": torch.tensor([archive.generation]),
+            "crop": torch.tensor([crop or 0]),
         }
 
 
@@ -260,34 +265,6 @@ def _save(store: Any, key: str, archive: Archive, generator: torch.Generator) ->
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"fooling: unknown {name} {value!r}; choose one of {', '.join(choices)}")
-
-
-def class_probabilities(model: nn.Module, images: Tensor, *, crop: int | None, batch_size: int = 256) -> Tensor:
-    """Softmax ``(N, K)`` of ``images`` (``[0, 1]``), averaged over ten crops of side ``crop`` when given.
-
-    The ten crops are the official fitness's (``use_crops``, Caffe's ``oversample``): the four corners and the
-    centre, and their horizontal mirrors.
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4)).eval()
-        >>> probs = class_probabilities(net, torch.rand(2, 3, 8, 8), crop=6)
-        >>> probs.shape, bool(torch.allclose(probs.sum(dim=1), torch.ones(2)))
-        (torch.Size([2, 4]), True)
-    """
-    parts = []
-    with torch.no_grad():
-        for chunk in images.split(batch_size):
-            views = [chunk] if crop is None else _ten_crops(chunk, crop)
-            parts.append(torch.stack([model(v).softmax(dim=1) for v in views]).mean(dim=0))
-    return torch.cat(parts)
-
-
-def _ten_crops(images: Tensor, crop: int) -> list[Tensor]:
-    h, w = images.shape[-2:]
-    top, left = (h - crop) // 2, (w - crop) // 2
-    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (top, left)]
-    crops = [images[..., i : i + crop, j : j + crop] for i, j in corners]
-    return crops + [c.flip(-1) for c in crops]
 
 
 def max_softmax_auroc(real_confidence: Tensor, fooling_confidence: Tensor) -> float:

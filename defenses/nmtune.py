@@ -46,7 +46,7 @@ __all__ = [
     "view_features",
 ]
 
-NMTUNE_RECIPE = 1
+NMTUNE_RECIPE = 2
 """Part of the cache key: bump it when training changes what it produces, so stale weights are not reused."""
 
 
@@ -59,8 +59,11 @@ class NMTuneConfig:
     AdamW (lr 1e-3, weight decay 1e-4, cosine to zero) for 30 epochs of batch 64. All three weights at
     0 give the paper's "MLP" baseline: the same residual MLP trained with cross-entropy only.
 
-    ``n_train`` caps the training images; ``shift`` is the largest random translation, in pixels, of
-    the two augmented views of each image (with a random horizontal flip).
+    ``n_train`` caps the training images; ``views`` augmented views (a random horizontal flip and a
+    random crop of the image padded by ``shift`` pixels) are drawn per image, and every epoch pairs two
+    distinct ones of each image as its weak and strong view: the official code re-augments every epoch,
+    which is what the consistency term feeds on, and ``views`` stored views stand in for that at
+    ``views`` encoder queries per image (an API's cost), not two per image per epoch.
     """
 
     ratio: int = 4
@@ -75,12 +78,15 @@ class NMTuneConfig:
     weight_decay: float = 1e-4
     n_train: int = 4096
     shift: int = 2
+    views: int = 10
     recipe: int = NMTUNE_RECIPE
 
     def __post_init__(self) -> None:
         for name in ("ratio", "top_k", "epochs", "n_train"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"nmtune {name} must be >= 1, got {getattr(self, name)}")
+        if self.views < 2:
+            raise ConfigError(f"nmtune views must be >= 2 (a weak and a strong one), got {self.views}")
         if self.batch_size < 2:
             raise ConfigError(f"nmtune batch_size must be >= 2 (batch norm), got {self.batch_size}")
         if min(self.mse_weight, self.cov_weight, self.svd_weight, self.weight_decay, self.shift) < 0 or self.lr <= 0:
@@ -196,33 +202,39 @@ def view_features(
     dataset: ImageDataset,
     n: int,
     *,
+    views: int,
     shift: int,
     generator: torch.Generator,
     batch_size: int = 256,
     progress: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Frozen features of two independently augmented views of the first ``n`` images, and their labels.
+) -> tuple[Tensor, Tensor]:
+    """Frozen features of ``views`` independently augmented views of the first ``n`` images, and their labels.
 
-    The encoder is only queried (under ``inference_mode``), as through an API, and each image twice.
-    Returns float32 CPU tensors ``(n, D)``, ``(n, D)`` and int64 ``(n,)``.
+    The encoder is only queried (under ``inference_mode``), as through an API, ``views`` times per image.
+    Returns float32 CPU features ``(views, n, D)`` and int64 labels ``(n,)``.
     """
     device = next((t.device for t in [*encoder.parameters(), *encoder.buffers()]), torch.device("cpu"))
-    weak, strong, labels = [], [], []
+    features, labels = [], []
     indices = torch.arange(min(n, len(dataset)))
     batches = iterate_batches(dataset, indices, batch_size)
     total = -(-len(indices) // batch_size)
     for _, x, y in tqdm(batches, total=total, desc="nmtune features", disable=not progress, leave=False):
-        views = [_augment(x, shift, generator).to(device) for _ in range(2)]
         with torch.inference_mode():
-            weak.append(encoder(views[0]).float().cpu())
-            strong.append(encoder(views[1]).float().cpu())
+            features.append(
+                torch.stack([encoder(_augment(x, shift, generator).to(device)).float().cpu() for _ in range(views)])
+            )
         labels.append(y)
-    return torch.cat(weak), torch.cat(strong), torch.cat(labels)
+    return torch.cat(features, dim=1), torch.cat(labels)
+
+
+def _view_pairs(views: int, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Two distinct view indices per image, ``(n,)`` each: the epoch's weak and strong view."""
+    weak = torch.randint(views, (n,), generator=generator)
+    return weak, (weak + 1 + torch.randint(views - 1, (n,), generator=generator)) % views
 
 
 def train_nmtune(
-    weak: Tensor,
-    strong: Tensor,
+    views: Tensor,
     labels: Tensor,
     num_classes: int,
     config: NMTuneConfig,
@@ -230,24 +242,27 @@ def train_nmtune(
     seed: int,
     progress: bool = False,
 ) -> tuple[ResidualMLP, nn.Linear]:
-    """Train the residual MLP and a linear head on two views' frozen features; returned in eval mode, frozen.
+    """Train the residual MLP and a linear head on stored views' frozen features; returned in eval mode, frozen.
 
-    Deviation from the official code, which augments every image afresh each epoch: the two views are
-    drawn once (:func:`view_features`) and reused for every epoch, so the black-box encoder is queried
-    twice per image rather than twice per image per epoch.
+    ``views`` ``(K, n, D)`` (:func:`view_features`): every epoch pairs two distinct views of each image, so
+    the consistency term sees a new pair of augmentations each epoch, as the official code's re-augmentation
+    gives it, from ``K`` encoder queries per image.
     """
-    if len(weak) < config.batch_size:
-        raise ConfigError(f"nmtune needs at least batch_size={config.batch_size} training images, got {len(weak)}")
+    n = views.shape[1]
+    if views.shape[0] < 2:
+        raise ConfigError(f"nmtune needs at least 2 views per image, got {views.shape[0]}")
+    if n < config.batch_size:
+        raise ConfigError(f"nmtune needs at least batch_size={config.batch_size} training images, got {n}")
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: make it a function of the seed
         torch.manual_seed(seed)
-        tuner = ResidualMLP(weak.shape[1], ratio=config.ratio, scale_init=config.res_scale_init)
-        head = _linear_head(weak.shape[1], num_classes)
-    device = weak.device
+        tuner = ResidualMLP(views.shape[2], ratio=config.ratio, scale_init=config.res_scale_init)
+        head = _linear_head(views.shape[2], num_classes)
+    device = views.device
     tuner, head = tuner.to(device), head.to(device)
     params = [*tuner.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = len(weak) // config.batch_size
+    per_epoch = n // config.batch_size
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * per_epoch)
     tuner.train()
     head.train()
@@ -258,10 +273,12 @@ def train_nmtune(
         leave=False,
     )
     for _ in bar:
-        order = torch.randperm(len(weak), generator=generator).to(device)
+        weak_view, strong_view = (index.to(device) for index in _view_pairs(len(views), n, generator))
+        order = torch.randperm(n, generator=generator).to(device)
         for step in range(per_epoch):
             chunk = order[step * config.batch_size : (step + 1) * config.batch_size]
-            loss, parts = nmtune_loss(tuner, head, weak[chunk], strong[chunk], labels[chunk], config)
+            weak, strong = views[weak_view[chunk], chunk], views[strong_view[chunk], chunk]
+            loss, parts = nmtune_loss(tuner, head, weak, strong, labels[chunk], config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -304,8 +321,8 @@ class NMTuned(nn.Module):
 class NMTune(Defense):
     """Tunes a residual MLP and a linear head on the frozen penultimate features of the classifier.
 
-    ``fit`` queries the classifier's features (:class:`robustlab.encoders.ClassifierFeatures`) for two
-    augmented views of the training images and trains :func:`train_nmtune` on them; the weights are
+    ``fit`` queries the classifier's features (:class:`robustlab.encoders.ClassifierFeatures`) for
+    ``views`` augmented views of the training images and trains :func:`train_nmtune` on them; the weights are
     cached as safetensors keyed by the config, the encoder's weights fingerprint, the training data and
     a seed drawn from the generator. ``wrap(model)`` returns :class:`NMTuned`: features -> residual MLP
     -> head, deterministic and differentiable, so the adaptive attacker needs neither BPDA nor EOT;
@@ -329,6 +346,7 @@ class NMTune(Defense):
         batch_size: int = 64,
         lr: float = 1e-3,
         n_train: int = 4096,
+        views: int = 10,
     ) -> None:
         self.cfg = NMTuneConfig(
             ratio=ratio,
@@ -341,6 +359,7 @@ class NMTune(Defense):
             batch_size=batch_size,
             lr=lr,
             n_train=n_train,
+            views=views,
         )
         self._tuned: tuple[ResidualMLP, nn.Linear] | None = None
         self._fingerprint = ""
@@ -376,6 +395,7 @@ class NMTune(Defense):
                 features,
                 dataset,
                 self.cfg.n_train,
+                views=self.cfg.views,
                 shift=self.cfg.shift,
                 generator=torch.Generator().manual_seed(seed),
                 progress=progress,

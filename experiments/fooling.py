@@ -9,6 +9,9 @@ Usage: ``.venv/bin/python experiments/fooling.py --out DIR [--part budgets|retra
    each encoding's fooling images.
 3. Retraining (paper §3.6): a pool of fooling images (one CPPN and one gradient run) becomes an 11th class, the
    model is trained on it, and CPPN evolution runs again against the new model.
+4. MNIST-like sanity victim (``--part mnistlike``; :mod:`robustlab.mnistlike`, LeNet on 28x28 grey images): both
+   evolved encodings with the official populations (CPPN 400, direct 200) over ``--seeds``, classes fooled at 50
+   generations and, resumed from the same archive, at ``--long`` generations; the AUROC pools every seed's images.
 
 Prints a Markdown report; ``experiments/RESULTS-fooling.md`` records one run of it.
 """
@@ -27,14 +30,18 @@ from robustlab.attacks.fooling import Fooling, max_softmax_auroc
 from torch import Tensor
 
 from robustlab.data.synth import SHAPES, SynthDataset
+from robustlab.mnistlike import MnistLike, trained_mnistlike_classifier
 from robustlab.models import SYNTH_MEAN, SYNTH_STD, ImageClassifier, load_model
 from robustlab.nets import SmallCNN
+from robustlab.store import MemoryStore
 from robustlab.tasks import confidence_metrics
 from robustlab.train import TrainConfig, train_classifier
 
 ENCODINGS = ("cppn", "direct", "gradient")
 POOL_ENCODINGS = ("cppn", "gradient")  # runs whose images make the retraining's extra class
 POOL_SEED = 10
+OFFICIAL_POPULATIONS = {"cppn": 400, "direct": 200}
+PAPER_GENERATIONS = 50  # "within 50 generations" on MNIST (paper §3.1)
 RETRAIN_STEPS = 300
 
 
@@ -161,6 +168,42 @@ def retraining(model: ImageClassifier, out: Path) -> None:
     write_fooling_outputs(again, out / "retrained-cppn", class_names=[*SHAPES, "fooling"], seconds=wall, meta={})
 
 
+def mnistlike(seeds: list[int], long: int) -> None:
+    """Part 4: both evolved encodings against LeNet on the MNIST-like world, at 50 and at ``long`` generations."""
+    model = trained_mnistlike_classifier(progress=False)
+    x_test, y_test = MnistLike("test", n=1000).get_batch(torch.arange(1000))
+    real_conf = max_softmax(model, x_test)
+    print("\n## 4. MNIST-like sanity victim (LeNet, 28x28 grey, 10 classes)\n")
+    print(
+        f"Real test images (n=1000): accuracy {accuracy(model, x_test, y_test):.3f}, median max-softmax "
+        f"{float(real_conf.median()):.5f}, fraction >= 99.99%: {float((real_conf >= 0.9999).float().mean()):.3f}.\n"
+    )
+    print("| encoding | population | seed | generations | fooled >= 99% | fooled >= 99.99% | median conf. | CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for encoding, population in OFFICIAL_POPULATIONS.items():
+        images = {PAPER_GENERATIONS: [], long: []}
+        for seed in seeds:
+            store, generator = MemoryStore(), torch.Generator().manual_seed(seed)
+            for generations in images:  # the longer run resumes the 50-generation archive from the store
+                cpu = time.process_time()
+                attack = Fooling(encoding=encoding, generations=generations, population=population)
+                result = attack.generate(model, generator=generator, store=store, progress=False)
+                m = confidence_metrics(result["confidence"], queries=int(result["queries"]))
+                images[generations].append(result["images"])
+                print(
+                    f"| {encoding} | {population} | {seed} | {generations} | {m['classes_fooled_99']:.0f}/10 "
+                    f"| {m['classes_fooled_9999']:.0f}/10 | {m['median_confidence']:.6f} "
+                    f"| {time.process_time() - cpu:.0f} |",
+                    flush=True,
+                )
+        for generations, found in images.items():
+            auroc = max_softmax_auroc(real_conf, max_softmax(model, torch.cat(found)))
+            print(
+                f"\n{encoding}, {generations} generations: AUROC {auroc:.3f} (1000 real vs {10 * len(found)} fooling)"
+            )
+    print()
+
+
 def _images(model: ImageClassifier, encoding: str, seed: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return Fooling(encoding=encoding).generate(model, generator=generator, progress=False)["images"]
@@ -169,7 +212,9 @@ def _images(model: ImageClassifier, encoding: str, seed: int) -> Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="Folder for the images, grids and JSON.")
-    parser.add_argument("--part", choices=["budgets", "retraining", "all"], default="all")
+    parser.add_argument("--part", choices=["budgets", "retraining", "mnistlike", "all"], default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="MNIST-like part: evolution seeds.")
+    parser.add_argument("--long", type=int, default=200, help="MNIST-like part: generations of the longer run.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,6 +223,8 @@ def main() -> None:
         budgets(model, args.out)
     if args.part in ("retraining", "all"):
         retraining(model, args.out)
+    if args.part in ("mnistlike", "all"):
+        mnistlike(args.seeds, args.long)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,29 @@
-"""NMTune vs linear and MLP probes on noisily pre-trained encoders: ID, OOD and robust accuracy, and spectra.
+"""NMTune vs linear and MLP probes on noisily pre-trained encoders, in the converged regime, with ablations.
 
-Chen et al. (ICLR 2024) report that label noise in pre-training hurts out-of-domain transfer, and that
-NMTune (a residual MLP on the frozen features with three regularisers) recovers about 1% over an MLP
-probe. This reproduces the protocol on the synthetic world:
+Chen et al. (ICLR 2024) report that label noise in a *converged* pre-training hurts out-of-domain
+transfer, and that NMTune (a residual MLP on the frozen features with three regularisers) recovers
+about 1% over an MLP on top. This reproduces the protocol on the synthetic world:
 
-* pre-training: the embedded ``smallcnn`` trained on shape labels with r of them flipped, cached
-  (the ``--weights synth-noiseR`` recipe, but ``--pretrain-steps`` AdamW steps of batch 128, 300 by
-  default: under one epoch of the 50k train split, so the nets cannot memorise the flipped labels;
-  the 800-step recipe of the tags did not fit the CPU budget of the recorded run; pre-training seed 0);
-* downstream: the features are frozen (queried for two augmented views of each training image);
-  heads trained on ``synth:backgrounds=sky+grass+stripes`` (train split, clean labels of each of ``--tasks``);
-* ID: the test split of the same world; OOD: the test split of ``synth:backgrounds=checker+bricks``
-  (the same shapes on backgrounds the heads never saw; the encoder saw them in pre-training);
-* methods: LP (``train_head`` linear), MLP (``train_head`` mlp, robustlab's 3-layer probe), MLP-res (the
-  paper's "MLP" baseline: NMTune's residual MLP with cross-entropy only) and NMTune (weights 1, 0.04,
-  0.001, top-5, 30 epochs);
-* tasks: ``shape`` (the pre-training task, now with clean labels) and ``color`` (a task the encoder was
-  never trained for);
-* robustness of each downstream model of the first task on the first ``--n-robust`` ID test images
-  (``--robust-seeds`` only): PGD-10 L∞ white-box through encoder and head, and Square (score-based
-  black-box, the API setting the paper assumes), both at ``--eps`` (2/255);
-* spectra: SVE and LSVR of the ID test features each head reads (the frozen features for LP and MLP,
-  the tuned ones for MLP-res and NMTune).
+* pre-training: a ``SmallCNN`` (``--width``) trained on the first ``--pretrain-n`` train images of
+  ``synth:backgrounds=sky+grass+stripes`` labelled by shape x colour (80 classes), ``r`` of the labels
+  flipped to another class, for ``--pretrain-steps`` AdamW steps (the synthetic models' recipe) — enough
+  epochs for the net to fit its noisy labels (the fit is recorded); one encoder per noise level and
+  ``--pretrain-seeds`` seed, cached;
+* downstream: the features are frozen; ``--views`` augmented views (flip, crop of the 2-px padded
+  image) of ``--n-train`` images of the same world's *val* split (images the encoder never saw), and
+  every epoch pairs two distinct views per image; clean labels of each of ``--tasks``;
+* ID: the same world's test split; OOD: ``synth:backgrounds=checker+bricks`` test split, backgrounds
+  that neither pre-training nor the heads ever saw;
+* methods: LP and MLP (``train_head`` linear / 3-layer, on every stored view), MLP-res (NMTune's
+  residual MLP with cross-entropy only: the paper's "MLP" baseline), NMTune (weights 1, 0.04, 0.001,
+  top-5, 30 epochs) and its ablations cov=0, svd=0, mse=0;
+* spectra: SVE and LSVR of the ID test features each head reads.
 
-Spread is over downstream seeds (views, initialisation, batch order); the pre-trained encoders are one
-seed each. Run from the repository root (one process per noise level, as recorded in
-``experiments/RESULTS-nmtune.md``)::
+NMTune - MLP-res is paired per (pre-training seed, downstream seed) and summarised as a mean with a
+95% t interval over the pairs. Run from the repository root (one process per pre-training seed; merge
+with ``--merge``)::
 
-    python experiments/nmtune.py --noise 0.3 --out nmtune-0.3.json
-
-Runs split over processes (one per noise level) merge into one table with ``--merge a.json b.json``.
+    python experiments/nmtune.py --noise 0.3 --pretrain-seeds 0 --out nmtune-0.json
 """
 
 from __future__ import annotations
@@ -38,24 +32,88 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
-from robustlab.defenses.nmtune import NMTuneConfig, NMTuned, train_nmtune, view_features
+from robustlab.defenses.nmtune import NMTuneConfig, train_nmtune, view_features
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
+from robustlab.classifiers import SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
-from robustlab.data.synth import ATTRIBUTES
-from robustlab.encoders import ClassifierFeatures, DownstreamModel, Encoder, HeadConfig, train_head
-from robustlab.evaluate import load_builtin_components
+from robustlab.data.synth import ATTRIBUTES, COLORS, SynthConfig, SynthDataset
+from robustlab.encoders import ClassifierFeatures, Encoder, HeadConfig, train_head
+from robustlab.nets import SmallCNN
 from robustlab.spectral import spectral_summary
-from robustlab.train import TrainConfig, trained_classifier
+from robustlab.train import TrainConfig, train_classifier
 
+BACKGROUNDS = ("sky", "grass", "stripes")
 TRAIN_WORLD = "synth:backgrounds=sky+grass+stripes"
 OOD_WORLD = "synth:backgrounds=checker+bricks"
-METHODS = ("LP", "MLP", "MLP-res", "NMTune")
+ABLATIONS = {
+    "NMTune cov=0": {"cov_weight": 0.0},
+    "NMTune svd=0": {"svd_weight": 0.0},
+    "NMTune mse=0": {"mse_weight": 0.0},
+}
+METHODS = ("LP", "MLP", "MLP-res", "NMTune", *ABLATIONS)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}  # two-sided 95%, by df
+
+
+class NoisyShapeColour:
+    """The first ``n`` train images of the pre-training world (held in memory), labelled shape x colour.
+
+    ``noise`` of the labels are replaced by a different class, uniformly (a fixed draw per ``seed``).
+    """
+
+    def __init__(self, n: int, noise: float, seed: int) -> None:
+        synth = SynthDataset("train", config=SynthConfig(backgrounds=BACKGROUNDS), n=n)
+        self.x, _ = synth.get_batch(torch.arange(n))
+        attrs = synth.attributes(torch.arange(n))
+        self.clean = attrs["shape"] * len(COLORS) + attrs["color"]
+        self.num_classes = len(ATTRIBUTES["shape"]) * len(COLORS)
+        self.classes = [str(k) for k in range(self.num_classes)]
+        generator = torch.Generator().manual_seed(seed)
+        flip = torch.rand(n, generator=generator) < noise
+        offset = 1 + torch.randint(self.num_classes - 1, (n,), generator=generator)
+        self.y = torch.where(flip, (self.clean + offset) % self.num_classes, self.clean)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.x[index], int(self.y[index])
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[indices], self.y[indices]
+
+
+def pretrained(noise: float, seed: int, args: argparse.Namespace) -> tuple[ImageClassifier, dict[str, float]]:
+    """The encoder pre-trained on noisy shape x colour labels (cached), and how well it fits them."""
+    data = NoisyShapeColour(args.pretrain_n, noise, seed)
+    config = TrainConfig(arch="smallcnn", num_classes=data.num_classes, seed=seed, steps=args.pretrain_steps)
+    key = {"config": asdict(config), "noise": noise, "n": args.pretrain_n, "width": args.width}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = SmallCNN(data.num_classes, width=args.width)
+    model = ImageClassifier(
+        net, mean=SYNTH_MEAN, std=SYNTH_STD, num_classes=data.num_classes, name="smallcnn", input_size=32
+    )
+    path = cache_dir("models") / f"smallcnn-shapecolour-noise{noise:g}-{config_hash(key)}.safetensors"
+    if path.is_file():
+        model.net.load_state_dict(load_weights(path))
+        model.eval().requires_grad_(False)
+    else:
+        train_classifier(model, config, data=data, progress=True, why="(NMTune pre-training)")
+        save_weights(path, model.net.state_dict(), metadata={"key": json.dumps(key)})
+    with torch.inference_mode():
+        predicted = torch.cat([model(x).argmax(1) for x in data.x.split(500)])
+    noisy = data.y != data.clean
+    fit = {
+        "fit_noisy_labels": float((predicted == data.y).float().mean()),
+        "memorised_flipped": float((predicted[noisy] == data.y[noisy]).float().mean()) if noisy.any() else 1.0,
+    }
+    return model, fit
 
 
 def _encode(encoder: Encoder, dataset: ImageDataset, n: int) -> Tensor:
@@ -72,166 +130,147 @@ def _labels(spec: str, task: str, split: str, n: int) -> Tensor:
     return torch.cat([y for _, _, y in iterate_batches(dataset, torch.arange(min(n, len(dataset))), 1024)])
 
 
-def _accuracy(classify: Callable[[Tensor], Tensor], features: Tensor, labels: Tensor) -> float:
-    with torch.inference_mode():
-        return float((classify(features).argmax(1) == labels).float().mean())
-
-
-def _robust_accuracy(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, seed: int) -> float:
-    """Fraction of samples classified correctly before and after ``attack`` (AutoAttack's robust accuracy)."""
-    with torch.inference_mode():
-        correct = model(x).argmax(1) == y
-    x_adv = attack(model, x[correct], y[correct], generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        survived = int((model(x_adv).argmax(1) == y[correct]).sum())
-    return survived / len(y)
-
-
 def _fit_methods(
-    weak: Tensor, strong: Tensor, labels: Tensor, classes: int, task: str, epochs: int, seed: int
+    views: Tensor, labels: Tensor, classes: int, task: str, epochs: int, seed: int
 ) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """method -> (feature map, head), all trained on the same two views' frozen features."""
-    both, both_labels = torch.cat([weak, strong]), torch.cat([labels, labels])
+    """method -> (feature map, head), all trained on the same stored views' frozen features."""
+    stacked, stacked_labels = views.flatten(0, 1), labels.repeat(len(views))
     heads: dict[str, tuple[nn.Module, nn.Module]] = {}
     for kind, method in (("linear", "LP"), ("mlp", "MLP")):
-        config = HeadConfig(task=task, kind=kind, n_train=len(both), seed=seed)
-        heads[method] = (nn.Identity(), train_head(both, both_labels, config, classes))
-    plain = NMTuneConfig(mse_weight=0.0, cov_weight=0.0, svd_weight=0.0, epochs=epochs)
-    for method, config in (("MLP-res", plain), ("NMTune", NMTuneConfig(epochs=epochs))):
-        heads[method] = train_nmtune(weak, strong, labels, classes, config, seed=seed)
+        config = HeadConfig(task=task, kind=kind, n_train=len(stacked), seed=seed)
+        heads[method] = (nn.Identity(), train_head(stacked, stacked_labels, config, classes))
+    configs = {"MLP-res": NMTuneConfig(mse_weight=0.0, cov_weight=0.0, svd_weight=0.0, epochs=epochs)}
+    configs["NMTune"] = NMTuneConfig(epochs=epochs)
+    configs |= {name: NMTuneConfig(epochs=epochs, **weights) for name, weights in ABLATIONS.items()}
+    for method, config in configs.items():
+        heads[method] = train_nmtune(views, labels, classes, config, seed=seed)
     return heads
 
 
-def run_seed(
-    encoder: Encoder, data: dict[str, Any], args: argparse.Namespace, seed: int, attacks: dict[str, Attack]
-) -> dict[str, dict[str, dict[str, float]]]:
+def run_seed(encoder: Encoder, data: dict[str, Any], args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """task -> method -> numbers, for one downstream seed on one encoder."""
-    weak, strong, _ = view_features(
-        encoder, data["train"], args.n_train, shift=2, generator=torch.Generator().manual_seed(seed)
+    views, _ = view_features(
+        encoder, data["train"], args.n_train, views=args.views, shift=2, generator=torch.Generator().manual_seed(seed)
     )
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, Any] = {}
     for task in args.tasks:
-        classes = len(ATTRIBUTES[task])
-        heads = _fit_methods(weak, strong, data["labels"][task]["train"], classes, task, args.epochs, seed)
+        heads = _fit_methods(views, data["labels"][task]["train"], len(ATTRIBUTES[task]), task, args.epochs, seed)
         results[task] = {}
         for method, (tuner, head) in heads.items():
-            row: dict[str, float] = {}
-            for split in ("id", "ood"):
-                row[split] = _accuracy(
-                    lambda f, tuner=tuner, head=head: head(tuner(f)), data[split], data["labels"][task][split]
-                )
             with torch.inference_mode():
+                row = {
+                    split: float((head(tuner(data[split])).argmax(1) == data["labels"][task][split]).float().mean())
+                    for split in ("id", "ood")
+                }
                 row |= spectral_summary(tuner(data["id"]))
-            if task == args.tasks[0] and seed in args.robust_seeds:
-                model: nn.Module = (
-                    DownstreamModel(encoder, head, task=task, classes=ATTRIBUTES[task])
-                    if isinstance(tuner, nn.Identity)
-                    else NMTuned(encoder, tuner, head)  # type: ignore[arg-type]
-                )
-                x, y = data["robust"]
-                for name, attack in attacks.items():
-                    row[name] = _robust_accuracy(model, attack, x, y[task], seed)
             results[task][method] = row
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3])
+    parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--robust-seeds", type=int, nargs="*", default=[0], help="seeds that also run the attacks")
-    parser.add_argument("--tasks", nargs="+", default=["shape", "color"], help="the first also gets attacked")
+    parser.add_argument("--tasks", nargs="+", default=["shape", "color"])
+    parser.add_argument("--pretrain-n", type=int, default=1000)
+    parser.add_argument("--pretrain-steps", type=int, default=400)
+    parser.add_argument("--width", type=int, default=16, help="SmallCNN width of the pre-trained encoder")
     parser.add_argument("--n-train", type=int, default=2048)
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--n-robust", type=int, default=100)
+    parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--eps", type=float, default=2 / 255)
-    parser.add_argument("--square-queries", type=int, default=200)
-    parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--out", default="nmtune-results.json")
-    parser.add_argument("--merge", nargs="+", help="only print the table of these result files, merged")
+    parser.add_argument("--merge", nargs="+", help="only print the tables of these result files, merged")
     args = parser.parse_args()
     if args.merge:
         merged: dict[str, Any] = {"runs": {}}
         for path in args.merge:
             with open(path) as handle:
-                merged["runs"] |= json.load(handle)["runs"]
-        print(table(merged))
-        for noise, run in sorted(merged["runs"].items(), key=lambda item: float(item[0])):
-            print(f"noise {noise}: pre-trained {run['pretrained']}, seeds {list(run['seeds'])}")
+                for noise, runs in json.load(handle)["runs"].items():
+                    for pretrain_seed, run in runs.items():  # files may split one encoder's downstream seeds
+                        entry = merged["runs"].setdefault(noise, {}).setdefault(pretrain_seed, {**run, "seeds": {}})
+                        entry["seeds"].update(run["seeds"])
+        print(tables(merged))
         return
     torch.manual_seed(0)  # entry point: nothing below should draw from it, but make sure
-    load_builtin_components()
-    attacks: dict[str, Attack] = {
-        "pgd": ATTACKS.get("pgd").factory(eps=args.eps, steps=10),
-        "square": ATTACKS.get("square").factory(eps=args.eps, n_queries=args.square_queries),
-    }
     labels = {
         task: {
-            "train": _labels(TRAIN_WORLD, task, "train", args.n_train),
+            "train": _labels(TRAIN_WORLD, task, "val", args.n_train),
             "id": _labels(TRAIN_WORLD, task, "test", args.n_test),
             "ood": _labels(OOD_WORLD, task, "test", args.n_test),
         }
         for task in args.tasks
     }
-    id_test = load_dataset(TRAIN_WORLD, split="test")
-    x_robust, _ = id_test.get_batch(torch.arange(args.n_robust))  # type: ignore[attr-defined]
-    y_robust = {task: labels[task]["id"][: args.n_robust] for task in args.tasks}
     record: dict[str, Any] = {"args": vars(args), "runs": {}}
     started = time.perf_counter()
     for noise in args.noise:
-        config = TrainConfig(arch="smallcnn", steps=args.pretrain_steps, label_noise=noise)
-        model = trained_classifier(config, progress=True)
-        encoder = ClassifierFeatures(model)
-        data = {
-            "train": load_dataset(TRAIN_WORLD, split="train"),
-            "id": _encode(encoder, id_test, args.n_test),
-            "ood": _encode(encoder, load_dataset(OOD_WORLD, split="test"), args.n_test),
-            "labels": labels,
-            "robust": (x_robust, y_robust),
-        }
-        x, y = load_dataset("synth", split="test").get_batch(torch.arange(args.n_test))  # type: ignore[attr-defined]
-        with torch.inference_mode():  # the pre-trained classifier's own head, on the clean shape labels
-            pretrained = {"pretrained_test_acc": float((model(x).argmax(1) == y).float().mean())}
-        runs: dict[int, Any] = {}
-        record["runs"][f"{noise:g}"] = {"pretrained": pretrained, "seeds": runs}
-        for seed in args.seeds:  # written after every seed, so an interrupted run still leaves a table
-            runs[seed] = run_seed(encoder, data, args, seed, attacks)
-            print(f"noise {noise:g} seed {seed} at {time.perf_counter() - started:.0f}s", pretrained, flush=True)
-            with open(args.out, "w") as handle:
-                json.dump(record, handle, indent=1)
-    print(table(record))
+        for pretrain_seed in args.pretrain_seeds:
+            model, fit = pretrained(noise, pretrain_seed, args)
+            encoder = ClassifierFeatures(model)
+            data = {
+                "train": load_dataset(TRAIN_WORLD, split="val"),
+                "id": _encode(encoder, load_dataset(TRAIN_WORLD, split="test"), args.n_test),
+                "ood": _encode(encoder, load_dataset(OOD_WORLD, split="test"), args.n_test),
+                "labels": labels,
+            }
+            run: dict[str, Any] = {"fit": fit, "seeds": {}}
+            record["runs"].setdefault(f"{noise:g}", {})[str(pretrain_seed)] = run
+            for seed in args.seeds:  # written after every seed, so an interrupted run still leaves a table
+                run["seeds"][str(seed)] = run_seed(encoder, data, args, seed)
+                elapsed = time.perf_counter() - started
+                print(f"noise {noise:g} pretrain {pretrain_seed} seed {seed} at {elapsed:.0f}s {fit}", flush=True)
+                with open(args.out, "w") as handle:
+                    json.dump(record, handle, indent=1)
+    print(tables(record))
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+def _interval(values: list[float]) -> str:
+    """Mean and 95% t interval, in points."""
+    mean = 100 * statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:+.2f} (n=1)"
+    half = T975.get(len(values) - 1, 1.96) * 100 * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(values)})"
 
 
-def table(record: dict[str, Any]) -> str:
-    """Markdown: one row per task, noise level and method, mean ± std over seeds (accuracies in %)."""
-    lines = [
-        "| task | noise | method | ID acc | OOD acc | PGD-10 robust | Square robust | SVE | LSVR |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+def tables(record: dict[str, Any]) -> str:
+    """Markdown: the pre-training fit, per-method means, and NMTune - MLP-res paired over all seed pairs."""
+    lines = ["| noise | pre-training seed | fits its noisy labels | memorised flipped labels |", "|---|---|---|---|"]
+    for noise, runs in sorted(record["runs"].items(), key=lambda item: float(item[0])):
+        for pretrain_seed, run in runs.items():
+            fit = run["fit"]
+            lines.append(
+                f"| {noise} | {pretrain_seed} | {fit['fit_noisy_labels']:.3f} | {fit['memorised_flipped']:.3f} |"
+            )
+    lines += [
+        "",
+        "| task | noise | method | ID acc | OOD acc | SVE | LSVR | pairs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    runs = record["runs"]
-    tasks = next(iter(next(iter(runs.values()))["seeds"].values())).keys()
-    for task in tasks:
-        for noise, run in sorted(runs.items(), key=lambda item: float(item[0])):
+    diffs = ["", "| task | noise | comparison | ID (points, 95% CI) | OOD (points, 95% CI) |", "|---|---|---|---|---|"]
+    for noise, runs in sorted(record["runs"].items(), key=lambda item: float(item[0])):
+        cells = [seed for run in runs.values() for seed in run["seeds"].values()]
+        for task in cells[0]:
             for method in METHODS:
-                rows = [seed[task][method] for seed in run["seeds"].values()]
+                rows = [cell[task][method] for cell in cells]
 
-                def values(key: str, rows: list[dict[str, float]] = rows) -> list[float]:
-                    return [row[key] for row in rows if key in row]
+                def mean(key: str, rows: list[dict[str, float]] = rows) -> float:
+                    return statistics.mean(row[key] for row in rows)
 
                 lines.append(
-                    f"| {task} | {noise} | {method} | {_cell(values('id'))} | {_cell(values('ood'))} | "
-                    f"{_cell(values('pgd'))} | {_cell(values('square'))} | {statistics.mean(values('sve')):.3f} | "
-                    f"{statistics.mean(values('lsvr')):.4f} |"
+                    f"| {task} | {noise} | {method} | {100 * mean('id'):.1f} | {100 * mean('ood'):.1f} | "
+                    f"{mean('sve'):.3f} | {mean('lsvr'):.4f} | {len(rows)} |"
                 )
-    return "\n".join(lines)
+            for method in ("NMTune", *ABLATIONS):
+                gaps = {
+                    split: [cell[task][method][split] - cell[task]["MLP-res"][split] for cell in cells]
+                    for split in ("id", "ood")
+                }
+                diffs.append(
+                    f"| {task} | {noise} | {method} - MLP-res | {_interval(gaps['id'])} | {_interval(gaps['ood'])} |"
+                )
+    return "\n".join(lines + diffs)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,16 @@ from torch import Tensor, nn
 
 from robustlab.registry import Registry
 
-__all__ = ["TASKS", "ClassConfidence", "Classification", "Metric", "Task", "confidence_metrics", "predict"]
+__all__ = [
+    "TASKS",
+    "ClassConfidence",
+    "Classification",
+    "Metric",
+    "Task",
+    "class_probabilities",
+    "confidence_metrics",
+    "predict",
+]
 
 
 @dataclass(frozen=True)
@@ -211,14 +220,43 @@ class ClassConfidence(Task):
 
     def score_generated(self, scored: nn.Module, generated: dict[str, Tensor]) -> dict[str, float]:
         images, target = generated["images"], generated["target"].long()
-        with torch.inference_mode():
-            probabilities = scored(images).softmax(dim=1)
+        crop = int(generated["crop"].sum()) if "crop" in generated else 0  # absent: the whole image, once
+        probabilities = class_probabilities(scored, images, crop=crop or None)
         confidence = probabilities.gather(1, target.view(-1, 1).to(images.device)).flatten().cpu()
         best = torch.zeros(probabilities.shape[1], dtype=torch.float64).scatter_reduce(
             0, target.cpu(), confidence.double(), reduce="amax", include_self=True
         )
         queries = float(generated["queries"].sum()) if "queries" in generated else 0.0
         return confidence_metrics(best, queries=queries)
+
+
+def class_probabilities(model: nn.Module, images: Tensor, *, crop: int | None, batch_size: int = 256) -> Tensor:
+    """Softmax ``(N, K)`` of ``images`` (``[0, 1]``), averaged over ten crops of side ``crop`` when given.
+
+    The fooling attack's fitness, and how :class:`ClassConfidence` rescores its images, so that ``eval``
+    and ``robustlab fool`` report the same confidences. The ten crops are the official fitness's
+    (``use_crops``, Caffe's ``oversample``): the four corners and the centre, and their horizontal mirrors.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4)).eval()
+        >>> probs = class_probabilities(net, torch.rand(2, 3, 8, 8), crop=6)
+        >>> probs.shape, bool(torch.allclose(probs.sum(dim=1), torch.ones(2)))
+        (torch.Size([2, 4]), True)
+    """
+    parts = []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            views = [chunk] if crop is None else _ten_crops(chunk, crop)
+            parts.append(torch.stack([model(v).softmax(dim=1) for v in views]).mean(dim=0))
+    return torch.cat(parts)
+
+
+def _ten_crops(images: Tensor, crop: int) -> list[Tensor]:
+    h, w = images.shape[-2:]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), (top, left)]
+    crops = [images[..., i : i + crop, j : j + crop] for i, j in corners]
+    return crops + [c.flip(-1) for c in crops]
 
 
 def confidence_metrics(best: Tensor, *, queries: float) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from robustlab.attacks.fooling import Fooling, class_probabilities
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.cli import cli
 from robustlab.errors import ConfigError
+from robustlab.mnistlike import LeNet, MnistLike
 from robustlab.models import ImageClassifier
 from robustlab.store import MemoryStore
 from robustlab.tasks import confidence_metrics
@@ -211,3 +213,43 @@ def test_eval_of_fooling_alone_says_it_scored_no_samples(
     assert result.exit_code == 0, result.output
     assert "= synth: no samples scored (the attacks make images)" in result.stdout
     assert "the first 1000" not in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_rescores_with_the_attacks_ten_crops(
+    tmp_path: Path, trained_model: ImageClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 36-px images scored on ten 32-px crops; the model also takes the whole 36-px image, which scores otherwise.
+    monkeypatch.chdir(tmp_path)
+    own: list[torch.Tensor] = []
+    generate = Fooling.generate
+
+    def recording(self: Fooling, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out = generate(self, *args, **kwargs)
+        own.append(out["confidence"])
+        return out
+
+    monkeypatch.setattr(Fooling, "generate", recording)
+    options = {"encoding": "cppn", "generations": 10, "population": 16, "ten_crop": "true", "image_size": 36}
+    args = [arg for key, value in options.items() for arg in ("--attack-arg", f"{key}={value}")]
+    result = CliRunner().invoke(cli, ["eval", "--attack", "fooling", *args, "-q", "--out", "run.json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(Path("run.json").read_text())["rows"]
+    (confidence,) = own
+    eval_median = row["metrics"]["median_confidence"]["value"]
+    assert 0.1 < eval_median < 0.99  # measured 0.85; whole-image rescoring misses it
+    assert eval_median == pytest.approx(statistics.median(confidence.tolist()), abs=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["cppn", "direct"])
+def test_both_encodings_fool_a_one_channel_28px_lenet(encoding: str) -> None:
+    x, y = MnistLike("test", n=8).get_batch(torch.arange(8))
+    assert x.shape == (8, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1 and y.max() < 10
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = LeNet()
+    model = ImageClassifier(net, mean=(0.5,), std=(0.25,), num_classes=10, name="lenet", input_size=28).eval()
+    out = _generate(model, encoding=encoding)
+    assert out["images"].shape == (10, 1, 28, 28) and int(out["crop"]) == 0
+    rescored = class_probabilities(model, out["images"], crop=None).diagonal()
+    torch.testing.assert_close(rescored, out["confidence"], atol=1e-5, rtol=0)

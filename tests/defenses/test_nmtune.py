@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -10,9 +11,11 @@ from robustlab.defenses.nmtune import (
     NMTune,
     NMTuneConfig,
     ResidualMLP,
+    _view_pairs,
     covariance_penalty,
     nmtune_loss,
     top_singular_ratio,
+    train_nmtune,
     tuned_spectra,
     view_features,
 )
@@ -144,21 +147,102 @@ def test_loss_is_cross_entropy_plus_weighted_terms() -> None:
     assert parts["ce"] == pytest.approx(float(plain.detach()), rel=1e-5)
 
 
+def _by_hand_loss(
+    tuner: ResidualMLP,
+    head: nn.Linear,
+    tuned_view: torch.Tensor,
+    frozen_view: torch.Tensor,
+    weak: torch.Tensor,
+    strong: torch.Tensor,
+    labels: torch.Tensor,
+) -> float:
+    """CE over both views plus the mean squared gap of unit vectors, written out (tuner in eval mode)."""
+    with torch.no_grad():
+        logits = head(tuner(torch.cat([weak, strong])))
+        log_p = logits - logits.exp().sum(dim=1, keepdim=True).log()
+        ce = -log_p[torch.arange(len(logits)), torch.cat([labels, labels])].mean()
+        a = tuner(tuned_view)
+        a = a / a.norm(dim=1, keepdim=True)
+        b = frozen_view / frozen_view.norm(dim=1, keepdim=True)
+        return float(ce + ((a - b) ** 2).sum() / a.numel())
+
+
+def test_consistency_pairs_the_strong_views_tuned_features_with_the_weak_views_frozen_ones() -> None:
+    tuner, features = _fixed_batch(0)
+    tuner.eval()  # batch norm on running statistics: tuner(strong) alone equals its half of the joint batch
+    head = nn.Linear(16, 3)
+    labels = torch.arange(64) % 3
+    generator = torch.Generator().manual_seed(1)
+    weak, strong = features, features + 0.8 * torch.randn(features.shape, generator=generator)
+    config = NMTuneConfig(mse_weight=1.0, cov_weight=0, svd_weight=0)
+    loss = float(nmtune_loss(tuner, head, weak, strong, labels, config)[0].detach())
+    expected = _by_hand_loss(tuner, head, strong, weak, weak, strong, labels)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    for tuned_view, frozen_view in ((weak, strong), (weak, weak), (strong, strong)):  # the wrong pairings
+        assert abs(loss - _by_hand_loss(tuner, head, tuned_view, frozen_view, weak, strong, labels)) > 1e-3
+
+
+def test_spectra_of_the_tuned_features_equal_hand_computed_values() -> None:
+    # Rows u, v, v (after L2 normalisation; each already has zero mean): singular values sqrt(2) and 1.
+    features = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 3.0, -3.0]])
+    project = nn.Linear(4, 4, bias=False)  # keeps the first two dimensions: rows u, 0, 0, rank one
+    project.weight.data = torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    spectra = tuned_spectra(project, features)
+    p = [2**0.5 / (1 + 2**0.5), 1 / (1 + 2**0.5)]
+    assert spectra["sve_before"] == pytest.approx(-sum(q * math.log(q) for q in p), abs=1e-7)
+    assert spectra["lsvr_before"] == pytest.approx(p[0], abs=1e-7)
+    assert spectra["sve_after"] == pytest.approx(0.0, abs=1e-9)
+    assert spectra["lsvr_after"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_each_epoch_pairs_two_distinct_views_and_every_pair_occurs() -> None:
+    weak, strong = _view_pairs(4, 4000, torch.Generator().manual_seed(0))
+    assert bool((weak != strong).all())
+    assert len(set(zip(weak.tolist(), strong.tolist(), strict=True))) == 4 * 3  # every ordered pair is drawn
+    again = _view_pairs(4, 4000, torch.Generator().manual_seed(1))
+    assert not torch.equal(weak, again[0])  # another epoch's draw pairs other views
+
+
+def _clustered_views(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen features of 512 samples in 5 Gaussian clusters (32-d), 4 noisy views each, and the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(512) % 5
+    clean = 2 * torch.randn(5, 32, generator=generator)[labels] + torch.randn(512, 32, generator=generator)
+    views = torch.stack([clean + 0.3 * torch.randn(512, 32, generator=generator) for _ in range(4)])
+    return clean, views, labels
+
+
+def test_top5_ratio_after_training_falls_with_the_papers_weights() -> None:
+    # The SVD term (weight 0.001) is meant to raise the top-5 share; after training, the covariance term
+    # (0.04) pulls it down instead, and without the covariance term the SVD term moves it by < 1e-3.
+    clean, views, labels = _clustered_views()
+
+    def top5_after(**weights: float) -> float:
+        tuner, _ = train_nmtune(views, labels, 5, NMTuneConfig(epochs=5, **weights), seed=0)
+        with torch.no_grad():
+            return float(top_singular_ratio(tuner(clean), 5))
+
+    mlp_res = top5_after(mse_weight=0, cov_weight=0, svd_weight=0)
+    assert top5_after() < mlp_res - 0.005  # measured 0.0872 vs 0.0982
+    assert abs(top5_after(cov_weight=0) - mlp_res) < 1e-3  # measured 0.0982 vs 0.0982
+
+
 def test_views_and_spectra_of_the_tuned_features(
     trained_model: nn.Module, fitted: tuple[NMTune, dict[str, torch.Tensor]]
 ) -> None:
     defense, _ = fitted
-    weak, strong, labels = view_features(
+    views, labels = view_features(
         ClassifierFeatures(trained_model),
         SynthDataset("test", n=128),
         128,
+        views=3,
         shift=2,
         generator=torch.Generator().manual_seed(0),
     )
-    assert weak.shape == strong.shape == (128, 128) and labels.shape == (128,)
-    assert not torch.equal(weak, strong)  # two independent augmentations
+    assert views.shape == (3, 128, 128) and labels.shape == (128,)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])  # independent augmentations
     tuner = defense.wrap(trained_model).tuner
-    spectra = tuned_spectra(tuner, weak)
+    spectra = tuned_spectra(tuner, views[0])
     assert set(spectra) == {"sve_before", "lsvr_before", "sve_after", "lsvr_after"}
     assert all(0 < value < 128 for value in spectra.values())
 
