@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from robustlab.attacks._caption import CaptionAttack, as_captioner, goal_features
-from robustlab.attacks._pgd import linf_random_start, linf_step
+from robustlab.attacks._caption import CaptionAttack, as_captioner, goal_features, pgd_until_reached
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS
@@ -28,10 +27,10 @@ from robustlab.errors import ConfigError
 __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
 
 
-def _check_steps(steps: int) -> int:
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
-    return steps
+def _check_steps(steps: int, restarts: int) -> tuple[int, int]:
+    if steps < 1 or restarts < 1:
+        raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    return steps, restarts
 
 
 @ATTACKS.register(
@@ -44,7 +43,8 @@ class CaptionFeaturePGD(CaptionAttack):
 
     Args:
         target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations (random start, step ``2.5·eps/steps`` after Madry et al.).
+        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps`` after Madry et al.).
+        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
         n_targets: target images whose features are averaged (1 for a caption, 8 for keywords by default).
         scan: fit images searched for target images.
     """
@@ -56,11 +56,12 @@ class CaptionFeaturePGD(CaptionAttack):
         keyword: str | None = None,
         eps: float = 8 / 255,
         steps: int = 50,
+        restarts: int = 1,
         n_targets: int | None = None,
         scan: int = 2000,
     ) -> None:
         super().__init__(target=target, keyword=keyword, eps=eps)
-        self.steps = _check_steps(steps)
+        self.steps, self.restarts = _check_steps(steps, restarts)
         self.n_targets = n_targets if n_targets is not None else (1 if target is not None else 8)
         self.scan = scan
         self._goal: Tensor | None = None
@@ -79,15 +80,16 @@ class CaptionFeaturePGD(CaptionAttack):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
         if self._goal is None:
             raise ConfigError("caption_feature_pgd has no target features yet: call fit(captioner, fit_dataset) first")
-        encoder = as_captioner(model).encoder
-        step = linf_step(self.eps, 2.5 * self.eps / self.steps)
-        x_adv = linf_random_start(x, self.eps, generator)
-        for _ in range(self.steps):
-            x_adv = x_adv.detach().requires_grad_(True)
-            loss = (encoder(x_adv) - self._goal).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = step(x, x_adv.detach(), -grad)
-        return x_adv
+        captioner, goal = as_captioner(model), self._goal
+        return pgd_until_reached(
+            captioner,
+            x,
+            lambda x_adv: (captioner.encoder(x_adv) - goal).pow(2).sum(),
+            goal=self,
+            steps=self.steps,
+            restarts=self.restarts,
+            generator=generator,
+        )
 
 
 @ATTACKS.register(
@@ -100,7 +102,8 @@ class CaptionDecoderPGD(CaptionAttack):
 
     Args:
         target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations (random start, step ``2.5·eps/steps``).
+        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps``).
+        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
         margin: κ, how far past the runner-up logit a word is pushed before its loss stops counting.
     """
 
@@ -111,21 +114,24 @@ class CaptionDecoderPGD(CaptionAttack):
         keyword: str | None = None,
         eps: float = 8 / 255,
         steps: int = 50,
+        restarts: int = 1,
         margin: float = 5.0,
     ) -> None:
         super().__init__(target=target, keyword=keyword, eps=eps)
-        self.steps, self.margin = _check_steps(steps), margin
+        (self.steps, self.restarts), self.margin = _check_steps(steps, restarts), margin
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
-        step = linf_step(self.eps, 2.5 * self.eps / self.steps)
-        x_adv = linf_random_start(x, self.eps, generator)
-        for _ in range(self.steps):
-            x_adv = x_adv.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._loss(captioner, x_adv), x_adv)
-            x_adv = step(x, x_adv.detach(), -grad)
-        return x_adv
+        return pgd_until_reached(
+            captioner,
+            x,
+            lambda x_adv: self._loss(captioner, x_adv),
+            goal=self,
+            steps=self.steps,
+            restarts=self.restarts,
+            generator=generator,
+        )
 
     def _loss(self, captioner: Captioner, x_adv: Tensor) -> Tensor:
         if self.target is not None:
