@@ -163,3 +163,17 @@ def test_goals_are_checked_in_one_line(captioner: Captioner, fit_data: SynthCapt
         _attack("caption_gan", keyword="red")(captioner, torch.rand(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ConfigError, match="need a Captioner"):
         _run(_attack("caption_decoder_pgd", keyword="red"), nn.Identity().eval(), fit_data, torch.rand(1, 3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_objectives_that_impose_no_layout() -> None:
+    from robustlab.attacks._caption import feature_distance
+
+    bank = torch.zeros(2, 1, 2, 2)
+    bank[0, 0, 0, 0], bank[1, 0, 1, 1] = 4.0, 4.0  # two goal images: the same object, in opposite corners
+    moved = torch.zeros(1, 1, 2, 2)
+    moved[0, 0, 1, 1] = 4.0  # a source with the object where the second goal image has it
+    assert float(feature_distance(moved, bank, moved, "pooled")) == 0, "pooling forgets where the object is"
+    assert float(feature_distance(moved, bank, moved, "nearest")) == 0, "the nearest goal image has its layout"
+    assert float(feature_distance(moved, bank, moved, "features")) == pytest.approx(2.0)  # the mean map: 2 and 2
+    with pytest.raises(ConfigError, match="objective must be one of features, pooled, nearest, decoder"):
+        _attack("caption_gan", target="a small red star on sky", objective="pixels")
