@@ -49,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keywords", nargs="+", default=["hexagon", "purple", "stripes"])
     parser.add_argument("--eps", nargs="+", default=["8/255", "16/255", "32/255", "64/255", UNBOUNDED])
     parser.add_argument("--attacks", nargs="+", default=["caption_decoder_pgd", "caption_feature_pgd", "caption_noise"])
+    parser.add_argument(
+        "--max-away", type=int, help="target captions only: keep sources at most this many words from the target"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (1 on a crowded machine)")
     return parser.parse_args()
@@ -70,12 +73,15 @@ def main() -> None:
     clean_all = victim.caption(x_all)
     goals: list[dict[str, Any]] = [
         {"target": victim.caption(fit.images_and_captions(torch.tensor([i]))[0])[0]} for i in args.targets
-    ] + [{"keyword": k} for k in args.keywords]
+    ] + [{"keyword": k} for k in ([] if args.max_away else args.keywords)]
     print(f"steps {args.steps} x restarts {args.restarts}, seed {args.seed}, sources from {len(test)} test images\n")
     print("| goal | eps | attack | n | success [95% CI] | p vs noise | by words away (reached/n) | s |")
     print("|---|---|---|---:|---|---:|---|---:|")
     for goal in goals:
-        keep = [i for i, c in enumerate(clean_all) if not goal_reached(c, **_goal_args(goal))][: args.n]
+        keep = [i for i, c in enumerate(clean_all) if not goal_reached(c, **_goal_args(goal))]
+        if args.max_away:
+            keep = [i for i in keep if words_away(clean_all[i], goal["target"]) <= args.max_away]
+        keep = keep[: args.n]
         x = x_all[keep]
         label = f"caption `{goal['target']}`" if "target" in goal else f"keyword `{goal['keyword']}`"
         for eps_text in args.eps:
