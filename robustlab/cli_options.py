@@ -104,9 +104,9 @@ def build_specs(
     for name in names:
         params = registry.get(name).params()
         chosen = given[name, False] | given[name, True]
-        for values in itertools.product(*chosen.values()):
+        for choice in itertools.product(*chosen.values()):
             base = {k: v for k, v in (shared or {}).items() if k in params and v is not None}
-            base.update(zip(chosen, values, strict=True))
+            base.update(zip(chosen, choice, strict=True))
             budgets = _budgets_for(registry, name, base, sweep) if "eps" in params and "eps" not in chosen else []
             for extra in budgets or [{}]:
                 spec = ComponentSpec(name, tuple({**base, **extra}.items())).without_defaults(registry)
