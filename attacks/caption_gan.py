@@ -13,8 +13,12 @@ No official code exists; the rest is our reconstruction (docs: ``specs/caption-g
   attention decoder reads and ``φ_t`` the features of a target image (:func:`goal_features`). The GAN term is
   AdvGAN's least-squares loss against a small PatchGAN discriminator (λ_adv = 0.01 as the spec suggests; 0 turns
   the discriminator off). The feature term is a mean rather than a sum over elements (scale-free learning rate).
-- One generator per goal, trained on the fit split (the spec's "trained per target" option).
-- The decoder is never in the graph: only the encoder's features are differentiated.
+- ``objective`` (ours, issue #27): the feature term may instead pool the map or match the nearest goal image,
+  which do not ask the source to copy one image's layout; ``decoder`` replaces it by the frozen decoder's
+  margin loss (then the decoder is in the graph: outside the paper's threat model, an upper reference).
+- One generator per goal, trained on the fit split (the spec's "trained per target" option; a generator
+  conditioned on the goal is not built yet).
+- With a feature objective the decoder is never in the graph: only the encoder's features are differentiated.
 """
 
 from __future__ import annotations
