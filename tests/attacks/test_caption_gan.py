@@ -89,8 +89,8 @@ def _success(captioner: Captioner, x_adv: torch.Tensor, **goal: str) -> tuple[in
 def test_decoder_pgd_forces_the_target_where_the_ceiling_says_it_is_reachable(
     captioner: Captioner, fit_data: SynthCaptions, goal: str, sources: tuple[torch.Tensor, list[str]]
 ) -> None:
-    # The ceiling (experiments/RESULTS-caption_gan.md): 200 steps x 5 restarts at 64/255 force the whole caption on
-    # 24 of 24 sources for every target tried (16/255: 0 of 24); noise 0. Here 8 sources, one start.
+    # The ceiling (experiments/RESULTS-caption_gan.md): 200 steps x 5 restarts at 64/255 force this whole caption on
+    # 24 of 24 sources (the other targets: 21/24, 24/24; at 16/255: 0/24); noise 0. Here 8 sources, one start.
     x = sources[0][:8]
     decoder = _attack("caption_decoder_pgd", target=goal, eps=64 / 255, steps=200)
     hits, n = _success(captioner, _run(decoder, captioner, fit_data, x), target=goal)
