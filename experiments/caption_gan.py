@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-transfer", action="store_true", help="skip the second captioner (trained on first use)")
     parser.add_argument(
-        "--targets", type=int, nargs="+", default=[0, 1], help="validation indices whose captions are targets"
+        "--targets", type=int, nargs="*", default=[0, 1], help="validation indices whose captions are targets"
     )
     parser.add_argument("--keywords", nargs="*", default=["purple", "hexagon"])
     parser.add_argument("--eps", nargs="+", default=["8/255", "16/255"])
