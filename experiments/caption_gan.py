@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
         "--ablate", action="store_true", help="also the first objective's GAN with λ_adv = 0 and with the ‖δ‖₂ hinge"
     )
     parser.add_argument("--no-transfer", action="store_true", help="skip the second captioner (trained on first use)")
+    parser.add_argument("--no-baselines", action="store_true", help="only noise and the GANs (a seed sweep)")
     parser.add_argument(
         "--targets", type=int, nargs="*", default=[0, 1], help="validation indices whose captions are targets"
     )
@@ -81,6 +82,8 @@ def variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
         first = gan | {"objective": args.objectives[0]}
         rows.append((f"caption_gan[{args.objectives[0]}, λ_adv=0]", "caption_gan", first | {"adv_weight": 0.0}))
         rows.append((f"caption_gan[{args.objectives[0]}, λ_pert=1]", "caption_gan", first | {"pert_weight": 1.0}))
+    if args.no_baselines:
+        return rows
     for objective in (o for o in args.objectives if o != "decoder"):
         label = f"caption_feature_pgd[{objective}]"
         rows.append((label, "caption_feature_pgd", pgd | {"scan": args.fit_n, "objective": objective}))
