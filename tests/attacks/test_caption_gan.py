@@ -135,6 +135,26 @@ def test_gan_forces_the_target_caption_one_word_away(
 
 
 @pytest.mark.claim
+def test_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
+    captioner: Captioner, claim_seed: int, record_claim: Callable[[str, float], None]
+) -> None:
+    # The ceiling allows 'stripes' at 16/255 (decoder and feature PGD: 24/24). Measured with this very setting
+    # (experiments/caption_gan.py --keywords stripes --objectives pooled --n 256 --gan-steps 300): seeds 0-2 at
+    # 1 thread: 114, 125, 119 of 256 (.445, .488, .465) against noise's 0, 0, 0; mean - 2 sd = .42, the margin .4.
+    # Below the bar (>= .5 and half of feature PGD's .98): that claim is not made here.
+    x = SynthCaptions("test", n=3000).images_and_captions(torch.arange(3000))[0]
+    x = x[[i for i, c in enumerate(captioner.caption(x)) if "stripes" not in c.split()][:256]]
+    fit = SynthCaptions("val", n=2000)
+    gan = _attack("caption_gan", keyword="stripes", eps=EPS, steps=300, scan=2000, objective="pooled")
+    hits, n = _success(captioner, _run(gan, captioner, fit, x, claim_seed), keyword="stripes")
+    noise_attack = _attack("caption_noise", keyword="stripes", eps=EPS)
+    noise, _ = _success(captioner, _run(noise_attack, captioner, fit, x), keyword="stripes")
+    record_claim("caption_gan.stripes_over_noise", (hits - noise) / n)
+    assert noise / n <= 0.05 and fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
+    assert (hits - noise) / n >= 0.4, (hits, noise, n)
+
+
+@pytest.mark.claim
 @pytest.mark.xfail(
     reason="measured at 16/255, n = 64: the GAN injects 'hexagon' into 9.4% (300 steps) and 6.2% (3000 steps) of "
     "captions against noise's 3.1% and 4.7% (Fisher p ~ .27 and .5): not above noise at p < .01",
