@@ -132,7 +132,7 @@ def fisher_p_above(hits: int, n: int, floor_hits: int, floor_n: int) -> float:
 
     Example:
         >>> round(fisher_p_above(6, 64, 2, 64), 3)
-        0.136
+        0.137
     """
     total_hits, total = hits + floor_hits, n + floor_n
     if total_hits == 0:
