@@ -13,9 +13,11 @@ finds such images among the first ``scan`` images of the fit split; for keywords
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from robustlab.attacks._pgd import linf_random_start, linf_step
 from torch import Tensor, nn
 
 from robustlab.attack import Attack, AttackKind
@@ -24,7 +26,20 @@ from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel
 
-__all__ = ["CaptionAttack", "as_captioner", "dataset_images", "goal_features", "goal_reached"]
+__all__ = [
+    "FEATURE_OBJECTIVES",
+    "CaptionAttack",
+    "as_captioner",
+    "check_objective",
+    "dataset_images",
+    "decoder_margin_loss",
+    "default_targets",
+    "feature_distance",
+    "goal_bank",
+    "goal_features",
+    "goal_reached",
+    "pgd_until_reached",
+]
 
 
 class CaptionAttack(Attack):
@@ -86,7 +101,7 @@ def dataset_images(dataset: Any, indices: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def goal_features(
+def goal_bank(
     captioner: Captioner,
     dataset: Any,
     *,
@@ -96,7 +111,7 @@ def goal_features(
     scan: int,
     batch_size: int = 256,
 ) -> Tensor:
-    """Mean encoder features :math:`(1, D, h, w)` of the first ``n_targets`` fit images the victim captions as the goal.
+    """Encoder features :math:`(k, D, h, w)` of the first ``k <= n_targets`` fit images the victim captions as the goal.
 
     Raises:
         ConfigError: none of the first ``scan`` images of ``dataset`` is captioned as the goal.
@@ -109,11 +124,119 @@ def goal_features(
         captions = captioner.caption_features(features)
         found += [f for f, c in zip(features, captions, strict=True) if goal_reached(c, target=target, keyword=keyword)]
         if len(found) >= n_targets:
-            return torch.stack(found[:n_targets]).mean(0, keepdim=True)
+            return torch.stack(found[:n_targets])
     if not found:
         goal = f"captioned {target!r}" if target is not None else f"with {keyword!r} in its caption"
         raise ConfigError(
             f"no image among the first {scan} of the fit split is {goal} by {captioner.name}: "
             "choose a goal the captioner produces"
         )
-    return torch.stack(found).mean(0, keepdim=True)
+    return torch.stack(found)
+
+
+def goal_features(captioner: Captioner, dataset: Any, **kwargs: Any) -> Tensor:
+    """Mean encoder features :math:`(1, D, h, w)` of the goal images :func:`goal_bank` finds (same arguments)."""
+    return goal_bank(captioner, dataset, **kwargs).mean(0, keepdim=True)
+
+
+FEATURE_OBJECTIVES = ("features", "pooled", "nearest")
+"""How a feature-matching attack compares its image's features with the goal images' (``bank``):
+
+- ``features``: the whole map of the bank's mean image, region by region (the paper's setting). With one goal
+  image this asks the source to copy that image's object position and size, not just its caption.
+- ``pooled``: the region-mean only (what initialises the decoder's state), so no layout is imposed.
+- ``nearest``: the whole map of the goal image nearest to the source's clean features, whose layout is
+  already the closest the goal allows.
+"""
+
+
+def check_objective(objective: str, known: tuple[str, ...]) -> str:
+    """``objective`` itself if it is one of ``known`` (a one-line :class:`ConfigError` otherwise)."""
+    if objective not in known:
+        raise ConfigError(f"objective must be one of {', '.join(known)}, got {objective!r}")
+    return objective
+
+
+def default_targets(target: str | None, objective: str) -> int:
+    """Goal images to find: one to match a caption's whole map (the paper's target image), else 8 to average."""
+    return 1 if target is not None and objective == "features" else 8
+
+
+def feature_distance(features: Tensor, bank: Tensor, clean_features: Tensor, objective: str) -> Tensor:
+    """Per image, the mean squared distance :math:`(B,)` of ``features`` to the goal under ``objective``."""
+    if objective == "pooled":
+        return (features.mean((2, 3)) - bank.mean((0, 2, 3))).pow(2).mean(1)
+    if objective == "nearest":
+        goal = bank[torch.cdist(clean_features.flatten(1), bank.flatten(1)).argmin(1)]
+    else:
+        goal = bank.mean(0, keepdim=True)
+    return (features - goal).pow(2).flatten(1).mean(1)
+
+
+def decoder_margin_loss(captioner: Captioner, x_adv: Tensor, goal: CaptionAttack, margin: float) -> Tensor:
+    """Show-and-Fool's logit-margin loss through the (frozen) decoder, summed over images.
+
+    For a target caption ``Σ_t max(max_{k≠s_t} z_t(k) − z_t(s_t), −κ)`` under teacher forcing; for keywords
+    ``Σ_j min_t max(max_{k≠w_j} z_t(k) − z_t(w_j), −κ)`` over the caption the model currently writes.
+    """
+    if goal.target is not None:
+        tokens = captioner.encode_captions([goal.target] * len(x_adv))
+        wanted = tokens[:, 1:]  # target words, <end>, then padding
+        margins = _margins(captioner(x_adv, tokens[:, :-1]), wanted).clamp_min(-margin)
+        return (margins * (wanted != 0)).sum()
+    with torch.no_grad():
+        current = captioner.encode_captions(captioner.caption(x_adv))
+    logits = captioner(x_adv, current[:, :-1])
+    loss = x_adv.new_zeros(())
+    for word in tokenize(goal.keyword or ""):
+        wanted = torch.full_like(current[:, 1:], captioner.vocab.index(word))
+        loss = loss + _margins(logits, wanted).clamp_min(-margin).amin(1).sum()
+    return loss
+
+
+def _margins(logits: Tensor, wanted: Tensor) -> Tensor:
+    """``max_{k≠w} z(k) − z(w)`` per step, :math:`(B, T)`: negative once ``w`` is the decoder's top word."""
+    chosen = logits.gather(2, wanted.unsqueeze(2)).squeeze(2)
+    others = logits.scatter(2, wanted.unsqueeze(2), float("-inf")).amax(2)
+    return others - chosen
+
+
+def pgd_until_reached(
+    captioner: Captioner,
+    x: Tensor,
+    loss: Callable[[Tensor], Tensor],
+    *,
+    goal: CaptionAttack,
+    steps: int,
+    restarts: int,
+    generator: torch.Generator | None,
+    check_every: int = 10,
+) -> Tensor:
+    """L∞ PGD minimising ``loss`` (summed over images) from ``restarts`` random starts of ``steps`` steps each.
+
+    Every ``check_every`` steps the greedy captions are read: an image whose caption reaches the goal is kept as
+    it is and leaves the batch, so later steps and restarts spend their work only on the images still missing
+    it (the reachability ceiling needs 200 steps x 5 restarts on CPU). An image that never reaches the goal
+    keeps its last restart's point. Step size ``2.5·eps/steps`` (Madry et al.).
+    """
+    step = linf_step(goal.eps, 2.5 * goal.eps / steps)
+    out = x.clone()
+    pending = torch.arange(len(x), device=x.device)
+    for _ in range(restarts):
+        clean, x_adv = x[pending], linf_random_start(x[pending], goal.eps, generator)
+        for done in range(1, steps + 1):
+            x_adv = x_adv.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss(x_adv), x_adv)
+            x_adv = step(clean, x_adv.detach(), -grad)
+            if done % check_every and done < steps:
+                continue
+            reached = torch.tensor(
+                [goal_reached(c, target=goal.target, keyword=goal.keyword) for c in captioner.caption(x_adv)],
+                dtype=torch.bool,
+                device=x.device,
+            )
+            out[pending] = x_adv
+            pending, clean, x_adv = pending[~reached], clean[~reached], x_adv[~reached]
+            if not len(pending):
+                return out
+    return out

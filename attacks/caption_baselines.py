@@ -17,21 +17,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from robustlab.attacks._caption import CaptionAttack, as_captioner, goal_features
-from robustlab.attacks._pgd import linf_random_start, linf_step
+from robustlab.attacks._caption import (
+    FEATURE_OBJECTIVES,
+    CaptionAttack,
+    as_captioner,
+    check_objective,
+    decoder_margin_loss,
+    default_targets,
+    feature_distance,
+    goal_bank,
+    pgd_until_reached,
+)
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS
-from robustlab.captioning import Captioner, tokenize
 from robustlab.errors import ConfigError
 
 __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
 
 
-def _check_steps(steps: int) -> int:
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
-    return steps
+def _check_steps(steps: int, restarts: int) -> tuple[int, int]:
+    if steps < 1 or restarts < 1:
+        raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    return steps, restarts
 
 
 @ATTACKS.register(
@@ -40,13 +48,15 @@ def _check_steps(steps: int) -> int:
     stochastic=True,
 )
 class CaptionFeaturePGD(CaptionAttack):
-    """Feature-matching PGD: ``min ‖φ(x') − φ_t‖²`` per image, with ``φ_t`` found by ``fit`` as for ``caption_gan``.
+    """Feature-matching PGD: ``min d(φ(x'), goal)`` per image, the goal images found by ``fit`` as in ``caption_gan``.
 
     Args:
         target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations (random start, step ``2.5·eps/steps`` after Madry et al.).
-        n_targets: target images whose features are averaged (1 for a caption, 8 for keywords by default).
-        scan: fit images searched for target images.
+        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps`` after Madry et al.).
+        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
+        objective: how features are compared with the goal's (:data:`~robustlab.attacks._caption.FEATURE_OBJECTIVES`).
+        n_targets: goal images found (1 for a caption matched as ``features``, 8 otherwise, by default).
+        scan: fit images searched for goal images.
     """
 
     def __init__(
@@ -56,38 +66,44 @@ class CaptionFeaturePGD(CaptionAttack):
         keyword: str | None = None,
         eps: float = 8 / 255,
         steps: int = 50,
+        restarts: int = 1,
+        objective: str = "features",
         n_targets: int | None = None,
         scan: int = 2000,
     ) -> None:
         super().__init__(target=target, keyword=keyword, eps=eps)
-        self.steps = _check_steps(steps)
-        self.n_targets = n_targets if n_targets is not None else (1 if target is not None else 8)
+        self.steps, self.restarts = _check_steps(steps, restarts)
+        self.objective = check_objective(objective, FEATURE_OBJECTIVES)
+        self.n_targets = n_targets if n_targets is not None else default_targets(target, objective)
         self.scan = scan
-        self._goal: Tensor | None = None
+        self._bank: Tensor | None = None
 
     def fit(
         self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True
     ) -> CaptionFeaturePGD:
-        """Find the target features (no training: the optimisation is per image)."""
+        """Find the goal images' features (no training: the optimisation is per image)."""
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
-        self._goal = goal_features(
+        self._bank = goal_bank(
             captioner, dataset, target=self.target, keyword=self.keyword, n_targets=self.n_targets, scan=self.scan
         )
         return self
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
-        if self._goal is None:
+        if self._bank is None:
             raise ConfigError("caption_feature_pgd has no target features yet: call fit(captioner, fit_dataset) first")
-        encoder = as_captioner(model).encoder
-        step = linf_step(self.eps, 2.5 * self.eps / self.steps)
-        x_adv = linf_random_start(x, self.eps, generator)
-        for _ in range(self.steps):
-            x_adv = x_adv.detach().requires_grad_(True)
-            loss = (encoder(x_adv) - self._goal).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = step(x, x_adv.detach(), -grad)
-        return x_adv
+        captioner, bank, objective = as_captioner(model), self._bank, self.objective
+        with torch.no_grad():
+            clean_features = captioner.encoder(x)
+        return pgd_until_reached(
+            captioner,
+            x,
+            lambda x_adv: feature_distance(captioner.encoder(x_adv), bank, clean_features, objective).sum(),
+            goal=self,
+            steps=self.steps,
+            restarts=self.restarts,
+            generator=generator,
+        )
 
 
 @ATTACKS.register(
@@ -100,7 +116,8 @@ class CaptionDecoderPGD(CaptionAttack):
 
     Args:
         target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations (random start, step ``2.5·eps/steps``).
+        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps``).
+        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
         margin: κ, how far past the runner-up logit a word is pushed before its loss stops counting.
     """
 
@@ -111,43 +128,24 @@ class CaptionDecoderPGD(CaptionAttack):
         keyword: str | None = None,
         eps: float = 8 / 255,
         steps: int = 50,
+        restarts: int = 1,
         margin: float = 5.0,
     ) -> None:
         super().__init__(target=target, keyword=keyword, eps=eps)
-        self.steps, self.margin = _check_steps(steps), margin
+        (self.steps, self.restarts), self.margin = _check_steps(steps, restarts), margin
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
-        step = linf_step(self.eps, 2.5 * self.eps / self.steps)
-        x_adv = linf_random_start(x, self.eps, generator)
-        for _ in range(self.steps):
-            x_adv = x_adv.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._loss(captioner, x_adv), x_adv)
-            x_adv = step(x, x_adv.detach(), -grad)
-        return x_adv
-
-    def _loss(self, captioner: Captioner, x_adv: Tensor) -> Tensor:
-        if self.target is not None:
-            tokens = captioner.encode_captions([self.target] * len(x_adv))
-            wanted = tokens[:, 1:]  # target words, <end>, then padding
-            margins = _margins(captioner(x_adv, tokens[:, :-1]), wanted).clamp_min(-self.margin)
-            return (margins * (wanted != 0)).sum()
-        with torch.no_grad():
-            current = captioner.encode_captions(captioner.caption(x_adv))
-        logits = captioner(x_adv, current[:, :-1])
-        loss = x_adv.new_zeros(())
-        for word in tokenize(self.keyword or ""):
-            wanted = torch.full_like(current[:, 1:], captioner.vocab.index(word))
-            loss = loss + _margins(logits, wanted).clamp_min(-self.margin).amin(1).sum()
-        return loss
-
-
-def _margins(logits: Tensor, wanted: Tensor) -> Tensor:
-    """``max_{k≠w} z(k) − z(w)`` per step, :math:`(B, T)`: negative once ``w`` is the decoder's top word."""
-    chosen = logits.gather(2, wanted.unsqueeze(2)).squeeze(2)
-    others = logits.scatter(2, wanted.unsqueeze(2), float("-inf")).amax(2)
-    return others - chosen
+        return pgd_until_reached(
+            captioner,
+            x,
+            lambda x_adv: decoder_margin_loss(captioner, x_adv, self, self.margin),
+            goal=self,
+            steps=self.steps,
+            restarts=self.restarts,
+            generator=generator,
+        )
 
 
 @ATTACKS.register(

@@ -13,8 +13,12 @@ No official code exists; the rest is our reconstruction (docs: ``specs/caption-g
   attention decoder reads and ``φ_t`` the features of a target image (:func:`goal_features`). The GAN term is
   AdvGAN's least-squares loss against a small PatchGAN discriminator (λ_adv = 0.01 as the spec suggests; 0 turns
   the discriminator off). The feature term is a mean rather than a sum over elements (scale-free learning rate).
-- One generator per goal, trained on the fit split (the spec's "trained per target" option).
-- The decoder is never in the graph: only the encoder's features are differentiated.
+- ``objective`` (ours, issue #27): the feature term may instead pool the map or match the nearest goal image,
+  which do not ask the source to copy one image's layout; ``decoder`` replaces it by the frozen decoder's
+  margin loss (then the decoder is in the graph: outside the paper's threat model, an upper reference).
+- One generator per goal, trained on the fit split (the spec's "trained per target" option; a generator
+  conditioned on the goal is not built yet).
+- With a feature objective the decoder is never in the graph: only the encoder's features are differentiated.
 """
 
 from __future__ import annotations
@@ -23,7 +27,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from robustlab.attacks._caption import CaptionAttack, as_captioner, dataset_images, goal_features
+from robustlab.attacks._caption import (
+    FEATURE_OBJECTIVES,
+    CaptionAttack,
+    as_captioner,
+    check_objective,
+    dataset_images,
+    decoder_margin_loss,
+    default_targets,
+    feature_distance,
+    goal_bank,
+)
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -120,7 +134,12 @@ class CaptionGAN(CaptionAttack):
         adv_weight: λ_adv of the least-squares GAN term (0: no discriminator).
         pert_weight: λ_pert of the hinge on ``‖δ‖₂`` (0 by default: the tanh bound already holds the L∞ budget).
         pert_bound: the hinge's ``c`` in L2 pixel units.
-        n_targets: target images whose features are averaged (1 for a caption; several for keywords).
+        objective: what the generator learns to reach: one of
+            :data:`~robustlab.attacks._caption.FEATURE_OBJECTIVES` (the encoder's features only; ``features`` is
+            the paper's), or ``decoder``: Show-and-Fool's margin loss through the frozen decoder (its parameters
+            never learn, but gradients pass through it: no longer the paper's encoder-only attack).
+        margin: κ of the ``decoder`` objective.
+        n_targets: goal images found (1 for a caption matched as ``features``, 8 otherwise, by default).
         scan: fit images searched for target images and used to train the generator.
     """
 
@@ -136,6 +155,8 @@ class CaptionGAN(CaptionAttack):
         adv_weight: float = 0.01,
         pert_weight: float = 0.0,
         pert_bound: float = 0.3,
+        objective: str = "features",
+        margin: float = 5.0,
         n_targets: int | None = None,
         scan: int = 2000,
     ) -> None:
@@ -144,24 +165,25 @@ class CaptionGAN(CaptionAttack):
             raise ConfigError("steps, batch_size and scan must be >= 1")
         self.steps, self.batch_size, self.lr = steps, batch_size, lr
         self.adv_weight, self.pert_weight, self.pert_bound = adv_weight, pert_weight, pert_bound
-        self.n_targets = n_targets if n_targets is not None else (1 if target is not None else 8)
+        self.objective, self.margin = check_objective(objective, (*FEATURE_OBJECTIVES, "decoder")), margin
+        self.n_targets = n_targets if n_targets is not None else default_targets(target, objective)
         self.scan = scan
         self._generator: PerturbationGenerator | None = None
         self._losses: list[float] = []
 
     @property
     def feature_losses(self) -> list[float]:
-        """Feature-matching loss of every ``fit`` step (for monitoring that training converges)."""
+        """The objective's loss (feature distance, or decoder margin per image) of every ``fit`` step."""
         return list(self._losses)
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> CaptionGAN:
         """Train the generator on the first ``scan`` fit images to reproduce the goal's encoder features."""
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
-        goal = goal_features(
+        bank = goal_bank(
             captioner, dataset, target=self.target, keyword=self.keyword, n_targets=self.n_targets, scan=self.scan
         )
-        device = goal.device
+        device = bank.device
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):  # inits draw from the global RNG: make them a function of seed
             torch.manual_seed(seed)
@@ -181,7 +203,12 @@ class CaptionGAN(CaptionAttack):
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-            feature_loss = (captioner.encoder(x_adv) - goal).pow(2).mean()
+            if self.objective == "decoder":
+                feature_loss = decoder_margin_loss(captioner, x_adv, self, self.margin) / len(x)
+            else:
+                with torch.no_grad():
+                    clean_features = captioner.encoder(x)
+                feature_loss = feature_distance(captioner.encoder(x_adv), bank, clean_features, self.objective).mean()
             loss = feature_loss + self.pert_weight * (delta.flatten(1).norm(dim=1) - self.pert_bound).relu().mean()
             if self.adv_weight > 0:
                 judged = critic(x_adv)

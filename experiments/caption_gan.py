@@ -5,11 +5,16 @@ L∞ budget, every attack is fitted on the validation split (``fit``: the GAN tr
 finds its target features, the others do nothing), run on the first test images whose clean caption does not
 already reach the goal, and scored with :func:`robustlab.caption_metrics.caption_metrics` under greedy and
 beam-3 decoding. The same adversarial images are then captioned by a second captioner trained with another
-seed (transfer: the attacker never saw it).
+seed (transfer: the attacker never saw it). Every row has its 95% Wilson interval and the one-sided Fisher p
+against noise of the same budget on the same sources. ``--objectives`` runs the GAN (and feature PGD) once per
+objective; ``--ablate`` adds the first objective's GAN without discriminator (λ_adv = 0) and with the ‖δ‖₂
+hinge on (λ_pert = 1), with PSNR to show what the discriminator buys.
 
 Run from the repository root (about 25 minutes on 2 shared CPU cores, captioners cached after the first run)::
 
     python experiments/caption_gan.py --n 256 --grid caption_gan.png > caption_gan.md
+    python experiments/caption_gan.py --n 64 --eps 16/255 --targets 0 --keywords --sources "one word away" \
+        --objectives features pooled nearest decoder --ablate --no-transfer
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ from robustlab.attacks._caption import goal_reached
 from torch import Tensor
 
 from robustlab.attack import ATTACKS
-from robustlab.caption_metrics import caption_metrics, perturbation_metrics
+from robustlab.caption_metrics import caption_metrics, fisher_p_above, perturbation_metrics
 from robustlab.caption_plots import caption_grid_png
 from robustlab.captioning import Captioner, load_captioner
 from robustlab.data.captions import SynthCaptions
+from robustlab.intervals import wilson_interval
 from robustlab.threat import parse_eps
 
-ATTACK_NAMES = ("caption_gan", "caption_feature_pgd", "caption_decoder_pgd", "caption_noise")
+NOISE = "caption_noise"
+
+
+NOISE = "caption_noise"
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,22 +50,53 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fit-n", type=int, default=2000, help="validation images the attacks fit on")
     parser.add_argument("--gan-steps", type=int, default=600)
     parser.add_argument("--pgd-steps", type=int, default=50)
+    parser.add_argument("--restarts", type=int, default=1, help="random starts of the PGD baselines")
     parser.add_argument(
-        "--targets", type=int, nargs="+", default=[0, 1], help="validation indices whose captions are targets"
+        "--objectives", nargs="+", default=["features"], help="caption_gan objectives (feature PGD runs each too)"
     )
-    parser.add_argument("--keywords", nargs="+", default=["purple", "hexagon"])
+    parser.add_argument(
+        "--ablate", action="store_true", help="also the first objective's GAN with λ_adv = 0 and with the ‖δ‖₂ hinge"
+    )
+    parser.add_argument("--no-transfer", action="store_true", help="skip the second captioner (trained on first use)")
+    parser.add_argument("--no-baselines", action="store_true", help="only noise and the GANs (a seed sweep)")
+    parser.add_argument(
+        "--targets", type=int, nargs="*", default=[0, 1], help="validation indices whose captions are targets"
+    )
+    parser.add_argument("--keywords", nargs="*", default=["purple", "hexagon"])
     parser.add_argument("--eps", nargs="+", default=["8/255", "16/255"])
+    parser.add_argument("--sources", nargs="+", default=["all", "one word away"], help="source sets to score")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (1 on a crowded machine: spinning threads stall)")
     parser.add_argument("--grid", type=Path, help="write a PNG grid of the GAN's first targeted examples here")
     return parser.parse_args()
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row label, attack name, its arguments): noise first (the floor every p is against), then the GANs."""
+    gan = {"steps": args.gan_steps, "scan": args.fit_n}
+    pgd = {"steps": args.pgd_steps, "restarts": args.restarts}
+    rows: list[tuple[str, str, dict[str, Any]]] = [(NOISE, NOISE, {})]
+    for objective in args.objectives:
+        rows.append((f"caption_gan[{objective}]", "caption_gan", gan | {"objective": objective}))
+    if args.ablate:
+        first = gan | {"objective": args.objectives[0]}
+        rows.append((f"caption_gan[{args.objectives[0]}, λ_adv=0]", "caption_gan", first | {"adv_weight": 0.0}))
+        rows.append((f"caption_gan[{args.objectives[0]}, λ_pert=1]", "caption_gan", first | {"pert_weight": 1.0}))
+    if args.no_baselines:
+        return rows
+    for objective in (o for o in args.objectives if o != "decoder"):
+        label = f"caption_feature_pgd[{objective}]"
+        rows.append((label, "caption_feature_pgd", pgd | {"scan": args.fit_n, "objective": objective}))
+    rows.append(("caption_decoder_pgd", "caption_decoder_pgd", pgd))
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    victim, other = load_captioner(seed=0), load_captioner(seed=1)
+    victim = load_captioner(seed=0)
+    other = None if args.no_transfer else load_captioner(seed=1)
     fit = SynthCaptions("val", n=args.fit_n)
     test = SynthCaptions("test", n=args.test_n)
     x_all, references_all = test.images_and_captions(torch.arange(len(test)))
@@ -64,21 +104,22 @@ def main() -> None:
         {"target": victim.caption(fit.images_and_captions(torch.tensor([i]))[0])[0]} for i in args.targets
     ] + [{"keyword": k} for k in args.keywords]
     clean_all = {beam: victim.caption(x_all, beam=beam) for beam in (1, 3)}
-    clean_other = other.caption(x_all)
-    exact = {name: caption_metrics(c, c, references_all)["clean_exact"] for name, c in
-             (("greedy", clean_all[1]), ("beam 3", clean_all[3]), ("seed 1", clean_other))}  # fmt: skip
-    print(f"clean exact match on {len(test)} test images: {exact}\n")
+    print(f"clean exact match on {len(test)} test images: greedy {_exact(clean_all[1], references_all):.4f}", end="")
+    if other is not None:
+        print(f", seed 1 {_exact(other.caption(x_all), references_all):.4f}", end="")
+    print("\n")
     print(
-        "| goal | sources | eps | attack | success greedy | success beam-3 | transfer (seed 1) | BLEU-4 to target "
-        "| BLEU-4 to clean | L∞ max ×255 | L2 mean | fit + attack s |"
+        "| goal | sources | eps | attack | success greedy [95% CI] | p vs noise | beam-3 | transfer (seed 1) "
+        "| BLEU-4 to target | BLEU-4 to clean | PSNR dB | L∞ max ×255 | fit + attack s |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     grid_written = False
     for goal in goals:
-        sources = source_sets(clean_all[1], goal, args.n)
+        sources = {k: v for k, v in source_sets(clean_all[1], goal, args.n).items() if k in args.sources}
         for eps_text in args.eps:
-            for name in ATTACK_NAMES:
-                attack = ATTACKS.get(name).factory(**goal, eps=parse_eps(eps_text), **hyper(name, args))
+            floor: dict[str, int] = {}
+            for label, name, kwargs in variants(args):
+                attack = ATTACKS.get(name).factory(**goal, eps=parse_eps(eps_text), **kwargs)
                 started = time.perf_counter()
                 attack.fit(victim, fit, generator=torch.Generator().manual_seed(args.seed), progress=False)
                 for source_label, keep in sources.items():
@@ -87,12 +128,19 @@ def main() -> None:
                     x_adv = attack(victim, x, torch.zeros(len(x), dtype=torch.long), generator=seed)
                     seconds = time.perf_counter() - started
                     row = score(victim, other, x, x_adv, references, goal, clean_all, keep)
-                    label = f"caption `{goal['target']}`" if "target" in goal else f"keyword `{goal['keyword']}`"
+                    n, hits = len(keep), round(row["greedy"] * len(keep))
+                    if name == NOISE:
+                        floor[source_label] = hits
+                    low, high = wilson_interval(row["greedy"], n)
+                    p = fisher_p_above(hits, n, floor[source_label], n)
+                    goal_text = f"caption `{goal['target']}`" if "target" in goal else f"keyword `{goal['keyword']}`"
+                    transfer = "-" if other is None else f"{row['transfer']:.3f} (floor {row['transfer_floor']:.3f})"
                     print(
-                        f"| {label} | {source_label} ({len(keep)}) | {eps_text} | {name} | {row['greedy']:.3f} "
-                        f"| {row['beam3']:.3f} | {row['transfer']:.3f} (floor {row['transfer_floor']:.3f}) "
-                        f"| {row.get('bleu4_target', float('nan')):.3f} | {row['bleu4_original']:.3f} "
-                        f"| {row['linf_max'] * 255:.2f} | {row['l2_mean']:.3f} | {seconds:.0f} |",
+                        f"| {goal_text} | {source_label} ({n}) | {eps_text} | {label} "
+                        f"| {row['greedy']:.3f} [{low:.3f}, {high:.3f}] | {'-' if name == NOISE else f'{p:.2g}'} "
+                        f"| {row['beam3']:.3f} | {transfer} | {row.get('bleu4_target', float('nan')):.3f} "
+                        f"| {row['bleu4_original']:.3f} | {row['psnr_mean']:.1f} | {row['linf_max'] * 255:.2f} "
+                        f"| {seconds:.0f} |",
                         flush=True,
                     )
                     started = time.perf_counter()
@@ -103,6 +151,10 @@ def main() -> None:
                         )
                         args.grid.write_bytes(png)
                         grid_written = True
+
+
+def _exact(captions: list[str], references: list[str]) -> float:
+    return caption_metrics(captions, captions, references)["clean_exact"]
 
 
 def source_sets(clean: list[str], goal: dict[str, Any], n: int) -> dict[str, list[int]]:
@@ -124,19 +176,9 @@ def source_sets(clean: list[str], goal: dict[str, Any], n: int) -> dict[str, lis
     return sets
 
 
-def hyper(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    if name == "caption_gan":
-        return {"steps": args.gan_steps, "scan": args.fit_n}
-    if name == "caption_feature_pgd":
-        return {"steps": args.pgd_steps, "scan": args.fit_n}
-    if name == "caption_decoder_pgd":
-        return {"steps": args.pgd_steps}
-    return {}
-
-
 def score(
     victim: Captioner,
-    other: Captioner,
+    other: Captioner | None,
     x: Tensor,
     x_adv: Tensor,
     references: list[str],
@@ -153,8 +195,9 @@ def score(
         out[column] = metrics[key]
         if beam == 1:
             out |= metrics
-    transfer = caption_metrics(other.caption(x), other.caption(x_adv), references, **goal)
-    out["transfer"], out["transfer_floor"] = transfer[key], transfer[key.replace("success", "clean")]
+    if other is not None:
+        transfer = caption_metrics(other.caption(x), other.caption(x_adv), references, **goal)
+        out["transfer"], out["transfer_floor"] = transfer[key], transfer[key.replace("success", "clean")]
     return out | perturbation_metrics(x, x_adv)
 
 

@@ -9,6 +9,7 @@ Captions are compared after :func:`~robustlab.captioning.tokenize`, so case and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from torch import Tensor
@@ -18,7 +19,7 @@ from robustlab.captioning import tokenize
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, perturbation_norm
 
-__all__ = ["CAPTION_METRICS", "bleu", "caption_metrics", "perturbation_metrics"]
+__all__ = ["CAPTION_METRICS", "bleu", "caption_metrics", "fisher_p_above", "perturbation_metrics"]
 
 CAPTION_METRICS: dict[str, str] = {
     "clean_exact": "higher is better for the model: clean caption equals the reference",
@@ -124,3 +125,17 @@ def perturbation_metrics(x: Tensor, x_adv: Tensor) -> dict[str, float]:
 def _mean(flags: Iterable[bool]) -> float:
     values = list(flags)
     return sum(values) / len(values)
+
+
+def fisher_p_above(hits: int, n: int, floor_hits: int, floor_n: int) -> float:
+    """One-sided Fisher exact p that ``hits / n`` exceeds ``floor_hits / floor_n`` only by chance (hypergeometric tail).
+
+    Example:
+        >>> round(fisher_p_above(6, 64, 2, 64), 3)
+        0.137
+    """
+    total_hits, total = hits + floor_hits, n + floor_n
+    if total_hits == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) * math.comb(floor_n, total_hits - k) for k in range(hits, min(n, total_hits) + 1))
+    return tail / math.comb(total, total_hits)

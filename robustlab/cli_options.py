@@ -6,6 +6,7 @@ stacks the ones it takes. Nothing here imports torch, so ``robustlab --help`` st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,32 +81,37 @@ def build_specs(
     ``norm`` parameter takes every norm's budgets, each at its norm); a component no budget is for keeps
     its default. A scoped argument must name a component in ``names`` and a parameter it takes. A
     parameter given at its default is dropped (``--steps 10`` is PGD's default: the spec is plain ``pgd``)
-    and a component asked for twice is kept once.
+    and a component asked for twice is kept once. A key given several times at one scope makes one spec per
+    value (``caption_gan.target=A`` and ``caption_gan.target=B``: two goals in one run); a scoped key still
+    overrides the same key given unscoped.
     """
-    scoped: dict[str, dict[str, Any]] = {name: {} for name in names}
+    given: dict[tuple[str, bool], dict[str, list[Any]]] = {(n, s): {} for n in names for s in (False, True)}
     for item in args:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"{registry.kind} argument {item!r} is not of the form [NAME.]KEY=VALUE")
         target, dot, key = key.strip().rpartition(".")
         for name in [target] if dot else names:
-            if name not in scoped:
+            if name not in names:
                 raise ConfigError(f"{registry.kind} argument {item!r} names {name!r}, which is not among {list(names)}")
             params = registry.get(name).params()
             if key in params:
-                scoped[name][key] = convert_param(registry.kind, registry.get(name), key, value)
+                values = given[name, bool(dot)].setdefault(key, [])
+                values.append(convert_param(registry.kind, registry.get(name), key, value))
             elif dot or len(names) == 1:
                 raise ConfigError(f"{registry.kind} {name} has no parameter {key!r}; it takes: {', '.join(params)}")
     specs: list[ComponentSpec] = []
     for name in names:
         params = registry.get(name).params()
-        base = {k: v for k, v in (shared or {}).items() if k in params and v is not None}
-        base.update(scoped[name])
-        budgets = _budgets_for(registry, name, base, sweep) if "eps" in params and "eps" not in scoped[name] else []
-        for extra in budgets or [{}]:
-            spec = ComponentSpec(name, tuple({**base, **extra}.items())).without_defaults(registry)
-            if spec not in specs:  # the same component asked for twice is one row, not two of one label
-                specs.append(spec)
+        chosen = given[name, False] | given[name, True]
+        for choice in itertools.product(*chosen.values()):
+            base = {k: v for k, v in (shared or {}).items() if k in params and v is not None}
+            base.update(zip(chosen, choice, strict=True))
+            budgets = _budgets_for(registry, name, base, sweep) if "eps" in params and "eps" not in chosen else []
+            for extra in budgets or [{}]:
+                spec = ComponentSpec(name, tuple({**base, **extra}.items())).without_defaults(registry)
+                if spec not in specs:  # the same component asked for twice is one row, not two of one label
+                    specs.append(spec)
     return tuple(specs)
 
 

@@ -282,7 +282,10 @@ class Captioning(Task):
     """Scores caption attacks (Aafaq et al. 2021) with :func:`robustlab.caption_metrics.caption_metrics`.
 
     Captions are stored as the captioner's token ids, so a resumed run reads them back; they are compared
-    with the captioner's own clean captions (BLEU to the original is BLEU to the clean caption).
+    with the captioner's own clean captions (BLEU to the original is BLEU to the clean caption). Inputs whose
+    clean caption already reaches the goal are neither attacked nor scored: counting them would credit the
+    attack with the dataset's own captions. Every metric is over the ``sources`` left (``*_clean`` says what
+    fraction of all inputs was set aside), and success rates carry their 95% Wilson interval (``_low``, ``_high``).
     """
 
     name = "captioning"
@@ -294,6 +297,12 @@ class Captioning(Task):
         *(Metric(f"bleu{n}_original", higher_is_better=True, gated=n == 4, proportion=False) for n in (1, 2, 3, 4)),
         Metric("target_clean", higher_is_better=False, gated=False),
         Metric("keyword_clean", higher_is_better=False, gated=False),
+        Metric("sources", higher_is_better=True, gated=False, proportion=False),
+        *(
+            Metric(f"{rate}_{end}", higher_is_better=False, gated=False)
+            for rate in ("target_success", "keyword_success")
+            for end in ("low", "high")
+        ),
     )
 
     def __init__(self) -> None:
@@ -308,8 +317,21 @@ class Captioning(Task):
     def _tokens(self, scored: Any, x: Tensor) -> Tensor:
         return scored.encode_captions(scored.caption(x)).to(x.device)
 
+    def _goal(self) -> dict[str, str | None]:
+        return {key: getattr(self._attack, key, None) for key in ("target", "keyword")}
+
+    def _decoded(self, tokens: Tensor) -> list[str]:
+        return [self._captioner.vocab.decode(row) for row in tokens.tolist()]
+
     def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         return {"caption": self._tokens(scored, x)}
+
+    def attackable(self, clean: dict[str, Tensor], y: Tensor) -> Tensor:
+        from robustlab.attacks._caption import goal_reached
+
+        goal = self._goal()
+        missing = [not goal_reached(c, **goal) for c in self._decoded(clean["caption"])]
+        return torch.tensor(missing, dtype=torch.bool, device=y.device)
 
     def score(
         self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
@@ -321,9 +343,18 @@ class Captioning(Task):
 
     def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
         from robustlab.caption_metrics import caption_metrics
+        from robustlab.intervals import wilson_interval
 
-        decode = self._captioner.vocab.decode
-        clean_captions = [decode(row) for row in clean["caption"].tolist()]
-        adv_captions = [decode(row) for row in adversarial["adv_caption"].tolist()]
-        goal = {key: getattr(self._attack, key, None) for key in ("target", "keyword")}
-        return caption_metrics(clean_captions, adv_captions, clean_captions, **goal)
+        clean_captions, adv_captions = self._decoded(clean["caption"]), self._decoded(adversarial["adv_caption"])
+        goal = self._goal()
+        source = self.attackable(clean, y).tolist()
+        everything = caption_metrics(clean_captions, adv_captions, clean_captions, **goal)
+        floors = {k: v for k, v in everything.items() if k in ("target_clean", "keyword_clean")}
+        if not any(source):  # every input already reaches the goal: nothing to attack, nothing to credit
+            return floors | {"sources": 0.0}
+        kept = [[c for c, s in zip(captions, source, strict=True) if s] for captions in (clean_captions, adv_captions)]
+        metrics = caption_metrics(kept[0], kept[1], kept[0], **goal) | floors | {"sources": float(sum(source))}
+        for rate in ("target_success", "keyword_success"):
+            if rate in metrics:
+                metrics[f"{rate}_low"], metrics[f"{rate}_high"] = wilson_interval(metrics[rate], sum(source))
+        return metrics

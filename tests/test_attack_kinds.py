@@ -315,13 +315,22 @@ def test_caption_attack_through_eval_reports_caption_metrics(run: Callable[..., 
     from robustlab.captioning import load_captioner
 
     captioner = load_captioner(progress=False)  # the session's cached captioner (tests/test_captioning.py trains it)
-    target = captioner.caption(SynthDataset("train").get_batch(torch.arange(1))[0])[0]  # a goal it can write
+    x = SynthDataset("test").get_batch(torch.arange(16))[0]  # eval's first 16 inputs
+    clean = captioner.caption(x)
+    fit = captioner.caption(SynthDataset("train").get_batch(torch.arange(512))[0])  # where the GAN finds its goal
+    shared = next(c for c in clean if c in fit)  # a goal some inputs already reach: they must be set aside
+    goals = [shared, next(c for c in fit if c not in clean)]
     args = ["eval", "--task", "captioning", "--model", "captioner", "--attack", "caption_gan", "--eps", "16/255"]
-    gan = [f"caption_gan.target={target}", "caption_gan.steps=5", "caption_gan.scan=32"]
+    gan = [*(f"target={g}" for g in goals), "caption_gan.steps=5", "caption_gan.scan=512"]
     result = run(*args, *(f"--attack-arg={a}" for a in gan), "-n", "16", "-q", "--out", "caption.json")
     assert result.exit_code == 0, result.output
-    (row,) = Report.from_json(Path("caption.json")).rows
-    metrics = row.metric_values()
-    assert (row.kind, row.task, row.clean_acc) == ("task", "captioning", None)
-    assert 0 <= metrics["target_success"] <= 1 and "bleu4_target" in metrics and "target_success" in result.stdout
-    assert row.max_norm is None or row.max_norm <= 16 / 255 + 1e-6
+    rows = Report.from_json(Path("caption.json")).rows
+    assert [row.attack_config["target"] for row in rows] == goals, "one row per goal in one run"
+    for row, goal in zip(rows, goals, strict=True):
+        metrics = row.metric_values()
+        assert (row.kind, row.task, row.clean_acc) == ("task", "captioning", None)
+        # inputs already captioned as the goal are set aside, never counted as the attack's successes
+        assert metrics["sources"] == sum(c != goal for c in clean) == round(16 * (1 - metrics["target_clean"]))
+        assert metrics["target_success_low"] <= metrics["target_success"] <= metrics["target_success_high"]
+        assert "bleu4_target" in metrics and "target_success" in result.stdout
+        assert row.max_norm is None or row.max_norm <= 16 / 255 + 1e-6

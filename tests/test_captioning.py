@@ -123,3 +123,41 @@ def test_bleu_matches_a_hand_computed_case() -> None:
     )
     assert metrics["target_success"] == 0.5 and metrics["keyword_success"] == 0.5 and metrics["keyword_clean"] == 0.0
     assert metrics["clean_exact"] == 1.0 and metrics["adv_exact"] == 0.5 and metrics["changed"] == 0.5
+
+
+def test_eval_scores_only_inputs_whose_clean_caption_misses_the_goal() -> None:
+    from types import SimpleNamespace
+
+    from robustlab.captioning import Vocab
+    from robustlab.intervals import wilson_interval
+    from robustlab.tasks import TASKS
+
+    goal = "a small blue star on sky"
+    vocab = Vocab.from_captions([goal, "a large red ring on grass"])
+    captioner = SimpleNamespace(vocab=vocab)
+    task = TASKS.get("captioning").factory().bind(SimpleNamespace(target=goal), captioner)  # type: ignore[arg-type]
+    clean = [goal, "a large red ring on grass", "a small red star on sky", goal]
+    adversarial = [goal, goal, "a small red ring on sky", goal]
+    tokens = {k: torch.tensor([vocab.encode(c, length=8) for c in v]) for k, v in (("c", clean), ("a", adversarial))}
+    y = torch.zeros(4, dtype=torch.long)
+    assert task.attackable({"caption": tokens["c"]}, y).tolist() == [False, True, True, False]
+    metrics = task.aggregate(y, {"caption": tokens["c"]}, {"adv_caption": tokens["a"]})
+    # Two inputs were the goal already: they count neither as sources nor as successes (1 of 2, not 3 of 4).
+    assert metrics["sources"] == 2 and metrics["target_success"] == 0.5 and metrics["target_clean"] == 0.5
+    assert (metrics["target_success_low"], metrics["target_success_high"]) == pytest.approx(wilson_interval(0.5, 2))
+    assert metrics["changed"] == 1.0
+    nothing = task.aggregate(y[:1], {"caption": tokens["c"][:1]}, {"adv_caption": tokens["a"][:1]})
+    assert nothing == {"sources": 0.0, "target_clean": 1.0}
+
+
+def test_a_key_given_twice_makes_one_spec_per_value() -> None:
+    from robustlab.attacks import ATTACKS
+
+    from robustlab.cli_options import build_specs
+
+    goals = ["target=a small red star on sky", "target=a large blue ring on grass"]
+    specs = build_specs(ATTACKS, ["caption_gan", "caption_noise"], goals)
+    found = [(spec.name, dict(spec.params)["target"]) for spec in specs]
+    assert found == [(name, goal.partition("=")[2]) for name in ("caption_gan", "caption_noise") for goal in goals]
+    # A scoped key still overrides the same key given to every attack: one pgd, at 20 steps.
+    assert [spec.label() for spec in build_specs(ATTACKS, ["pgd"], ["steps=5", "pgd.steps=20"])] == ["pgd(steps=20)"]

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import robustlab.attacks
 import torch
-from robustlab.attacks._caption import goal_features
+from robustlab.attacks._caption import goal_features, goal_reached
 from torch import nn
 
 from robustlab.attack import ATTACKS, AttackKind
-from robustlab.caption_metrics import caption_metrics
+from robustlab.caption_metrics import caption_metrics, fisher_p_above
 from robustlab.captioning import Captioner, load_captioner
 from robustlab.data.captions import SynthCaptions
 from robustlab.errors import ConfigError
@@ -65,8 +65,118 @@ def _run(attack: Any, captioner: Captioner, fit_data: SynthCaptions, x: torch.Te
     return attack(captioner, x, torch.zeros(len(x), dtype=torch.long), generator=generator)
 
 
+@pytest.fixture(scope="module")
+def one_word_away(captioner: Captioner, goal: str) -> torch.Tensor:
+    """32 test images whose clean caption differs from the goal in one slot: where the ceiling allows 16/255."""
+    x = SynthCaptions("test", n=3000).images_and_captions(torch.arange(3000))[0]
+    words = goal.split()
+    near = [
+        i
+        for i, c in enumerate(captioner.caption(x))
+        if sum(a != b for a, b in zip(c.split(), words, strict=False)) == 1
+    ]
+    return x[near[:32]]
+
+
+def _success(captioner: Captioner, x_adv: torch.Tensor, **goal: str) -> tuple[int, int]:
+    reached = [
+        goal_reached(c, target=goal.get("target"), keyword=goal.get("keyword")) for c in captioner.caption(x_adv)
+    ]
+    return sum(reached), len(reached)
+
+
 @pytest.mark.claim
-def test_gan_moves_captions_to_the_target_far_more_than_noise(
+def test_decoder_pgd_forces_the_target_where_the_ceiling_says_it_is_reachable(
+    captioner: Captioner, fit_data: SynthCaptions, goal: str, sources: tuple[torch.Tensor, list[str]]
+) -> None:
+    # The ceiling (experiments/RESULTS-caption_gan.md): 200 steps x 5 restarts at 64/255 force this whole caption on
+    # 24 of 24 sources (the other targets: 21/24, 24/24; at 16/255: 0/24); noise 0. Here 8 sources, one start.
+    x = sources[0][:8]
+    decoder = _attack("caption_decoder_pgd", target=goal, eps=64 / 255, steps=200)
+    hits, n = _success(captioner, _run(decoder, captioner, fit_data, x), target=goal)
+    noise, _ = _success(
+        captioner, _run(_attack("caption_noise", target=goal, eps=64 / 255), captioner, fit_data, x), target=goal
+    )
+    assert hits >= 6 and noise == 0, (hits, n, noise)
+
+
+@pytest.mark.claim
+def test_decoder_pgd_injects_a_keyword_far_more_often_than_noise(
+    captioner: Captioner, fit_data: SynthCaptions, sources: tuple[torch.Tensor, list[str]]
+) -> None:
+    # Measured at 16/255, n = 64, 30 steps: 28% and 25% against noise's 3% and 5% (two trained captioners);
+    # 18 of 64 against 2 of 64 is Fisher p = 1e-4. Asserted: p < 0.01 at this n, on sources without the word.
+    keep = [i for i, c in enumerate(captioner.caption(sources[0])) if "hexagon" not in c.split()]
+    x = sources[0][keep]
+    attacks = {name: _attack(name, keyword="hexagon", eps=EPS) for name in ("caption_decoder_pgd", "caption_noise")}
+    attacks["caption_decoder_pgd"].steps = 30
+    (hits, n), (noise, _) = (
+        _success(captioner, _run(a, captioner, fit_data, x), keyword="hexagon") for a in attacks.values()
+    )
+    assert fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
+
+
+@pytest.mark.claim
+@pytest.mark.xfail(
+    reason="measured at 16/255, one word away from the target, n = 64: the GAN reaches 3.1% (300 steps), 4.7% "
+    "(3000 steps) with the paper's objective, 0% / 0% / 3.1% with the decoder, pooled and nearest objectives "
+    "(300 steps), noise 0%; feature PGD 12.5%, decoder PGD 53-59% (30 steps): the claim (>= noise + .5) fails",
+    raises=AssertionError,  # a bug that raises anything else still fails
+    strict=False,
+)
+def test_gan_forces_the_target_caption_one_word_away(
+    captioner: Captioner, fit_data: SynthCaptions, goal: str, one_word_away: torch.Tensor, claim_seed: int
+) -> None:
+    gan = _attack("caption_gan", target=goal, eps=EPS, steps=300, objective="nearest", scan=512)
+    hits, n = _success(captioner, _run(gan, captioner, fit_data, one_word_away, claim_seed), target=goal)
+    noise, _ = _success(
+        captioner, _run(_attack("caption_noise", target=goal, eps=EPS), captioner, fit_data, one_word_away), target=goal
+    )
+    assert hits / n >= noise / n + 0.5, (hits, noise, n)
+
+
+@pytest.mark.claim
+def test_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
+    captioner: Captioner, claim_seed: int, record_claim: Callable[[str, float], None]
+) -> None:
+    # The ceiling allows 'stripes' at 16/255 (decoder and feature PGD: 24/24). Measured with this very setting
+    # (experiments/caption_gan.py --keywords stripes --objectives pooled --n 256 --gan-steps 300): seeds 0-2 at
+    # 1 thread: 114, 125, 119 of 256 (.445, .488, .465) against noise's 0, 0, 0; mean - 2 sd = .42, the margin .4.
+    # Below the issue's bar (>= .5 and half of feature PGD's .98): that claim is not made here.
+    x = SynthCaptions("test", n=3000).images_and_captions(torch.arange(3000))[0]
+    x = x[[i for i, c in enumerate(captioner.caption(x)) if "stripes" not in c.split()][:256]]
+    fit = SynthCaptions("val", n=2000)
+    gan = _attack("caption_gan", keyword="stripes", eps=EPS, steps=300, scan=2000, objective="pooled")
+    hits, n = _success(captioner, _run(gan, captioner, fit, x, claim_seed), keyword="stripes")
+    noise_attack = _attack("caption_noise", keyword="stripes", eps=EPS)
+    noise, _ = _success(captioner, _run(noise_attack, captioner, fit, x), keyword="stripes")
+    record_claim("caption_gan.stripes_over_noise", (hits - noise) / n)
+    assert noise / n <= 0.05 and fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
+    assert (hits - noise) / n >= 0.4, (hits, noise, n)
+
+
+@pytest.mark.claim
+@pytest.mark.xfail(
+    reason="measured at 16/255, n = 64: the GAN injects 'hexagon' into 9.4% (300 steps) and 6.2% (3000 steps) of "
+    "captions against noise's 3.1% and 4.7% (one-sided Fisher p .14 and .5): not above noise at p < .01",
+    raises=AssertionError,  # a bug that raises anything else still fails
+    strict=False,
+)
+def test_gan_injects_a_keyword_more_often_than_noise(
+    captioner: Captioner, fit_data: SynthCaptions, sources: tuple[torch.Tensor, list[str]], claim_seed: int
+) -> None:
+    keep = [i for i, c in enumerate(captioner.caption(sources[0])) if "hexagon" not in c.split()]
+    x = sources[0][keep]
+    gan = _attack("caption_gan", keyword="hexagon", eps=EPS, steps=300, scan=512)
+    hits, n = _success(captioner, _run(gan, captioner, fit_data, x, claim_seed), keyword="hexagon")
+    noise, _ = _success(
+        captioner, _run(_attack("caption_noise", keyword="hexagon", eps=EPS), captioner, fit_data, x), keyword="hexagon"
+    )
+    assert fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
+
+
+@pytest.mark.claim
+def test_gan_moves_features_towards_the_target_and_changes_captions(
     captioner: Captioner,
     fit_data: SynthCaptions,
     goal: str,
@@ -84,10 +194,10 @@ def test_gan_moves_captions_to_the_target_far_more_than_noise(
     gan_metrics, noise_metrics = (
         caption_metrics(clean, captioner.caption(adversarial[a]), references, target=goal) for a in ("gan", "noise")
     )
-    # Measured (experiments/RESULTS-caption_gan.md): forcing all four words at once fails in this world at 16/255,
-    # but the generator moves held-out images' features towards the target's and rewrites far more captions than
-    # noise of the same size (first measured: 36% vs 8% changed after 200 steps). Changed minus noise's changed
-    # over seeds 0-2 at 1 thread: .34, .48, .42; seed 0 at 2 threads (another trained captioner): .19; mean - 2 sd
+    # What the GAN does reach (its target success is the xfail test above): the generator moves held-out images'
+    # features towards the target's and rewrites far more captions than noise of the same size (first measured:
+    # 36% vs 8% changed after 200 steps): an untargeted effect, named as such. Changed minus noise's changed over
+    # seeds 0-2 at 1 thread: .34, .48, .42; seed 0 at 2 threads (another trained captioner): .19; mean - 2 sd
     # = .11, the margin (experiments/RESULTS-claims.md). The exact target is reached in no run.
     record_claim("caption_gan.changed_over_noise", gan_metrics["changed"] - noise_metrics["changed"])
     record_claim(
@@ -163,3 +273,17 @@ def test_goals_are_checked_in_one_line(captioner: Captioner, fit_data: SynthCapt
         _attack("caption_gan", keyword="red")(captioner, torch.rand(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ConfigError, match="need a Captioner"):
         _run(_attack("caption_decoder_pgd", keyword="red"), nn.Identity().eval(), fit_data, torch.rand(1, 3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_objectives_that_impose_no_layout() -> None:
+    from robustlab.attacks._caption import feature_distance
+
+    bank = torch.zeros(2, 1, 2, 2)
+    bank[0, 0, 0, 0], bank[1, 0, 1, 1] = 4.0, 4.0  # two goal images: the same object, in opposite corners
+    moved = torch.zeros(1, 1, 2, 2)
+    moved[0, 0, 1, 1] = 4.0  # a source with the object where the second goal image has it
+    assert float(feature_distance(moved, bank, moved, "pooled")) == 0, "pooling forgets where the object is"
+    assert float(feature_distance(moved, bank, moved, "nearest")) == 0, "the nearest goal image has its layout"
+    assert float(feature_distance(moved, bank, moved, "features")) == pytest.approx(2.0)  # the mean map: 2 and 2
+    with pytest.raises(ConfigError, match="objective must be one of features, pooled, nearest, decoder"):
+        _attack("caption_gan", target="a small red star on sky", objective="pixels")
