@@ -9,6 +9,7 @@ from robustlab.attacks import (  # noqa: F401
     apgd,
     apgdt,
     autoattack,
+    autoattack_fast,
     blur,
     caption_baselines,
     caption_gan,

@@ -40,6 +40,7 @@ __all__ = [
     "APGDConfig",
     "RowLoopAttack",
     "apgd",
+    "best_row_per_sample",
     "by_rows",
     "dlr_loss",
     "keep_first",
@@ -65,6 +66,9 @@ class APGDConfig:
     eot: int = 1
     """Gradients averaged over this many forward passes (Expectation over Transformation, randomized models)."""
     rho: float = 0.75
+    focus: bool = False
+    """At the first checkpoint each sample keeps only its row (target, restart) with the highest loss so far:
+    the remaining iterations go to the run that moved most, not to all of them (``autoattack-fast``)."""
 
 
 def dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
@@ -218,6 +222,19 @@ def keep_first(new: Tensor, owner: Tensor, points: Tensor, result: Tensor, foole
         result[owner[rows]], fooled[owner[rows]] = points[rows], True
 
 
+def best_row_per_sample(owner: Tensor, score: Tensor) -> Tensor:
+    """Mask of each sample's row with the highest ``score`` (its lowest such row on a tie; rows of a sample are
+    adjacent and in order)."""
+    top = torch.full((int(owner.max()) + 1,), -torch.inf, device=score.device)
+    top = top.scatter_reduce(0, owner, score, reduce="amax")
+    rows = (score == top[owner]).nonzero().flatten()
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = owner[rows[1:]] != owner[rows[:-1]]
+    best = torch.zeros_like(score, dtype=torch.bool)
+    best[rows[first]] = True
+    return best
+
+
 def _apgd_rows(
     model: nn.Module,
     x: Tensor,
@@ -260,6 +277,7 @@ def _apgd_rows(
         "last_best": loss.clone(), "halved_last": torch.ones(len(xr), dtype=torch.bool, device=x.device),
     }  # fmt: skip
     checkpoint, since = max(int(0.22 * c.steps), 1), 0
+    focus_at = checkpoint - 1 if c.focus else -1
     shrink, shortest = max(int(0.03 * c.steps), 1), max(int(0.06 * c.steps), 1)
     for i in range(c.steps):
         advance(f"apgd-{c.loss} iterations", i, c.steps)
@@ -286,6 +304,8 @@ def _apgd_rows(
             r["halved_last"], r["last_best"] = halve, r["loss_best"].clone()
             r["step"][halve] /= 2.0
             r["x_adv"][halve], r["grad"][halve] = r["x_best"][halve], r["grad_best"][halve]
+            if i == focus_at:
+                keep &= best_row_per_sample(owner, r["loss_best"])
             checkpoint, since = max(checkpoint - shrink, shortest), 0
     return result, fooled
 

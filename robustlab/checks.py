@@ -33,7 +33,7 @@ __all__ = [
     "threat_mode_gaps",
 ]
 
-ITERATIVE_WHITE_BOX = frozenset({"pgd", "pgdl2", "apgd", "apgdt", "autoattack", "autoattack-rand"})
+ITERATIVE_WHITE_BOX = frozenset({"pgd", "pgdl2", "apgd", "apgdt", "autoattack", "autoattack-fast", "autoattack-rand"})
 """Attacks that should be the strongest of a run: one weaker than another attack is a masking sign."""
 SLACK = 0.05  # success-rate differences below this are sampling noise on a probe of ~100 samples
 

@@ -250,6 +250,13 @@ def list_command() -> None:
     "or one JSON; a `! leaderboard` line flags |z| > 2 (or > 0.5 pt on the full test set).",
 )
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Processes that read, decode and resize the next batches while the model computes (same results).",
+)
 @seed_option
 @eot_samples_option
 @device_option

@@ -180,9 +180,9 @@ def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
     shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
-    report = Evaluator(store, progress=not options["quiet"] and shard.is_main, shard=shard, artifacts=artifacts).run(
-        config
-    )
+    progress = not options["quiet"] and shard.is_main
+    evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.get("workers", 0))
+    report = evaluator.run(config)
     if not shard.is_main:
         return report
     if options.get("leaderboard") is not None:

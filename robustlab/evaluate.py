@@ -28,7 +28,7 @@ from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.convergence import convergence_checks, strongest_gradient_attack
-from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.data import ImageDataset, iterate_batches, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
 from robustlab.distributed import Shard, gather_units
@@ -149,6 +149,8 @@ class Evaluator:
             everyone's units and returns the full report (other ranks return one without rows).
         artifacts: a path prefix (``runs/r1`` for ``runs/r1.json``) under which what universal attacks
             learned is written as safetensors (``runs/r1.uap.m0-d0-a0.safetensors``); ``None``: not written.
+        workers: processes that read and decode the next batches while the model computes (0: in this process);
+            the images and results are the same either way.
     """
 
     def __init__(
@@ -158,11 +160,13 @@ class Evaluator:
         progress: bool = True,
         shard: Shard | None = None,
         artifacts: Path | None = None,
+        workers: int = 0,
     ) -> None:
         self.store: RunStore = store if store is not None else MemoryStore()
         self.progress = progress
         self.shard = shard or Shard()
         self.artifacts = artifacts
+        self.workers = workers
         self._limit = BatchLimit()
         self._diagnostics: list[Diagnostic] = []
 
@@ -339,16 +343,21 @@ class Evaluator:
             dynamic_ncols=True,
         )
         units: dict[str, dict[str, Tensor]] = {}
+        todo = []
         for b in own:
-            clean_keys = {name: f"{key}/clean/{name}/b{b}" for name in tasks}
-            cell_keys = [_cell_key(key, cell, b) for cell in batched]
-            stored = {k: self.store.get(k) for k in (*clean_keys.values(), *cell_keys)}
+            stored = {
+                k: self.store.get(k) for k in (*_clean_keys(key, tasks, b).values(), *_cell_keys(key, batched, b))
+            }
             if all(unit is not None for unit in stored.values()):
                 units.update({k: unit for k, unit in stored.items() if unit is not None})
                 bar.update(len(stored))
-                continue  # a resumed batch: not even its images are needed again
-            chunk = indices[b * config.batch_size : (b + 1) * config.batch_size]
-            _, x, y = next(iterate_batches(target.dataset, chunk, config.batch_size))
+            else:  # a resumed batch is left out: not even its images are needed again
+                todo.append(b)
+        chunks = [indices[b * config.batch_size : (b + 1) * config.batch_size] for b in todo]
+        for b, chunk, (x, y) in zip(
+            todo, chunks, load_batches(target.dataset, chunks, workers=self.workers), strict=True
+        ):
+            clean_keys, cell_keys = _clean_keys(key, tasks, b), _cell_keys(key, batched, b)
             x, y = x.to(device), y.to(device)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -538,6 +547,16 @@ def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: 
 def _cell_key(key: str, cell: Cell, batch: int | None) -> str:
     """A cell's unit key for ``batch``; without one, the cell's own key."""
     return f"{key}/{cell.mode}/a{cell.index}" + (f"/b{batch}" if batch is not None else "")
+
+
+def _clean_keys(key: str, tasks: dict[str, Task], b: int) -> dict[str, str]:
+    """The store keys of batch ``b``'s clean units, per task."""
+    return {name: f"{key}/clean/{name}/b{b}" for name in tasks}
+
+
+def _cell_keys(key: str, batched: list[Cell], b: int) -> list[str]:
+    """The store keys of batch ``b``'s units, per batched cell."""
+    return [_cell_key(key, cell, b) for cell in batched]
 
 
 def _sample_seeds(seed: int, key: str, indices: Tensor) -> Tensor:

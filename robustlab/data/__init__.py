@@ -25,6 +25,7 @@ __all__ = [
     "DataSpec",
     "ImageDataset",
     "iterate_batches",
+    "load_batches",
     "load_dataset",
     "parse_kwargs",
     "register_builtin_datasets",
@@ -111,20 +112,62 @@ def load_dataset(
 
 
 def iterate_batches(
-    dataset: ImageDataset, indices: Sequence[int] | Tensor, batch_size: int
+    dataset: ImageDataset, indices: Sequence[int] | Tensor, batch_size: int, *, workers: int = 0
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield ``(indices, x, y)`` batches in order, using ``dataset.get_batch`` when available."""
+    """Yield ``(indices, x, y)`` batches in order, using ``dataset.get_batch`` when available.
+
+    ``workers > 0`` decodes in that many processes, ahead of the caller (:func:`load_batches`)."""
     index = torch.as_tensor(indices, dtype=torch.long)
-    get_batch = getattr(dataset, "get_batch", None)
-    for start in range(0, len(index), batch_size):
-        chunk = index[start : start + batch_size]
-        if get_batch is not None:
-            x, y = get_batch(chunk)
-        else:
-            items = [dataset[int(i)] for i in chunk]
-            x = torch.stack([item[0] for item in items])
-            y = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
+    chunks = [index[start : start + batch_size] for start in range(0, len(index), batch_size)]
+    for chunk, (x, y) in zip(chunks, load_batches(dataset, chunks, workers=workers), strict=True):
         yield chunk, x, y
+
+
+def load_batches(
+    dataset: ImageDataset, chunks: Sequence[Tensor], *, workers: int = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` of each chunk of indices, in order.
+
+    With ``workers > 0`` the images are read, decoded and resized in that many processes, two batches ahead
+    each, while the caller computes on the last one: the same calls on the same indices, so the same tensors
+    as serial loading, in the same order.
+    """
+    if workers <= 0:
+        yield from (_load(dataset, chunk) for chunk in chunks)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _Chunks(dataset, chunks), batch_size=None, num_workers=workers, worker_init_fn=_one_thread, prefetch_factor=2
+    )
+    yield from loader
+
+
+def _load(dataset: ImageDataset, chunk: Tensor) -> tuple[Tensor, Tensor]:
+    get_batch = getattr(dataset, "get_batch", None)
+    if get_batch is not None:
+        x, y = get_batch(chunk)
+        return x, y
+    items = [dataset[int(i)] for i in chunk]
+    return torch.stack([item[0] for item in items]), torch.tensor([int(item[1]) for item in items], dtype=torch.long)
+
+
+class _Chunks(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
+    """The batches of a loader: item ``i`` is chunk ``i`` loaded, in a worker process."""
+
+    def __init__(self, dataset: ImageDataset, chunks: Sequence[Tensor]) -> None:
+        self.dataset, self.chunks = dataset, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return _load(self.dataset, self.chunks[i])
+
+
+def _one_thread(worker: int) -> None:
+    """A worker decodes; one thread each keeps N workers from oversubscribing the cores the model computes on."""
+    torch.set_num_threads(1)
 
 
 def register_builtin_datasets() -> None:

@@ -31,8 +31,9 @@ N = 32
         APGDConfig(Norm.LINF, 2 / 255, steps=25, loss="ce"),
         APGDConfig(Norm.L2, 0.25, steps=25, loss="dlr", n_restarts=2),
         APGDConfig(Norm.LINF, 2 / 255, steps=10, loss="dlr-targeted", n_targets=3),
+        APGDConfig(Norm.LINF, 2 / 255, steps=20, loss="dlr-targeted", n_targets=3, focus=True),
     ],
-    ids=["linf-ce", "l2-dlr-restarts", "linf-targeted"],
+    ids=["linf-ce", "l2-dlr-restarts", "linf-targeted", "linf-targeted-focus"],
 )
 def test_apgd_early_stop_returns_the_same_points(
     trained_model: torch.nn.Module, synth_batch: tuple[torch.Tensor, torch.Tensor], config: APGDConfig
