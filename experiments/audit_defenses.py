@@ -35,7 +35,7 @@ PARTS = {
 
 def audit_spec(eps: float, args: list[str]) -> ComponentSpec:
     """``audit`` at ``eps`` with ``KEY=VALUE`` budget overrides."""
-    from robustlab.attack import ATTACKS
+    from robustlab.attacks import ATTACKS  # importing the package registers the attacks
 
     entry = ATTACKS.get("audit")
     params = [(key, convert_param("attack", entry, key, value)) for key, _, value in (a.partition("=") for a in args)]
@@ -60,11 +60,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eps", default=None, help="L∞ budget (default: 4/255 for fusion, 8/255 for raw_isp)")
     parser.add_argument("--audit-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--without-bare", action="store_true", help="fusion: leave the bare network's row out")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     data, control, defenses = PARTS[args.part]
     eps = parse_eps(args.eps or ("4/255" if args.part == "fusion" else "8/255"))
-    extra = (ComponentSpec("none"),) if args.part == "fusion" else ()
+    extra = (ComponentSpec("none"),) if args.part == "fusion" and not args.without_bare else ()
     config = EvalConfig(
         data=data,
         defenses=(*extra, control, *defenses),
