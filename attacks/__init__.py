@@ -8,6 +8,7 @@ from robustlab.attacks import (  # noqa: F401
     advencoder,
     apgd,
     apgdt,
+    audit,
     autoattack,
     autoattack_fast,
     blur,

@@ -28,7 +28,26 @@ from robustlab.errors import ConfigError
 from robustlab.store import RunStore
 from robustlab.threat import Norm, ThreatModel
 
-__all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand"]
+__all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand", "rand_components", "standard_components"]
+
+EOT_DRAWS = 20
+"""Forward passes each gradient of the rand version averages."""
+
+
+def standard_components(eps: float, norm: Norm, *, steps: int = 100, queries: int = 5000) -> list[tuple[str, Attack]]:
+    """The standard version's attacks in the reference's order and names; ``steps`` and ``queries`` are the
+    reference's budgets unless a smaller run (a test) asks for less."""
+    return [
+        ("apgd-ce", APGD(eps=eps, norm=norm, steps=steps, loss="ce")),
+        ("apgd-t", APGDT(eps=eps, norm=norm, steps=steps, n_target_classes=9)),
+        ("fab-t", FABT(eps=eps, norm=norm, steps=steps, n_restarts=1, n_target_classes=9)),
+        ("square", Square(eps=eps, norm=norm, n_queries=queries, rescale_schedule=False)),
+    ]
+
+
+def rand_components(eps: float, norm: Norm, *, steps: int = 100) -> list[tuple[str, Attack]]:
+    """The rand version's attacks: APGD on both losses, each gradient averaged over :data:`EOT_DRAWS` draws."""
+    return [(f"apgd-{loss}", APGD(eps=eps, norm=norm, steps=steps, loss=loss, eot=EOT_DRAWS)) for loss in ("ce", "dlr")]
 
 
 class FABT(RowLoopAttack):
@@ -99,6 +118,8 @@ class AutoAttack(Attack):
         self.norm = Norm(norm)
         self._broken: Counter[str] = Counter()
         self._broken_by = torch.empty(0, dtype=torch.long)
+        self._last_seeds = torch.empty(0, dtype=torch.long)
+        """The samples' streams in the last call, for what a subclass runs after the cascade."""
 
     @property
     def threat(self) -> ThreatModel:
@@ -120,13 +141,7 @@ class AutoAttack(Attack):
 
     def components(self) -> list[tuple[str, Attack]]:
         """The attacks in the order the reference runs them, with the reference's names."""
-        eps, norm = self.eps, self.norm
-        return [
-            ("apgd-ce", APGD(eps=eps, norm=norm, steps=100, loss="ce")),
-            ("apgd-t", APGDT(eps=eps, norm=norm, steps=100, n_target_classes=9)),
-            ("fab-t", FABT(eps=eps, norm=norm, steps=100, n_restarts=1, n_target_classes=9)),
-            ("square", Square(eps=eps, norm=norm, n_queries=5000, rescale_schedule=False)),
-        ]
+        return standard_components(self.eps, self.norm)
 
     def _run(
         self,
@@ -143,7 +158,7 @@ class AutoAttack(Attack):
         if sample_seeds is None:  # a direct call: streams numbered by position in the batch
             base = derive_seed(generator)
             sample_seeds = torch.tensor([stream_seed(base, f"s{i}") for i in range(len(x))], dtype=torch.long)
-        seeds = sample_seeds.cpu()
+        seeds = self._last_seeds = sample_seeds.cpu()
         x_adv = x.clone()
         self._broken_by = torch.full_like(y, -1)
         judge = model if scored is None else scored
@@ -217,11 +232,7 @@ class AutoAttackRand(AutoAttack):
     averages_draws = True
 
     def components(self) -> list[tuple[str, Attack]]:
-        eps, norm = self.eps, self.norm
-        return [
-            ("apgd-ce", APGD(eps=eps, norm=norm, steps=100, loss="ce", eot=20)),
-            ("apgd-dlr", APGD(eps=eps, norm=norm, steps=100, loss="dlr", eot=20)),
-        ]
+        return rand_components(self.eps, self.norm)
 
 
 @ATTACKS.register(

@@ -11,17 +11,18 @@ steps or restarts break samples the run's attack left) or ``loss_gap`` (the two 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attack import Attack
 from robustlab.checks import ITERATIVE_WHITE_BOX, broken_by
-from robustlab.intervals import paired_difference
+from robustlab.intervals import paired_difference, with_interval
 from robustlab.report import Diagnostic, Row
 from robustlab.threat import Norm
 
-__all__ = ["MIN_DROP", "STRONGER", "convergence_checks", "strongest_gradient_attack"]
+__all__ = ["MIN_DROP", "STRONGER", "audit_verdicts", "convergence_checks", "strongest_gradient_attack"]
 
 STRONGER = 5
 """How many times the steps, and how many restarts, the stronger attack has."""
@@ -110,6 +111,59 @@ def strongest_gradient_attack(attacks: Sequence[tuple[str, Attack]], rows: Seque
         and attack.threat.eps
     ]
     return min(candidates, key=lambda candidate: robust[candidate[0]], default=None)
+
+
+def audit_verdicts(
+    samples: Sequence[dict[str, Any]], attacks: Sequence[tuple[str, Attack]], names: tuple[str, str]
+) -> list[Diagnostic]:
+    """The audit's number and its convergence verdict for one target, from the run's per-sample results.
+
+    The number is the per-sample worst case over the audit's rows in every threat mode (the adaptive audit and
+    the transfer from the bare model). The verdict compares it with AutoAttack alone, the audit's first
+    components: when its longer CE and DLR runs broke more than :data:`MIN_DROP` more, and more than the paired
+    interval allows, the evaluation had not converged (``not_converged``), else it says so (``audit``).
+    """
+    found = []
+    for label, attack in attacks:
+        baseline = getattr(attack, "baseline", None)
+        modes = {
+            block["threat_mode"]: (block, entry)
+            for block in samples
+            if block["task"] == "classification"
+            for entry in block["attacks"]
+            if entry["attack"] == label and "broken_by" in entry
+        }
+        if baseline is None or not modes:
+            continue
+        first = len(baseline())
+        per_mode = [_robust_to(block, entry, first) for block, entry in modes.values()]
+        worst = [all(robust) for robust in zip(*(final for final, _ in per_mode), strict=True)]
+        without_extra = [all(robust) for robust in zip(*(early for _, early in per_mode), strict=True)]
+        n, extra = len(worst), paired_difference(without_extra, worst)
+        config = attack.config()
+        runs = f"the APGD-CE/DLR runs of {config['steps']} steps x {config['restarts']} restarts"
+        summary = (
+            f"{label} worst case over every attack{_in_modes(list(modes))}: "
+            f"{with_interval(sum(worst) / max(n, 1), n)} of {n}; AutoAttack alone {_rate(without_extra)}, {runs} "
+            f"took a further {extra.describe()}"
+        )
+        if extra.difference > MIN_DROP and not extra.within_noise():
+            found.append(Diagnostic("not_converged", f"{summary}: not converged; raise steps and restarts", *names))
+        else:
+            found.append(Diagnostic("audit", f"{summary}: converged", *names))
+    return found
+
+
+def _robust_to(block: dict[str, Any], entry: dict[str, Any], first: int) -> tuple[list[bool], list[bool]]:
+    """Per sample of one mode's audit entry: robust to the whole audit, and to its first ``first`` components."""
+    correct = [c == t for c, t in zip(block["clean_pred"], block["label"], strict=True)]
+    final = [c and a == t for c, a, t in zip(correct, entry["adv_pred"], block["label"], strict=True)]
+    early = [c and not 0 <= b < first for c, b in zip(correct, entry["broken_by"], strict=True)]
+    return final, early
+
+
+def _in_modes(modes: list[str]) -> str:
+    return "" if modes == ["-"] else f" in the {' and '.join(modes)} modes"
 
 
 def _rate(robust: list[bool]) -> str:

@@ -27,7 +27,7 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.cache import config_hash
 from robustlab.checks import ProbeSettings, attack_gaps, cheap_probes, expensive_probes, threat_mode_gaps
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
-from robustlab.convergence import convergence_checks, strongest_gradient_attack
+from robustlab.convergence import audit_verdicts, convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, Defense, PreprocessingDefense, ThreatMode
@@ -220,6 +220,8 @@ class Evaluator:
                     )
                     rows += block_rows
                     samples += block_samples
+                    labelled = [(spec.label(), attack) for spec, attack in target_attacks]
+                    diagnostics += audit_verdicts(block_samples, labelled, names)
                     if isinstance(model, ImageClassifier) and config.diagnostics and config.task == "classification":
                         labels = torch.tensor(block_samples[0]["label"]) if block_samples else torch.empty(0)
                         if isinstance(dataset, AdversarialDataset):

@@ -71,7 +71,9 @@ robustlab {escape(str(report.environment.get("robustlab")))} · torch {escape(st
 {f"<h2>Diagnostics</h2><ul>{diagnostics}</ul>" if diagnostics else ""}
 {f'<h2>What the defenses do to clean images</h2><ul id="fidelity">{fidelity}</ul>' if fidelity else ""}
 <h2>Robustness curves</h2>
-<p class="note">Robust accuracy against the budget ε; each line starts at ε = 0 with the clean accuracy.</p>
+<p class="note">Robust accuracy against the budget ε; each line starts at ε = 0 with the clean accuracy.
+An audit adds its ε sweep, and a panel of accuracy against APGD-CE iterations (a curve still falling at its
+end had not converged).</p>
 <img id="curves" alt="robust accuracy against epsilon" src="{_data_url(curves_png)}">
 <h2>Examples</h2>
 <p class="note">{escape(grid_note)}</p>

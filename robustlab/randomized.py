@@ -24,7 +24,7 @@ from robustlab.victims import Target
 
 __all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized", "randomized_version", "through_eot"]
 
-RANDOMIZED_ALTERNATIVES = {"autoattack": "autoattack-rand"}
+RANDOMIZED_ALTERNATIVES = {"autoattack": "autoattack-rand", "audit": "audit-rand"}
 """Attacks with a version for randomized models, used instead when that version is registered."""
 
 

@@ -176,27 +176,45 @@ class EnsembleClassification(Classification):
 
     The attack sets ``broken_by`` after each call: per sample, the index of the component that broke it, -1
     for none. It is kept per sample with the other results, so a resumed run counts the stored batches too.
+    An attack that also measures curves (the audit: ``sweep_names`` and ``sweep_broken``) gets each point's
+    robust accuracy as ``robust_at_POINT``, from the per-sample ``sweep_broken`` kept the same way.
     """
 
     def __init__(self, attack: Any, names: list[str], *, draws: int = 1) -> None:
         super().__init__(draws)
         self._attack, self._names = attack, names
+        self._points: list[str] = attack.sweep_names() if hasattr(attack, "sweep_names") else []
         # The metrics of a bound task depend on the ensemble it scores, so they are the instance's own.
-        self.metrics = (*Classification.metrics, *(Metric(f"broken_by_{n}", False, False, False) for n in names))  # type: ignore[misc]
+        self.metrics = (  # type: ignore[misc]
+            *Classification.metrics,
+            *(Metric(f"broken_by_{n}", False, False, False) for n in names),
+            *(Metric(f"robust_at_{point}", True, False) for point in self._points),
+        )
 
     def score(
         self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
     ) -> dict[str, Tensor]:
-        return {**super().score(scored, x_adv, y, clean, attack), "broken_by": attack.broken_by.to(y.device)}
+        out = {**super().score(scored, x_adv, y, clean, attack), "broken_by": attack.broken_by.to(y.device)}
+        if self._points:
+            out["sweep_broken"] = attack.sweep_broken.to(y.device)
+        return out
 
     def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
-        return {**super().unattacked(clean, y), "broken_by": torch.full_like(y, -1)}
+        out = {**super().unattacked(clean, y), "broken_by": torch.full_like(y, -1)}
+        if self._points:
+            out["sweep_broken"] = torch.zeros(len(y), len(self._points), dtype=torch.bool, device=y.device)
+        return out
 
     def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
         metrics = super().aggregate(y, clean, adversarial)
         if "broken_by" in adversarial:  # absent from units stored before the breakdown existed
             for i, name in enumerate(self._names):
                 metrics[f"broken_by_{name}"] = float((adversarial["broken_by"] == i).sum())
+        if "sweep_broken" in adversarial:
+            correct = clean["pred"] == y
+            for i, point in enumerate(self._points):
+                robust = correct & ~adversarial["sweep_broken"][:, i].to(correct.device)
+                metrics[f"robust_at_{point}"] = robust.double().mean().item()
         return metrics
 
 

@@ -84,6 +84,19 @@ def test_an_under_attacked_robust_model_is_flagged_not_converged() -> None:
     assert flagged and "steps=10" in flagged[0], result.output
 
 
+@pytest.mark.slow
+def test_autoattack_standard_is_not_flagged_not_converged() -> None:
+    """The same model under AutoAttack standard: APGD with 5x its steps and 5 restarts finds nothing more."""
+    from click.testing import CliRunner
+
+    from robustlab.cli import cli
+
+    args = ["eval", "-q", "--weights", "synth-at", "--attack", "autoattack", "--diagnostics", "full", "-n", "32"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "autoattack" in result.output and "! not_converged" not in result.output, result.output
+
+
 def test_shattered_gradients_are_flagged_and_a_bpda_surrogate_is_not(
     trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:

@@ -22,6 +22,10 @@ CHEAP: dict[str, dict[str, Any]] = {
     "apgd": {"steps": 5},
     "apgdt": {"steps": 5, "n_target_classes": 2},
     "square": {"n_queries": 30},
+    **{
+        audit: {"steps": 2, "restarts": 1, "queries": 20, "aa_steps": 2, "eps_factors": "2", "sweep_steps": "2"}
+        for audit in ("audit", "audit-rand")
+    },
 }
 PERTURBATION = [
     entry.name

@@ -10,6 +10,12 @@ defense costs clean, FGSM at 2/255 does not take back); adaptive minus transfer 
 PSNR 25.3, 22.2, 23.1 dB. Each margin is the mean minus (or plus) two standard deviations. The first
 margins (clean within 3 points, FGSM no worse than bare, PSNR > 24 dB) held at seed 0 only; they are
 restated as measured.
+
+Re-measured 2026-12-06 after #24's first-fooling rule, seeds 0 and 1: transfer PGD +57.8 and +55.5 points over
+bare, adaptive minus transfer -46.9 and -52.3 points, and adaptive PGD 8/255 through G∘F against the bare
+network under the same PGD (the control) +10.9 and +3.1 points. That gain does not survive the rule (mean
+- 2 sd is -4.0 points): what is asserted is that the defense costs no more than 4 points against the attacker
+who knows it.
 """
 
 from __future__ import annotations
@@ -63,10 +69,16 @@ def test_transfer_attacks_are_defeated(report: Report, record_claim: Callable[[s
     assert _row(report, "raw_isp", "transfer", "fgsm") >= _row(report, "none", "-", "fgsm") - 0.23
 
 
-def test_adaptive_attack_is_reported_and_flagged(report: Report, record_claim: Callable[[str, float], None]) -> None:
+def test_adaptive_attack_is_compared_with_the_bare_network_and_flagged(
+    report: Report, record_claim: Callable[[str, float], None]
+) -> None:
+    """The control is the bare network under the same PGD: what the defense buys against an attacker who
+    differentiates it (``adaptive < transfer`` alone says nothing: the bare network passes it too)."""
     adaptive = _row(report, "raw_isp", "adaptive", "pgd")
     record_claim("raw_isp.adaptive_minus_transfer_pgd", adaptive - _row(report, "raw_isp", "transfer", "pgd"))
+    record_claim("raw_isp.adaptive_gain_over_bare_pgd", adaptive - _row(report, "none", "-", "pgd"))
     assert adaptive < _row(report, "raw_isp", "transfer", "pgd")
+    assert adaptive > _row(report, "none", "-", "pgd") - 0.04  # +10.9, +3.1 points: mean - 2 sd is -4.0
     assert any(d.code == "oblivious_only" for d in report.diagnostics)
 
 
