@@ -22,7 +22,7 @@ from robustlab.cache import atomic_write
 from robustlab.cli_options import build_specs
 from robustlab.components import ComponentSpec
 from robustlab.data import iterate_batches
-from robustlab.distributed import Shard, init_from_env
+from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import check_same_grid, compare_reports, format_regressions
@@ -31,6 +31,7 @@ from robustlab.models import ModelSpec
 from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
 from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
+from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
 __all__ = [
@@ -147,7 +148,7 @@ def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> Run
 
 def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: bool, shard: Shard) -> RunStore:
     """Rank 0 creates (or checks) the store first; the other ranks then join the same file, or fail with it."""
-    if shard.world_size == 1:
+    if shard.world_size == 1 or shard.independent:
         return open_store(run_dir, config, resume=resume)
     import torch.distributed as dist
 
@@ -177,12 +178,23 @@ def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
 
         check_same_grid(planned_rows(config), baseline)
     out: Path | None = options["out"]
-    shard = init_from_env(config.device)
+    if options.get("shard"):
+        check_shard_run(options["run_dir"], out, gated=baseline is not None)
+        shard = parse_shard(options["shard"])
+    else:
+        shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
+    if options.get("merge"):
+        copy_shards(options["merge"], run_config_hash(config), store)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
     progress = not options["quiet"] and shard.is_main
     evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.get("workers", 0))
     report = evaluator.run(config)
+    if shard.independent:
+        mark_finished(options["run_dir"], shard, run_config_hash(config))
+        click.echo(
+            f"shard {shard.rank}/{shard.world_size} stored in {options['run_dir']}: robustlab merge reports", err=True
+        )
     if not shard.is_main:
         return report
     if options.get("leaderboard") is not None:

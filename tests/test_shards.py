@@ -1,0 +1,109 @@
+"""``eval --shard K/N`` jobs and ``robustlab merge`` give one process's report, and refuse what is not one run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from robustlab.cache import save_weights
+from robustlab.cli import cli
+from robustlab.models import load_model
+
+ARGS = [
+    "--weights",
+    "w.safetensors",
+    "--attack",
+    "fgsm",
+    "--attack",
+    "pgd",
+    "--steps",
+    "2",
+    "-n",
+    "24",
+    "--batch-size",
+    "8",
+]
+ARGS += ["--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    monkeypatch.chdir(tmp_path)
+    with torch.random.fork_rng():  # random weights, the same in every process (`--weights random` draws anew)
+        torch.manual_seed(0)
+        save_weights(Path("w.safetensors"), load_model("smallcnn", weights="random").net.state_dict())
+    return lambda *args: CliRunner().invoke(cli, list(args))
+
+
+def _without_timings(path: Path) -> tuple[list[dict[str, object]], list[dict[str, object]], list[object]]:
+    report = json.loads(path.read_text())
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in report["rows"]]
+    return rows, report["samples"], report["diagnostics"]
+
+
+def _one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robustlab: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_two_shards_merge_to_the_single_process_report(run: Callable[..., Result]) -> None:
+    single = run("eval", *ARGS, "--out", "one.json")
+    assert single.exit_code == 0, single.output
+    for k in (0, 1):
+        shard = run("eval", *ARGS, "--shard", f"{k}/2", "--run-dir", f"s{k}")
+        assert shard.exit_code == 0, shard.output
+        assert (Path(f"s{k}") / "shard.json").is_file()
+    merged = run("merge", "s1", "s0", *ARGS, "--out", "merged.json")
+    assert merged.exit_code == 0, merged.output
+    gated = run("eval", *ARGS, "--shard", "0/2", "--run-dir", "g", "--baseline", "one.json")
+    _one_line_error(gated, "--baseline to robustlab merge")
+    assert run("merge", "s0", "s1", *ARGS, "--baseline", "one.json").exit_code == 0
+    one, two = _without_timings(Path("one.json")), _without_timings(Path("merged.json"))
+    assert one[0] and one[1]
+    assert one == two
+
+
+def test_a_merge_runs_no_attack_again(run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in (0, 1):
+        assert run("eval", *ARGS, "--shard", f"{k}/2", "--run-dir", f"s{k}").exit_code == 0
+    import robustlab.evaluate
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("merge attacked a batch a shard had stored")
+
+    monkeypatch.setattr(robustlab.evaluate, "attack_and_score", refuse)
+    merged = run("merge", "s0", "s1", *ARGS, "--out", "merged.json")
+    assert merged.exit_code == 0, merged.output
+
+
+def test_shards_that_are_not_one_whole_run_are_refused(run: Callable[..., Result]) -> None:
+    assert run("eval", *ARGS, "--shard", "0/2", "--run-dir", "s0").exit_code == 0
+    _one_line_error(run("merge", "s0", *ARGS), "missing shard(s) 1/2")
+    _one_line_error(run("merge", "s0", "s0", *ARGS), "given twice")
+    _one_line_error(run("merge", "s0", *ARGS, "-n", "16"), "other eval options")
+    _one_line_error(run("merge", "s0", "nowhere", *ARGS), "nowhere", "--shard K/N")
+    assert run("eval", *ARGS, "--shard", "1/3", "--run-dir", "t1").exit_code == 0
+    _one_line_error(run("merge", "s0", "t1", *ARGS), "split the run in different ways")
+
+
+@pytest.mark.parametrize(
+    ("shard", "extra", "fragment"),
+    [
+        ("2/2", ["--run-dir", "s"], "0..N-1"),
+        ("1-2", ["--run-dir", "s"], "K/N"),
+        ("0/2", [], "needs --run-dir"),
+        ("0/2", ["--run-dir", "s", "--out", "r.json"], "drop --out"),
+    ],
+)
+def test_bad_shard_options_fail_in_one_line(
+    run: Callable[..., Result], shard: str, extra: list[str], fragment: str
+) -> None:
+    _one_line_error(run("eval", *ARGS, "--shard", shard, *extra), fragment)
