@@ -14,21 +14,8 @@ from robustlab.cache import save_weights
 from robustlab.cli import cli
 from robustlab.models import load_model
 
-ARGS = [
-    "--weights",
-    "w.safetensors",
-    "--attack",
-    "fgsm",
-    "--attack",
-    "pgd",
-    "--steps",
-    "2",
-    "-n",
-    "24",
-    "--batch-size",
-    "8",
-]
-ARGS += ["--device", "cpu", "--quiet"]
+ARGS = ["--weights", "w.safetensors", "--attack", "fgsm", "--attack", "pgd", "--eps", "0.5", "--steps", "2"]
+ARGS += ["-n", "24", "--batch-size", "8", "--device", "cpu", "--quiet"]  # 3 batches: shard 0 owns two of them
 
 
 @pytest.fixture
@@ -67,7 +54,7 @@ def test_two_shards_merge_to_the_single_process_report(run: Callable[..., Result
     _one_line_error(gated, "--baseline to robustlab merge")
     assert run("merge", "s0", "s1", *ARGS, "--baseline", "one.json").exit_code == 0
     one, two = _without_timings(Path("one.json")), _without_timings(Path("merged.json"))
-    assert one[0] and one[1]
+    assert any(True in attack["success"] for attack in one[1][0]["attacks"])  # broken samples are compared too
     assert one == two
 
 
