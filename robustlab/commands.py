@@ -147,22 +147,25 @@ def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> Run
 
 
 def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: bool, shard: Shard) -> RunStore:
-    """Rank 0 creates (or checks) the store first; the other ranks then join the same file, or fail with it."""
+    """Under torchrun each rank keeps its own store, ``run_dir/rank-R-of-N`` (no SQLite file is shared across
+    nodes) and rank 0 merges the units in memory; a rank that cannot open its store stops them all with its error."""
     if shard.world_size == 1 or shard.independent:
         return open_store(run_dir, config, resume=resume)
     import torch.distributed as dist
 
+    own = run_dir / f"rank-{shard.rank}-of-{shard.world_size}" if run_dir is not None else None
     store: RunStore | None = None
-    outcome: list[str | None] = [None]
-    if shard.is_main:
-        try:
-            store = open_store(run_dir, config, resume=resume)
-        except ConfigError as error:
-            outcome[0] = str(error)
-    dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        raise ConfigError(outcome[0])
-    return store if store is not None else open_store(run_dir, config, resume=run_dir is not None)
+    error: str | None = None
+    try:
+        store = open_store(own, config, resume=resume)
+    except (ConfigError, DataError) as failure:
+        error = str(failure)
+    errors: list[str | None] = [None] * shard.world_size
+    dist.all_gather_object(errors, error)
+    failed = next((message for message in errors if message is not None), None)
+    if store is None or failed is not None:
+        raise ConfigError(failed or "no run store")
+    return store
 
 
 def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
