@@ -473,6 +473,12 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
     help="Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.",
 )
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
+@click.option(
+    "--shard",
+    metavar="K/N",
+    default=None,
+    help="Write only the shards s with s % N == K (one job of N, into the same --out); no manifest.",
+)
 @seed_option
 @eot_samples_option
 @device_option

@@ -412,9 +412,14 @@ def run_generate(**options: Any) -> None:
     check_output_folder(out, "the adversarial dataset in")
     check_model_names([options["model"]], options["weights"])
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
-    summary = generate(config, out, progress=not options["quiet"])["summary"]
+    shard = parse_shard(options["shard"]) if options.get("shard") else None
+    summary = generate(config, out, progress=not options["quiet"], shard=shard)["summary"]
     for note in notes:
         click.echo(f"robustlab: note: {note}", err=True)
+    if shard is not None:
+        click.echo(f"shard {shard.rank}/{shard.world_size}: {summary['n']} adversarial images written to {out}")
+        click.echo("when every shard is done, the same generate without --shard writes the manifest", err=True)
+        return
     click.echo(
         f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "
         f"clean {summary['clean_acc']:.2%}, robust {summary['robust_acc']:.2%}, "

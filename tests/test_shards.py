@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from safetensors import safe_open
 
 from robustlab.cache import save_weights
 from robustlab.cli import cli
@@ -108,3 +109,40 @@ def test_torchrun_ranks_keep_their_own_stores(run: Callable[..., Result]) -> Non
     assert ranks.returncode == 0, ranks.stderr
     assert sorted(path.parent.name for path in Path("run").glob("*/store.sqlite")) == ["rank-0-of-2", "rank-1-of-2"]
     assert _without_timings(Path("two.json")) == _without_timings(Path("one.json"))
+
+
+GENERATE = ["generate", "--weights", "w.safetensors", "--attack", "pgd", "--eps", "0.5", "--steps", "2", "-n", "12"]
+GENERATE += ["--shard-size", "4", "--device", "cpu", "--quiet"]  # 3 shard files: job 0 of 2 writes two of them
+
+
+def _files(folder: Path) -> dict[str, object]:
+    """Every file's bytes; a safetensors file's tensors and metadata (its header's key order is not fixed)."""
+    files: dict[str, object] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                tensors = {key: handle.get_tensor(key).tolist() for key in handle.keys()}  # noqa: SIM118
+                files[str(path.relative_to(folder))] = (handle.metadata(), tensors)
+        else:
+            files[str(path.relative_to(folder))] = path.read_bytes()
+    return files
+
+
+def test_generate_jobs_into_one_folder_make_the_single_process_dataset(run: Callable[..., Result]) -> None:
+    assert run(*GENERATE, "--out", "one").exit_code == 0
+    for k in (1, 0):
+        job = run(*GENERATE, "--shard", f"{k}/2", "--out", "two")
+        assert job.exit_code == 0, job.output
+        assert not Path("two/manifest.json").exists()
+    assert len(list(Path("two/shards").glob("*.safetensors"))) == 3
+    _one_line_error(run(*GENERATE, "--shard", "2/2", "--out", "two"), "0..N-1")
+    Path("mine").mkdir()
+    (Path("mine") / "notes.txt").write_text("not an adversarial dataset")
+    _one_line_error(run(*GENERATE, "--shard", "0/2", "--out", "mine"), "not an adversarial dataset folder")
+    finish = run(*GENERATE, "--out", "two")
+    assert finish.exit_code == 0, finish.output
+    one, two = _files(Path("one")), _files(Path("two"))
+    manifests = [json.loads(str(files.pop("manifest.json"), "utf-8")) for files in (one, two)]
+    first, second = ({k: v for k, v in m.items() if k != "versions"} for m in manifests)
+    assert first == second
+    assert one == two and any(record["success"] for record in manifests[0]["samples"])
