@@ -190,7 +190,7 @@ def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
     if options.get("merge"):
         copy_shards(options["merge"], run_config_hash(config), store)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
-    progress = not options["quiet"] and shard.is_main
+    progress = not options["quiet"] and (shard.is_main or shard.independent)
     evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.get("workers", 0))
     report = evaluator.run(config)
     if shard.independent:
