@@ -220,7 +220,12 @@ def _claim(out: Path, header: dict[str, Any], *, concurrent: bool) -> None:
     if out.exists() and (not out.is_dir() or any(not (concurrent and _started_here(e)) for e in out.iterdir())):
         raise ConfigError(f"{out} exists and is not an adversarial dataset folder; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, (json.dumps(header, indent=1) + "\n").encode())
+    try:
+        atomic_write(marker, (json.dumps(header, indent=1) + "\n").encode())
+    except OSError:  # on another node, a job starting too took our temporary file for a dead writer's
+        if not (concurrent and marker.is_file()):
+            raise
+        _claim(out, header, concurrent=False)  # its marker is in place: the same run?
 
 
 def _started_here(entry: Path) -> bool:

@@ -146,3 +146,21 @@ def test_generate_jobs_into_one_folder_make_the_single_process_dataset(run: Call
     first, second = ({k: v for k, v in m.items() if k != "versions"} for m in manifests)
     assert first == second
     assert one == two and any(record["success"] for record in manifests[0]["samples"])
+
+
+def test_a_generate_job_that_loses_the_race_for_the_marker_joins_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robustlab.export
+
+    header = {"format": "robustlab-adv", "config": {"n": 12}}
+    written = robustlab.export.atomic_write
+
+    def another_job_first(path: Path, data: bytes) -> None:  # it renames its marker; ours lost its temporary file
+        written(path, data)
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(robustlab.export, "atomic_write", another_job_first)
+    robustlab.export._claim(tmp_path / "adv", header, concurrent=True)
+    with pytest.raises(FileNotFoundError):
+        robustlab.export._claim(tmp_path / "alone", header, concurrent=False)
