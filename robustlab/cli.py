@@ -306,6 +306,12 @@ def list_command() -> None:
     help="Keep per-batch results in DIR/store.sqlite so an interrupted run can --resume.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
+@click.option(
+    "--shard",
+    metavar="K/N",
+    default=None,
+    help="Compute only share K of N (batch b when b % N == K) into --run-dir, for robustlab merge; no report.",
+)
 @quiet_option
 @gate_options
 @click.option(
@@ -338,6 +344,23 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
     report = run_eval(baseline=accepted, **options)
     if accepted is not None:
         gate(report, accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
+
+
+@cli.command("merge", params=[param for param in eval_command.params if param.name != "shard"])
+@click.argument("shard_dirs", metavar="SHARD_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+def merge_command(shard_dirs: tuple[Path, ...], **options: Any) -> None:
+    """Report over the finished `eval --shard K/N` runs in SHARD_DIRs, as one process would have.
+
+    Pass the options every shard was run with (a shard of other options is refused); no attack runs again.
+    --run-dir, if given, keeps the merged store.
+
+    \b
+    Example:
+      robustlab eval --attack pgd --n 1000 --shard 0/2 --run-dir s0
+      robustlab eval --attack pgd --n 1000 --shard 1/2 --run-dir s1
+      robustlab merge s0 s1 --attack pgd --n 1000 --out run.json
+    """
+    click.get_current_context().invoke(eval_command, **options, shard=None, merge=shard_dirs)
 
 
 @cli.command("compare")
@@ -450,6 +473,12 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
     help="Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.",
 )
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
+@click.option(
+    "--shard",
+    metavar="K/N",
+    default=None,
+    help="Write only the shards s with s % N == K (one job of N, into the same --out); no manifest.",
+)
 @seed_option
 @eot_samples_option
 @device_option

@@ -22,7 +22,7 @@ from robustlab.cache import atomic_write
 from robustlab.cli_options import build_specs
 from robustlab.components import ComponentSpec
 from robustlab.data import iterate_batches
-from robustlab.distributed import Shard, init_from_env
+from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import check_same_grid, compare_reports, format_regressions
@@ -31,6 +31,7 @@ from robustlab.models import ModelSpec
 from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
 from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
+from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 
 __all__ = [
@@ -146,22 +147,25 @@ def open_store(run_dir: Path | None, config: EvalConfig, *, resume: bool) -> Run
 
 
 def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: bool, shard: Shard) -> RunStore:
-    """Rank 0 creates (or checks) the store first; the other ranks then join the same file, or fail with it."""
-    if shard.world_size == 1:
+    """Under torchrun each rank keeps its own store, ``run_dir/rank-R-of-N`` (no SQLite file is shared across
+    nodes) and rank 0 merges the units in memory; a rank that cannot open its store stops them all with its error."""
+    if shard.world_size == 1 or shard.independent:
         return open_store(run_dir, config, resume=resume)
     import torch.distributed as dist
 
+    own = run_dir / f"rank-{shard.rank}-of-{shard.world_size}" if run_dir is not None else None
     store: RunStore | None = None
-    outcome: list[str | None] = [None]
-    if shard.is_main:
-        try:
-            store = open_store(run_dir, config, resume=resume)
-        except ConfigError as error:
-            outcome[0] = str(error)
-    dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        raise ConfigError(outcome[0])
-    return store if store is not None else open_store(run_dir, config, resume=run_dir is not None)
+    error: str | None = None
+    try:
+        store = open_store(own, config, resume=resume)
+    except (ConfigError, DataError) as failure:
+        error = str(failure)
+    errors: list[str | None] = [None] * shard.world_size
+    dist.all_gather_object(errors, error)
+    failed = next((message for message in errors if message is not None), None)
+    if store is None or failed is not None:
+        raise ConfigError(failed or "no run store")
+    return store
 
 
 def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
@@ -177,12 +181,23 @@ def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
 
         check_same_grid(planned_rows(config), baseline)
     out: Path | None = options["out"]
-    shard = init_from_env(config.device)
+    if options.get("shard"):
+        check_shard_run(options["run_dir"], out, gated=baseline is not None)
+        shard = parse_shard(options["shard"])
+    else:
+        shard = init_from_env(config.device)
     store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
+    if options.get("merge"):
+        copy_shards(options["merge"], run_config_hash(config), store)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
-    progress = not options["quiet"] and shard.is_main
+    progress = not options["quiet"] and (shard.is_main or shard.independent)
     evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.get("workers", 0))
     report = evaluator.run(config)
+    if shard.independent:
+        mark_finished(options["run_dir"], shard, run_config_hash(config))
+        click.echo(
+            f"shard {shard.rank}/{shard.world_size} stored in {options['run_dir']}: robustlab merge reports", err=True
+        )
     if not shard.is_main:
         return report
     if options.get("leaderboard") is not None:
@@ -397,9 +412,14 @@ def run_generate(**options: Any) -> None:
     check_output_folder(out, "the adversarial dataset in")
     check_model_names([options["model"]], options["weights"])
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
-    summary = generate(config, out, progress=not options["quiet"])["summary"]
+    shard = parse_shard(options["shard"]) if options.get("shard") else None
+    summary = generate(config, out, progress=not options["quiet"], shard=shard)["summary"]
     for note in notes:
         click.echo(f"robustlab: note: {note}", err=True)
+    if shard is not None:
+        click.echo(f"shard {shard.rank}/{shard.world_size}: {summary['n']} adversarial images written to {out}")
+        click.echo("when every shard is done, the same generate without --shard writes the manifest", err=True)
+        return
     click.echo(
         f"{summary['n']} adversarial images in {out} ({attack.label()}, stored on the 8-bit grid): "
         f"clean {summary['clean_acc']:.2%}, robust {summary['robust_acc']:.2%}, "

@@ -3,6 +3,9 @@
 Every unit's seed depends only on ``(seed, unit key)``, so which process computes a unit cannot change its
 result; batch ``b`` goes to rank ``b % world_size`` and rank 0 merges, which makes the merged report equal
 to a single-process one. One process per device: gloo on CPU, NCCL on CUDA.
+
+An *independent* shard (``robustlab eval --shard K/N``, one Slurm array job each) owns its batches the same
+way but joins no process group: it only fills its own store, and ``robustlab merge`` reports over them all.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Shard", "gather_units", "init_from_env"]
+from robustlab.errors import ConfigError
+
+__all__ = ["Shard", "gather_units", "init_from_env", "parse_shard"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Shard:
 
     rank: int = 0
     world_size: int = 1
+    independent: bool = False
 
     def owns(self, batch: int) -> bool:
         """Whether this rank computes batch ``batch``."""
@@ -30,8 +36,8 @@ class Shard:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 merges, prints and writes; the others stay silent."""
-        return self.rank == 0
+        """Rank 0 merges, prints and writes; the others stay silent. No independent shard reports: merge does."""
+        return self.rank == 0 and not self.independent
 
 
 def init_from_env(device: str) -> Shard:
@@ -52,7 +58,7 @@ def init_from_env(device: str) -> Shard:
 
 def gather_units(shard: Shard, units: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
     """On rank 0, every rank's ``units`` merged (CPU tensors); on the other ranks, an empty dict."""
-    if shard.world_size == 1:
+    if shard.world_size == 1 or shard.independent:
         return units
     local = {key: {k: v.cpu() for k, v in tensors.items()} for key, tensors in units.items()}
     received: list[dict[str, dict[str, Tensor]]] | None = (
@@ -63,3 +69,14 @@ def gather_units(shard: Shard, units: dict[str, dict[str, Tensor]]) -> dict[str,
     for part in received or []:
         merged.update(part)
     return merged
+
+
+def parse_shard(text: str) -> Shard:
+    """The independent shard ``K/N`` names: batch ``b`` is its own when ``b % N == K``."""
+    try:
+        rank, world_size = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes K/N (this job's share K of N, e.g. 0/4), got {text!r}") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"--shard {text}: K must be in 0..N-1 and N at least 1")
+    return Shard(rank, world_size, independent=True)

@@ -46,6 +46,7 @@ from robustlab.components import ComponentSpec, json_ready, load_builtin_compone
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION, shard_hash
 from robustlab.defense import DEFENSES, Defense, ThreatMode
+from robustlab.distributed import Shard
 from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
 from robustlab.jsonfile import read_json
@@ -131,8 +132,12 @@ def quantize_within(source: Tensor, x_adv: Tensor, threat: ThreatModel) -> Tenso
     return levels.clamp(0, 255).to(torch.uint8)
 
 
-def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
+def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard: Shard | None = None) -> dict[str, Any]:
     """Write the adversarial dataset of ``config`` under ``out`` (resuming a previous run) and return its manifest.
+
+    With an independent ``shard`` (one job of a Slurm array) only the shard files ``s % N == K`` are written and
+    the manifest is not: the returned dict summarises that share. The same generate without a shard, once every
+    job is done, finds all shards written and writes the manifest.
 
     Raises:
         ConfigError: ``out`` holds another generation or other files; the attack is not per-input.
@@ -156,7 +161,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
         )
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
     try:
-        _claim(out, header)
+        _claim(out, header, concurrent=shard is not None)
         for label, name in enumerate(dataset.classes):  # every class, even an empty one: ImageFolder labels by rank
             (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
         prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
@@ -166,9 +171,17 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
         records: list[dict[str, Any]] = []
         bar = tqdm(starts, desc="generate", disable=not progress, leave=False)
         for s, start in enumerate(bar):
+            if shard is not None and not shard.owns(s):
+                continue
             indices = chosen[start : start + config.shard_size]
             with reporting(on_bar(bar, config.attack.label()) if progress else None):
                 records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
+        if shard is not None:
+            return {
+                **header,
+                "shard": f"{shard.rank}/{shard.world_size}",
+                "summary": _summary(records) if records else {"n": 0},
+            }
         shards = [f"shards/shard-{s:05d}.safetensors" for s in range(len(starts))]
         manifest = {
             **header,
@@ -192,18 +205,32 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True) -> dic
     return manifest
 
 
-def _claim(out: Path, header: dict[str, Any]) -> None:
-    """Start ``out`` or check that it holds an interrupted run of the same config (never mix two datasets)."""
+def _claim(out: Path, header: dict[str, Any], *, concurrent: bool) -> None:
+    """Start ``out`` or check that it holds an interrupted run of the same config (never mix two datasets).
+
+    ``concurrent`` shard jobs may find ``out`` as another job of the array is starting it: its folders, or
+    the marker not yet renamed into place, are not someone else's files.
+    """
     marker = out / "generate.json"
     if marker.is_file():
         fix = f"delete {out} (or choose another --out) and generate again"
         if read_json(marker, what="generation marker", fix=fix, kind=dict) != header:
             raise ConfigError(f"{out} holds an adversarial dataset of another config; choose another --out")
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(not (concurrent and _started_here(e)) for e in out.iterdir())):
         raise ConfigError(f"{out} exists and is not an adversarial dataset folder; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, (json.dumps(header, indent=1) + "\n").encode())
+    try:
+        atomic_write(marker, (json.dumps(header, indent=1) + "\n").encode())
+    except OSError:  # on another node, a job starting too took our temporary file for a dead writer's
+        if not (concurrent and marker.is_file()):
+            raise
+        _claim(out, header, concurrent=False)  # its marker is in place: the same run?
+
+
+def _started_here(entry: Path) -> bool:
+    """What another job of the same array writes while it starts ``out``: its folders and its unrenamed marker."""
+    return entry.name in ("png", "shards") or entry.name.startswith(".generate.json.")
 
 
 def _models(model: nn.Module, defense: Defense, config: GenerateConfig) -> tuple[nn.Module, nn.Module]:

@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -128,6 +129,14 @@ class SqliteStore:
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, payload))
         except sqlite3.DatabaseError as error:
+            raise self._error(error, resume=True) from None
+
+    def units(self) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        """Every stored unit, by key (what ``robustlab merge`` copies from a shard's store)."""
+        try:
+            for key, payload in self._db.execute("SELECT key, payload FROM units ORDER BY key"):
+                yield key, load_tensors(payload)
+        except (sqlite3.DatabaseError, SafetensorError) as error:
             raise self._error(error, resume=True) from None
 
     def _error(self, error: Exception, *, resume: bool) -> DataError:
