@@ -7,9 +7,10 @@ the synthetic world's train split, deterministically and cached like :mod:`robus
 ``load_encoder("simclr", weights=PATH)`` loads a solo-learn ResNet-18 checkpoint (CIFAR stem, 512-d
 features), the encoders the AdvEncoder paper attacks.
 
-Deviation: the colour jitter leaves hue alone (SimCLR jitters it by 0.1-0.2) so that colour stays
-decodable, because colour is one of the downstream tasks of the synthetic world (it also halves the
-cost of an augmentation on a CPU).
+Deviation: by default the colour jitter leaves hue alone (SimCLR jitters it by 0.1-0.2) so that colour
+stays decodable, because colour is one of the downstream tasks of the synthetic world (it also halves the
+cost of an augmentation on a CPU); ``SSLConfig(hue=...)`` restores it. experiments/RESULTS-advencoder.md
+measures what hue jitter, crop scale and training length do to each downstream head.
 """
 
 from __future__ import annotations
