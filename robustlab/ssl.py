@@ -7,9 +7,10 @@ the synthetic world's train split, deterministically and cached like :mod:`robus
 ``load_encoder("simclr", weights=PATH)`` loads a solo-learn ResNet-18 checkpoint (CIFAR stem, 512-d
 features), the encoders the AdvEncoder paper attacks.
 
-Deviation: the colour jitter leaves hue alone (SimCLR jitters it by 0.1-0.2) so that colour stays
-decodable, because colour is one of the downstream tasks of the synthetic world (it also halves the
-cost of an augmentation on a CPU).
+Deviation: by default the colour jitter leaves hue alone (SimCLR jitters it by 0.1-0.2) so that colour
+stays decodable, because colour is one of the downstream tasks of the synthetic world (it also halves the
+cost of an augmentation on a CPU); ``SSLConfig(hue=...)`` restores it. experiments/RESULTS-advencoder.md
+measures what hue jitter, crop scale and training length do to each downstream head.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from robustlab.nets import SmallCNN
 __all__ = ["SSLConfig", "SimCLREncoder", "nt_xent", "solo_learn_resnet18", "train_simclr", "trained_simclr"]
 
 SSL_RECIPE = 1  # bump when training changes what it produces, so cached encoders are not reused
+_ADDED_LATER = {("hue", 0.0), ("min_crop", 0.35)}  # config fields that name a cached encoder only when set
 SOLO_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # solo-learn's CIFAR normalization
 SOLO_CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -92,12 +94,16 @@ class SSLConfig:
     data_seed: int = 0
     seed: int = 0
     recipe: int = SSL_RECIPE
+    hue: float = 0.0
+    min_crop: float = 0.35
 
     def __post_init__(self) -> None:
         if min(self.width, self.projection_dim) < 1 or self.steps < 10 or min(self.batch_size, self.n_images) < 2:
             raise ConfigError("ssl width and projection_dim must be positive, steps >= 10, batch_size, n_images >= 2")
         if self.temperature <= 0:
             raise ConfigError(f"ssl temperature must be positive, got {self.temperature}")
+        if not 0 <= self.hue <= 0.5 or not 0 < self.min_crop <= 1:
+            raise ConfigError(f"ssl hue must be in [0, 0.5] and min_crop in (0, 1], got {self.hue}, {self.min_crop}")
 
 
 def _build(config: SSLConfig) -> tuple[SimCLREncoder, nn.Module]:
@@ -126,14 +132,14 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(similarity, twins)
 
 
-def _augmentation(image_size: int) -> nn.Module:
-    """SimCLR's views for small images: crop-and-resize, flip, colour jitter without hue, greyscale."""
+def _augmentation(config: SSLConfig) -> nn.Module:
+    """SimCLR's views for small images: crop-and-resize, flip, colour jitter, greyscale."""
     import kornia.augmentation as K
 
     return nn.Sequential(
-        K.RandomResizedCrop((image_size, image_size), scale=(0.35, 1.0)),
+        K.RandomResizedCrop((config.image_size, config.image_size), scale=(config.min_crop, 1.0)),
         K.RandomHorizontalFlip(),
-        K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=0.8),
+        K.ColorJitter(0.4, 0.4, 0.4, config.hue, p=0.8),
         K.RandomGrayscale(p=0.2),
     )
 
@@ -149,7 +155,7 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
     encoder, projector = _build(config)
     data = SynthDataset("train", config=SynthConfig(image_size=config.image_size, seed=config.data_seed))
     pool = torch.cat([x for _, x, _ in iterate_batches(data, torch.arange(min(config.n_images, len(data))), 512)])
-    augment = _augmentation(config.image_size)
+    augment = _augmentation(config)
     parameters = [*encoder.parameters(), *projector.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
@@ -173,7 +179,8 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
 
 def trained_simclr(config: SSLConfig = SSLConfig(), *, progress: bool = True) -> SimCLREncoder:
     """The SimCLR encoder of ``config``: trained on first use, loaded from the cache afterwards."""
-    path = cache_dir("encoders") / f"simclr-{config_hash(config)}.safetensors"
+    key = {k: v for k, v in asdict(config).items() if (k, v) not in _ADDED_LATER}
+    path = cache_dir("encoders") / f"simclr-{config_hash(key)}.safetensors"
     if path.is_file():
         encoder, _ = _build(config)
         encoder.load_state_dict(load_weights(path))

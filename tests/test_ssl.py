@@ -56,6 +56,10 @@ def test_registered_and_bad_configs_fail_in_one_line(tmp_path: Path) -> None:
     assert "simclr" in ENCODERS
     with pytest.raises(ConfigError):
         SSLConfig(steps=3)
+    with pytest.raises(ConfigError, match="hue"):
+        SSLConfig(hue=0.6)
+    with pytest.raises(ConfigError, match="min_crop"):
+        SSLConfig(min_crop=0.0)
     with pytest.raises(WeightsUnavailableError, match="no checkpoint file"):
         load_encoder("simclr", weights=str(tmp_path / "missing.ckpt"))
     torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
