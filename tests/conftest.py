@@ -38,6 +38,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """The environment for a robustlab child process that loads this session's trained models.
+
+    Trained weights are cached per thread count (``robustlab.cache.numerics``), and torchrun starts its
+    ranks at one thread: a child given any other count than this process would train its own models.
+    """
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+@pytest.fixture(scope="session")
 def claim_seed() -> int:
     """The seed of a claim test's trained parts (heads, defenses, fitted attacks): 0 in the suite.
 

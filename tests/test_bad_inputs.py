@@ -805,10 +805,10 @@ main()
 
 
 def test_a_kill_during_the_report_write_leaves_the_previous_report(
-    tmp_path: Path, trained_model: torch.nn.Module
+    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
 ) -> None:
     args = ["eval", "--quiet", "-n", "8", "--attack", "fgsm", "--out", "run.json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env
     first = subprocess.run(
         [sys.executable, "-m", "robustlab", *args, "--eps", "2/255"],
         cwd=tmp_path,

@@ -91,7 +91,7 @@ def test_autoattack_standard_is_not_flagged_not_converged() -> None:
 
     from robustlab.cli import cli
 
-    args = ["eval", "-q", "--weights", "synth-at", "--attack", "autoattack", "--diagnostics", "full", "-n", "32"]
+    args = ["eval", "-q", "--weights", "synth-at", "--attack", "autoattack", "--diagnostics", "full", "-n", "16"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "autoattack" in result.output and "! not_converged" not in result.output, result.output

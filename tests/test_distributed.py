@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,10 @@ def _without_timings(path: Path) -> tuple[list[dict[str, object]], list[dict[str
     return rows, report["samples"]
 
 
-def test_two_ranks_merge_to_the_single_process_report(tmp_path: Path, trained_model: torch.nn.Module) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_two_ranks_merge_to_the_single_process_report(
+    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
+) -> None:
+    env = child_env
     single = subprocess.run(
         [sys.executable, "-m", "robustlab", *ARGS, "--out", str(tmp_path / "one.json")],
         capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -196,9 +195,11 @@ def test_the_margin_is_in_the_reports_wilson_arithmetic_even_at_100_percent() ->
     assert sigmas[0] > 0.01  # the binomial standard error at 100% is zero: no margin where noise is largest
 
 
-def test_gate_under_torchrun_judges_once_on_rank_0(tmp_path: Path, trained_model: torch.nn.Module) -> None:
+def test_gate_under_torchrun_judges_once_on_rank_0(
+    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
+) -> None:
     args = ["eval", "-n", "32", "--batch-size", "16", "--attack", "fgsm", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env
     single = [sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "one.json")]
     assert subprocess.run(single, capture_output=True, env=env, check=False).returncode == 0
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

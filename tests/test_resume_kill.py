@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -40,8 +39,10 @@ def _without_timings(path: Path) -> tuple[list[dict[str, object]], list[dict[str
     return [{k: v for k, v in row.items() if k != "seconds"} for row in report["rows"]], report["samples"]
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path, trained_model: torch.nn.Module) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_sigkill_then_resume_equals_uninterrupted_run(
+    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
+) -> None:
+    env = child_env
     run_dir, store = tmp_path / "run", tmp_path / "run" / "store.sqlite"
     victim = subprocess.Popen(_robustlab("--run-dir", str(run_dir)), env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
