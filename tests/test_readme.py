@@ -154,3 +154,8 @@ def test_every_readme_command_runs_in_order(tmp_path: Path) -> None:
             assert len(lines) == 1 and lines[0].startswith("robustlab: error: "), f"{command}\n{result.stderr}"
             continue
         assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+
+
+def test_no_merge_conflict_is_left_in_the_readme() -> None:
+    left = [n for n, line in enumerate(README.read_text().splitlines(), 1) if re.match(r"(<{7}|={7}|>{7})( |$)", line)]
+    assert not left, f"merge-conflict markers at README.md lines {left}"
