@@ -119,7 +119,10 @@ def main() -> None:
     if args.summarize is None:
         home = args.home or Path(tempfile.mkdtemp(prefix="robustlab-claims-"))
         run_claims(args.seeds, args.threads, args.out.resolve(), args.select, args.keyword, home)
-    print(markdown(summarize(args.summarize or args.out)))
+    log = args.summarize or args.out
+    if not log.is_file():
+        raise SystemExit(f"claim_margins.py: no claim was recorded in {log} (did -m/-k select any claim test?)")
+    print(markdown(summarize(log)))
 
 
 if __name__ == "__main__":
