@@ -16,10 +16,10 @@ are PGD -1.6, -2.3, -2.7, -3.1 and blur +1.2, +1.6, -0.4, +2.7 points: mean + 2 
 the upper bounds asserted.
 
 Re-measured 2026-12-06 after #24's first-fooling rule (a defended row keeps each sample's first point that
-fools the scored model): the transferred PGD gain is +5.5 and +10.9 points at seeds 0 and 1 (1 thread),
-within the spread above. The control is the object-only head attacked the same way: end to end (adaptive)
-the fused model keeps +9.0 and +10.9 points over it (paired on the same 256 samples); the margin, +4 points,
-is the mean minus twice the larger spread of the PGD gain (2.7 points), two runs being too few to set one.
+fools the scored model), seeds 0-2 at 1 thread and seed 0 at 2 threads: the transferred PGD gain is +5.5,
++10.9, +9.8 and +5.5 points: mean - 2 sd = +2.1, the margin +2 points. The control is the object-only head
+attacked the same way: end to end (adaptive) the fused model keeps +9.0, +10.9, +12.9 and +7.8 points over it
+(paired on the same 256 samples): mean - 2 sd = +5.7, the margin +5 points.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_fusion_keeps_clean_accuracy(informative: Report, record_claim: Callable
 def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
     informative: Report, record_claim: Callable[[str, float], None]
 ) -> None:
-    for attack, margin in (("pgd", 0.025), ("blur", -0.015)):
+    for attack, margin in (("pgd", 0.02), ("blur", -0.015)):
         _, bare = _row(informative, "none", "-", attack)
         _, fused = _row(informative, "context_fusion", "transfer", attack)
         record_claim(f"fusion.{attack}_gain", fused - bare)
@@ -121,4 +121,4 @@ def test_fusion_beats_its_object_only_control_under_the_adaptive_attack(
     control = _find(informative, OBJECT_ONLY.label(), "adaptive", "pgd")
     gain = paired_rows(informative, fused, control)
     record_claim("fusion.adaptive_gain_over_object_only", gain.difference)
-    assert gain.difference > 0.04, gain.describe()  # +9.0 and +10.9 points at seeds 0 and 1 (RESULTS-claims.md)
+    assert gain.difference > 0.05, gain.describe()  # +7.8 to +12.9 points over 4 runs (RESULTS-claims.md)

@@ -78,7 +78,8 @@ def test_adaptive_attack_is_compared_with_the_bare_network_and_flagged(
     record_claim("raw_isp.adaptive_minus_transfer_pgd", adaptive - _row(report, "raw_isp", "transfer", "pgd"))
     record_claim("raw_isp.adaptive_gain_over_bare_pgd", adaptive - _row(report, "none", "-", "pgd"))
     assert adaptive < _row(report, "raw_isp", "transfer", "pgd")
-    assert adaptive > _row(report, "none", "-", "pgd") - 0.04  # +10.9, +3.1 points: mean - 2 sd is -4.0
+    # +10.9, +3.1, +1.6 (1 thread), +10.9 (2 threads) points: mean - 2 sd is -3.3, rounded down to -4
+    assert adaptive > _row(report, "none", "-", "pgd") - 0.04
     assert any(d.code == "oblivious_only" for d in report.diagnostics)
 
 
