@@ -95,18 +95,20 @@ class MiniPyNet(nn.Module):
     adds a shared linear 1x1 colour map of that (area-downsampled) encoded input, in the spirit of
     the official code's optional input injection (``residual=True``): a per-pixel linear map alone
     reconstructs synthetic images at about 29 dB, so the convolutional pyramid only learns what a
-    colour matrix cannot (white-balance estimation, local corrections).
+    colour matrix cannot (white-balance estimation, local corrections). ``skip=False`` removes that map:
+    the ablation of a near-identity path from input to output, which could carry a perturbation through.
 
     Args:
         levels: pyramid depth (the paper's PyNET has 5).
         width: channels at level 1, doubled at each level below.
+        skip: add the linear 1x1 colour map of the input to every level's output.
 
     Shape:
         - raw: :math:`(B, 4, H, W)` packed RAW
         - output: :math:`(B, 3, H, W)` sRGB, not clipped
     """
 
-    def __init__(self, *, levels: int = 3, width: int = 8) -> None:
+    def __init__(self, *, levels: int = 3, width: int = 8, skip: bool = True) -> None:
         super().__init__()
         widths = [width * 2**i for i in range(levels)]
         self.levels = levels
@@ -121,7 +123,7 @@ class MiniPyNet(nn.Module):
         self.heads = nn.ModuleList(
             nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(decoder.out_channels, 3, 3)) for decoder in decoders
         )
-        self.skip = nn.Conv2d(4, 3, 1)
+        self.skip = nn.Conv2d(4, 3, 1) if skip else None
         self.ups = nn.ModuleList(
             nn.Sequential(
                 nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
@@ -149,7 +151,9 @@ class MiniPyNet(nn.Module):
         for i in reversed(range(finest - 1, self.levels)):
             decoded = self.decoders[i](feats[i] if up is None else torch.cat([feats[i], up], dim=1))
             scale = 2**i
-            output = self.heads[i](decoded) + self.skip(F.avg_pool2d(encoded, scale) if i else encoded)
+            output = self.heads[i](decoded)
+            if self.skip is not None:
+                output = output + self.skip(F.avg_pool2d(encoded, scale) if i else encoded)
             outputs.append(output[..., : math.ceil(height / scale), : math.ceil(width / scale)])
             if i > finest - 1:
                 up = self.ups[i - 1](decoded)
@@ -178,6 +182,7 @@ class RawIspConfig:
     sensor_noise: bool = True
     n_images: int = 4096
     patch_size: int = 32
+    skip: bool = True
 
     def __post_init__(self) -> None:
         positive = ("f_width", "g_width", "levels", "f_steps", "g_steps", "batch_size", "n_images")
@@ -244,6 +249,7 @@ class RawIsp(PreprocessingDefense):
         sensor_noise: add shot/read noise to G's input RAW during training.
         n_images: images drawn from the dataset (without replacement) for training.
         patch_size: side of the random crop taken from each image (smaller images are used whole).
+        skip: G's linear 1x1 colour map from its input to every output (``False``: the ablation).
 
     References:
         Zhang, Dong, Heide, "All You Need is RAW: Defending Against Adversarial Attacks with Camera
@@ -274,6 +280,7 @@ class RawIsp(PreprocessingDefense):
         sensor_noise: bool = True,
         n_images: int = 4096,
         patch_size: int = 32,
+        skip: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = RawIspConfig(
@@ -290,6 +297,7 @@ class RawIsp(PreprocessingDefense):
             sensor_noise=sensor_noise,
             n_images=n_images,
             patch_size=patch_size,
+            skip=skip,
         )
         self.encoder, self.isp = _build_networks(self.cfg, seed=0)
         self.weights_path: Path | None = None
@@ -381,7 +389,9 @@ def _build_networks(config: RawIspConfig, *, seed: int) -> tuple[RgbToRawNet, Mi
     """Initialise F and G on the CPU from ``seed``, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return RgbToRawNet(width=config.f_width), MiniPyNet(levels=config.levels, width=config.g_width)
+        return RgbToRawNet(width=config.f_width), MiniPyNet(
+            levels=config.levels, width=config.g_width, skip=config.skip
+        )
 
 
 def dataset_identity(dataset: Any) -> str:

@@ -93,8 +93,8 @@ def load_model(
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
             nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
             ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision nets),
-            ``random`` (no training; the same initialisation in every run), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
-            ``weights_only=True``, or ``.safetensors``).
+            ``random`` (no training; the same initialisation in every run), or a checkpoint path
+            (``.pt``/``.pth`` state dict loaded with ``weights_only=True``, or ``.safetensors``).
         num_classes: output classes; defaults to what the weights define (10 for synth, 1000 for ImageNet).
         image_size: input side length for synth training and for dataset resizing.
         progress: show download/training progress on stderr.

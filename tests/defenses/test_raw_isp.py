@@ -109,6 +109,17 @@ def test_isp_pyramid_shapes(height: int, width: int) -> None:
     assert all(o.shape[1] == 3 for o in outputs)
 
 
+def test_the_skip_ablation_leaves_only_the_pyramid() -> None:
+    """``skip=False``: G has no linear path from its input, so a zero pyramid output is a zero image."""
+    isp = MiniPyNet(levels=3, width=2, skip=False)
+    assert isp.skip is None and "skip.weight" not in isp.state_dict()
+    for head in isp.heads:
+        torch.nn.init.zeros_(head[1].weight)
+        torch.nn.init.zeros_(head[1].bias)
+    assert torch.equal(isp(torch.rand(1, 4, 8, 8)), torch.zeros(1, 3, 8, 8))
+    assert RawIsp(skip=False).config()["skip"] is False
+
+
 @pytest.mark.grad
 def test_gradcheck_networks() -> None:
     encoder = RgbToRawNet(width=2).double()
