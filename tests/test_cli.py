@@ -151,10 +151,14 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 @pytest.mark.slow  # trains a RAW/ISP defense and evaluates behind it
-def test_train_defense_fills_the_cache_that_eval_reads(run: Callable[..., Result]) -> None:
+def test_train_defense_fills_the_cache_that_eval_reads(
+    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from robustlab.cache import cache_dir
 
-    # A configuration no other test trains, so the file it leaves in the cache is this test's alone.
+    # A cache of its own: the file the training leaves is this test's alone, also in a kept home
+    # (ROBUSTLAB_TEST_KEEP_HOME=1), where an earlier session already trained this configuration.
+    monkeypatch.setenv("ROBUSTLAB_HOME", str(tmp_path / "home"))
     small = ["f_steps=20", "g_steps=20", "n_images=32", "g_width=4", "f_width=4"]
     defense_args = [arg for value in small for arg in ("--defense-arg", value)]
     folder = cache_dir("defenses", "raw_isp")
