@@ -93,8 +93,8 @@ def load_model(
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
             nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
             ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision nets),
-            ``random`` (no training; the same initialisation in every run), or a checkpoint path
-            (``.pt``/``.pth`` state dict loaded with ``weights_only=True``, or ``.safetensors``).
+            ``random`` (no training), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
+            ``weights_only=True``, or ``.safetensors``).
         num_classes: output classes; defaults to what the weights define (10 for synth, 1000 for ImageNet).
         image_size: input side length for synth training and for dataset resizing.
         progress: show download/training progress on stderr.
@@ -126,10 +126,14 @@ def load_model(
         return _finish(trained_classifier(config, progress=progress))
     if weights == "random":
         size = image_size or (32 if family == "embedded" else 224)
-        with torch.random.fork_rng(devices=[]):  # the same untrained net in every run and process
-            torch.manual_seed(0)
-            net = entry.factory(num_classes=num_classes or _default_classes(family), image_size=size)
-        return _finish(_wrap(name, net, family=family, input_size=size))
+        return _finish(
+            _wrap(
+                name,
+                entry.factory(num_classes=num_classes or _default_classes(family), image_size=size),
+                family=family,
+                input_size=size,
+            )
+        )
     if family == "torchvision" and not _looks_like_path(weights):
         return _finish(_load_torchvision_weights(name, weights, num_classes=num_classes, progress=progress))
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))

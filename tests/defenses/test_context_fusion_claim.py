@@ -17,9 +17,9 @@ the upper bounds asserted.
 
 Re-measured 2026-12-06 after #24's first-fooling rule (a defended row keeps each sample's first point that
 fools the scored model), seeds 0-2 at 1 thread and seed 0 at 2 threads: the transferred PGD gain is +5.5,
-+10.9, +9.8 and +5.5 points: mean - 2 sd = +2.1, the margin +2 points. The control is the object-only head
-attacked the same way: end to end (adaptive) the fused model keeps +9.0, +10.9, +12.9 and +7.8 points over it
-(paired on the same 256 samples): mean - 2 sd = +5.7, the margin +5 points.
++10.9, +9.8 and +5.5 points (mean - 2 sd = +2.1): every run is above the +2.5-point margin, which stays.
+The control is the object-only head attacked the same way: end to end (adaptive) the fused model keeps +9.0,
++10.9, +12.9 and +7.8 points over it (paired on the same 256 samples): mean - 2 sd = +5.7, the margin +5 points.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_fusion_keeps_clean_accuracy(informative: Report, record_claim: Callable
 def test_fusion_raises_accuracy_under_transferred_pgd_and_blur(
     informative: Report, record_claim: Callable[[str, float], None]
 ) -> None:
-    for attack, margin in (("pgd", 0.02), ("blur", -0.015)):
+    for attack, margin in (("pgd", 0.025), ("blur", -0.015)):
         _, bare = _row(informative, "none", "-", attack)
         _, fused = _row(informative, "context_fusion", "transfer", attack)
         record_claim(f"fusion.{attack}_gain", fused - bare)
