@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import sys
 import urllib.error
@@ -117,6 +118,11 @@ def load_model(
     entry = MODELS.get(name)
     family = entry.tags["family"]
     weights = weights or _default_weights(family)
+    if weights.startswith("synth") and num_classes not in (None, 10):
+        raise ConfigError(
+            f"--weights {weights} is trained on the synthetic world's 10 classes, not {num_classes}; "
+            "for other heads pass --weights PATH or --weights random"
+        )
     if weights in ("synth", "synth-at"):
         config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32)
         return _finish(trained_classifier(config, adversarial=weights == "synth-at", progress=progress))
@@ -197,6 +203,24 @@ def _label_noise(tag: str) -> float:
             f"weights {tag!r}: expected synth-noiseR with a label-noise fraction R in [0, 1), e.g. synth-noise0.3"
         )
     return noise
+
+
+def _check_takes_no_arguments(factory: Callable[..., Any], spec: str) -> None:
+    """``--model module:name`` calls ``name()``; a factory with required parameters is one line, not a traceback."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect, let the call decide
+        return
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise ConfigError(
+            f"user model {spec!r} needs arguments ({', '.join(required)}); --model calls it with none: "
+            "give them defaults or point --model at a function that calls it with yours"
+        )
 
 
 def _default_classes(family: str) -> int:
@@ -295,6 +319,7 @@ def _load_user_model(spec: str, *, weights: str | None, image_size: int | None) 
         factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise UnknownNameError(f"cannot load user model {spec!r}: {error}") from None
+    _check_takes_no_arguments(factory, spec)
     net = factory()
     if not isinstance(net, nn.Module):
         raise ConfigError(

@@ -454,6 +454,16 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     "fit-data unknown": (lambda t: [*EVAL, "--fit-data", "cifar11"], ("unknown dataset 'cifar11'",), 2),
     "model unknown": (lambda t: [*EVAL, "--model", "resnet5"], ("unknown model 'resnet5'",), 2),
     "user model not a module": (_user_model("def make():\n    return 'a string'\n"), ("nn.Module",), 2),
+    "user model needs arguments": (
+        _user_model("def make(width, depth=2):\n    return nn.Conv2d(3, width, 3)\n"),
+        ("needs arguments (width)", "calls it with none"),
+        2,
+    ),
+    "num-classes other than the synth world's": (
+        lambda t: [*EVAL, "--num-classes", "5"],
+        ("trained on the synthetic world's 10 classes, not 5", "--weights PATH"),
+        2,
+    ),
     "user model wrong shape": (
         _user_model("def make():\n    return nn.Conv2d(3, 10, 32)\n"),
         ("returned shape (1, 10, 1, 1)",),
