@@ -276,6 +276,41 @@ def add_sensor_noise(raw: Tensor, params: CameraParams, *, generator: torch.Gene
     return (raw + variance.clamp(min=0).sqrt() * noise).clamp(0, 1)
 
 
+# The other camera of ``raw_isp.g_target=other_camera``: a more saturated colour response (rows sum to one, so
+# grey stays grey) and a contrast-raising tone curve on top of the sRGB curve.
+OTHER_CAMERA_CCM = (
+    (1.30, -0.20, -0.10),
+    (-0.12, 1.26, -0.14),
+    (-0.06, -0.22, 1.28),
+)
+OTHER_CAMERA_CONTRAST = 0.35
+
+
+def other_camera_rendering(x: Tensor) -> Tensor:
+    """The same scene as a different, fixed camera renders it: the target of ``raw_isp.g_target=other_camera``.
+
+    The paper's G is trained from a phone's RAW to a DSLR's RGB (the Zurich RAW-to-RGB pairs), so its output
+    is another camera's rendering, not the image F unprocessed. This is that gap in miniature: linear light
+    through a more saturated colour matrix (:data:`OTHER_CAMERA_CCM`), the sRGB curve, then an S-shaped tone
+    curve ``(1 - c) t + c (3t^2 - 2t^3)`` with ``c =`` :data:`OTHER_CAMERA_CONTRAST` (fixed points 0, 1/2, 1).
+
+    Args:
+        x: sRGB images ``(B, 3, H, W)`` in ``[0, 1]``.
+
+    Returns:
+        ``(B, 3, H, W)`` in ``[0, 1]``.
+
+    Example:
+        >>> grey = torch.full((1, 3, 2, 2), 0.5)
+        >>> torch.allclose(other_camera_rendering(grey), grey, atol=1e-6)
+        True
+    """
+    ccm = torch.tensor(OTHER_CAMERA_CCM, dtype=x.dtype, device=x.device).expand(x.shape[0], 3, 3)
+    tone = linear_to_srgb(apply_ccm(srgb_to_linear(x), ccm).clamp(0, 1)).clamp(0, 1)
+    c = OTHER_CAMERA_CONTRAST
+    return (1 - c) * tone + c * tone * tone * (3 - 2 * tone)
+
+
 class RawPair(NamedTuple):
     """A training pair for the RAW/ISP defense.
 

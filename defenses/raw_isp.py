@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from kornia.metrics import ssim
-from robustlab.defenses.camera import linear_to_srgb, make_raw_pair
+from robustlab.defenses.camera import linear_to_srgb, make_raw_pair, other_camera_rendering
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -165,6 +165,10 @@ def _kernels(index: int, levels: int) -> tuple[int, ...]:
     return (3, 5, 7)[: min(3, levels - index)]
 
 
+G_TARGETS = ("input", "other_camera")
+"""What G learns to render: the image F unprocessed, or :func:`other_camera_rendering` of it."""
+
+
 @dataclass(frozen=True)
 class RawIspConfig:
     """Architecture and training hyperparameters of :class:`RawIsp`; see its docstring for each field."""
@@ -183,8 +187,11 @@ class RawIspConfig:
     n_images: int = 4096
     patch_size: int = 32
     skip: bool = True
+    g_target: str = "input"
 
     def __post_init__(self) -> None:
+        if self.g_target not in G_TARGETS:
+            raise ConfigError(f"raw_isp g_target must be one of {', '.join(G_TARGETS)}, got {self.g_target!r}")
         positive = ("f_width", "g_width", "levels", "f_steps", "g_steps", "batch_size", "n_images")
         for name in positive:
             if getattr(self, name) < 1:
@@ -250,6 +257,8 @@ class RawIsp(PreprocessingDefense):
         n_images: images drawn from the dataset (without replacement) for training.
         patch_size: side of the random crop taken from each image (smaller images are used whole).
         skip: G's linear 1x1 colour map from its input to every output (``False``: the ablation).
+        g_target: G's training target: ``input``, the image F unprocessed (an autoencoder), or
+            ``other_camera``, the same image as another fixed camera renders it (the paper's RAW->DSLR gap).
 
     References:
         Zhang, Dong, Heide, "All You Need is RAW: Defending Against Adversarial Attacks with Camera
@@ -281,6 +290,7 @@ class RawIsp(PreprocessingDefense):
         n_images: int = 4096,
         patch_size: int = 32,
         skip: bool = True,
+        g_target: str = "input",
     ) -> None:
         super().__init__()
         self.cfg = RawIspConfig(
@@ -298,6 +308,7 @@ class RawIsp(PreprocessingDefense):
             n_images=n_images,
             patch_size=patch_size,
             skip=skip,
+            g_target=g_target,
         )
         self.encoder, self.isp = _build_networks(self.cfg, seed=0)
         self.weights_path: Path | None = None
@@ -472,7 +483,8 @@ def _train_isp(
         schedule = _cosine(optimizer, steps)
         for x in _batches(pool, config, steps, generator):
             raw = make_raw_pair(x, generator=generator, noise=config.sensor_noise).raw
-            _step(optimizer, schedule, _level_loss(isp.pyramid(raw, finest=level)[-1], x, level, config))
+            target = other_camera_rendering(x) if config.g_target == "other_camera" else x
+            _step(optimizer, schedule, _level_loss(isp.pyramid(raw, finest=level)[-1], target, level, config))
             bar.update()
 
 

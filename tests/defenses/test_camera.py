@@ -16,6 +16,7 @@ from robustlab.defenses.camera import (
     linear_to_srgb,
     make_raw_pair,
     mosaic,
+    other_camera_rendering,
     sample_camera_params,
     srgb_to_linear,
     unprocess,
@@ -141,3 +142,13 @@ def test_gradcheck_camera_steps() -> None:
     assert gradcheck(
         lambda t: add_sensor_noise(t, quiet, generator=torch.Generator().manual_seed(0)), (noisy,), fast_mode=True
     )
+
+
+def test_the_other_camera_keeps_greys_and_range_and_saturates_colours() -> None:
+    x = _images(64)
+    rendered = other_camera_rendering(x)
+    assert rendered.shape == x.shape and rendered.min() >= 0 and rendered.max() <= 1
+    greys = torch.linspace(0, 1, 11).view(1, 1, 11, 1).expand(1, 3, 11, 1)
+    assert torch.allclose(other_camera_rendering(greys)[:, 0], other_camera_rendering(greys)[:, 1], atol=1e-6)
+    spread = x.amax(dim=1) - x.amin(dim=1)
+    assert (rendered.amax(dim=1) - rendered.amin(dim=1)).mean() > spread.mean(), "a more saturated camera"

@@ -120,6 +120,34 @@ def test_the_skip_ablation_leaves_only_the_pyramid() -> None:
     assert RawIsp(skip=False).config()["skip"] is False
 
 
+@pytest.mark.parametrize("g_target", ["input", "other_camera"])
+def test_g_learns_the_rendering_it_is_told(
+    g_target: str, monkeypatch: pytest.MonkeyPatch, train_set: SmoothImages
+) -> None:
+    """Every G loss compares against the batch itself (``input``) or that batch as the other camera renders it."""
+    events: list[tuple[str, Tensor]] = []
+    make_raw_pair, level_loss = raw_isp.make_raw_pair, raw_isp._level_loss
+
+    def recording_pair(x: Tensor, **kwargs: object) -> object:
+        events.append(("image", x.clone()))
+        return make_raw_pair(x, **kwargs)  # type: ignore[arg-type]
+
+    def recording_loss(output: Tensor, target: Tensor, level: int, config: object) -> Tensor:
+        events.append(("target", target.clone()))
+        return level_loss(output, target, level, config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(raw_isp, "make_raw_pair", recording_pair)
+    monkeypatch.setattr(raw_isp, "_level_loss", recording_loss)
+    _micro(g_target=g_target).fit(nn.Identity(), train_set, generator=torch.Generator().manual_seed(0), progress=False)  # type: ignore[arg-type]
+    pairs = [(events[i - 1][1], t) for i, (kind, t) in enumerate(events) if kind == "target"]
+    assert len(pairs) == 3, "one per G step"
+    render = raw_isp.other_camera_rendering if g_target == "other_camera" else (lambda x: x)
+    for image, target in pairs:
+        assert torch.equal(target, F.adaptive_avg_pool2d(render(image), target.shape[-2:]))
+    with pytest.raises(ConfigError, match="g_target"):
+        RawIsp(g_target="dslr")
+
+
 @pytest.mark.grad
 def test_gradcheck_networks() -> None:
     encoder = RgbToRawNet(width=2).double()
