@@ -321,7 +321,8 @@ class NMTuned(nn.Module):
 class NMTune(Defense):
     """Tunes a residual MLP and a linear head on the frozen penultimate features of the classifier.
 
-    ``fit`` queries the classifier's features (:class:`robustlab.encoders.ClassifierFeatures`) for
+    ``fit`` queries the classifier's features (:class:`robustlab.encoders.ClassifierFeatures`), or an encoder's
+    own (``--task downstream``, where NMTune replaces each head), for
     ``views`` augmented views of the training images and trains :func:`train_nmtune` on them; the weights are
     cached as safetensors keyed by the config, the encoder's weights fingerprint, the training data and
     a seed drawn from the generator. ``wrap(model)`` returns :class:`NMTuned`: features -> residual MLP
@@ -332,6 +333,7 @@ class NMTune(Defense):
     """
 
     changes_model = True
+    tunes_encoders = True
 
     def __init__(
         self,
@@ -374,7 +376,7 @@ class NMTune(Defense):
         depend on the state of the cache.
         """
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        features = ClassifierFeatures(cast(ImageClassifier, model))
+        features = _features(model)
         self._fingerprint = encoder_fingerprint(features)
         key = {
             "config": asdict(self.cfg),
@@ -411,10 +413,15 @@ class NMTune(Defense):
     def wrap(self, model: nn.Module, *, adaptive: bool = False) -> nn.Module:
         if self._tuned is None:
             raise WeightsUnavailableError("nmtune has no weights: call fit(model, dataset, generator=...) first")
-        features = ClassifierFeatures(cast(ImageClassifier, model))
+        features = _features(model)
         if encoder_fingerprint(features) != self._fingerprint:
             raise ConfigError("nmtune was fitted on another model's features; fit it on this model first")
         return NMTuned(features, *self._tuned)
+
+
+def _features(model: nn.Module) -> Encoder:
+    """What NMTune tunes over: an encoder as it is (``--task downstream``), a classifier's penultimate features."""
+    return model if isinstance(model, Encoder) else ClassifierFeatures(cast(ImageClassifier, model))
 
 
 def _data_identity(dataset: Any, n: int) -> str:

@@ -348,10 +348,10 @@ def threat_mode_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagno
     ignores it. Adaptive above transfer means the attacker differentiating the whole pipeline does
     worse than one who ignores it: its gradients are masked.
     """
-    adaptive = {(r.model, r.defense, r.attack, r.threat): r for r in rows if r.threat_mode == "adaptive"}
+    adaptive = {(r.model, r.defense, r.task, r.attack, r.threat): r for r in rows if r.threat_mode == "adaptive"}
     found = []
     for row in rows:
-        other = adaptive.get((row.model, row.defense, row.attack, row.threat))
+        other = adaptive.get((row.model, row.defense, row.task, row.attack, row.threat))
         if row.threat_mode != "transfer" or other is None or row.robust_acc is None or other.robust_acc is None:
             continue
         where = (
@@ -372,12 +372,12 @@ def attack_gaps(rows: list[Row], *, threshold: float = 0.10) -> list[Diagnostic]
     An iterative white-box attack far weaker than another attack (one-step FGSM, black-box Square, or
     AutoAttack beating PGD) means its gradients are not usable: its number overstates robustness.
     """
-    groups: dict[tuple[str, str, str, str], list[Row]] = {}
-    for row in rows:
+    groups: dict[tuple[str, str, str, str, str], list[Row]] = {}
+    for row in rows:  # rows of other tasks (a downstream head each) score other labels: never compared
         if row.robust_acc is not None and row.kind == "perturbation":
-            groups.setdefault((row.model, row.defense, row.threat_mode, row.threat), []).append(row)
+            groups.setdefault((row.model, row.defense, row.task, row.threat_mode, row.threat), []).append(row)
     found = []
-    for (model, defense, _, threat), group in groups.items():
+    for (model, defense, _, _, threat), group in groups.items():
         strongest = min(group, key=lambda r: r.robust_acc or 0.0)
         weakest = max(group, key=lambda r: r.robust_acc or 0.0)
         gap = (weakest.robust_acc or 0.0) - (strongest.robust_acc or 0.0)

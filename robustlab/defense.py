@@ -41,6 +41,9 @@ class Defense(ABC):
 
     randomized: ClassVar[bool] = False
     changes_model: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
+    """``fit``/``wrap`` also take a feature :class:`robustlab.encoders.Encoder` and give a classifier of the fit
+    data's classes: such a defense replaces each downstream head (``--task downstream``)."""
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> Defense:
         """Train what the defense learns (cached by config); no-op for defenses without parameters."""

@@ -52,6 +52,7 @@ from robustlab.victims import (
     attacked_models,
     classifier_targets,
     downstream_targets,
+    frozen,
     prepare_defense,
 )
 
@@ -276,21 +277,29 @@ class Evaluator:
                 model, defense, dataset, config.threat_modes, eot_samples=config.eot_samples, names=names
             )
             return [replace(target, task=config.task) for target in targets]
-        if defense.changes_model:
-            raise ConfigError(
-                f"the downstream task scores an encoder's heads undefended; --defense {names[1]} is not supported"
-            )
         encoder = cast(Encoder, model)  # load_encoder gave the features
         head_data = config.train_data or config.data
-        configs = [
-            HeadConfig(task=head, kind=config.head_kind, data=head_data, seed=config.seed) for head in config.heads
-        ]
-        heads = trained_heads(encoder, configs, progress=self.progress)
+        if defense.tunes_encoders:  # the defense is the head: one fit per attribute, on that attribute's labels
+            heads: dict[str, nn.Module] = {}
+            for head in config.heads:
+                data = _with_target(head_data, head)
+                prepare_defense(defense, encoder, data, seed=config.seed, progress=self.progress)
+                heads[head] = frozen(defense.wrap(encoder))
+        elif defense.changes_model:
+            raise ConfigError(
+                f"the downstream task scores an encoder's heads; --defense {names[1]} does not tune an encoder's "
+                "features into heads (nmtune does)"
+            )
+        else:
+            configs = [
+                HeadConfig(task=head, kind=config.head_kind, data=head_data, seed=config.seed) for head in config.heads
+            ]
+            heads = dict(trained_heads(encoder, configs, progress=self.progress))
         datasets = {
             head: load_dataset(_with_target(config.data, head), split="test", image_size=encoder.input_size)
             for head in config.heads
         }
-        return downstream_targets(encoder, dict(heads), datasets, names=names)
+        return downstream_targets(encoder, heads, datasets, names=names)
 
     def _evaluate_target(
         self,

@@ -7,7 +7,7 @@ import torch
 from robustlab.defenses.quantize import Quantize
 from torch import nn
 
-from robustlab.checks import ProbeSettings, probe_gradient_masking, threat_mode_gaps
+from robustlab.checks import ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
 from robustlab.report import Row
 
 SETTINGS = ProbeSettings(eps_factors=(0.5, 1.0, 2.0), pgd_steps=5, square_queries=200)
@@ -57,8 +57,8 @@ def test_fires_on_randomized_outputs(trained_model: nn.Module, probe_batch: tupl
     assert "masking.randomized_outputs" in _codes(trained_model, Noisy().eval(), probe_batch)
 
 
-def _row(mode: str, robust: float) -> Row:
-    return Row("m", "d", mode, "pgd", "linf 8/255", 100, 0.99, robust, 0.5, 0.03, 0.03, 1.0)
+def _row(mode: str, robust: float, *, attack: str = "pgd", task: str = "classification") -> Row:
+    return Row("m", "d", mode, attack, "linf 8/255", 100, 0.99, robust, 0.5, 0.03, 0.03, 1.0, task=task)
 
 
 @pytest.mark.parametrize(
@@ -68,6 +68,15 @@ def _row(mode: str, robust: float) -> Row:
 def test_threat_mode_gaps(transfer: float, adaptive: float, expected: set[str]) -> None:
     found = threat_mode_gaps([_row("transfer", transfer), _row("adaptive", adaptive)])
     assert {d.code for d in found} == expected
+
+
+def test_rows_of_other_downstream_heads_are_not_compared() -> None:
+    """One attack on two heads scores two label sets: a gap between them says nothing about masking."""
+    heads = [_row("-", 0.83, task="downstream/shape"), _row("-", 0.08, task="downstream/color")]
+    assert attack_gaps(heads) == []
+    assert threat_mode_gaps([_row("transfer", 0.8, task="downstream/shape"), _row("adaptive", 0.1, task="x")]) == []
+    same_head = [_row("-", 0.83, task="downstream/shape"), _row("-", 0.08, attack="apgd", task="downstream/shape")]
+    assert [d.code for d in attack_gaps(same_head)] == ["masking.attacks_disagree"]
 
 
 @pytest.mark.slow

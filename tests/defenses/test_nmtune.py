@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Callable
 
 import pytest
@@ -262,3 +263,26 @@ def test_eval_with_nmtune_defense_on_the_default_model(trained_model: nn.Module)
     assert all(row.clean_acc >= 0.8 for row in attacked)
     adaptive = next(row for row in attacked if row.threat_mode == ThreatMode.ADAPTIVE.value)
     assert adaptive.robust_acc < adaptive.clean_acc  # white-box PGD through encoder and MLP does bite
+
+
+@pytest.mark.slow
+def test_nmtune_replaces_each_downstream_head_under_eval(trained_model: nn.Module) -> None:
+    """``--task downstream --defense nmtune``: one tuning per head, on that head's labels, scored beside the heads."""
+    heads = ("shape", "size")
+    config = EvalConfig(
+        defenses=(ComponentSpec("none"), ComponentSpec("nmtune", tuple(TINY.items()))),
+        attacks=(ComponentSpec("pgd", (("eps", 4 / 255), ("steps", 3))),),
+        task="downstream",
+        heads=heads,
+        n=64,
+        diagnostics=False,
+    )
+    rows = {(row.defense, row.task): row for row in Evaluator(progress=False).run(config).rows}
+    tuned = "nmtune(epochs=4, n_train=512)"
+    assert set(rows) == {(defense, f"downstream/{head}") for defense in ("none", tuned) for head in heads}
+    for head, chance in (("shape", 0.1), ("size", 0.5)):
+        row, plain = rows[(tuned, f"downstream/{head}")], rows[("none", f"downstream/{head}")]
+        assert row.clean_acc is not None and plain.clean_acc is not None
+        assert row.clean_acc > 1.8 * chance and row.clean_acc >= plain.clean_acc - 0.1, (head, row, plain)
+    with pytest.raises(ConfigError, match="does not tune an encoder"):
+        Evaluator(progress=False).run(replace(config, defenses=(ComponentSpec("quantize"),)))
