@@ -124,16 +124,19 @@ def cli() -> None:
 
 @cli.command("list")
 def list_command() -> None:
-    """List every model, encoder, dataset, attack, defense and task with a one-line summary."""
+    """List every model, encoder, dataset, attack, defense, victim (--task) and task with a one-line summary."""
     import robustlab.attacks
     import robustlab.defenses
     from robustlab.data import DATASETS, register_builtin_datasets
     from robustlab.encoders import ENCODERS
     from robustlab.models import MODELS
     from robustlab.tasks import TASKS
+    from robustlab.victims import VICTIMS
 
     register_builtin_datasets()
-    registries = (MODELS, ENCODERS, DATASETS, robustlab.attacks.ATTACKS, robustlab.defenses.DEFENSES, TASKS)
+    registries = (
+        MODELS, ENCODERS, DATASETS, robustlab.attacks.ATTACKS, robustlab.defenses.DEFENSES, VICTIMS, TASKS
+    )  # fmt: skip
     for registry in (registry for registry in registries if registry.names()):
         click.echo(f"{registry.kind}s:")
         width = max(len(name) for name in registry.names())
@@ -204,11 +207,12 @@ def list_command() -> None:
 )
 @click.option(
     "--task",
-    type=click.Choice(["classification", "downstream", "captioning"]),
     default="classification",
     show_default=True,
-    help="downstream: evaluate each model as an encoder, scored through heads trained on its frozen features; "
-    "captioning: each model is a captioner (--model captioner), attacked by caption attacks.",
+    metavar="NAME",
+    help="The kind of victim (robustlab list: victims). downstream: evaluate each model as an encoder, scored "
+    "through heads trained on its frozen features; captioning: each model is a captioner (--model captioner), "
+    "attacked by caption attacks.",
 )
 @click.option(
     "--head",

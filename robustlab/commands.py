@@ -24,7 +24,7 @@ from robustlab.components import ComponentSpec
 from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
-from robustlab.evaluate import DEFAULT_HEADS, EvalConfig, Evaluator, run_config_hash
+from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import check_same_grid, compare_reports, format_regressions
 from robustlab.leaderboard import check_leaderboard, describe_comparison
 from robustlab.models import ModelSpec
@@ -33,6 +33,7 @@ from robustlab.report import Report, format_table
 from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
 from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
+from robustlab.victims.downstream import DEFAULT_HEADS
 
 __all__ = [
     "REPORT_FORMATS",

@@ -30,7 +30,7 @@ def planned_rows(config: EvalConfig) -> dict[tuple[str, ...], dict[str, Any] | N
     """
     load_builtin_components()
     attacks = [(spec, spec.build(ATTACKS)) for spec in config.attacks]
-    victims = [f"downstream/{head}" for head in config.heads] if config.task == "downstream" else [config.task]
+    victims = config.victim().row_tasks(config)
     planned: dict[tuple[str, ...], dict[str, Any] | None] = {}
     for model in config.models:
         for defense_spec in config.defenses:

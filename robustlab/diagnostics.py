@@ -1,0 +1,131 @@
+"""The diagnostics pass over a target once its rows are in: the sanity gate, the masking probes, the check that
+a stronger attack would not move the run's strongest gradient attack, and a preprocessing defense's fidelity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustlab.attack import Attack
+from robustlab.checks import ProbeSettings, cheap_probes, expensive_probes
+from robustlab.components import ComponentSpec, seeded
+from robustlab.convergence import convergence_checks, strongest_gradient_attack
+from robustlab.data import ImageDataset, iterate_batches
+from robustlab.defense import Defense, PreprocessingDefense, ThreatMode
+from robustlab.eval_config import EvalConfig
+from robustlab.metrics import psnr
+from robustlab.progress import on_bar, reporting
+from robustlab.report import Diagnostic, Fidelity, Row
+from robustlab.sanity import output_checks
+from robustlab.tasks import predict
+from robustlab.threat import Norm
+from robustlab.victims import NO_MODE, Target, attacked_models
+
+__all__ = ["defense_fidelity", "first_batch", "probe"]
+
+
+def probe(
+    model: nn.Module,
+    defense: Defense,
+    target: Target,
+    indices: Tensor,
+    attacks: Sequence[tuple[ComponentSpec, Attack]],
+    config: EvalConfig,
+    rows: list[Row],
+    samples: list[dict[str, Any]],
+    *,
+    progress: bool,
+) -> list[Diagnostic]:
+    """The sanity gate and the masking probes on up to 128 samples (the probes on the clean-correct ones).
+
+    The cheap probes run on every model; the attack-based ones, and the check that a stronger attack would
+    not move the run's strongest gradient attack (:mod:`robustlab.convergence`), behind a defense or with
+    full diagnostics.
+    """
+    names = target.names
+    x, y = first_batch(target.dataset, indices, config)
+    scored = target.scored
+    found = output_checks(scored, x, names=names)
+    if found:
+        return found  # NaN or constant outputs: the probes would only repeat it
+    keep = predict(scored, x) == y
+    x, y = x[keep], y[keep]
+    adaptive = ThreatMode.ADAPTIVE.value  # the pipeline a white-box attacker differentiates, built if not run
+    attacked = target.attacked.get(NO_MODE, target.attacked.get(adaptive))
+    if attacked is None:
+        attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)[adaptive]
+    budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
+    settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
+    with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
+        cheap = cheap_probes(
+            attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
+        )
+        said = target.draws > 1  # the ``randomized`` line already says so
+        found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
+        if defense.changes_model or config.diagnostics == "full":
+            bar = tqdm(total=0, desc=f"{' / '.join(names)}: masking probes", disable=not progress, leave=False)
+            with bar, reporting(on_bar(bar, "probe") if progress else None):
+                found += expensive_probes(
+                    *(attacked, scored, x, y),
+                    settings=settings,
+                    generator=generator,
+                    model=names[0],
+                    defense=names[1],
+                    deterministic=target.draws == 1,
+                )
+                labelled = [(spec.label(), attack) for spec, attack in attacks]
+                mode = NO_MODE if NO_MODE in target.attacked else adaptive
+                strongest = strongest_gradient_attack(labelled, [row for row in rows if row.threat_mode == mode])
+                if strongest is not None:
+                    found += convergence_checks(
+                        *(attacked, scored, x, y, strongest[1], strongest[0]),
+                        early_stop=target.early_stop,
+                        generator=generator,
+                        names=names,
+                        base=_robust_in_run(samples, mode, strongest[0], keep),
+                    )
+    return found
+
+
+def _robust_in_run(samples: list[dict[str, Any]], mode: str, attack: str, keep: Tensor) -> list[bool] | None:
+    """Which of the first ``len(keep)`` samples (those ``keep`` marks) ``attack`` left robust in ``mode``, read from
+    the run's per-sample results; ``None`` when the run has none for that mode."""
+    for block in samples:
+        if block["threat_mode"] != mode or block["task"] != "classification":
+            continue
+        for entry in block["attacks"]:
+            if entry["attack"] == attack and "adv_pred" in entry:
+                pairs = zip(entry["adv_pred"], block["label"], keep.tolist(), strict=False)
+                return [prediction == label for prediction, label, kept in pairs if kept]
+    return None
+
+
+def first_batch(dataset: ImageDataset, indices: Tensor, config: EvalConfig, size: int = 128) -> tuple[Tensor, Tensor]:
+    """The first ``size`` evaluated samples, on the run's device."""
+    _, x, y = next(iter(iterate_batches(dataset, indices[:size], size)))
+    device = torch.device(config.device)
+    return x.to(device), y.to(device)
+
+
+def defense_fidelity(
+    defense: PreprocessingDefense,
+    dataset: ImageDataset,
+    indices: Tensor,
+    config: EvalConfig,
+    *,
+    names: tuple[str, str],
+    limit: int = 256,
+) -> Fidelity:
+    """PSNR of the defense's output against the clean input, on the first ``limit`` evaluated samples."""
+    device = torch.device(config.device)
+    values = []
+    with seeded(config.seed, f"{'/'.join(names)}/fidelity"), torch.inference_mode():  # a randomized defense draws
+        for _, x, _ in iterate_batches(dataset, indices[:limit], config.batch_size):
+            x = x.to(device)
+            values.append(psnr(defense.transform(x).float(), x.float()).cpu())
+    quality = torch.cat(values)
+    return Fidelity(names[0], names[1], len(quality), float(quality.mean()), float(quality.min()))

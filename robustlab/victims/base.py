@@ -1,0 +1,91 @@
+"""What ``--task NAME`` evaluates: a victim kind owns how a model loads and the targets it is scored through.
+
+The evaluator is the same loop for every kind: load each model, build its targets behind each defense,
+attack and score every target, aggregate. A kind says what differs: the model it loads from a
+``--model`` name (a classifier, an encoder, a captioner...), the targets (one defended classifier, one
+head per downstream attribute...), what it checks of its inputs, and whether the classifier diagnostics
+(randomness, the sanity gate, the masking probes) apply. Adding a kind is one registered class; the core
+is not edited.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Protocol
+
+from torch import Tensor, nn
+
+from robustlab.data import ImageDataset
+from robustlab.defense import Defense, ThreatMode
+from robustlab.models import ModelSpec
+from robustlab.registry import Registry
+from robustlab.victims.targets import Target
+
+__all__ = ["VICTIMS", "EvalSettings", "Victim"]
+
+
+class EvalSettings(Protocol):
+    """What a victim kind reads of the run's configuration (:class:`robustlab.evaluate.EvalConfig` has it all)."""
+
+    @property
+    def data(self) -> str: ...
+    @property
+    def train_data(self) -> str | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def threat_modes(self) -> tuple[ThreatMode, ...]: ...
+    @property
+    def eot_samples(self) -> int: ...
+    @property
+    def heads(self) -> tuple[str, ...]: ...
+    @property
+    def head_kind(self) -> str: ...
+
+
+class Victim(ABC):
+    """A kind of model the evaluator attacks, named by ``--task`` (:attr:`name`, also its registry name)."""
+
+    name: ClassVar[str]
+    task: ClassVar[str] = "classification"
+    """The task (:data:`robustlab.tasks.TASKS`) that scores its targets: the rows' ``task`` column."""
+    classifier_checks: ClassVar[bool] = False
+    """Whether the classifier diagnostics apply: a randomness check before attacking, the sanity gate and the
+    masking probes after (they read logits and labels of the dataset's classes)."""
+
+    @abstractmethod
+    def load(self, spec: ModelSpec, config: EvalSettings, *, progress: bool) -> nn.Module:
+        """The model ``spec`` names, as this kind evaluates it."""
+
+    @abstractmethod
+    def targets(
+        self,
+        model: nn.Module,
+        defense: Defense,
+        dataset: ImageDataset,
+        config: EvalSettings,
+        *,
+        names: tuple[str, str],
+        progress: bool,
+    ) -> list[Target]:
+        """The scored modules of ``model`` behind ``defense`` (training the defense or heads as needed)."""
+
+    def check(self, config: EvalSettings) -> None:
+        """Refuse a configuration this kind cannot run (a :class:`robustlab.errors.ConfigError`), before any work."""
+        return None
+
+    def check_inputs(
+        self, model: nn.Module, spec: ModelSpec, dataset: ImageDataset, indices: Tensor, config: EvalSettings
+    ) -> list[str]:
+        """Check that ``model`` can take the run's inputs; return the lines that say how it is fed."""
+        return []
+
+    def row_tasks(self, config: EvalSettings) -> list[str]:
+        """The ``task`` column of the rows a run of ``config`` makes (per-input and universal attacks)."""
+        return [self.task]
+
+
+VICTIMS: Registry[Victim] = Registry("victim")
+"""The kinds ``--task`` names; ``robustlab list`` prints them as victims."""
