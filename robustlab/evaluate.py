@@ -194,13 +194,54 @@ class Evaluator:
         not the defense's or the threat mode's, so every row of a model draws the same random starts and its
         defended rows compare with the bare one sample for sample (a defense that changes nothing changes no
         number)."""
-        device = torch.device(config.device)
+        scored = accelerated(target.scored, config)
+        cells = self._prepared_cells(target, attacks, config, scored, key=key, fit_key=fit_key)
+        batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
+        tasks = {cell.task.name: cell.task for cell in batched}
+        n_batches = -(-len(indices) // config.batch_size) if batched else 0
+        own = [b for b in range(n_batches) if self.shard.owns(b)]
+        bar = tqdm(
+            total=len(own) * (len(tasks) + len(batched)),
+            desc=" / ".join(filter(None, (*target.names, target.head))),
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        batches = _Batches(self, target, config, scored, tasks, batched, bar, key=key, streams=streams)
+        todo = [b for b in own if not batches.resumed(b)]  # a resumed batch is left out: not even its images load
+        chunks = [indices[b * config.batch_size : (b + 1) * config.batch_size] for b in todo]
+        for b, chunk, (x, y) in zip(
+            todo, chunks, load_batches(target.dataset, chunks, workers=self.workers), strict=True
+        ):
+            batches.run(b, chunk, x, y)
+        bar.close()
+        units = gather_units(self.shard, batches.units)
+        if not self.shard.is_main:
+            return [], []
+        cleans: dict[str, list[dict[str, Tensor]]] = {name: [] for name in tasks}
+        for b in range(n_batches):
+            for name in tasks:
+                cleans[name].append(units[f"{key}/clean/{name}/b{b}"])
+            for cell in batched:
+                cell.results.append(units[_cell_key(key, cell, b)])
+        self._report_halvings(batched, target.names)
+        return aggregate(target, cells, {name: concat(parts) for name, parts in cleans.items()}, indices)
+
+    def _prepared_cells(
+        self,
+        target: Target,
+        attacks: Sequence[tuple[ComponentSpec, Attack]],
+        config: EvalConfig,
+        scored: nn.Module,
+        *,
+        key: str,
+        fit_key: str,
+    ) -> list[Cell]:
+        """A cell per threat mode and attack, each prepared by its runner (universal perturbations fitted...)."""
         plain = target.scored
-        scored = accelerated(plain, config)
-        attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
         cells = [
             Cell(mode, ai, spec, attack, self._task(attack, target))
-            for mode in attacked
+            for mode in target.attacked
             for ai, (spec, attack) in enumerate(attacks)
         ]
         context = RunContext(
@@ -219,77 +260,7 @@ class Evaluator:
         )
         for cell in cells:
             RUNNERS[cell.attack.kind].prepare(cell, target.fit_on[cell.mode], scored, context)
-        batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
-        tasks = {cell.task.name: cell.task for cell in batched}
-        check_fast_path = config.amp is not None or config.compile
-        n_batches = -(-len(indices) // config.batch_size) if batched else 0
-        own = [b for b in range(n_batches) if self.shard.owns(b)]
-        bar = tqdm(
-            total=len(own) * (len(tasks) + len(batched)),
-            desc=" / ".join(filter(None, (*target.names, target.head))),
-            disable=not self.progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        units: dict[str, dict[str, Tensor]] = {}
-        todo = []
-        for b in own:
-            stored = {
-                k: self.store.get(k) for k in (*_clean_keys(key, tasks, b).values(), *_cell_keys(key, batched, b))
-            }
-            if all(unit is not None for unit in stored.values()):
-                units.update({k: unit for k, unit in stored.items() if unit is not None})
-                bar.update(len(stored))
-            else:  # a resumed batch is left out: not even its images are needed again
-                todo.append(b)
-        chunks = [indices[b * config.batch_size : (b + 1) * config.batch_size] for b in todo]
-        for b, chunk, (x, y) in zip(
-            todo, chunks, load_batches(target.dataset, chunks, workers=self.workers), strict=True
-        ):
-            clean_keys, cell_keys = _clean_keys(key, tasks, b), _cell_keys(key, batched, b)
-            x, y = x.to(device), y.to(device)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if check_fast_path:
-                check_fast_path = False
-                self._diagnostics.append(fast_path_check(plain, scored, x, config, target.names))
-            clean: dict[str, dict[str, Tensor]] = {}
-            for name, task in tasks.items():
-                clean[name] = units[clean_keys[name]] = self._unit(
-                    clean_keys[name], config.seed, partial(_clean_unit, task, scored, x, y)
-                )
-                bar.update()
-            for cell, cell_key in zip(batched, cell_keys, strict=True):
-                cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
-                mask = cell.task.attackable(cell_clean, y)
-                with reporting(on_bar(bar, cell.spec.label()) if self.progress else None):  # a long call moves too
-                    units[cell_key] = self._unit(
-                        cell_key,
-                        config.seed,
-                        partial(
-                            attack_and_score,
-                            *(cell.attack, attacked_by(cell.attack, attacked[cell.mode]), scored, cell.task, x, y),
-                            *(cell_clean, mask),
-                            early_stop=target.early_stop,
-                            track_scored=target.tracks_scored(cell.mode),
-                            limit=self._limit,
-                            sample_seeds=_sample_seeds(config.seed, f"{streams}/a{cell.index}", chunk),
-                            state=KeyedStore(self.store, cell_key),
-                        ),
-                    )
-                bar.update()
-        bar.close()
-        units = gather_units(self.shard, units)
-        if not self.shard.is_main:
-            return [], []
-        cleans: dict[str, list[dict[str, Tensor]]] = {name: [] for name in tasks}
-        for b in range(n_batches):
-            for name in tasks:
-                cleans[name].append(units[f"{key}/clean/{name}/b{b}"])
-            for cell in batched:
-                cell.results.append(units[_cell_key(key, cell, b)])
-        self._report_halvings(batched, target.names)
-        return aggregate(target, cells, {name: concat(parts) for name, parts in cleans.items()}, indices)
+        return cells
 
     def _task(self, attack: Attack, target: Target) -> Task:
         """The task that scores ``attack`` on ``target``: the attack's own, else the victim's."""
@@ -331,6 +302,74 @@ class Evaluator:
                         defense=names[1],
                     )
                 )
+
+
+class _Batches:
+    """The batches of one target: each batch's clean units, then one unit per batched cell, stored as they finish."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        target: Target,
+        config: EvalConfig,
+        scored: nn.Module,
+        tasks: dict[str, Task],
+        cells: list[Cell],
+        bar: tqdm[Any],
+        *,
+        key: str,
+        streams: str,
+    ) -> None:
+        self.evaluator, self.target, self.config, self.scored = evaluator, target, config, scored
+        self.tasks, self.cells, self.bar, self.key, self.streams = tasks, cells, bar, key, streams
+        self.attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
+        self.check_fast_path = config.amp is not None or config.compile
+        self.units: dict[str, dict[str, Tensor]] = {}
+
+    def resumed(self, b: int) -> bool:
+        """Whether batch ``b`` is all in the store already (its units are then taken from there)."""
+        store = self.evaluator.store
+        keys = (*_clean_keys(self.key, self.tasks, b).values(), *_cell_keys(self.key, self.cells, b))
+        stored = {k: store.get(k) for k in keys}
+        if not all(unit is not None for unit in stored.values()):
+            return False
+        self.units.update({k: unit for k, unit in stored.items() if unit is not None})
+        self.bar.update(len(stored))
+        return True
+
+    def run(self, b: int, chunk: Tensor, x: Tensor, y: Tensor) -> None:
+        """Score batch ``b`` (the samples ``chunk``) clean under each task, then attack and score it per cell."""
+        config, evaluator, device = self.config, self.evaluator, torch.device(self.config.device)
+        clean_keys, cell_keys = _clean_keys(self.key, self.tasks, b), _cell_keys(self.key, self.cells, b)
+        x, y = x.to(device), y.to(device)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.check_fast_path:
+            self.check_fast_path = False
+            evaluator._diagnostics.append(
+                fast_path_check(self.target.scored, self.scored, x, config, self.target.names)
+            )
+        clean: dict[str, dict[str, Tensor]] = {}
+        for name, task in self.tasks.items():
+            compute = partial(_clean_unit, task, self.scored, x, y)
+            clean[name] = self.units[clean_keys[name]] = evaluator._unit(clean_keys[name], config.seed, compute)
+            self.bar.update()
+        for cell, cell_key in zip(self.cells, cell_keys, strict=True):
+            cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
+            mask = cell.task.attackable(cell_clean, y)
+            attacked = attacked_by(cell.attack, self.attacked[cell.mode])
+            compute = partial(
+                attack_and_score,
+                *(cell.attack, attacked, self.scored, cell.task, x, y, cell_clean, mask),
+                early_stop=self.target.early_stop,
+                track_scored=self.target.tracks_scored(cell.mode),
+                limit=evaluator._limit,
+                sample_seeds=_sample_seeds(config.seed, f"{self.streams}/a{cell.index}", chunk),
+                state=KeyedStore(evaluator.store, cell_key),
+            )
+            with reporting(on_bar(self.bar, cell.spec.label()) if evaluator.progress else None):  # a long call moves
+                self.units[cell_key] = evaluator._unit(cell_key, config.seed, compute)
+            self.bar.update()
 
 
 def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
