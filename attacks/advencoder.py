@@ -41,6 +41,7 @@ from robustlab import ssl  # noqa: F401  (registers the simclr encoder this atta
 from robustlab.attack import ATTACKS, Attack, UniversalPerturbation
 from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError, ThreatModelViolation
+from robustlab.seeding import global_rng_seeded
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["AdvEncoder", "check_patch", "high_low_energy_ratio", "high_pass", "info_nce", "patch_box"]
@@ -286,8 +287,8 @@ class AdvEncoder(UniversalPerturbation):
         device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
         height, width = dataset[0][0].shape[-2:]
         radius = self.radius if self.radius is not None else 8 * height / 64
-        with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: make it a function of ours
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        init_seed = int(torch.randint(2**62, (1,), generator=generator))
+        with global_rng_seeded(init_seed):  # layer init draws from the global RNG: make it a function of ours
             net = _Generator(height, width, noise_dim=self.noise_dim, noise_batch=self.noise_batch).to(device)
         noise = torch.randn(self.noise_batch, self.noise_dim, 1, 1, generator=generator).to(device)
         mask = None if self.mode == "per" else self._mask_like(torch.empty(1, 1, height, width, device=device))

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS
 from robustlab.errors import ConfigError
+from robustlab.seeding import global_rng_seeded
 
 __all__ = ["CaptionGAN", "PatchDiscriminator", "PerturbationGenerator"]
 
@@ -185,8 +186,7 @@ class CaptionGAN(CaptionAttack):
         )
         device = bank.device
         seed = int(torch.randint(2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):  # inits draw from the global RNG: make them a function of seed
-            torch.manual_seed(seed)
+        with global_rng_seeded(seed):  # inits draw from the global RNG: make them a function of seed
             net, critic = PerturbationGenerator().to(device), PatchDiscriminator().to(device)
         opt_g = torch.optim.Adam(net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(critic.parameters(), lr=self.lr, betas=(0.5, 0.999))

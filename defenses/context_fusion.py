@@ -28,6 +28,7 @@ from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.models import ImageClassifier, load_model
+from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, trained_attribute_classifier
 
 __all__ = ["FUSIONS", "ContextFusion", "FusedClassifier", "FusionConfig", "FusionHead", "scene_network"]
@@ -390,8 +391,7 @@ def _train_head(
     """
     head.standardize(object_features, scene_features)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):
         for module in head.modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()

@@ -29,6 +29,7 @@ from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.models import ImageClassifier
+from robustlab.seeding import global_rng_seeded
 from robustlab.spectral import spectral_summary
 
 __all__ = [
@@ -254,8 +255,7 @@ def train_nmtune(
     if n < config.batch_size:
         raise ConfigError(f"nmtune needs at least batch_size={config.batch_size} training images, got {n}")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: make it a function of the seed
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):  # layer init draws from the global RNG: make it a function of the seed
         tuner = ResidualMLP(views.shape[2], ratio=config.ratio, scale_init=config.res_scale_init)
         head = _linear_head(views.shape[2], num_classes)
     device = views.device

@@ -24,6 +24,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import iterate_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
+from robustlab.seeding import global_rng_seeded
 
 __all__ = ["TRAINING_VERSION", "MiniPyNet", "RawIsp", "RawIspConfig", "RgbToRawNet", "dataset_identity"]
 
@@ -264,8 +265,7 @@ class RawIsp(PreprocessingDefense):
 
 def _build_networks(config: RawIspConfig, *, seed: int) -> tuple[RgbToRawNet, MiniPyNet]:
     """Initialise F and G on the CPU from ``seed``, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng_seeded(seed):
         return RgbToRawNet(width=config.f_width), MiniPyNet(
             levels=config.levels, width=config.g_width, skip=config.skip
         )

@@ -38,6 +38,7 @@ from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH
 from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_words
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.nets import _conv_bn
+from robustlab.seeding import global_rng_seeded
 
 __all__ = [
     "CAPTIONERS",
@@ -333,8 +334,7 @@ def build_captioner(config: CaptionerConfig, vocab: Vocab, *, progress: bool = T
     if config.name not in CAPTIONERS:
         raise UnknownNameError(f"unknown captioner {config.name!r}; known: {', '.join(CAPTIONERS)}")
     # Constructors draw from the global RNG; fork it so the init is a function of the seed alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):
         if config.name == "captioner":
             encoder = ImageEncoder(_tiny_backbone(), dim=64, mean=SYNTH_MEAN, std=SYNTH_STD)
         else:

@@ -25,6 +25,7 @@ from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.errors import ConfigError
 from robustlab.models import ImageClassifier, load_model
 from robustlab.registry import Registry
+from robustlab.seeding import global_rng_seeded
 
 __all__ = [
     "ENCODERS",
@@ -197,8 +198,7 @@ def train_head(
 ) -> nn.Module:
     """Fit a head of ``config.kind`` on precomputed features (AdamW, cosine schedule), deterministically."""
     generator = torch.Generator().manual_seed(config.seed)
-    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: make it a function of the seed
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):  # layer init draws from the global RNG: make it a function of the seed
         head = make_head(config.kind, features.shape[1], num_classes)
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=1e-4)

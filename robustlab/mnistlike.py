@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.classifiers import ImageClassifier
 from robustlab.data.synth import SynthConfig, SynthDataset
+from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, train_classifier
 
 __all__ = ["MNISTLIKE_RECIPE", "MNISTLIKE_SIZE", "LeNet", "MnistLike", "trained_mnistlike_classifier"]
@@ -75,8 +76,7 @@ class LeNet(nn.Module):
 def trained_mnistlike_classifier(*, progress: bool = True) -> ImageClassifier:
     """LeNet trained on :class:`MnistLike`'s train split with :data:`MNISTLIKE_RECIPE`: trained once, then cached."""
     config = MNISTLIKE_RECIPE
-    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: make it a function of the seed
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):  # layer init draws from the global RNG: make it a function of the seed
         net = LeNet(config.num_classes)
     model = ImageClassifier(
         net, mean=(0.5,), std=(0.25,), num_classes=config.num_classes, name="lenet-mnistlike", input_size=28

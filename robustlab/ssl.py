@@ -30,6 +30,7 @@ from robustlab.data import iterate_batches
 from robustlab.encoders import ENCODERS, Encoder
 from robustlab.errors import CheckpointMismatchError, ConfigError
 from robustlab.nets import SmallCNN
+from robustlab.seeding import global_rng_seeded
 
 __all__ = ["SSLConfig", "SimCLREncoder", "nt_xent", "solo_learn_resnet18", "train_simclr", "trained_simclr"]
 
@@ -108,8 +109,7 @@ class SSLConfig:
 
 def _build(config: SSLConfig) -> tuple[SimCLREncoder, nn.Module]:
     """The encoder and its projection head (used only in training), initialised from ``config.seed``."""
-    with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):  # constructors draw from the global RNG
         backbone = SmallCNN(width=config.width).features  # conv stack + global pooling: (B, 4*width)
         dim = 4 * config.width
         projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, config.projection_dim))
@@ -162,8 +162,7 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
     generator = torch.Generator().manual_seed(config.seed)
     encoder.train()
     projector.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):
         bar = tqdm(range(config.steps), desc="training simclr", disable=not progress, leave=False, dynamic_ncols=True)
         for _ in bar:
             x = pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]

@@ -20,6 +20,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.classifiers import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
+from robustlab.seeding import global_rng_seeded
 
 __all__ = [
     "TrainConfig",
@@ -132,8 +133,7 @@ def robust_recipe(config: TrainConfig) -> TrainConfig:
 
 def _build(config: TrainConfig) -> ImageClassifier:
     # Module constructors draw from the global RNG; fork it so the init is a function of the seed alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with global_rng_seeded(config.seed):
         net = MODELS.get(config.arch).factory(num_classes=config.num_classes, image_size=config.image_size)
     return ImageClassifier(
         net,
