@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-import signal
-import sys
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import click
 
-from robustlab.allocator import fix_mmap_threshold
+from robustlab.cli_errors import OneLineErrors
 from robustlab.cli_options import (
     BudgetType,
     EpsType,
@@ -23,6 +15,7 @@ from robustlab.cli_options import (
     defense_args_option,
     device_option,
     eot_samples_option,
+    eval_options,
     gate_options,
     input_options,
     model_option,
@@ -33,87 +26,11 @@ from robustlab.cli_options import (
     train_data_option,
     weights_option,
 )
-from robustlab.errors import CacheNotWritten, RobustlabError
 
 __all__ = ["cli", "main"]
 
 
-class _Group(click.Group):
-    """A click group whose every failure is one line on stderr and a non-zero exit, never a traceback.
-
-    Exit codes: 0 success; 1 a check failed (a regression against a baseline); 2 bad input or a
-    clear error (unknown name, missing data, unavailable weights, a file that cannot be read or
-    written...); 130 interrupted (Ctrl-C or SIGTERM).
-    """
-
-    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
-        fix_mmap_threshold()  # before the first tensor: peak memory flat in the number of batches
-        kwargs["standalone_mode"] = False
-        try:
-            with warnings.catch_warnings(), _terminate_as_interrupt():
-                warnings.showwarning = _show_note
-                code = super().main(*args, **kwargs)
-        except click.ClickException as error:
-            _fail(error.format_message(), error.exit_code)
-        except RobustlabError as error:
-            _fail(str(error), 2)
-        except OSError as error:  # a file robustlab reads or writes that no handler closer to it expected
-            _fail(_file_error(error), 2)
-        except (KeyboardInterrupt, click.exceptions.Abort):
-            _fail("interrupted", 130)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI cancel, ``timeout``, ``docker stop``) unwinds like Ctrl-C: stores closed, "interrupted"."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-_FIXES = {
-    errno.ENOSPC: "free space on its disk and run again",
-    errno.EDQUOT: "free space within your quota and run again",
-    errno.EACCES: "make it accessible or choose another place",
-    errno.EPERM: "make it accessible or choose another place",
-    errno.EROFS: "choose a writable place",
-}
-
-
-def _file_error(error: OSError) -> str:
-    """One line for a failed read or write: the file, the reason, what to do."""
-    where = f" {error.filename}" if error.filename is not None else ""
-    fix = _FIXES.get(error.errno or 0, "check the file and its disk, and run again")
-    return f"cannot use{where}: {error.strerror or error}; {fix}"
-
-
-_show_warning = warnings.showwarning
-
-
-def _show_note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """robustlab's own warnings (a cache that could not be written) are a ``note:`` line, not a Python warning."""
-    if issubclass(category, CacheNotWritten):
-        click.echo(f"robustlab: note: {' '.join(str(message).split())}", err=True)
-    else:
-        _show_warning(message, category, *args, **kwargs)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"robustlab: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="robustlab")
 def cli() -> None:
     """Adversarial robustness of PyTorch image models: attacks, defenses, reports.
@@ -154,176 +71,7 @@ def list_command() -> None:
 @weights_option
 @num_classes_option
 @input_options
-@click.option(
-    "--attack",
-    "attacks",
-    multiple=True,
-    default=("pgd",),
-    show_default=True,
-    metavar="NAME",
-    help="Attack to run; repeat for several (each also gets a worst-case row).",
-)
-@click.option(
-    "--defense",
-    "defenses",
-    multiple=True,
-    default=("none",),
-    show_default=True,
-    metavar="NAME",
-    help="Defense to put in front of the model; repeat for a grid.",
-)
-@click.option(
-    "--eps",
-    "eps",
-    multiple=True,
-    type=BudgetType(),
-    help="Budget per norm in [0, 1] pixel units: linf:8/255, l2:0.5; repeat for a sweep or several norms. "
-    "A bare 8/255 is L∞ only: L2 attacks keep their own budget unless given l2:EPS. "
-    "Default: each attack's standard budget (L∞ 8/255, L2 0.5).",
-)
-@steps_option
-@attack_args_option
-@defense_args_option
-@click.option(
-    "--threat-mode",
-    type=click.Choice(["both", "transfer", "adaptive"]),
-    default="both",
-    show_default=True,
-    help="For defenses: attack the bare model (transfer), the whole pipeline (adaptive), or both.",
-)
-@click.option(
-    "--data",
-    default="synth",
-    show_default=True,
-    metavar="SPEC",
-    help="synth[:k=v,...], cifar10[:ROOT], imagefolder:PATH.",
-)
-@train_data_option
-@click.option(
-    "--fit-data",
-    default=None,
-    metavar="SPEC",
-    help="Data that universal and task attacks are fitted on (default: the train split of --data).",
-)
-@click.option(
-    "--task",
-    default="classification",
-    show_default=True,
-    metavar="NAME",
-    help="The kind of victim (robustlab list: victims). downstream: evaluate each model as an encoder, scored "
-    "through heads trained on its frozen features; captioning: each model is a captioner (--model captioner), "
-    "attacked by caption attacks.",
-)
-@click.option(
-    "--head",
-    "heads",
-    multiple=True,
-    metavar="ATTRIBUTE",
-    help="A downstream head per synthetic-world attribute (shape, color, background, size, position); "
-    "repeat. Default: shape, color, background, size.",
-)
-@click.option(
-    "--head-kind",
-    type=click.Choice(["mlp", "linear"]),
-    default="mlp",
-    show_default=True,
-    help="Downstream heads: a 3-layer MLP or a linear probe.",
-)
-@click.option(
-    "--n",
-    "-n",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Number of test samples: a seeded class-stratified subset of class folders, the first n of synth.",
-)
-@click.option(
-    "--subset",
-    default="stratified",
-    show_default=True,
-    metavar="stratified|first|list:FILE",
-    help="Which n samples: class-stratified (class folders, CIFAR-10), the first n (RobustBench's protocol), or the "
-    "first n a list file names (indices, or paths under an image folder: RobustBench's 5000 ImageNet images).",
-)
-@click.option(
-    "--leaderboard",
-    type=click.Path(path_type=Path),
-    default=None,
-    metavar="DIR|FILE",
-    help="Compare clean and AutoAttack accuracy with RobustBench model_info entries: a clone's model_info folder "
-    "or one JSON; a `! leaderboard` line flags |z| > 2 (or > 0.5 pt on the full test set).",
-)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Processes that read, decode and resize the next batches while the model computes (same results).",
-)
-@seed_option
-@eot_samples_option
-@device_option
-@click.option(
-    "--amp",
-    type=click.Choice(["bf16"]),
-    default=None,
-    help="Run the model under bf16 autocast (GPU speed-up; clean predictions are checked against float32).",
-)
-@click.option(
-    "--channels-last",
-    is_flag=True,
-    help="NHWC memory layout for model and images (faster convolutions on GPU, often on CPU).",
-)
-@click.option("--compile", is_flag=True, help="torch.compile the model (CUDA only).")
-@click.option(
-    "--diagnostics",
-    type=click.Choice(["auto", "full", "off"]),
-    default="auto",
-    show_default=True,
-    help="auto: the sanity gate and cheap masking probes on every model, attack probes behind defenses; "
-    "full: the attack probes and the steps/restarts/loss convergence checks on every model too.",
-)
-@click.option(
-    "--strict",
-    is_flag=True,
-    help="Exit 2 when the sanity gate flags a model (chance-level accuracy, NaN logits, outputs that ignore the "
-    "input), after writing the report.",
-)
-@click.option(
-    "--draws",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Forward passes each input is scored over when the model is randomized (correct only if all are).",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the JSON report here (atomically).",
-)
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Keep per-batch results in DIR/store.sqlite so an interrupted run can --resume.",
-)
-@click.option("--resume", is_flag=True, help="Continue the run stored in --run-dir.")
-@click.option(
-    "--shard",
-    metavar="K/N",
-    default=None,
-    help="Compute only share K of N (batch b when b % N == K) into --run-dir, for robustlab merge; no report.",
-)
-@quiet_option
-@gate_options
-@click.option(
-    "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Fail (exit 1) when a clean or robust accuracy of this report JSON drops by more than --tolerance.",
-)
+@eval_options
 def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, **options: Any) -> None:
     """Clean and robust accuracy for every model x defense x attack asked for.
 
