@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import click
 
 from robustlab.cli_errors import OneLineErrors
+from robustlab.cli_eval_options import eval_options
 from robustlab.cli_options import (
     BudgetType,
     EpsType,
@@ -15,7 +16,6 @@ from robustlab.cli_options import (
     defense_args_option,
     device_option,
     eot_samples_option,
-    eval_options,
     gate_options,
     input_options,
     model_option,
