@@ -4,7 +4,7 @@ a stronger attack would not move the run's strongest gradient attack, and a prep
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,17 +15,46 @@ from robustlab.checks import ProbeSettings, cheap_probes, expensive_probes
 from robustlab.components import ComponentSpec, seeded
 from robustlab.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches
+from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import Defense, PreprocessingDefense, ThreatMode
 from robustlab.eval_config import EvalConfig
+from robustlab.inputs import input_note
 from robustlab.metrics import psnr
+from robustlab.models import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
 from robustlab.report import Diagnostic, Fidelity, Row
-from robustlab.sanity import output_checks
+from robustlab.sanity import adversarial_data, chance_level, output_checks
 from robustlab.tasks import predict
 from robustlab.threat import Norm
 from robustlab.victims import NO_MODE, Target, attacked_models
 
-__all__ = ["defense_fidelity", "first_batch", "probe"]
+__all__ = ["classifier_diagnostics", "defense_fidelity", "first_batch", "probe"]
+
+
+def classifier_diagnostics(
+    model: nn.Module,
+    spec: ModelSpec,
+    defense: Defense,
+    target: Target,
+    indices: Tensor,
+    attacks: Sequence[tuple[ComponentSpec, Attack]],
+    config: EvalConfig,
+    rows: list[Row],
+    samples: list[dict[str, Any]],
+    *,
+    progress: bool,
+) -> list[Diagnostic]:
+    """A classifier target's sanity gate (chance level, or for ``adv:`` data the accuracy ``generate`` recorded),
+    then :func:`probe`."""
+    names = target.names
+    dataset = target.dataset
+    if isinstance(dataset, AdversarialDataset):
+        found = adversarial_data(rows, dataset, indices, names=names, exact=target.draws == 1)
+    else:
+        labels = torch.tensor(samples[0]["label"]) if samples else torch.empty(0)
+        fed = input_note(cast(ImageClassifier, model), spec, config.data)
+        found = chance_level(rows, labels, names=names, fed=fed)
+    return found + probe(model, defense, target, indices, attacks, config, rows, samples, progress=progress)
 
 
 def probe(

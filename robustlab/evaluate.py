@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,13 +28,11 @@ from robustlab.convergence import audit_verdicts
 from robustlab.data import load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, PreprocessingDefense
-from robustlab.diagnostics import defense_fidelity, first_batch, probe
+from robustlab.diagnostics import classifier_diagnostics, defense_fidelity, first_batch
 from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
 from robustlab.fast_paths import accelerated, fast_path_check
-from robustlab.inputs import input_note
-from robustlab.models import ImageClassifier
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, for_randomized
@@ -42,7 +40,6 @@ from robustlab.report import Diagnostic, Fidelity, Report, Row, environment
 from robustlab.rows import aggregate, concat
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
-from robustlab.sanity import adversarial_data, chance_level
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, Task
 from robustlab.victims import Target, prepare_defense
@@ -140,15 +137,9 @@ class Evaluator:
                     labelled = [(spec.label(), attack) for spec, attack in target_attacks]
                     diagnostics += audit_verdicts(block_samples, labelled, names)
                     if victim.classifier_checks and config.diagnostics:
-                        labels = torch.tensor(block_samples[0]["label"]) if block_samples else torch.empty(0)
-                        if isinstance(dataset, AdversarialDataset):
-                            exact = target.draws == 1
-                            diagnostics += adversarial_data(block_rows, dataset, indices, names=names, exact=exact)
-                        else:
-                            fed = input_note(cast(ImageClassifier, model), model_spec, config.data)
-                            diagnostics += chance_level(block_rows, labels, names=names, fed=fed)
-                        diagnostics += probe(
-                            *(model, defense, target, indices, target_attacks, config, block_rows, block_samples),
+                        diagnostics += classifier_diagnostics(
+                            *(model, model_spec, defense, target, indices, target_attacks, config),
+                            *(block_rows, block_samples),
                             progress=self.progress,
                         )
                 if isinstance(defense, PreprocessingDefense):
