@@ -186,6 +186,7 @@ class Evaluator:
         defended rows compare with the bare one sample for sample (a defense that changes nothing changes no
         number)."""
         scored = accelerated(target.scored, config)
+        attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
         cells = self._prepared_cells(target, attacks, config, scored, key=key, fit_key=fit_key)
         batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
         tasks = {cell.task.name: cell.task for cell in batched}
@@ -198,7 +199,7 @@ class Evaluator:
             leave=False,
             dynamic_ncols=True,
         )
-        batches = _Batches(self, target, config, scored, tasks, batched, bar, key=key, streams=streams)
+        batches = _Batches(self, target, config, (scored, attacked), tasks, batched, bar, key=key, streams=streams)
         todo = [b for b in own if not batches.resumed(b)]  # a resumed batch is left out: not even its images load
         chunks = [indices[b * config.batch_size : (b + 1) * config.batch_size] for b in todo]
         for b, chunk, (x, y) in zip(
@@ -303,7 +304,7 @@ class _Batches:
         evaluator: Evaluator,
         target: Target,
         config: EvalConfig,
-        scored: nn.Module,
+        modules: tuple[nn.Module, dict[str, nn.Module]],
         tasks: dict[str, Task],
         cells: list[Cell],
         bar: tqdm[Any],
@@ -311,9 +312,9 @@ class _Batches:
         key: str,
         streams: str,
     ) -> None:
-        self.evaluator, self.target, self.config, self.scored = evaluator, target, config, scored
+        self.evaluator, self.target, self.config = evaluator, target, config
+        self.scored, self.attacked = modules  # the scored module, and per threat mode the attacked one
         self.tasks, self.cells, self.bar, self.key, self.streams = tasks, cells, bar, key, streams
-        self.attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
         self.check_fast_path = config.amp is not None or config.compile
         self.units: dict[str, dict[str, Tensor]] = {}
 
