@@ -25,6 +25,7 @@ from robustlab.checkpoints import load_state_dict_file, load_strict
 from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.preprocessing import Preprocessing
+from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, trained_classifier
 
 __all__ = [
@@ -94,8 +95,8 @@ def load_model(
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
             nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
             ``imagenet`` or a torchvision tag such as ``IMAGENET1K_V2`` (the default for torchvision nets),
-            ``random`` (no training), or a checkpoint path (``.pt``/``.pth`` state dict loaded with
-            ``weights_only=True``, or ``.safetensors``).
+            ``random`` (no training; the same initial weights on every call), or a checkpoint path
+            (``.pt``/``.pth`` state dict loaded with ``weights_only=True``, or ``.safetensors``).
         num_classes: output classes; defaults to what the weights define (10 for synth, 1000 for ImageNet).
         image_size: input side length for synth training and for dataset resizing.
         progress: show download/training progress on stderr.
@@ -105,6 +106,13 @@ def load_model(
         WeightsUnavailableError: the weights cannot be downloaded or the file is missing.
         CheckpointMismatchError: the checkpoint does not fit the architecture.
     """
+    with global_rng_seeded(0):  # layer inits draw from the global RNG: ``random`` weights are the same every run
+        return _load_model(name, weights=weights, num_classes=num_classes, image_size=image_size, progress=progress)
+
+
+def _load_model(
+    name: str, *, weights: str | None, num_classes: int | None, image_size: int | None, progress: bool
+) -> ImageClassifier:
     if name.startswith("timm:"):
         from robustlab.timm_models import load_timm_model
 

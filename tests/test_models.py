@@ -20,6 +20,13 @@ def test_loaded_model_is_eval_and_frozen() -> None:
     assert model.num_classes == 10
 
 
+def test_random_weights_are_the_same_on_every_call_and_leave_the_callers_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    first, second = (load_model("smallcnn", weights="random").state_dict() for _ in range(2))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_normalization_lives_inside_the_wrapper() -> None:
     net = torch.nn.Flatten()
     model = ImageClassifier(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3, name="t", input_size=1)
