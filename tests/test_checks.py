@@ -125,3 +125,28 @@ def test_shattered_gradients_are_flagged_and_a_bpda_surrogate_is_not(
     assert codes(trained_model, trained_model) == []
     defense = Quantize(levels=8)
     assert codes(defense.wrap(trained_model, adaptive=True), defense.wrap(trained_model)) == []
+
+
+class _SignCounter(nn.Module):
+    """Class 1 when the signs of ``x - centre`` (the nearest point of a 1/8 grid) sum high: 5% of uniform noise
+    draws flip a sample, and the gradient is zero, so PGD gets one draw (its random start) and noise a hundred."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = ((x * 8).floor() + 0.5) / 8
+        signs = torch.sign(x - centre).flatten(1)
+        z = signs.sum(1) / signs.shape[1] ** 0.5 - 1.645
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def test_noise_that_beats_the_gradient_is_flagged_and_an_honest_model_is_not(
+    trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from robustlab.checks import noise_sanity
+
+    def codes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+        found = noise_sanity(model, model, x, y, settings=SETTINGS, generator=torch.Generator().manual_seed(0))
+        return [code for code, _ in found]
+
+    centres = (torch.randint(8, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)) + 0.5) / 8
+    assert codes(_SignCounter().eval(), centres, torch.zeros(64, dtype=torch.long)) == ["noise_beats_gradient"]
+    assert codes(trained_model, *probe_batch) == []
