@@ -21,6 +21,7 @@ from robustlab.attacks._pgd import linf_random_start, linf_step
 from torch import Tensor, nn
 
 from robustlab.attack import Attack, AttackKind
+from robustlab.caption_metrics import goal_reached
 from robustlab.captioning import Captioner, tokenize
 from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError
@@ -37,7 +38,6 @@ __all__ = [
     "feature_distance",
     "goal_bank",
     "goal_features",
-    "goal_reached",
     "pgd_until_reached",
 ]
 
@@ -82,14 +82,6 @@ def as_captioner(model: nn.Module) -> Captioner:
     if not isinstance(model, Captioner):
         raise ConfigError(f"caption attacks need a Captioner (load_captioner), got {type(model).__name__}")
     return model
-
-
-def goal_reached(caption: str, *, target: str | None, keyword: str | None) -> bool:
-    """Whether ``caption`` equals ``target`` or holds every word of ``keyword`` (after tokenization)."""
-    words = tokenize(caption)
-    if target is not None:
-        return words == tokenize(target)
-    return all(w in words for w in tokenize(keyword or ""))
 
 
 def dataset_images(dataset: Any, indices: Tensor) -> Tensor:

@@ -11,45 +11,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustlab.attacks.fooling import Fooling
-from torch import Tensor
+from torch import Tensor, nn
 
+from robustlab.attack import Attack
 from robustlab.cache import atomic_write, config_hash
 from robustlab.errors import ConfigError
-from robustlab.models import load_model
 from robustlab.store import SqliteStore
 from robustlab.tasks import confidence_metrics
 
-__all__ = ["GRID_LIMIT", "class_names", "run_fool", "write_fooling_outputs"]
+__all__ = ["GRID_LIMIT", "write_fooling_outputs", "write_run"]
 
 GRID_LIMIT = 100
 """The grid shows at most this many classes (the first ones); every image is written as a file."""
 
 
-def run_fool(
-    *,
-    model: str = "smallcnn",
-    weights: str | None = None,
-    num_classes: int | None = None,
-    encoding: str = "cppn",
-    generations: int | None = None,
-    population: int = 64,
-    seed: int = 0,
-    device: str = "cpu",
+def write_run(
+    attack: Attack,
+    victim: nn.Module,
     out: Path,
-    progress: bool = True,
+    *,
+    seed: int,
+    class_names: Sequence[str],
+    run: dict[str, Any],
+    progress: bool,
 ) -> dict[str, Any]:
-    """Generate fooling images for ``model`` and write them to ``out``; a rerun into ``out`` resumes.
+    """:meth:`Fooling.write`: generate, checkpointing the evolved archive in ``out/archive.sqlite``, then write.
 
-    The evolved archive is checkpointed in ``out/archive.sqlite``: a killed run started again with the same
-    options continues from its last saved generation, and a rerun with more ``generations`` extends it.
-
-    Returns:
-        The JSON summary that was written to ``out/fooling.json``.
+    A killed run started again with the same options continues from its last saved generation, and a rerun
+    with more ``generations`` extends it: the archive's identity leaves ``generations`` out.
     """
-    victim = load_model(model, weights=weights, num_classes=num_classes, progress=progress).to(torch.device(device))
-    attack = Fooling(encoding=encoding, generations=generations, population=population)
-    identity = {"model": model, "weights": weights, "num_classes": num_classes, "seed": seed} | attack.config()
+    identity = {key: run.get(key) for key in ("model", "weights", "num_classes")} | {"seed": seed} | attack.config()
     identity.pop("generations")
     out.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(out / "archive.sqlite", config_hash=config_hash(identity), resume=True)
@@ -58,27 +49,9 @@ def run_fool(
         result = attack.generate(victim, generator=torch.Generator().manual_seed(seed), store=store, progress=progress)
     finally:
         store.close()
-    meta = {"model": model, "weights": weights, "seed": seed, "device": device, "attack": attack.config()}
-    names = class_names(model, weights, int(result["target"].shape[0]))
-    return write_fooling_outputs(result, out, class_names=names, seconds=time.perf_counter() - started, meta=meta)
-
-
-def class_names(model: str, weights: str | None, k: int) -> list[str]:
-    """Readable class names: the synthetic world's shapes, ImageNet's categories, else the indices."""
-    from robustlab.models import MODELS
-
-    family = MODELS.get(model).tags.get("family") if model in MODELS else None
-    if family == "embedded" and weights in (None, "synth", "synth-at"):
-        from robustlab.data.synth import SHAPES
-
-        if k <= len(SHAPES):
-            return list(SHAPES[:k])
-    if family == "torchvision" and k == 1000:
-        import torchvision
-
-        categories = torchvision.models.get_model_weights(model)["DEFAULT"].meta["categories"]
-        return [str(c) for c in categories]
-    return [str(i) for i in range(k)]
+    meta = {key: run.get(key) for key in ("model", "weights")} | {"seed": seed, "device": run.get("device")}
+    meta["attack"] = attack.config()
+    return write_fooling_outputs(result, out, class_names=class_names, seconds=time.perf_counter() - started, meta=meta)
 
 
 def write_fooling_outputs(

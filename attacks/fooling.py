@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -159,6 +161,15 @@ class Fooling(Attack):
             out = self._evolve(model, victim, generator, store, progress)
         verify(self.threat, out["images"], out["images"])
         return out
+
+    def write(
+        self, model: nn.Module, out: Path, *, seed: int, class_names: Sequence[str], run: dict[str, Any], progress: bool
+    ) -> dict[str, Any]:
+        """``images/NNN-name.png`` (8-bit, lossless), ``grid.png`` and ``fooling.json`` in ``out``; the evolved
+        archive is checkpointed in ``out/archive.sqlite``, so a rerun resumes (:func:`write_run`)."""
+        from robustlab.attacks._fooling_outputs import write_run
+
+        return write_run(self, model, out, seed=seed, class_names=class_names, run=run, progress=progress)
 
     def _ascend(self, model: nn.Module, victim: _Victim, generator: torch.Generator) -> dict[str, Tensor]:
         config = AscentConfig(

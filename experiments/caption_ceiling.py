@@ -26,10 +26,9 @@ from typing import Any
 
 import robustlab.attacks  # noqa: F401  (registers the caption attacks)
 import torch
-from robustlab.attacks._caption import goal_reached
 
 from robustlab.attack import ATTACKS
-from robustlab.caption_metrics import fisher_p_above
+from robustlab.caption_metrics import fisher_p_above, goal_reached
 from robustlab.captioning import load_captioner, tokenize
 from robustlab.data.captions import SynthCaptions
 from robustlab.intervals import wilson_interval

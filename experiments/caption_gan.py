@@ -26,11 +26,10 @@ from typing import Any
 
 import robustlab.attacks  # noqa: F401  (registers the caption attacks)
 import torch
-from robustlab.attacks._caption import goal_reached
 from torch import Tensor
 
 from robustlab.attack import ATTACKS
-from robustlab.caption_metrics import caption_metrics, fisher_p_above, perturbation_metrics
+from robustlab.caption_metrics import caption_metrics, fisher_p_above, goal_reached, perturbation_metrics
 from robustlab.caption_plots import caption_grid_png
 from robustlab.captioning import Captioner, load_captioner
 from robustlab.data.captions import SynthCaptions

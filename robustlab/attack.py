@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, final
 
@@ -144,6 +145,16 @@ class Attack(ABC):
         intermediate state so that a killed run resumes where it stopped.
         """
         raise NotImplementedError(f"{type(self).__name__} is a {self.kind} attack and does not generate images")
+
+    def write(
+        self, model: nn.Module, out: Path, *, seed: int, class_names: Sequence[str], run: dict[str, Any], progress: bool
+    ) -> dict[str, Any]:
+        """Generate into the folder ``out`` what a reader looks at (``robustlab fool``; generative attacks only).
+
+        A rerun into ``out`` resumes what a killed one left there. ``run`` (model, weights, device...) is
+        recorded in the summary, which is returned.
+        """
+        raise ConfigError(f"{type(self).__name__} is a {self.kind} attack: it makes no images of its own to write")
 
     def config(self) -> dict[str, Any]:
         """Hyperparameters as plain values, recorded in reports and used in cache keys."""

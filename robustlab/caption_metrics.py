@@ -19,7 +19,7 @@ from robustlab.captioning import tokenize
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, perturbation_norm
 
-__all__ = ["CAPTION_METRICS", "bleu", "caption_metrics", "fisher_p_above", "perturbation_metrics"]
+__all__ = ["CAPTION_METRICS", "bleu", "caption_metrics", "fisher_p_above", "goal_reached", "perturbation_metrics"]
 
 CAPTION_METRICS: dict[str, str] = {
     "clean_exact": "higher is better for the model: clean caption equals the reference",
@@ -37,6 +37,14 @@ CAPTION_METRICS: dict[str, str] = {
     "psnr_mean": "budget used: mean PSNR in dB of adversarial against clean images (higher is less visible)",
 }
 """Metric name -> what it measures and its direction (for the model/defender); ``caption_metrics`` keys."""
+
+
+def goal_reached(caption: str, *, target: str | None, keyword: str | None) -> bool:
+    """Whether ``caption`` equals ``target`` or holds every word of ``keyword`` (after tokenization)."""
+    words = tokenize(caption)
+    if target is not None:
+        return words == tokenize(target)
+    return all(w in words for w in tokenize(keyword or ""))
 
 
 def _words(caption: str) -> str:

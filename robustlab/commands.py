@@ -431,10 +431,22 @@ def run_generate(**options: Any) -> None:
 
 def run_fool(**options: Any) -> None:
     """Run ``robustlab fool``: evolve (or ascend to) fooling images, write them, print the summary line."""
-    from robustlab.attacks._fooling_outputs import run_fool as write_fooling_images
+    import robustlab.attacks
+    from robustlab.models import class_names, load_model
 
-    quiet = options.pop("quiet")
-    summary = write_fooling_images(**{**options, "device": resolve_device(options["device"])}, progress=not quiet)
+    device = resolve_device(options["device"])
+    run = {key: options[key] for key in ("model", "weights", "num_classes")} | {"device": device}
+    progress = not options["quiet"]
+    victim = load_model(
+        options["model"], weights=options["weights"], num_classes=options["num_classes"], progress=progress
+    )
+    fooling = robustlab.attacks.ATTACKS.get("fooling").factory(
+        encoding=options["encoding"], generations=options["generations"], population=options["population"]
+    )
+    names = class_names(options["model"], options["weights"], victim.num_classes)
+    summary = fooling.write(
+        victim.to(device), options["out"], seed=options["seed"], class_names=names, run=run, progress=progress
+    )
     metrics = summary["metrics"]
     click.echo(
         f"{int(metrics['classes_fooled_99'])}/{int(metrics['classes'])} classes fooled at >= 99% "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attack import Attack
+from robustlab.attack import ATTACKS, Attack
 from robustlab.checks import ITERATIVE_WHITE_BOX, broken_by
 from robustlab.intervals import paired_difference, with_interval
 from robustlab.report import Diagnostic, Row
@@ -49,7 +49,7 @@ def convergence_checks(
     ``base``: which of them ``attack`` left robust in the run itself (read from its per-sample results), so that
     it is not run again; ``None``: it is run here.
     """
-    from robustlab.attacks.apgd import APGD
+    import robustlab.attacks  # noqa: F401  (registers APGD)
 
     if len(x) == 0:
         return []
@@ -58,7 +58,8 @@ def convergence_checks(
     if eps is None:
         return []  # an unbounded attack: no budget to re-run it at
     stronger = {
-        loss: APGD(eps=eps, norm=norm, steps=STRONGER * steps, n_restarts=STRONGER, loss=loss) for loss in ("ce", "dlr")
+        loss: ATTACKS.get("apgd").factory(eps=eps, norm=norm, steps=STRONGER * steps, n_restarts=STRONGER, loss=loss)
+        for loss in ("ce", "dlr")
     }
 
     def robust(candidate: Attack) -> list[bool]:

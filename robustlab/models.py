@@ -153,6 +153,22 @@ def _load_model(
     return _finish(_load_checkpoint(name, Path(weights), family=family, num_classes=num_classes, image_size=image_size))
 
 
+def class_names(name: str, weights: str | None, k: int) -> list[str]:
+    """Readable names of a model's ``k`` classes: the synthetic world's shapes, ImageNet's categories, else indices."""
+    family = MODELS.get(name).tags.get("family") if name in MODELS else None
+    if family == "embedded" and weights in (None, "synth", "synth-at"):
+        from robustlab.data.synth import SHAPES
+
+        if k <= len(SHAPES):
+            return list(SHAPES[:k])
+    if family == "torchvision" and k == 1000:
+        import torchvision
+
+        categories = torchvision.models.get_model_weights(name)["DEFAULT"].meta["categories"]
+        return [str(c) for c in categories]
+    return [str(i) for i in range(k)]
+
+
 def check_logits(model: ImageClassifier, x: Tensor, *, batch_size: int, data_classes: int, name: str) -> str | None:
     """Forward passes as the attacks will make them: logits ``(batch, classes)`` of a float dtype, on ``x``'s device.
 

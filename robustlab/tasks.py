@@ -345,7 +345,7 @@ class Captioning(Task):
         return {"caption": self._tokens(scored, x)}
 
     def attackable(self, clean: dict[str, Tensor], y: Tensor) -> Tensor:
-        from robustlab.attacks._caption import goal_reached
+        from robustlab.caption_metrics import goal_reached
 
         goal = self._goal()
         missing = [not goal_reached(c, **goal) for c in self._decoded(clean["caption"])]

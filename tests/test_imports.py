@@ -62,6 +62,20 @@ def test_no_import_cycles() -> None:
     assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
 
 
+def test_the_core_reaches_attacks_only_through_their_registry() -> None:
+    """The core imports the ``robustlab.attacks`` package (it fills the registry), never one attack's module:
+    what an attack provides (APGD for the convergence check, fooling's writer) it finds by name."""
+    modules = _modules()
+    core = {name: path for name, path in modules.items() if path.is_relative_to(PACKAGES["robustlab"])}
+    reached = {
+        f"{name} imports {imported}"
+        for name, path in core.items()
+        for imported in _imports(path, name, set(modules))
+        if imported.startswith("robustlab.attacks.")
+    }
+    assert not reached, sorted(reached)
+
+
 def test_cli_entry_point_does_not_import_torch() -> None:
     code = "import sys, robustlab.cli; print(sorted(m for m in ('torch', 'robustlab.evaluate') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import robustlab.attacks
 import torch
-from robustlab.attacks._caption import goal_features, goal_reached
+from robustlab.attacks._caption import goal_features
 from torch import nn
 
 from robustlab.attack import ATTACKS, AttackKind
-from robustlab.caption_metrics import caption_metrics, fisher_p_above
+from robustlab.caption_metrics import caption_metrics, fisher_p_above, goal_reached
 from robustlab.captioning import Captioner, load_captioner
 from robustlab.data.captions import SynthCaptions
 from robustlab.errors import ConfigError
