@@ -41,7 +41,7 @@ from robustlab.rows import aggregate, concat
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
 from robustlab.store import KeyedStore, MemoryStore, RunStore
-from robustlab.tasks import TASKS, Task
+from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task
 from robustlab.victims import Target, prepare_defense
 
 __all__ = [
@@ -189,7 +189,7 @@ class Evaluator:
         attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
         cells = self._prepared_cells(target, attacks, config, scored, key=key, fit_key=fit_key)
         batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
-        tasks = {cell.task.name: cell.task for cell in batched}
+        tasks = {cell.task.name: cell.input_task for cell in batched}
         n_batches = -(-len(indices) // config.batch_size) if batched else 0
         own = [b for b in range(n_batches) if self.shard.owns(b)]
         bar = tqdm(
@@ -260,8 +260,7 @@ class Evaluator:
         draws = {"draws": target.draws} if target.draws > 1 and "draws" in entry.params() else {}
         task: Task = entry.factory(**draws).bind(attack, target.scored)
         generative = not RUNNERS[attack.kind].batched
-        method = "score_generated" if generative else "score"
-        if getattr(type(task), method) is getattr(Task, method):
+        if not isinstance(task, GenerativeTask if generative else InputTask):
             what = "images made from nothing" if generative else "attacked inputs"
             name = type(attack).__name__
             raise ConfigError(f"{attack.kind} attack {name} is scored by task {task.name}, which does not score {what}")
@@ -305,7 +304,7 @@ class _Batches:
         target: Target,
         config: EvalConfig,
         modules: tuple[nn.Module, dict[str, nn.Module]],
-        tasks: dict[str, Task],
+        tasks: dict[str, InputTask],
         cells: list[Cell],
         bar: tqdm[Any],
         *,
@@ -348,11 +347,11 @@ class _Batches:
             self.bar.update()
         for cell, cell_key in zip(self.cells, cell_keys, strict=True):
             cell_clean = {k: v.to(device) for k, v in clean[cell.task.name].items() if k != "label"}
-            mask = cell.task.attackable(cell_clean, y)
+            mask = cell.input_task.attackable(cell_clean, y)
             attacked = attacked_by(cell.attack, self.attacked[cell.mode])
             compute = partial(
                 attack_and_score,
-                *(cell.attack, attacked, self.scored, cell.task, x, y, cell_clean, mask),
+                *(cell.attack, attacked, self.scored, cell.input_task, x, y, cell_clean, mask),
                 early_stop=self.target.early_stop,
                 track_scored=self.target.tracks_scored(cell.mode),
                 limit=evaluator._limit,
@@ -364,7 +363,9 @@ class _Batches:
             self.bar.update()
 
 
-def _clean_unit(task: Task, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+def _clean_unit(
+    task: InputTask, scored: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+) -> dict[str, Tensor]:
     """The clean results of a batch under ``task``, with the labels (what a resumed run reads back)."""
     return {**task.clean(scored, x, y), "label": y}
 
@@ -374,7 +375,7 @@ def _cell_key(key: str, cell: Cell, batch: int | None) -> str:
     return f"{key}/{cell.mode}/a{cell.index}" + (f"/b{batch}" if batch is not None else "")
 
 
-def _clean_keys(key: str, tasks: dict[str, Task], b: int) -> dict[str, str]:
+def _clean_keys(key: str, tasks: dict[str, InputTask], b: int) -> dict[str, str]:
     """The store keys of batch ``b``'s clean units, per task."""
     return {name: f"{key}/clean/{name}/b{b}" for name in tasks}
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from robustlab.components import json_ready
 from robustlab.report import WORST_CASE, Row
 from robustlab.runners import Cell
-from robustlab.tasks import Task
+from robustlab.tasks import InputTask, Task, WorstCaseTask
 from robustlab.victims import Target
 
 __all__ = ["aggregate", "concat"]
@@ -49,8 +49,9 @@ def aggregate(
                 block["attacks"].append(_sample_results(cell, cleans[cell.task.name]))
         for task_name, block in blocks.items():
             group = [cell for cell in mode_cells if cell.task.name == task_name and cell.metrics is None]
-            if group[0].task.worst_case and len(group) > 1:
-                rows.append(_worst_case_row(target, mode, group, cleans[task_name]))
+            task = group[0].task
+            if isinstance(task, WorstCaseTask) and len(group) > 1:
+                rows.append(_worst_case_row(target, mode, task, group, cleans[task_name]))
             samples.append(block)
     return rows, samples
 
@@ -120,12 +121,12 @@ def _cell_row(target: Target, cell: Cell, cleans: dict[str, dict[str, Tensor]]) 
         return _make_row(target, cell.mode, n=0, metrics=cell.metrics, seconds=cell.seconds, **common)
     clean, adversarial = cleans[cell.task.name], concat(cell.results)
     y = clean["label"]
-    success = _success(cell.task, clean, adversarial)
+    success = _success(cell.input_task, clean, adversarial)
     return _make_row(
         target,
         cell.mode,
         n=len(y),
-        metrics=cell.task.aggregate(y, clean, adversarial),
+        metrics=cell.input_task.aggregate(y, clean, adversarial),
         seconds=float(adversarial["seconds"].sum()),
         norms=adversarial["norm"][success],
         success_rule=target.success_rule(cell.attack),
@@ -133,17 +134,16 @@ def _cell_row(target: Target, cell: Cell, cleans: dict[str, dict[str, Tensor]]) 
     )
 
 
-def _success(task: Task, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
+def _success(task: InputTask, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
     """Samples the attack broke: attacked and no longer robust (all attacked ones for tasks without a worst case)."""
     attacked = adversarial["attacked"].bool()
-    if not task.worst_case:
+    if not isinstance(task, WorstCaseTask):
         return attacked
     return attacked & ~task.robust(clean["label"], clean, adversarial)
 
 
-def _worst_case_row(target: Target, mode: str, cells: list[Cell], clean: dict[str, Tensor]) -> Row:
+def _worst_case_row(target: Target, mode: str, task: WorstCaseTask, cells: list[Cell], clean: dict[str, Tensor]) -> Row:
     y = clean["label"]
-    task = cells[0].task
     robust = torch.ones_like(y, dtype=torch.bool)
     for cell in cells:
         robust &= task.robust(y, clean, concat(cell.results))
@@ -188,6 +188,6 @@ def _sample_results(cell: Cell, clean: dict[str, Tensor]) -> dict[str, Any]:
         "attack": cell.spec.label(),
         "threat": cell.attack.threat.describe(),
         **per_sample,
-        "success": _success(cell.task, clean, adversarial).tolist(),
+        "success": _success(cell.input_task, clean, adversarial).tolist(),
         "norm": [round(v, 7) for v in adversarial["norm"].tolist()],
     }

@@ -23,7 +23,7 @@ from robustlab.attack import Attack, AttackKind
 from robustlab.cache import save_weights
 from robustlab.components import ComponentSpec
 from robustlab.store import KeyedStore, RunStore
-from robustlab.tasks import Task
+from robustlab.tasks import GenerativeTask, InputTask, Task
 from robustlab.threat import perturbation_norm
 
 __all__ = ["RUNNERS", "BatchLimit", "Cell", "Runner", "attack_and_score"]
@@ -50,12 +50,26 @@ class Cell:
     artifact: str | None = None
     seconds: float = 0.0
 
+    @property
+    def input_task(self) -> InputTask:
+        """The task, for a cell of attacked inputs (the evaluator matched it to the attack's kind)."""
+        if not isinstance(self.task, InputTask):
+            raise TypeError(f"task {self.task.name} scores no inputs")
+        return self.task
+
+    @property
+    def generative_task(self) -> GenerativeTask:
+        """The task, for a cell of images made from nothing."""
+        if not isinstance(self.task, GenerativeTask):
+            raise TypeError(f"task {self.task.name} scores no generated images")
+        return self.task
+
 
 def attack_and_score(
     attack: Attack,
     attacked: nn.Module,
     scored: nn.Module,
-    task: Task,
+    task: InputTask,
     x: Tensor,
     y: Tensor,
     clean: dict[str, Tensor],
@@ -201,7 +215,7 @@ class GenerativeRunner:
             return {**out, "seconds": torch.tensor([time.perf_counter() - started])}
 
         generated = context.unit(prefix, generate)
-        cell.metrics = cell.task.score_generated(scored, generated)
+        cell.metrics = cell.generative_task.score_generated(scored, generated)
         cell.seconds = float(generated["seconds"].sum())
 
 

@@ -13,7 +13,7 @@ it in its ``task`` attribute.
 from __future__ import annotations
 
 import statistics
-from abc import ABC
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,8 +26,11 @@ __all__ = [
     "TASKS",
     "ClassConfidence",
     "Classification",
+    "GenerativeTask",
+    "InputTask",
     "Metric",
     "Task",
+    "WorstCaseTask",
     "class_probabilities",
     "confidence_metrics",
     "predict",
@@ -49,55 +52,62 @@ class Metric:
 
 
 class Task(ABC):
-    """How a victim's outputs are scored.
-
-    Per-input and universal attacks go through :meth:`clean`, :meth:`attackable`, :meth:`score` and
-    :meth:`aggregate`; generative attacks through :meth:`score_generated`. Per-sample results are dicts
-    of tensors with the batch as first dimension.
-    """
+    """How a victim's outputs are scored: an :class:`InputTask` scores attacked inputs (per-input, universal and
+    task attacks), a :class:`GenerativeTask` images made from nothing. The evaluator checks which one an
+    attack needs before anything runs."""
 
     name: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
-    worst_case: ClassVar[bool] = False
-    """Whether rows of several attacks combine into a per-sample worst case (an input robust to all)."""
 
+    def bind(self, attack: Any, scored: nn.Module) -> Task:
+        """This task for one cell: a task whose metrics depend on the attack's goal or the victim keeps them."""
+        return self
+
+
+class InputTask(Task):
+    """Scores inputs, clean and attacked, into per-sample results: dicts of tensors, the batch first."""
+
+    @abstractmethod
     def clean(self, scored: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Per-sample results on the clean inputs."""
-        raise NotImplementedError(f"task {self.name} does not score inputs")
 
     def attackable(self, clean: dict[str, Tensor], y: Tensor) -> Tensor:
         """Boolean mask of the samples worth attacking (all by default)."""
         return torch.ones_like(y, dtype=torch.bool)
 
+    @abstractmethod
     def score(
         self, scored: nn.Module, x_adv: Tensor, y: Tensor, clean: dict[str, Tensor], attack: Any
     ) -> dict[str, Tensor]:
         """Per-sample results on adversarial inputs of the attacked samples."""
-        raise NotImplementedError(f"task {self.name} does not score inputs")
 
+    @abstractmethod
     def unattacked(self, clean: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
         """Per-sample results of samples that were not attacked: what :meth:`score` gives for an unchanged input."""
-        raise NotImplementedError(f"task {self.name} does not score inputs")
 
+    @abstractmethod
     def aggregate(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> dict[str, float]:
         """The row's metrics from the per-sample results of a whole cell."""
-        raise NotImplementedError(f"task {self.name} does not score inputs")
 
+
+class WorstCaseTask(InputTask):
+    """An input task whose rows of several attacks combine per sample into a worst case (an input robust to all)."""
+
+    @abstractmethod
     def robust(self, y: Tensor, clean: dict[str, Tensor], adversarial: dict[str, Tensor]) -> Tensor:
-        """Per-sample robustness used by the worst case (only for tasks with :attr:`worst_case`)."""
-        raise NotImplementedError(f"task {self.name} has no per-sample worst case")
+        """Per-sample robustness: a sample counts as broken by the attack where this is false."""
 
+    @abstractmethod
     def summarize(self, y: Tensor, clean: dict[str, Tensor], robust: Tensor) -> dict[str, float]:
         """The metrics of a per-sample robustness mask: the worst-case row over several attacks."""
-        raise NotImplementedError(f"task {self.name} has no per-sample worst case")
 
+
+class GenerativeTask(Task):
+    """Scores the images a generative attack made from nothing, as a whole."""
+
+    @abstractmethod
     def score_generated(self, scored: nn.Module, generated: dict[str, Tensor]) -> dict[str, float]:
-        """The row's metrics for images a generative attack produced from nothing."""
-        raise NotImplementedError(f"task {self.name} does not score generated images")
-
-    def bind(self, attack: Any, scored: nn.Module) -> Task:
-        """This task for one cell: a task whose metrics depend on the attack's goal or the victim keeps them."""
-        return self
+        """The row's metrics for the generated images."""
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -112,7 +122,7 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
 @TASKS.register(
     "classification", summary="Accuracy of a classifier; an attack succeeds when a correct input is misclassified."
 )
-class Classification(Task):
+class Classification(WorstCaseTask):
     """AutoAttack's semantics: only correctly classified samples are attacked; robust means still correct.
 
     ``downstream`` heads on an encoder are classifiers too and are scored by this task, one row per head.
@@ -124,7 +134,6 @@ class Classification(Task):
         Metric("robust_acc", higher_is_better=True),
         Metric("attack_success_rate", higher_is_better=False, gated=False),
     )
-    worst_case = True
 
     def __init__(self, draws: int = 1) -> None:
         self.draws = draws
@@ -221,7 +230,7 @@ class EnsembleClassification(Classification):
 @TASKS.register(
     "class_confidence", summary="Fooling images: classes a model labels with high confidence, and at what cost."
 )
-class ClassConfidence(Task):
+class ClassConfidence(GenerativeTask):
     """Scores images made from nothing for given target classes (Nguyen et al., CVPR 2015).
 
     Per class, the best confidence any image reaches for it; a class is fooled at ``c`` when that is at
@@ -296,7 +305,7 @@ def confidence_metrics(best: Tensor, *, queries: float) -> dict[str, float]:
 
 
 @TASKS.register("captioning", summary="A captioner's captions: an attacker's target or keywords reached, BLEU to them.")
-class Captioning(Task):
+class Captioning(InputTask):
     """Scores caption attacks (Aafaq et al. 2021) with :func:`robustlab.caption_metrics.caption_metrics`.
 
     Captions are stored as the captioner's token ids, so a resumed run reads them back; they are compared

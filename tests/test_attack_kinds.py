@@ -27,7 +27,7 @@ from robustlab.encoders import HeadConfig, load_encoder, trained_heads
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
 from robustlab.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
-from robustlab.tasks import TASKS, Metric, Task
+from robustlab.tasks import TASKS, InputTask, Metric
 from robustlab.threat import Norm, ThreatModel
 
 EPS = 10 / 255
@@ -202,7 +202,7 @@ class FromNothing(Attack):
         return {"images": images, "target": torch.arange(10), "queries": torch.tensor([10])}
 
 
-class Brightness(Task):
+class Brightness(InputTask):
     """A task plug-in: how much an attack brightens images (lower is better for the defender)."""
 
     name = "brightness"
@@ -271,6 +271,20 @@ def test_plugins_of_every_kind_run_through_eval(
     brightened = rows["brighten"].metric_values()["mean_brightening"]
     assert rows["brighten"].task == "brightness" and 0 < brightened <= 4 / 255
     assert "mean_brightening" in result.stdout or "mean_brightening" in Path("kinds.json").read_text()
+
+
+class MisScored(FromNothing):
+    """A generative attack pointed at a task that scores only attacked inputs."""
+
+    task = "brightness"
+
+
+def test_an_attack_whose_task_cannot_score_it_is_refused_in_one_line(register, run: Callable[..., Result]) -> None:  # type: ignore[no-untyped-def]
+    register(TASKS, "brightness", Brightness)
+    register(ATTACKS, "mis_scored", MisScored)
+    result = run("eval", "--weights", "random", "-n", "8", "-q", "--attack", "mis_scored")
+    assert result.exit_code == 2, result.output
+    assert "scored by task brightness, which does not score images made from nothing" in result.output
 
 
 def test_gate_on_a_lower_is_better_metric_fails_naming_the_row(run: Callable[..., Result]) -> None:
