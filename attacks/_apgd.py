@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from robustlab.attacks._torchattacks import num_classes_of, stream_ids
 from torch import Tensor, nn
 
-from robustlab.attack import Attack, misclassified
+from robustlab.attack import Attack, CallContext, misclassified
 from robustlab.errors import ConfigError
 from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
@@ -343,20 +343,12 @@ class RowLoopAttack(Attack):
         """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream; ``scored``
         is the model whose first misclassified iterate is kept, when it is not ``model``."""
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        early_stop: bool = False,
-        sample_seeds: Tensor | None = None,
-        scored: nn.Module | None = None,
-    ) -> Tensor:
-        seed, index = stream_ids(generator, sample_seeds)
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        seed, index = stream_ids(context.generator, context.sample_seeds)
         rows = self.max_rows or len(x)
-        return self._attack(model, x, y, seed=seed, index=index, early_stop=early_stop, max_rows=rows, scored=scored)
+        return self._attack(
+            model, x, y, seed=seed, index=index, early_stop=context.early_stop, max_rows=rows, scored=context.scored
+        )
 
 
 class APGDAttack(RowLoopAttack):

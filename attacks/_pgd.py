@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attack import Attack, misclassified
+from robustlab.attack import Attack, CallContext, misclassified
 from robustlab.progress import advance
 from robustlab.threat import Norm, ThreatModel
 
@@ -156,24 +156,14 @@ class ProjectedGradientAttack(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        early_stop: bool = False,
-        sample_seeds: Tensor | None = None,
-        scored: nn.Module | None = None,
-    ) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         random_start, step = (linf_random_start, linf_step) if self.norm is Norm.LINF else (l2_random_start, l2_step)
         if not self.random_start:
             start = x
-        elif sample_seeds is not None:
-            start = per_sample_random_start(x, self.eps, sample_seeds, self.norm)
+        elif context.sample_seeds is not None:
+            start = per_sample_random_start(x, self.eps, context.sample_seeds, self.norm)
         else:
-            start = random_start(x, self.eps, generator)
+            start = random_start(x, self.eps, context.generator)
         return projected_gradient_descent(
             model,
             x,
@@ -181,8 +171,8 @@ class ProjectedGradientAttack(Attack):
             start,
             steps=self.steps,
             step=step(self.eps, self.step_size),
-            early_stop=early_stop,
-            scored=scored,
+            early_stop=context.early_stop,
+            scored=context.scored,
         )
 
 

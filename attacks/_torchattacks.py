@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attack import Attack
+from robustlab.attack import Attack, CallContext
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, perturbation_norm
 
@@ -66,8 +66,8 @@ class TorchattacksAttack(Attack):
     def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
         """Construct the torchattacks object for this call."""
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
-        seed = derive_seed(generator)
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        seed = derive_seed(context.generator)
         cuda = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), contextlib.redirect_stdout(io.StringIO()):
             torch.manual_seed(seed)  # torchattacks draws random starts from the global RNG: confined by fork_rng

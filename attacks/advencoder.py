@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab import ssl  # noqa: F401  (registers the simclr encoder this attack is evaluated against)
-from robustlab.attack import ATTACKS, Attack, UniversalPerturbation
+from robustlab.attack import ATTACKS, Attack, CallContext, UniversalPerturbation
 from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError, ThreatModelViolation
 from robustlab.seeding import global_rng_seeded
@@ -341,9 +341,9 @@ class AdvEncoder(UniversalPerturbation):
         check_patch(patch, mask, self.patch_frac)
         self._patch, self._mask = patch, mask
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self.mode == "per":
-            return super()._run(model, x, y, generator=generator)
+            return super()._run(model, x, y, context)
         if self._patch is None or self._mask is None:
             raise ConfigError("advencoder is universal: fit it (or pass load=PATH) before applying it")
         if self._patch.shape[1:] != x.shape[1:]:

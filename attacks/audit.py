@@ -20,9 +20,8 @@ from robustlab.attacks.apgd import APGD
 from robustlab.attacks.autoattack import AutoAttack, rand_components, standard_components
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.errors import ConfigError
-from robustlab.store import RunStore
 from robustlab.threat import Norm
 
 __all__ = ["Audit", "AuditRand"]
@@ -121,29 +120,9 @@ class Audit(AutoAttack):
     def _apgd(self, eps: float, steps: int, loss: str = "ce", restarts: int = 1) -> APGD:
         return APGD(eps=eps, norm=self.norm, steps=steps, loss=loss, n_restarts=restarts, eot=self.eot)
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        early_stop: bool = False,
-        sample_seeds: Tensor | None = None,
-        state: RunStore | None = None,
-        scored: nn.Module | None = None,
-    ) -> Tensor:
-        cascade = super()._run
-        x_adv = cascade(
-            model,
-            x,
-            y,
-            generator=generator,
-            early_stop=early_stop,
-            sample_seeds=sample_seeds,
-            state=state,
-            scored=scored,
-        )
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        x_adv = super()._run(model, x, y, context)
+        state, early_stop, scored = context.state, context.early_stop, context.scored
         seeds = self._last_seeds
         everyone = torch.arange(len(x), device=y.device)
         columns = []

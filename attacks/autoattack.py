@@ -22,10 +22,9 @@ from robustlab.attacks.apgdt import APGDT
 from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.components import stream_seed
 from robustlab.errors import ConfigError
-from robustlab.store import RunStore
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand", "rand_components", "standard_components"]
@@ -143,20 +142,10 @@ class AutoAttack(Attack):
         """The attacks in the order the reference runs them, with the reference's names."""
         return standard_components(self.eps, self.norm)
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        early_stop: bool = False,
-        sample_seeds: Tensor | None = None,
-        state: RunStore | None = None,
-        scored: nn.Module | None = None,
-    ) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        sample_seeds, state, scored = context.sample_seeds, context.state, context.scored
         if sample_seeds is None:  # a direct call: streams numbered by position in the batch
-            base = derive_seed(generator)
+            base = derive_seed(context.generator)
             sample_seeds = torch.tensor([stream_seed(base, f"s{i}") for i in range(len(x))], dtype=torch.long)
         seeds = self._last_seeds = sample_seeds.cpu()
         x_adv = x.clone()
@@ -171,7 +160,7 @@ class AutoAttack(Attack):
             key = f"{position}-{name}"
             saved = state.get(key) if state is not None else None
             if saved is None:
-                saved = self._attack_remaining(model, x, y, index, attack, seeds, key, early_stop, scored)
+                saved = self._attack_remaining(model, x, y, index, attack, seeds, key, context.early_stop, scored)
                 if state is not None:
                     state.put(key, saved)
             fooled = saved["fooled"].to(y.device)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm, ThreatModel
 
@@ -30,6 +29,7 @@ class GaussianBlur(Attack):
         sigma: standard deviation in pixels; 0 returns the input unchanged.
 
     Example:
+        >>> import torch
         >>> x = torch.rand(2, 3, 16, 16)
         >>> y = GaussianBlur(sigma=1.5)(nn.Identity().eval(), x, torch.zeros(2, dtype=torch.long))
         >>> y.shape, bool(y.std() < x.std())
@@ -47,7 +47,7 @@ class GaussianBlur(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.UNBOUNDED)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self.sigma == 0:
             return x.clone()
         size = 2 * math.ceil(3 * self.sigma) + 1

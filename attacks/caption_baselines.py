@@ -30,7 +30,7 @@ from robustlab.attacks._caption import (
 )
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, CallContext
 from robustlab.errors import ConfigError
 
 __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
@@ -89,7 +89,7 @@ class CaptionFeaturePGD(CaptionAttack):
         )
         return self
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self._bank is None:
             raise ConfigError("caption_feature_pgd has no target features yet: call fit(captioner, fit_dataset) first")
         captioner, bank, objective = as_captioner(model), self._bank, self.objective
@@ -102,7 +102,7 @@ class CaptionFeaturePGD(CaptionAttack):
             goal=self,
             steps=self.steps,
             restarts=self.restarts,
-            generator=generator,
+            generator=context.generator,
         )
 
 
@@ -134,7 +134,7 @@ class CaptionDecoderPGD(CaptionAttack):
         super().__init__(target=target, keyword=keyword, eps=eps)
         (self.steps, self.restarts), self.margin = _check_steps(steps, restarts), margin
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
         return pgd_until_reached(
@@ -144,7 +144,7 @@ class CaptionDecoderPGD(CaptionAttack):
             goal=self,
             steps=self.steps,
             restarts=self.restarts,
-            generator=generator,
+            generator=context.generator,
         )
 
 
@@ -157,7 +157,8 @@ class CaptionNoise(CaptionAttack):
     Example:
         >>> attack = CaptionNoise(target="a small red star on sky", eps=8 / 255)
         >>> x = torch.rand(2, 3, 8, 8)
-        >>> x_adv = attack._run(nn.Identity(), x, torch.zeros(2), generator=torch.Generator().manual_seed(0))
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> x_adv = attack(nn.Identity().eval(), x, torch.zeros(2, dtype=torch.long), generator=generator)
         >>> float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6
         True
     """
@@ -167,6 +168,7 @@ class CaptionNoise(CaptionAttack):
     def __init__(self, *, target: str | None = None, keyword: str | None = None, eps: float = 8 / 255) -> None:
         super().__init__(target=target, keyword=keyword, eps=eps)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        generator = context.generator
         signs = torch.randint(2, x.shape, generator=generator, device=generator.device if generator else x.device)
         return (x + self.eps * (2 * signs.to(x) - 1)).clamp(0, 1)

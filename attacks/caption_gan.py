@@ -41,7 +41,7 @@ from robustlab.attacks._caption import (
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, CallContext
 from robustlab.errors import ConfigError
 from robustlab.seeding import global_rng_seeded
 
@@ -221,7 +221,7 @@ class CaptionGAN(CaptionAttack):
         self._generator = net.eval().requires_grad_(False)
         return self
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self._generator is None:
             raise ConfigError("caption_gan has no generator yet: call fit(captioner, fit_dataset) first")
         with torch.no_grad():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from robustlab.attacks._torchattacks import TorchattacksAttack, within_budget
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS
+from robustlab.attack import ATTACKS, CallContext
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["DeepFool"]
@@ -44,5 +43,5 @@ class DeepFool(TorchattacksAttack):
 
         return torchattacks.DeepFool(model, steps=self.steps, overshoot=self.overshoot)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
-        return within_budget(x, super()._run(model, x, y, generator=generator), Norm.L2, self.eps)
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        return within_budget(x, super()._run(model, x, y, context), Norm.L2, self.eps)

@@ -14,7 +14,7 @@ from robustlab.attacks._map_elites import Archive, MapElites
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS, Attack, AttackKind
+from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext
 from robustlab.cache import config_hash
 from robustlab.errors import ConfigError
 from robustlab.tasks import class_probabilities
@@ -135,7 +135,7 @@ class Fooling(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.UNBOUNDED)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         raise ConfigError("fooling is a generative attack: it makes images from nothing; call generate(model)")
 
     def generate(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["NoAttack"]
@@ -21,5 +20,5 @@ class NoAttack(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.LINF, 0.0)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         return x.clone()

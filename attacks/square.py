@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from robustlab.attacks._square import SquareConfig, square_attack
 from robustlab.attacks._torchattacks import stream_ids
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["Square"]
@@ -62,16 +61,7 @@ class Square(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        sample_seeds: Tensor | None = None,
-        scored: nn.Module | None = None,
-    ) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         config = SquareConfig(self.norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
-        seed, index = stream_ids(generator, sample_seeds)
-        return square_attack(model, x, y, config, seed=seed, index=index, scored=scored)
+        seed, index = stream_ids(context.generator, context.sample_seeds)
+        return square_attack(model, x, y, config, seed=seed, index=index, scored=context.scored)

@@ -33,7 +33,7 @@ from robustlab.attacks._apgd import RowLoopAttack
 from robustlab.attacks.autoattack import AutoAttack
 from torch import Tensor, nn
 
-from robustlab.attack import Attack
+from robustlab.attack import Attack, CallContext
 from robustlab.data import load_dataset
 from robustlab.models import load_model
 from robustlab.threat import ThreatModel
@@ -110,19 +110,12 @@ class _Measured(Attack):
     def threat(self) -> ThreatModel:
         return self.inner.threat
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        generator: torch.Generator | None,
-        early_stop: bool = False,
-        sample_seeds: Tensor | None = None,
-    ) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         WORK.take()
         started = time.perf_counter()
-        x_adv = self.inner(model, x, y, generator=generator, early_stop=early_stop, sample_seeds=sample_seeds)
+        x_adv = self.inner(
+            model, x, y, generator=context.generator, early_stop=context.early_stop, sample_seeds=context.sample_seeds
+        )
         self.entry["seconds"] = self.entry.get("seconds", 0.0) + time.perf_counter() - started
         self.entry["work"] = self.entry.get("work", 0.0) + _work(WORK.take(), self.n)
         return x_adv

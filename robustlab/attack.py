@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, final
 
@@ -22,7 +23,7 @@ from robustlab.registry import Registry
 from robustlab.store import RunStore
 from robustlab.threat import ThreatModel, verify
 
-__all__ = ["ATTACKS", "Attack", "AttackKind", "UniversalPerturbation", "check_images", "misclassified"]
+__all__ = ["ATTACKS", "Attack", "AttackKind", "CallContext", "UniversalPerturbation", "check_images", "misclassified"]
 
 
 class AttackKind(str, enum.Enum):
@@ -43,6 +44,23 @@ class AttackKind(str, enum.Enum):
         return self.value
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """What one call of an attack may use beyond its inputs (:meth:`Attack.__call__` says what each part means).
+
+    Every attack's :meth:`Attack._run` takes it whole; a part reaches an attack only when the attack declares the
+    capability that uses it (:attr:`Attack.early_stopping` for ``early_stop``, :attr:`Attack.per_sample_streams`
+    for ``sample_seeds``, :attr:`Attack.saves_progress` for ``state``, :attr:`Attack.tracks_scored` for
+    ``scored``): otherwise it holds the default, so no attack acts on a request it did not say it honours.
+    """
+
+    generator: torch.Generator | None = None
+    early_stop: bool = False
+    sample_seeds: Tensor | None = None
+    state: RunStore | None = None
+    scored: nn.Module | None = None
+
+
 class Attack(ABC):
     """Base class of every attack.
 
@@ -54,18 +72,18 @@ class Attack(ABC):
     kind: ClassVar[AttackKind] = AttackKind.PERTURBATION
     uses_gradients: ClassVar[bool] = True
     early_stopping: ClassVar[bool] = False
-    """Whether :meth:`_run` takes ``early_stop``: an attack that can stop each sample at its first success."""
+    """Whether the attack honours ``early_stop``: it can stop each sample at its first success."""
     tracks_scored: ClassVar[bool] = False
-    """Whether :meth:`_run` takes ``scored``: it checks that model at every iterate and keeps each sample's first
+    """Whether the attack honours ``scored``: it checks that model at every iterate and keeps each sample's first
     point that fools it (a transfer attack differentiates the bare model but is scored on the defended one)."""
     averages_draws: ClassVar[bool] = False
     """Whether the attack averages a randomized model's gradients over draws itself (its own EOT, as
     AutoAttack's rand version does): the evaluator then hands it the model without its EOT wrapper."""
     per_sample_streams: ClassVar[bool] = False
-    """Whether :meth:`_run` takes ``sample_seeds`` and draws each sample's randomness from its own seed, so a
+    """Whether the attack honours ``sample_seeds``: it draws each sample's randomness from its own seed, so a
     sample's result does not depend on the batch it is in (batch size, sharding, resume)."""
     saves_progress: ClassVar[bool] = False
-    """Whether :meth:`_run` takes ``state``, a store where it saves its progress within one call (AutoAttack:
+    """Whether the attack honours ``state``, a store where it saves its progress within one call (AutoAttack:
     after each of its attacks), so that a run killed mid-call resumes there instead of at the call's start."""
     task: ClassVar[str | None] = None
     """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
@@ -107,20 +125,21 @@ class Attack(ABC):
             raise ConfigError(f"labels have shape {tuple(y.shape)}, expected ({x.shape[0]},)")
         if x.shape[0] == 0:
             return x.detach().clone()
-        extra: dict[str, Any] = {"early_stop": True} if early_stop and self.early_stopping else {}
-        if sample_seeds is not None and self.per_sample_streams:
-            extra["sample_seeds"] = sample_seeds
-        if state is not None and self.saves_progress:
-            extra["state"] = state
-        if scored is not None and self.tracks_scored:
-            extra["scored"] = scored
-        x_adv = self._run(model, x.detach(), y.detach(), generator=generator, **extra).detach()
+        context = CallContext(
+            generator=generator,
+            early_stop=early_stop and self.early_stopping,
+            sample_seeds=sample_seeds if self.per_sample_streams else None,
+            state=state if self.saves_progress else None,
+            scored=scored if self.tracks_scored else None,
+        )
+        x_adv = self._run(model, x.detach(), y.detach(), context).detach()
         verify(self.threat, x, x_adv)
         return x_adv
 
     @abstractmethod
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
-        """Compute ``x_adv``; must not modify ``x`` in place."""
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        """Compute ``x_adv``; must not modify ``x`` in place. ``context`` holds what the call may use beyond its
+        inputs, each part only where the attack declares the capability (the others see its default)."""
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> Attack:
         """Learn what a universal or task attack applies to every input (no-op for per-input attacks)."""
@@ -221,7 +240,7 @@ class UniversalPerturbation(Attack):
         verify(self.threat, torch.full_like(delta, 0.5), (0.5 + delta).clamp(0, 1))
         self._delta = delta
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self._delta is None:
             raise ConfigError(f"{type(self).__name__} is universal: fit it (or pass load=PATH) before applying it")
         if self._delta.shape[1:] != x.shape[1:]:

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from robustlab.attacks.uap import UAP
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack, AttackKind, UniversalPerturbation
+from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, UniversalPerturbation
 from robustlab.cache import load_weights
 from robustlab.cli import cli
 from robustlab.data import load_dataset
@@ -102,11 +102,11 @@ class CountingUniversal(UniversalPerturbation):
         CountingUniversal.fits += 1
         return (torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1) * self.eps
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if CountingUniversal.kill_after is not None and CountingUniversal.applied >= CountingUniversal.kill_after:
             raise KeyboardInterrupt("simulated kill")
         CountingUniversal.applied += 1
-        return super()._run(model, x, y, generator=generator)
+        return super()._run(model, x, y, context)
 
 
 def test_killed_universal_run_resumes_without_refitting(register, tmp_path: Path, trained_model: nn.Module) -> None:  # type: ignore[no-untyped-def]
@@ -192,7 +192,7 @@ class FromNothing(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.UNBOUNDED)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         raise AssertionError("a generative attack takes no inputs")
 
     def generate(
@@ -247,7 +247,7 @@ class Brighten(Attack):
     def load_fitted(self, tensors: dict[str, Tensor]) -> None:
         self._offset = tensors["offset"]
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         return (x + self._offset.to(x)).clamp(0, 1)
 
 

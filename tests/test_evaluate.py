@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
@@ -37,12 +37,12 @@ class Spy(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.LINF, self.eps)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if Spy.fail_after is not None and len(Spy.calls) >= Spy.fail_after:
             raise KeyboardInterrupt("simulated kill")
         Spy.calls.append(y.clone())
         x_adv = x.clone()
-        x_adv[::3] = (x[::3] + self.eps * torch.randn(x[::3].shape, generator=generator).sign()).clamp(0, 1)
+        x_adv[::3] = (x[::3] + self.eps * torch.randn(x[::3].shape, generator=context.generator).sign()).clamp(0, 1)
         return x_adv
 
 
@@ -94,8 +94,8 @@ class Recorder(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.LINF, 0.0)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
-        Recorder.draws.append((torch.rand(1, generator=generator).item(), torch.rand(1).item()))
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        Recorder.draws.append((torch.rand(1, generator=context.generator).item(), torch.rand(1).item()))
         return x.clone()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack
+from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, load_builtin_components
 from robustlab.threat import Norm, ThreatModel
@@ -43,7 +43,7 @@ class _Oom(Attack):
     def threat(self) -> ThreatModel:
         return ThreatModel(Norm.LINF, 0.0)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         _Oom.sizes.append(len(x))
         if len(x) > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
