@@ -42,7 +42,7 @@ from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_
 from robustlab.sampling import sample_indices
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task
-from robustlab.victims import Target, prepare_defense
+from robustlab.victims import Target, TargetRequest, prepare_defense
 
 __all__ = [
     "ComponentSpec",
@@ -121,7 +121,7 @@ class Evaluator:
             inputs += victim.check_inputs(model, model_spec, dataset, indices, config)
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
-                targets = victim.targets(model, defense, dataset, config, names=names, progress=self.progress)
+                targets = victim.targets(TargetRequest(model, defense, dataset, config, names, self.progress))
                 for ti, target in enumerate(targets):
                     head = f"/h{ti}" if target.head else ""
                     key = f"m{mi}/d{di}{head}"

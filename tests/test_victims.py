@@ -12,13 +12,12 @@ from torch import Tensor, nn
 
 from robustlab.cli import cli
 from robustlab.data import ImageDataset
-from robustlab.defense import Defense
 from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig
 from robustlab.inputs import load_classifier
 from robustlab.models import ModelSpec
 from robustlab.report import Report
-from robustlab.victims import NO_MODE, VICTIMS, Target, Victim, frozen
+from robustlab.victims import NO_MODE, VICTIMS, Target, TargetRequest, Victim, frozen
 from robustlab.victims.base import EvalSettings
 
 
@@ -66,26 +65,19 @@ class HalvesVictim(Victim):
     def load(self, spec: ModelSpec, config: EvalSettings, *, progress: bool) -> nn.Module:
         return load_classifier(spec, config.data, progress=progress)
 
-    def targets(
-        self,
-        model: nn.Module,
-        defense: Defense,
-        dataset: ImageDataset,
-        config: EvalSettings,
-        *,
-        names: tuple[str, str],
-        progress: bool,
-    ) -> list[Target]:
-        if defense.changes_model:
-            raise ConfigError(f"the halves task scores the model undefended; --defense {names[1]} is not supported")
-        scored = frozen(Halves(model))
+    def targets(self, request: TargetRequest) -> list[Target]:
+        if request.defense.changes_model:
+            raise ConfigError(
+                f"the halves task scores the model undefended; --defense {request.names[1]} is not supported"
+            )
+        scored = frozen(Halves(request.model))
         return [
             Target(
                 scored=scored,
                 attacked={NO_MODE: scored},
                 fit_on={NO_MODE: scored},
-                dataset=HalvesData(dataset),
-                names=names,
+                dataset=HalvesData(request.dataset),
+                names=request.names,
             )
         ]  # type: ignore[arg-type]
 

@@ -4,7 +4,7 @@ Importing the package registers the built-in kinds: ``classification``, ``captio
 """
 
 from robustlab.victims import classification, downstream
-from robustlab.victims.base import VICTIMS, Victim
+from robustlab.victims.base import VICTIMS, TargetRequest, Victim
 from robustlab.victims.targets import (
     NO_MODE,
     SUCCESS_RULES,
@@ -21,6 +21,7 @@ __all__ = [
     "SUCCESS_RULES",
     "VICTIMS",
     "Target",
+    "TargetRequest",
     "Victim",
     "attacked_models",
     "classification",

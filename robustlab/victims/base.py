@@ -11,6 +11,7 @@ is not edited.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from robustlab.models import ModelSpec
 from robustlab.registry import Registry
 from robustlab.victims.targets import Target
 
-__all__ = ["VICTIMS", "EvalSettings", "Victim"]
+__all__ = ["VICTIMS", "EvalSettings", "TargetRequest", "Victim"]
 
 
 class EvalSettings(Protocol):
@@ -45,6 +46,22 @@ class EvalSettings(Protocol):
     def head_kind(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class TargetRequest:
+    """One model behind one defense, as the evaluator asks a victim kind for the targets it is scored through.
+
+    ``dataset`` is the test data the targets are scored on, ``names`` the rows' (model, defense) labels;
+    ``progress``: training a defense or heads shows a bar.
+    """
+
+    model: nn.Module
+    defense: Defense
+    dataset: ImageDataset
+    config: EvalSettings
+    names: tuple[str, str]
+    progress: bool
+
+
 class Victim(ABC):
     """A kind of model the evaluator attacks, named by ``--task`` (:attr:`name`, also its registry name)."""
 
@@ -60,17 +77,8 @@ class Victim(ABC):
         """The model ``spec`` names, as this kind evaluates it."""
 
     @abstractmethod
-    def targets(
-        self,
-        model: nn.Module,
-        defense: Defense,
-        dataset: ImageDataset,
-        config: EvalSettings,
-        *,
-        names: tuple[str, str],
-        progress: bool,
-    ) -> list[Target]:
-        """The scored modules of ``model`` behind ``defense`` (training the defense or heads as needed)."""
+    def targets(self, request: TargetRequest) -> list[Target]:
+        """The scored modules of the request's model behind its defense (training the defense or heads as needed)."""
 
     def check(self, config: EvalSettings) -> None:
         """Refuse a configuration this kind cannot run (a :class:`robustlab.errors.ConfigError`), before any work."""

@@ -8,11 +8,10 @@ from typing import cast
 from torch import Tensor, nn
 
 from robustlab.data import ImageDataset, iterate_batches
-from robustlab.defense import Defense
 from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.models import ImageClassifier, ModelSpec, check_logits
-from robustlab.victims.base import VICTIMS, EvalSettings, Victim
+from robustlab.victims.base import VICTIMS, EvalSettings, TargetRequest, Victim
 from robustlab.victims.targets import Target, classifier_targets, prepare_defense
 
 __all__ = ["Captioning", "Classification"]
@@ -28,19 +27,11 @@ class Classification(Victim):
     def load(self, spec: ModelSpec, config: EvalSettings, *, progress: bool) -> nn.Module:
         return load_classifier(spec, config.data, progress=progress)
 
-    def targets(
-        self,
-        model: nn.Module,
-        defense: Defense,
-        dataset: ImageDataset,
-        config: EvalSettings,
-        *,
-        names: tuple[str, str],
-        progress: bool,
-    ) -> list[Target]:
-        prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
+    def targets(self, request: TargetRequest) -> list[Target]:
+        model, defense, config = request.model, request.defense, request.config
+        prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=request.progress)
         targets = classifier_targets(
-            model, defense, dataset, config.threat_modes, eot_samples=config.eot_samples, names=names
+            model, defense, request.dataset, config.threat_modes, eot_samples=config.eot_samples, names=request.names
         )
         return [replace(target, task=self.task) for target in targets]
 

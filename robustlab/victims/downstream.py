@@ -6,12 +6,11 @@ from typing import cast
 
 from torch import nn
 
-from robustlab.data import ImageDataset, load_dataset
-from robustlab.defense import Defense
+from robustlab.data import load_dataset
 from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
 from robustlab.errors import ConfigError
 from robustlab.models import ModelSpec
-from robustlab.victims.base import VICTIMS, EvalSettings, Victim
+from robustlab.victims.base import VICTIMS, EvalSettings, TargetRequest, Victim
 from robustlab.victims.targets import Target, downstream_targets, frozen, prepare_defense
 
 __all__ = ["DEFAULT_HEADS", "Downstream", "with_target"]
@@ -38,17 +37,13 @@ class Downstream(Victim):
         if not config.heads:
             raise ConfigError("the downstream task needs at least one head (--head shape ...)")
 
-    def targets(
-        self,
-        model: nn.Module,
-        defense: Defense,
-        dataset: ImageDataset,
-        config: EvalSettings,
-        *,
-        names: tuple[str, str],
-        progress: bool,
-    ) -> list[Target]:
-        encoder = cast(Encoder, model)
+    def targets(self, request: TargetRequest) -> list[Target]:
+        encoder, defense, config, progress = (
+            cast(Encoder, request.model),
+            request.defense,
+            request.config,
+            request.progress,
+        )
         head_data = config.train_data or config.data
         if defense.tunes_encoders:  # the defense is the head: one fit per attribute, on that attribute's labels
             heads: dict[str, nn.Module] = {}
@@ -57,8 +52,8 @@ class Downstream(Victim):
                 heads[head] = frozen(defense.wrap(encoder))
         elif defense.changes_model:
             raise ConfigError(
-                f"the downstream task scores an encoder's heads; --defense {names[1]} does not tune an encoder's "
-                "features into heads (nmtune does)"
+                f"the downstream task scores an encoder's heads; --defense {request.names[1]} does not tune an "
+                "encoder's features into heads (nmtune does)"
             )
         else:
             configs = [
@@ -69,7 +64,7 @@ class Downstream(Victim):
             head: load_dataset(with_target(config.data, head), split="test", image_size=encoder.input_size)
             for head in config.heads
         }
-        return downstream_targets(encoder, heads, datasets, names=names)
+        return downstream_targets(encoder, heads, datasets, names=request.names)
 
     def row_tasks(self, config: EvalSettings) -> list[str]:
         return [f"downstream/{head}" for head in config.heads]

@@ -282,7 +282,8 @@ def test_nmtune_replaces_each_downstream_head_under_eval(trained_model: nn.Modul
     assert set(rows) == {(defense, f"downstream/{head}") for defense in ("none", tuned) for head in heads}
     for head, chance in (("shape", 0.1), ("size", 0.5)):
         row, plain = rows[(tuned, f"downstream/{head}")], rows[("none", f"downstream/{head}")]
-        assert row.clean_acc is not None and plain.clean_acc is not None
-        assert row.clean_acc > 1.8 * chance and row.clean_acc >= plain.clean_acc - 0.1, (head, row, plain)
+        assert row.clean_acc is not None and plain.clean_acc is not None and row.clean_interval is not None
+        # above chance beyond sampling noise (the 95% interval's low end), and near the plain head
+        assert row.clean_interval[0] > chance and row.clean_acc >= plain.clean_acc - 0.1, (head, row, plain)
     with pytest.raises(ConfigError, match="does not tune an encoder"):
         Evaluator(progress=False).run(replace(config, defenses=(ComponentSpec("quantize"),)))
