@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from robustlab.threat import Norm, ThreatModel
 __all__ = [
     "APGDAttack",
     "APGDConfig",
+    "RowLoop",
     "RowLoopAttack",
     "apgd",
     "best_row_per_sample",
@@ -310,6 +312,23 @@ def _apgd_rows(
     return result, fooled
 
 
+@dataclass(frozen=True)
+class RowLoop:
+    """How one call runs a row loop (:func:`apgd`, :func:`robustlab.attacks._fab.fab`): ``seed`` and ``index``
+    (default ``0..B-1``) name each sample's random stream, ``max_rows`` bounds the rows differentiated at once,
+    and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
+
+    seed: int
+    index: Tensor | None
+    early_stop: bool
+    max_rows: int
+    scored: nn.Module | None
+
+    def arguments(self) -> dict[str, Any]:
+        """The loop functions' keyword arguments."""
+        return {name: getattr(self, name) for name in ("seed", "index", "early_stop", "max_rows", "scored")}
+
+
 class RowLoopAttack(Attack):
     """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks._fab`): subclasses
     set ``eps`` and ``norm`` and run the loop in :meth:`_attack`."""
@@ -328,27 +347,13 @@ class RowLoopAttack(Attack):
         return ThreatModel(self.norm, self.eps)
 
     @abstractmethod
-    def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        seed: int,
-        index: Tensor | None,
-        early_stop: bool,
-        max_rows: int,
-        scored: nn.Module | None,
-    ) -> Tensor:
-        """Run the loop; ``seed`` and ``index`` (default ``0..B-1``) name each sample's random stream; ``scored``
-        is the model whose first misclassified iterate is kept, when it is not ``model``."""
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
+        """Run the loop as ``loop`` says."""
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         seed, index = stream_ids(context.generator, context.sample_seeds)
         rows = self.max_rows or len(x)
-        return self._attack(
-            model, x, y, seed=seed, index=index, early_stop=context.early_stop, max_rows=rows, scored=context.scored
-        )
+        return self._attack(model, x, y, RowLoop(seed, index, context.early_stop, rows, context.scored))
 
 
 class APGDAttack(RowLoopAttack):
@@ -358,17 +363,5 @@ class APGDAttack(RowLoopAttack):
     def settings(self) -> APGDConfig:
         """The loop's configuration for this attack."""
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        seed: int,
-        index: Tensor | None,
-        early_stop: bool,
-        max_rows: int,
-        scored: nn.Module | None,
-    ) -> Tensor:
-        c = self.settings()
-        return apgd(model, x, y, c, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows, scored=scored)[0]
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
+        return apgd(model, x, y, self.settings(), **loop.arguments())[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from robustlab.attacks._apgd import RowLoopAttack
+from robustlab.attacks._apgd import RowLoop, RowLoopAttack
 from robustlab.attacks._fab import FABConfig, fab
 from robustlab.attacks._torchattacks import derive_seed
 from robustlab.attacks.apgd import APGD
@@ -68,21 +68,10 @@ class FABT(RowLoopAttack):
         self.n_target_classes = n_target_classes
         self.targeted = targeted
 
-    def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        seed: int,
-        index: Tensor | None,
-        early_stop: bool,
-        max_rows: int,
-        scored: nn.Module | None,
-    ) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
         targets = self.n_target_classes if self.targeted else 0
         c = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
-        return fab(model, x, y, c, seed=seed, index=index, early_stop=early_stop, max_rows=max_rows, scored=scored)[0]
+        return fab(model, x, y, c, **loop.arguments())[0]
 
 
 @ATTACKS.register(

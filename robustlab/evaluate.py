@@ -25,7 +25,7 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.checks import attack_gaps, threat_mode_gaps
 from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
 from robustlab.convergence import audit_verdicts
-from robustlab.data import load_batches, load_dataset
+from robustlab.data import ImageDataset, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.diagnostics import classifier_diagnostics, defense_fidelity, first_batch
@@ -33,6 +33,7 @@ from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
 from robustlab.fast_paths import accelerated, fast_path_check
+from robustlab.models import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, for_randomized
@@ -42,7 +43,7 @@ from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_
 from robustlab.sampling import sample_indices
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task
-from robustlab.victims import Target, TargetRequest, prepare_defense
+from robustlab.victims import Target, TargetRequest, Victim, prepare_defense
 
 __all__ = [
     "ComponentSpec",
@@ -107,18 +108,8 @@ class Evaluator:
         victim = config.victim()
         for mi, model_spec in enumerate(config.models):
             model = victim.load(model_spec, config, progress=self.progress).to(device)
-            dataset = load_dataset(
-                config.data,
-                split="test",
-                image_size=getattr(model, "input_size", None),
-                preprocessing=preprocessing_of(model),
-            )
-            indices, chosen = sample_indices(dataset, config.n, seed=config.seed, subset=config.subset)
-            batched = any(RUNNERS[attack.kind].batched for _, attack in attacks)  # else every attack makes images
-            inputs.append(f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}")
-            if isinstance(dataset, AdversarialDataset):
-                inputs.append(f"{config.data}: {dataset.provenance()}; {ADVERSARIAL_CHECK}")
-            inputs += victim.check_inputs(model, model_spec, dataset, indices, config)
+            dataset, indices, said = _inputs(victim, model, model_spec, [attack for _, attack in attacks], config)
+            inputs += said
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = victim.targets(TargetRequest(model, defense, dataset, config, names, self.progress))
@@ -361,6 +352,21 @@ class _Batches:
             with reporting(on_bar(self.bar, cell.spec.label()) if evaluator.progress else None):  # a long call moves
                 self.units[cell_key] = evaluator._unit(cell_key, config.seed, compute)
             self.bar.update()
+
+
+def _inputs(
+    victim: Victim, model: nn.Module, spec: ModelSpec, attacks: list[Attack], config: EvalConfig
+) -> tuple[ImageDataset, Tensor, list[str]]:
+    """The test data as ``model`` is fed it, the samples the run scores, and what the report says of them."""
+    dataset = load_dataset(
+        config.data, split="test", image_size=getattr(model, "input_size", None), preprocessing=preprocessing_of(model)
+    )
+    indices, chosen = sample_indices(dataset, config.n, seed=config.seed, subset=config.subset)
+    batched = any(RUNNERS[attack.kind].batched for attack in attacks)  # else every attack makes images
+    said = [f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}"]
+    if isinstance(dataset, AdversarialDataset):
+        said.append(f"{config.data}: {dataset.provenance()}; {ADVERSARIAL_CHECK}")
+    return dataset, indices, said + victim.check_inputs(model, spec, dataset, indices, config)
 
 
 def _clean_unit(
