@@ -22,7 +22,7 @@ from robustlab.inputs import input_note
 from robustlab.metrics import psnr
 from robustlab.models import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
-from robustlab.report import Diagnostic, Fidelity, Row
+from robustlab.report import CLASSIFICATION, Diagnostic, Fidelity, Row
 from robustlab.sanity import adversarial_data, chance_level, output_checks
 from robustlab.tasks import predict
 from robustlab.threat import Norm
@@ -124,7 +124,7 @@ def _robust_in_run(samples: list[dict[str, Any]], mode: str, attack: str, keep: 
     """Which of the first ``len(keep)`` samples (those ``keep`` marks) ``attack`` left robust in ``mode``, read from
     the run's per-sample results; ``None`` when the run has none for that mode."""
     for block in samples:
-        if block["threat_mode"] != mode or block["task"] != "classification":
+        if block["threat_mode"] != mode or block["task"] != CLASSIFICATION:
             continue
         for entry in block["attacks"]:
             if entry["attack"] == attack and "adv_pred" in entry:

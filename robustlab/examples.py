@@ -20,7 +20,7 @@ from robustlab.inputs import load_classifier
 from robustlab.models import ModelSpec
 from robustlab.plots import Example
 from robustlab.preprocessing import preprocessing_of
-from robustlab.report import Report
+from robustlab.report import CLASSIFICATION, Report
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 
@@ -41,7 +41,7 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         (
             b
             for b in report.samples
-            if b["defense"] == "none" and b.get("task", "classification") == "classification" and b["attacks"]
+            if b["defense"] == "none" and b.get("task", CLASSIFICATION) == CLASSIFICATION and b["attacks"]
         ),
         None,
     )

@@ -122,9 +122,7 @@ def check_leaderboard(report: Report, source: Path) -> Report:
     for model in dict.fromkeys(row.model for row in report.rows):
         dataset, threat = _scope(model, config)
         claim = read_claim(find_entry(source, name=_entry_name(model), dataset=dataset, threat=threat), threat=threat)
-        rows = [
-            row for row in report.rows if row.model == model and row.defense == "none" and row.task == "classification"
-        ]
+        rows = [row for row in report.rows if row.model == model and row.defense == "none" and row.classifies]
         found += compare(claim, rows, config)
     flagged = [c for c in found if c.status == "mismatch"]
     notes = [Diagnostic("leaderboard", c.describe(), model=c.model, defense="none") for c in flagged]

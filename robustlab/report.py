@@ -20,6 +20,7 @@ from robustlab.intervals import PairedDifference, paired_difference, wilson_inte
 from robustlab.report_check import check_report_document
 
 __all__ = [
+    "CLASSIFICATION",
     "SCHEMA_VERSION",
     "TABLE_COLUMNS",
     "Diagnostic",
@@ -38,6 +39,8 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 WORST_CASE = "worst-case"
+CLASSIFICATION = "classification"
+"""The task of a plain classifier's rows (:class:`robustlab.tasks.Classification`)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Row:
     seconds: float
     attack_config: dict[str, Any] = field(default_factory=dict)
     kind: str = "perturbation"
-    task: str = "classification"
+    task: str = CLASSIFICATION
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifact: str | None = None
     success_rule: str = ""
@@ -77,7 +80,7 @@ class Row:
     robust_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.task == "classification" and self.clean_acc is not None:
+        if self.classifies and self.clean_acc is not None:
             # the accuracy fields are the truth of a classification row (a schema-1 report, a hand-made or
             # dataclasses.replace()d row): its metrics follow them
             object.__setattr__(self, "metrics", {**self.metrics, **_accuracy_metrics(self)})
@@ -85,6 +88,12 @@ class Row:
             value = getattr(self, f"{name}_acc")
             interval = None if value is None or self.n <= 0 else wilson_interval(value, self.n)
             object.__setattr__(self, f"{name}_interval", interval)
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the row scores a plain classifier: accuracy against the dataset's own labels (not a downstream
+        head, a captioner or generated images)."""
+        return self.task == CLASSIFICATION
 
     def key(self) -> tuple[str, ...]:
         """Identity of the row across runs (what a baseline comparison matches on), see :func:`row_key`."""
@@ -103,7 +112,7 @@ def row_key(model: str, defense: str, mode: str, attack: str, threat: str, task:
     the attack's resolved hyperparameters (``attack_config``) of rows with the same key.
     """
     base = (model, defense, mode, attack, threat)
-    return base if task == "classification" else (*base, task)
+    return base if task == CLASSIFICATION else (*base, task)
 
 
 @dataclass(frozen=True)
@@ -282,7 +291,7 @@ def shown_columns(columns: tuple[tuple[str, str, str], ...], rows: list[Row]) ->
     hidden = set()
     if not any(other_metrics(row) for row in rows):
         hidden.add("other_metrics")
-    if all(row.task == "classification" for row in rows):
+    if all(row.classifies for row in rows):
         hidden.add("task")
     return tuple(column for column in columns if column[1] not in hidden)
 

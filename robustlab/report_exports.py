@@ -22,7 +22,7 @@ __all__ = ["robustbench_entry", "sample_records", "samples_csv", "samples_jsonl"
 
 def robustbench_entry(report: Report) -> bytes:
     """The report's one undefended classifier as a RobustBench ``model_info`` JSON."""
-    rows = [row for row in report.rows if row.defense == "none" and row.task == "classification"]
+    rows = [row for row in report.rows if row.defense == "none" and row.classifies]
     models = sorted({row.model for row in rows})
     if len(models) != 1:
         found = ", ".join(models) or "none"

@@ -68,7 +68,7 @@ def chance_level(rows: list[Row], labels: Tensor, *, names: tuple[str, str], fed
     10 points) and two binomial standard errors, so a 20-sample run is not flagged for noise, nor a
     1000-class one missed: 15% on 10 balanced classes, 60% on two, 0.15% on 1000.
     """
-    clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.task == "classification"), None)
+    clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.classifies), None)
     if clean is None or len(labels) == 0:
         return []
     counts = torch.bincount(labels.long())
@@ -97,7 +97,7 @@ def adversarial_data(
     a deterministic model, scored in one pass); a mismatch means the model is not fed as it was then.
     Any other model is only subject to :func:`output_checks`.
     """
-    clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.task == "classification"), None)
+    clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.classifies), None)
     if clean is None or not exact or data.made_by() != names:
         return []
     recorded = data.recorded_accuracy(indices)
