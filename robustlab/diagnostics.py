@@ -106,18 +106,35 @@ def probe(
                     defense=names[1],
                     deterministic=target.draws == 1,
                 )
-                labelled = [(spec.label(), attack) for spec, attack in attacks]
-                mode = NO_MODE if NO_MODE in target.attacked else adaptive
-                strongest = strongest_gradient_attack(labelled, [row for row in rows if row.threat_mode == mode])
-                if strongest is not None:
-                    found += convergence_checks(
-                        *(attacked, scored, x, y, strongest[1], strongest[0]),
-                        early_stop=target.early_stop,
-                        generator=generator,
-                        names=names,
-                        base=_robust_in_run(samples, mode, strongest[0], keep),
-                    )
+                found += _convergence(attacked, x, y, keep, target, attacks, rows, samples, generator)
     return found
+
+
+def _convergence(
+    attacked: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    keep: Tensor,
+    target: Target,
+    attacks: Sequence[tuple[ComponentSpec, Attack]],
+    rows: list[Row],
+    samples: list[dict[str, Any]],
+    generator: torch.Generator,
+) -> list[Diagnostic]:
+    """The convergence check of the run's strongest gradient attack, in the mode the probes attack (``keep``: which
+    of the probe batch's samples ``(x, y)`` are)."""
+    labelled = [(spec.label(), attack) for spec, attack in attacks]
+    mode = NO_MODE if NO_MODE in target.attacked else ThreatMode.ADAPTIVE.value
+    strongest = strongest_gradient_attack(labelled, [row for row in rows if row.threat_mode == mode])
+    if strongest is None:
+        return []
+    return convergence_checks(
+        *(attacked, target.scored, x, y, strongest[1], strongest[0]),
+        early_stop=target.early_stop,
+        generator=generator,
+        names=target.names,
+        base=_robust_in_run(samples, mode, strongest[0], keep),
+    )
 
 
 def _robust_in_run(samples: list[dict[str, Any]], mode: str, attack: str, keep: Tensor) -> list[bool] | None:
