@@ -28,6 +28,7 @@ from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.models import ImageClassifier, load_model
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, trained_attribute_classifier
 
@@ -404,8 +405,5 @@ def _train_head(
             loss = F.cross_entropy(head(object_features[chunk], scene_features[chunk]), labels[chunk])
             if config.context_weight:
                 loss = loss + config.context_weight * head.object_weights().square().sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            descend(optimizer, loss, schedule)
     head.eval()

@@ -29,6 +29,7 @@ from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.models import ImageClassifier
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 from robustlab.spectral import spectral_summary
 
@@ -279,10 +280,7 @@ def train_nmtune(
             chunk = order[step * config.batch_size : (step + 1) * config.batch_size]
             weak, strong = views[weak_view[chunk], chunk], views[strong_view[chunk], chunk]
             loss, parts = nmtune_loss(tuner, head, weak, strong, labels[chunk], config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            descend(optimizer, loss, schedule)
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()}, refresh=False)
     return tuner.eval().requires_grad_(False), head.eval().requires_grad_(False)
 

@@ -24,6 +24,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import iterate_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
 __all__ = ["TRAINING_VERSION", "MiniPyNet", "RawIsp", "RawIspConfig", "RgbToRawNet", "dataset_identity"]
@@ -336,7 +337,7 @@ def _train_encoder(
         target = linear_to_srgb(raw)
         loss = F.mse_loss(linear_to_srgb(encoder(x)), target)
         loss = loss + F.mse_loss(linear_to_srgb(encoder(x + amplitude * noise)), target)
-        _step(optimizer, schedule, loss)
+        descend(optimizer, loss, schedule)
         bar.update()
 
 
@@ -350,7 +351,7 @@ def _train_isp(
         for x in _batches(pool, config, steps, generator):
             raw = make_raw_pair(x, generator=generator, noise=config.sensor_noise).raw
             target = other_camera_rendering(x) if config.g_target == "other_camera" else x
-            _step(optimizer, schedule, _level_loss(isp.pyramid(raw, finest=level)[-1], target, level, config))
+            descend(optimizer, _level_loss(isp.pyramid(raw, finest=level)[-1], target, level, config), schedule)
             bar.update()
 
 
@@ -369,10 +370,3 @@ def _level_loss(output: Tensor, x: Tensor, level: int, config: RawIspConfig) -> 
     if level == 1 and config.ssim_weight > 0:
         loss = loss + config.ssim_weight * (1 - ssim(output, target, window_size=7).mean())
     return loss
-
-
-def _step(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, loss: Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    schedule.step()

@@ -38,6 +38,7 @@ from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH
 from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_words
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.nets import _conv_bn
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
 __all__ = [
@@ -367,10 +368,7 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
         logits, alphas = captioner.decoder(captioner.encoder(x.to(device)), tokens[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
         loss = loss + config.attention_penalty * ((1 - alphas.sum(1)) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        descend(optimizer, loss, schedule)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     captioner.eval().requires_grad_(False)
 

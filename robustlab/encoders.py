@@ -24,6 +24,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.errors import ConfigError
 from robustlab.models import ImageClassifier, load_model
+from robustlab.optimize import descend
 from robustlab.registry import Registry
 from robustlab.seeding import global_rng_seeded
 
@@ -212,10 +213,7 @@ def train_head(
     ):
         chunk = torch.randint(len(features), (config.batch_size,), generator=generator)
         loss = F.cross_entropy(head((features[chunk] - mean) / std), labels[chunk])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        descend(optimizer, loss, schedule)
     return _Standardized(head, mean, std).eval().requires_grad_(False)
 
 

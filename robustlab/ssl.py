@@ -30,6 +30,7 @@ from robustlab.data import iterate_batches
 from robustlab.encoders import ENCODERS, Encoder
 from robustlab.errors import CheckpointMismatchError, ConfigError
 from robustlab.nets import SmallCNN
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
 __all__ = ["SSLConfig", "SimCLREncoder", "nt_xent", "solo_learn_resnet18", "train_simclr", "trained_simclr"]
@@ -167,10 +168,7 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
         for _ in bar:
             x = pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]
             loss = nt_xent(projector(encoder(augment(x))), projector(encoder(augment(x))), config.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            descend(optimizer, loss, schedule)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     encoder.eval().requires_grad_(False)
     return encoder

@@ -20,6 +20,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.classifiers import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
+from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
 __all__ = [
@@ -186,10 +187,7 @@ def train_classifier(
             x = pgd_examples(model, x, y, eps=config.eps, steps=config.attack_steps, generator=generator)
         model.train()
         loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        descend(optimizer, loss, schedule)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     model.requires_grad_(False)
