@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab.components import stream_seed
 from robustlab.errors import ConfigError
 from robustlab.progress import advance
+from robustlab.seeding import stream_seed
 from robustlab.threat import Norm
 
 __all__ = ["SquareConfig", "eta", "margin", "p_selection", "square_attack", "window_side"]

@@ -31,9 +31,9 @@ import itertools
 import math
 from typing import Any, ClassVar
 
+import robustlab.attacks._prediction_change  # noqa: F401  (registers the paper's ASR as a task)
 import torch
 import torch.nn.functional as F
-from robustlab.attacks import _prediction_change  # noqa: F401  (registers the paper's ASR as a task)
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 

@@ -23,8 +23,8 @@ from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
-from robustlab.components import stream_seed
 from robustlab.errors import ConfigError
+from robustlab.seeding import stream_seed
 from robustlab.threat import Norm, ThreatModel
 
 __all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand", "rand_components", "standard_components"]

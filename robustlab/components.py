@@ -1,25 +1,19 @@
-"""Helpers shared by every command that builds components and runs them: specs, seeding, JSON values.
+"""The components a run builds, named by specs (a registry name plus parameters), and the built-in ones.
 
 Kept apart from :mod:`robustlab.evaluate` so that ``generate``, the report's image grid and the CLI
-can build an attack or seed a unit without importing the evaluator; importing it does not import torch.
+can build an attack without importing the evaluator; importing it does not import torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["ComponentSpec", "json_ready", "load_builtin_components", "seeded"]
+__all__ = ["ComponentSpec", "load_builtin_components"]
 
 
 @dataclass(frozen=True)
@@ -62,32 +56,6 @@ def _same(value: Any, default: Any) -> bool:
     if default is inspect.Parameter.empty:
         return False
     return bool(value == default or value == getattr(default, "value", default))
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists and enums to strings, recursively."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value
-
-
-def stream_seed(seed: int, key: str) -> int:
-    """A 60-bit seed that depends on ``(seed, key)`` alone: the seed of a unit, or of one sample's stream."""
-    return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
-
-
-@contextmanager
-def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
-    """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
-    import torch
-
-    unit_seed = stream_seed(seed, key)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
-        yield torch.Generator().manual_seed(unit_seed)
 
 
 def load_builtin_components() -> None:

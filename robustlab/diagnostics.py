@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import Attack
 from robustlab.checks import ProbeSettings, cheap_probes, expensive_probes
-from robustlab.components import ComponentSpec, seeded
+from robustlab.components import ComponentSpec
 from robustlab.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.data.adv import AdversarialDataset
@@ -24,6 +24,7 @@ from robustlab.models import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
 from robustlab.report import CLASSIFICATION, Diagnostic, Fidelity, Row
 from robustlab.sanity import adversarial_data, chance_level, output_checks
+from robustlab.seeding import seeded
 from robustlab.tasks import predict
 from robustlab.threat import Norm
 from robustlab.victims import NO_MODE, Target, attacked_models

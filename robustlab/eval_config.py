@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from robustlab.cache import config_hash
-from robustlab.components import ComponentSpec, json_ready
+from robustlab.components import ComponentSpec
 from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
+from robustlab.jsonfile import json_ready
 from robustlab.models import ModelSpec
 from robustlab.victims import VICTIMS, Victim
 from robustlab.victims.downstream import DEFAULT_HEADS

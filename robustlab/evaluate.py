@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.checks import attack_gaps, threat_mode_gaps
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
+from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.convergence import audit_verdicts
 from robustlab.data import ImageDataset, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
@@ -33,6 +33,7 @@ from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
 from robustlab.fast_paths import accelerated, fast_path_check
+from robustlab.jsonfile import json_ready
 from robustlab.models import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
@@ -41,6 +42,8 @@ from robustlab.report import Diagnostic, Fidelity, Report, Row, environment
 from robustlab.rows import aggregate, concat
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
+from robustlab.sanity import made_by
+from robustlab.seeding import seeded, stream_seed
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task
 from robustlab.victims import Target, TargetRequest, Victim, prepare_defense
@@ -365,7 +368,7 @@ def _inputs(
     batched = any(RUNNERS[attack.kind].batched for attack in attacks)  # else every attack makes images
     said = [f"{config.data}: {chosen if batched else 'no samples scored (the attacks make images)'}"]
     if isinstance(dataset, AdversarialDataset):
-        said.append(f"{config.data}: {dataset.provenance()}; {ADVERSARIAL_CHECK}")
+        said.append(f"{config.data}: {dataset.provenance(*made_by(dataset))}; {ADVERSARIAL_CHECK}")
     return dataset, indices, said + victim.check_inputs(model, spec, dataset, indices, config)
 
 

@@ -42,14 +42,14 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import atomic_write, config_hash, load_weights, save_weights
-from robustlab.components import ComponentSpec, json_ready, load_builtin_components, seeded, stream_seed
+from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION, shard_hash
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.distributed import Shard
 from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
-from robustlab.jsonfile import read_json
+from robustlab.jsonfile import json_ready, read_json
 from robustlab.models import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
@@ -57,6 +57,7 @@ from robustlab.randomized import attacked_by, through_eot
 from robustlab.report import environment
 from robustlab.runners import attack_and_score
 from robustlab.sampling import sample_indices
+from robustlab.seeding import seeded, stream_seed
 from robustlab.tasks import Classification, predict
 from robustlab.threat import Norm, ThreatModel, perturbation_norm, verify
 from robustlab.victims import attacked_models, frozen, prepare_defense

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from robustlab.attack import ATTACKS
-from robustlab.components import json_ready, load_builtin_components
+from robustlab.components import load_builtin_components
 from robustlab.defense import DEFENSES
 from robustlab.evaluate import EvalConfig
+from robustlab.jsonfile import json_ready
 from robustlab.randomized import randomized_version
 from robustlab.report import WORST_CASE, row_key
 from robustlab.runners import RUNNERS

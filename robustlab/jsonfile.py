@@ -1,4 +1,5 @@
-"""Reading a JSON file that robustlab wrote earlier but a user, a full disk or a crash may have damaged."""
+"""JSON in robustlab: values made ready for it, and reading a file that a user, a full disk or a crash may have
+damaged."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from robustlab.errors import DataError
 
-__all__ = ["read_json"]
+__all__ = ["json_ready", "read_json"]
 
 
 def read_json(path: Path, *, what: str, fix: str, kind: type = object) -> Any:
@@ -29,3 +30,12 @@ def read_json(path: Path, *, what: str, fix: str, kind: type = object) -> Any:
     if not isinstance(data, kind):
         raise DataError(f"{what} {path} holds a {type(data).__name__}, not a {kind.__name__}; {fix}")
     return data
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists and enums to strings, recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str)) else value

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robustlab.components import json_ready
+from robustlab.jsonfile import json_ready
 from robustlab.report import WORST_CASE, Row
 from robustlab.runners import Cell
 from robustlab.tasks import InputTask, Task, WorstCaseTask

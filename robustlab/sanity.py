@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from robustlab.components import ComponentSpec
+from robustlab.models import ModelSpec
 from robustlab.report import Diagnostic, Row
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ def adversarial_data(
     Any other model is only subject to :func:`output_checks`.
     """
     clean = next((row.clean_acc for row in rows if row.clean_acc is not None and row.classifies), None)
-    if clean is None or not exact or data.made_by() != names:
+    if clean is None or not exact or made_by(data) != names:
         return []
     recorded = data.recorded_accuracy(indices)
     if abs(clean - recorded) < 1e-9:
@@ -108,6 +110,14 @@ def adversarial_data(
         f"{recorded:.1%} for the same model and defense: it is not fed as it was then; {CAUSES}"
     )
     return [Diagnostic("sanity.adversarial_mismatch", message, *names)]
+
+
+def made_by(data: AdversarialDataset) -> tuple[str, str]:
+    """The labels (as ``eval`` names them) of the model and the defense whose attack made ``data``'s images."""
+    model, defense = data.recorded_victim()
+    params = tuple(tuple(param) for param in defense.get("params", []))
+    model_label = ModelSpec(str(model.get("name", "?")), model.get("weights")).label()
+    return model_label, ComponentSpec(str(defense.get("name", "none")), params).label()
 
 
 def _one_class(n: int, names: tuple[str, str], fed: str) -> Diagnostic:

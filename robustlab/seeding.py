@@ -1,13 +1,15 @@
-"""Seeding the global RNG for code that draws from it (module constructors), without disturbing the caller's."""
+"""Seeds: a unit's and a sample's derived from ``(seed, key)`` alone, and the global RNG seeded for code that
+draws from it (module constructors, third-party attacks) without disturbing the caller's."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["global_rng_seeded"]
+__all__ = ["global_rng_seeded", "seeded", "stream_seed"]
 
 
 @contextmanager
@@ -20,3 +22,18 @@ def global_rng_seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def stream_seed(seed: int, key: str) -> int:
+    """A 60-bit seed that depends on ``(seed, key)`` alone: the seed of a unit, or of one sample's stream."""
+    return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:15], 16)
+
+
+@contextmanager
+def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
+    """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
+    unit_seed = stream_seed(seed, key)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+        yield torch.Generator().manual_seed(unit_seed)

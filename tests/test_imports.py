@@ -29,7 +29,8 @@ def _modules() -> dict[str, Path]:
 def _imports(path: Path, name: str, known: set[str]) -> set[str]:
     """Modules of the package that ``name`` imports, deferred ones inside functions included.
 
-    A package importing its own submodules is left out: that is how registries fill (``robustlab.attacks``).
+    A package importing its own submodules counts too (that is how registries fill, ``robustlab.attacks``): so a
+    submodule must import what it shares with its siblings from a sibling, never from the package.
     """
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -38,8 +39,7 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-        is_package = path.name == "__init__.py"
-        imported |= {n for n in names if n in known and n != name and not (is_package and n.startswith(f"{name}."))}
+        imported |= {n for n in names if n in known and n != name}
     return imported
 
 

@@ -162,10 +162,10 @@ def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(pl
     """Early stop on a random model kept iterates that fooled one draw only: an overstated robust accuracy."""
     from robustlab.attacks.pgd import PGD
 
-    from robustlab.components import seeded
     from robustlab.data.synth import SynthDataset
     from robustlab.evaluate import EvalConfig, Evaluator
     from robustlab.models import ModelSpec, load_model
+    from robustlab.seeding import seeded
     from robustlab.tasks import predict
 
     n = 64

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from robustlab.cache import load_weights
-from robustlab.data import DATASETS
+from robustlab.data.base import DATASETS
 from robustlab.errors import ConfigError, DataError
 from robustlab.jsonfile import read_json
 
@@ -81,22 +81,16 @@ class AdversarialDataset:
         """Images and labels at ``indices``, vectorised."""
         return self._images[indices].float() / 255, self._labels[indices]
 
-    def made_by(self) -> tuple[str, str]:
-        """The labels of the model and defense whose attack made these images (as ``eval`` names them)."""
-        from robustlab.components import ComponentSpec
-        from robustlab.models import ModelSpec
-
+    def recorded_victim(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model and the defense whose attack made these images, as the manifest records them."""
         config = self.manifest.get("config", {})
-        model, defense = config.get("model", {}), config.get("defense", {})
-        params = tuple(tuple(param) for param in defense.get("params", []))
-        model_label = ModelSpec(str(model.get("name", "?")), model.get("weights")).label()
-        return model_label, ComponentSpec(str(defense.get("name", "none")), params).label()
+        return config.get("model", {}), config.get("defense", {})
 
-    def provenance(self) -> str:
-        """Where the images come from: the attack, its budget and the model it ran against, from the manifest."""
+    def provenance(self, model: str, defense: str) -> str:
+        """Where the images come from: the attack, its budget, the data and seed, and ``model`` behind ``defense``
+        (their labels, :func:`robustlab.sanity.made_by`)."""
         attack, threat = self.manifest.get("attack", {}).get("name"), self.manifest.get("threat", {}).get("describe")
         source = self.manifest.get("source", {})
-        model, defense = self.made_by()
         behind = "" if defense == "none" else f" behind {defense}"
         return (
             f"adversarial images made by robustlab generate: {attack} at {threat} against {model}{behind}, "

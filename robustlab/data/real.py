@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import Tensor
 
 from robustlab.cache import data_dir
-from robustlab.data import DATASETS, ImageDataset
+from robustlab.data.base import DATASETS, ImageDataset
 from robustlab.errors import ConfigError, DataError
 from robustlab.preprocessing import Preprocessing
 

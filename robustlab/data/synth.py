@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from robustlab.data import DATASETS, parse_kwargs
+from robustlab.data.base import DATASETS, parse_kwargs
 from robustlab.data.shapes import shape_sdf
 from robustlab.errors import ConfigError
 
