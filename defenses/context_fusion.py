@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import MODELS
 from robustlab.data import iterate_batches
 from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
-from robustlab.models import ImageClassifier, load_model
+from robustlab.models.classifier import MODELS
+from robustlab.models.loading import ImageClassifier, load_model
 from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, trained_attribute_classifier

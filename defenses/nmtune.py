@@ -28,7 +28,7 @@ from robustlab.data import ImageDataset, iterate_batches
 from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError
-from robustlab.models import ImageClassifier
+from robustlab.models.loading import ImageClassifier
 from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 from robustlab.spectral import spectral_summary

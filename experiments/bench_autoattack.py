@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import Attack, CallContext
 from robustlab.data import load_dataset
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.threat import ThreatModel
 
 Breakdown = dict[str, dict[str, float]]

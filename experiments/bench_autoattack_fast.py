@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from robustlab.data import load_dataset
 from robustlab.intervals import wilson_interval
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 PATHS = {  # standard first: the others are compared with it
     "standard": run_robustlab,

@@ -34,7 +34,7 @@ from robustlab.attacks.autoattack import FABT
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.threat import Norm, perturbation_norm
 
 PATHS = ["robustlab", "robustlab-no-stop", "torchattacks", "pyautoattack"]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from robustlab.data import DATASETS, load_dataset, register_builtin_datasets
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, load_builtin_components
-from robustlab.models import ImageClassifier, ModelSpec, load_model
+from robustlab.models.loading import ImageClassifier, ModelSpec, load_model
 
 EPS, STEP_SIZE, STEPS = 8 / 255, 2 / 255, 10
 

@@ -26,7 +26,7 @@ from robustlab.attacks.square import Square
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 
 class Counting(nn.Module):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from robustlab.data import load_dataset
 from robustlab.intervals import wilson_interval
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 Fit = Callable[[nn.Module, Tensor, Tensor, float, int], Tensor]
 

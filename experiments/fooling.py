@@ -9,7 +9,7 @@ Usage: ``.venv/bin/python experiments/fooling.py --out DIR [--part budgets|retra
    each encoding's fooling images.
 3. Retraining (paper §3.6): a pool of fooling images (one CPPN and one gradient run) becomes an 11th class, the
    model is trained on it, and CPPN evolution runs again against the new model.
-4. MNIST-like sanity victim (``--part mnistlike``; :mod:`robustlab.mnistlike`, LeNet on 28x28 grey images): both
+4. MNIST-like sanity victim (``--part mnistlike``; :mod:`robustlab.models.mnistlike`, LeNet on 28x28 grey images): both
    evolved encodings with the official populations (CPPN 400, direct 200) over ``--seeds``, classes fooled at 50
    generations and, resumed from the same archive, at ``--long`` generations; the AUROC pools every seed's images.
 
@@ -30,9 +30,9 @@ from robustlab.attacks.fooling import Fooling, max_softmax_auroc
 from torch import Tensor
 
 from robustlab.data.synth import SHAPES, SynthDataset
-from robustlab.mnistlike import MnistLike, trained_mnistlike_classifier
-from robustlab.models import SYNTH_MEAN, SYNTH_STD, ImageClassifier, load_model
-from robustlab.nets import SmallCNN
+from robustlab.models.loading import SYNTH_MEAN, SYNTH_STD, ImageClassifier, load_model
+from robustlab.models.mnistlike import MnistLike, trained_mnistlike_classifier
+from robustlab.models.nets import SmallCNN
 from robustlab.store import MemoryStore
 from robustlab.tasks import confidence_metrics
 from robustlab.train import TrainConfig, train_classifier

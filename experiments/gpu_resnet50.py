@@ -26,7 +26,7 @@ from robustlab.attacks import ATTACKS  # importing the package registers every a
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 Path_ = Callable[[nn.Module, Tensor, Tensor, argparse.Namespace], Tensor]
 

@@ -40,11 +40,11 @@ from robustlab.defenses.nmtune import NMTuneConfig, train_nmtune, view_features
 from torch import Tensor, nn
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.data.synth import ATTRIBUTES, COLORS, SynthConfig, SynthDataset
 from robustlab.encoders import ClassifierFeatures, Encoder, HeadConfig, train_head
-from robustlab.nets import SmallCNN
+from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD, ImageClassifier
+from robustlab.models.nets import SmallCNN
 from robustlab.spectral import spectral_summary
 from robustlab.train import TrainConfig, train_classifier
 

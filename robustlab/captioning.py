@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD
 from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_words
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
-from robustlab.nets import _conv_bn
+from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD
+from robustlab.models.nets import _conv_bn
 from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
@@ -164,7 +164,7 @@ def _tiny_backbone(width: int = 32) -> nn.Sequential:
 
 def _resnet_backbone(arch: str, *, progress: bool) -> tuple[nn.Module, int]:
     """ImageNet ResNet without its pooling and head, pooled to 14x14 regions as in Show-Attend-Tell."""
-    from robustlab.models import _load_torchvision_weights
+    from robustlab.models.loading import _load_torchvision_weights
 
     net = _load_torchvision_weights(arch, "imagenet", num_classes=None, progress=progress).net
     dim = cast(nn.Linear, net.fc).in_features

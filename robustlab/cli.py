@@ -46,7 +46,7 @@ def list_command() -> None:
     import robustlab.defenses
     from robustlab.data import DATASETS, register_builtin_datasets
     from robustlab.encoders import ENCODERS
-    from robustlab.models import MODELS
+    from robustlab.models.loading import MODELS
     from robustlab.tasks import TASKS
     from robustlab.victims import VICTIMS
 

@@ -27,7 +27,7 @@ from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.gate import check_same_grid, compare_reports, format_regressions
 from robustlab.leaderboard import check_leaderboard, describe_comparison
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.preflight import check_eval
 from robustlab.report import Report, format_table
 from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
@@ -231,7 +231,7 @@ def run_train(**options: Any) -> float:
     """
     from robustlab.cache import save_weights
     from robustlab.data import load_dataset
-    from robustlab.models import MODELS, load_model
+    from robustlab.models.loading import MODELS, load_model
     from robustlab.preflight import check_output_file
     from robustlab.train import TrainConfig, train_classifier
 
@@ -432,7 +432,7 @@ def run_generate(**options: Any) -> None:
 def run_fool(**options: Any) -> None:
     """Run ``robustlab fool``: evolve (or ascend to) fooling images, write them, print the summary line."""
     import robustlab.attacks
-    from robustlab.models import class_names, load_model
+    from robustlab.models.loading import class_names, load_model
 
     device = resolve_device(options["device"])
     run = {key: options[key] for key in ("model", "weights", "num_classes")} | {"device": device}

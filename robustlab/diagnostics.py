@@ -20,7 +20,7 @@ from robustlab.defense import Defense, PreprocessingDefense, ThreatMode
 from robustlab.eval_config import EvalConfig
 from robustlab.inputs import input_note
 from robustlab.metrics import psnr
-from robustlab.models import ImageClassifier, ModelSpec
+from robustlab.models.loading import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
 from robustlab.report import CLASSIFICATION, Diagnostic, Fidelity, Row
 from robustlab.sanity import adversarial_data, chance_level, output_checks

@@ -5,7 +5,7 @@ classifiers it never saw; NMTune tunes heads on frozen features. Both need the s
 features of a model robustlab can load (torchvision nets, the embedded nets, a user
 ``package.module:factory``), and heads trained on those frozen features for several tasks of a
 dataset (on the synthetic world: shape, colour, background, size). The encoder takes ``[0, 1]``
-images and normalizes them itself, like :class:`robustlab.models.ImageClassifier`.
+images and normalizes them itself, like :class:`robustlab.models.classifier.ImageClassifier`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import ImageDataset, iterate_batches, load_dataset
 from robustlab.errors import ConfigError
-from robustlab.models import ImageClassifier, load_model
+from robustlab.models.loading import ImageClassifier, load_model
 from robustlab.optimize import descend
 from robustlab.registry import Registry
 from robustlab.seeding import global_rng_seeded

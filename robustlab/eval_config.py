@@ -16,7 +16,7 @@ from robustlab.components import ComponentSpec
 from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
 from robustlab.jsonfile import json_ready
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.victims import VICTIMS, Victim
 from robustlab.victims.downstream import DEFAULT_HEADS
 

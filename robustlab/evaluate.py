@@ -34,7 +34,7 @@ from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
 from robustlab.fast_paths import accelerated, fast_path_check
 from robustlab.jsonfile import json_ready
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, for_randomized

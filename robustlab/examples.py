@@ -17,7 +17,7 @@ from robustlab.attack import ATTACKS, AttackKind
 from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import iterate_batches, load_dataset
 from robustlab.inputs import load_classifier
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.plots import Example
 from robustlab.preprocessing import preprocessing_of
 from robustlab.report import CLASSIFICATION, Report

@@ -50,7 +50,7 @@ from robustlab.distributed import Shard
 from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
 from robustlab.jsonfile import json_ready, read_json
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, through_eot

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import DATASETS, DataSpec, parse_kwargs, register_builtin_datasets
 from robustlab.errors import ConfigError
-from robustlab.models import ModelSpec, load_model
+from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD, ImageClassifier
+from robustlab.models.loading import ModelSpec, load_model
 from robustlab.preprocessing import Preprocessing, preprocessing_of
 
 __all__ = ["NORMALIZATION_PRESETS", "input_note", "load_classifier", "native_image_size", "parse_channels"]

@@ -200,8 +200,8 @@ def _incomparable_attack(claim: Claim, row: Row) -> str:
 def _scope(model: str, config: dict[str, Any]) -> tuple[str, str]:
     """(dataset, threat) that name a model's entry: a robustbench: model's own, else the run's data and Linf."""
     if model.startswith("robustbench:"):
-        from robustlab.models import ModelSpec
-        from robustlab.robustbench_models import RobustBenchSpec
+        from robustlab.models.loading import ModelSpec
+        from robustlab.models.robustbench import RobustBenchSpec
 
         names = {ModelSpec(**spec).label(): spec["name"] for spec in config.get("models", [])}
         parsed = RobustBenchSpec(names.get(model, model))

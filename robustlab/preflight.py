@@ -111,14 +111,14 @@ def check_model_names(names: Sequence[str], weights: str | None = None) -> None:
 
     A ``module:factory`` user model is imported later, when loaded; timm is not imported here (seconds).
     """
-    from robustlab.hub_cache import require_cached_timm
+    from robustlab.models.hub_cache import require_cached_timm
 
     for name in names:
         if name.startswith("timm:") and not name.startswith("timm:local-dir:") and weights in (None, "hub"):
             require_cached_timm(name.removeprefix("timm:"))
     registered = [name for name in names if ":" not in name]
     if registered:  # the registry imports torch: a timm-only run fails on an empty cache before that
-        from robustlab.models import MODELS
+        from robustlab.models.loading import MODELS
 
         for name in registered:
             MODELS.get(name)  # raises UnknownNameError listing the close matches

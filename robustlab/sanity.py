@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.components import ComponentSpec
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.report import Diagnostic, Row
 
 if TYPE_CHECKING:

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import SYNTH_MEAN, SYNTH_STD
 from robustlab.data import iterate_batches
 from robustlab.encoders import ENCODERS, Encoder
 from robustlab.errors import CheckpointMismatchError, ConfigError
-from robustlab.nets import SmallCNN
+from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD
+from robustlab.models.nets import SmallCNN
 from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 
@@ -199,7 +199,7 @@ def solo_learn_resnet18(path: Path) -> SimCLREncoder:
     """
     import torchvision
 
-    from robustlab.checkpoints import load_state_dict_file
+    from robustlab.models.checkpoints import load_state_dict_file
 
     state = load_state_dict_file(path)
     backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
+from robustlab.models.classifier import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.optimize import descend
 from robustlab.seeding import global_rng_seeded
 

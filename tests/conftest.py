@@ -80,7 +80,7 @@ def record_claim() -> Callable[[str, float], None]:
 @pytest.fixture(scope="session")
 def trained_model() -> torch.nn.Module:
     """The default classifier (smallcnn) trained on the synthetic world, shared by the session."""
-    from robustlab.models import load_model
+    from robustlab.models.loading import load_model
 
     return load_model("smallcnn", weights="synth", progress=False)
 

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-import robustlab.robustbench_models as rb
+import robustlab.models.robustbench as rb
 from robustlab.cli import cli
 from robustlab.errors import DataError
 from robustlab.leaderboard import check_leaderboard, read_claim

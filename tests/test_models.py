@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from robustlab.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
-from robustlab.models import ImageClassifier, load_model
+from robustlab.models.loading import ImageClassifier, load_model
 
 
 def test_loaded_model_is_eval_and_frozen() -> None:

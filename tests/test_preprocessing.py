@@ -12,7 +12,7 @@ from PIL import Image
 from robustlab.data import load_dataset
 from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
-from robustlab.models import ModelSpec, load_model, torchvision_preprocessing
+from robustlab.models.loading import ModelSpec, load_model, torchvision_preprocessing
 from robustlab.preprocessing import Preprocessing, preprocessing_of
 
 MIXED_SIZES = ((300, 200), (250, 333), (512, 384), (231, 231))

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner, Result
 from torch import nn
 
-import robustlab.robustbench_models as rb
+import robustlab.models.robustbench as rb
 from robustlab.cli import cli
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.preprocessing import Preprocessing, preprocessing_of
 
 

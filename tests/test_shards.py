@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from robustlab.cache import save_weights
 from robustlab.cli import cli
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 ARGS = ["--weights", "w.safetensors", "--attack", "fgsm", "--attack", "pgd", "--eps", "0.5", "--steps", "2"]
 ARGS += ["-n", "24", "--batch-size", "8", "--device", "cpu", "--quiet"]  # 3 batches: shard 0 owns two of them

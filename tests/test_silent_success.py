@@ -19,7 +19,7 @@ from robustlab.components import ComponentSpec
 from robustlab.data import DATASETS
 from robustlab.defense import DEFENSES, Defense
 from robustlab.evaluate import EvalConfig, Evaluator
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.report import Report
 
 

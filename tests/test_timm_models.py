@@ -15,7 +15,7 @@ from PIL import Image
 
 from robustlab.cli import cli
 from robustlab.data import load_dataset
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.preprocessing import preprocessing_of
 
 timm = pytest.importorskip("timm")

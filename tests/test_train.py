@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from robustlab.cli import cli
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.train import pgd_examples
 
 

@@ -99,7 +99,7 @@ def test_resnet18_at_its_own_size_matches_plain_pytorch_and_torchattacks(
 PLANTED = """
 import torch
 from torch import nn
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 
 
 class Planted(nn.Module):
@@ -164,7 +164,7 @@ def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(pl
 
     from robustlab.data.synth import SynthDataset
     from robustlab.evaluate import EvalConfig, Evaluator
-    from robustlab.models import ModelSpec, load_model
+    from robustlab.models.loading import ModelSpec, load_model
     from robustlab.seeding import seeded
     from robustlab.tasks import predict
 
@@ -285,7 +285,7 @@ def test_generate_attacks_a_noisy_user_model_through_eot(planted: str, register:
     from robustlab.defense import EOT
     from robustlab.evaluate import ComponentSpec
     from robustlab.export import GenerateConfig, generate
-    from robustlab.models import ModelSpec
+    from robustlab.models.loading import ModelSpec
 
     differentiated: list[nn.Module] = []
 

@@ -15,7 +15,7 @@ from robustlab.data import ImageDataset
 from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig
 from robustlab.inputs import load_classifier
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.report import Report
 from robustlab.victims import NO_MODE, VICTIMS, Target, TargetRequest, Victim, frozen
 from robustlab.victims.base import EvalSettings

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from robustlab.data import ImageDataset
 from robustlab.defense import Defense, ThreatMode
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.registry import Registry
 from robustlab.victims.targets import Target
 

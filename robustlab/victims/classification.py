@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
-from robustlab.models import ImageClassifier, ModelSpec, check_logits
+from robustlab.models.loading import ImageClassifier, ModelSpec, check_logits
 from robustlab.victims.base import VICTIMS, EvalSettings, TargetRequest, Victim
 from robustlab.victims.targets import Target, classifier_targets, prepare_defense
 

@@ -9,7 +9,7 @@ from torch import nn
 from robustlab.data import load_dataset
 from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
 from robustlab.errors import ConfigError
-from robustlab.models import ModelSpec
+from robustlab.models.loading import ModelSpec
 from robustlab.victims.base import VICTIMS, EvalSettings, TargetRequest, Victim
 from robustlab.victims.targets import Target, downstream_targets, frozen, prepare_defense
 

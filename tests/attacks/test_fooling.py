@@ -21,8 +21,8 @@ from robustlab.attacks.fooling import Fooling, class_probabilities
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.cli import cli
 from robustlab.errors import ConfigError
-from robustlab.mnistlike import LeNet, MnistLike
-from robustlab.models import ImageClassifier
+from robustlab.models.loading import ImageClassifier
+from robustlab.models.mnistlike import LeNet, MnistLike
 from robustlab.store import MemoryStore
 from robustlab.tasks import confidence_metrics
 

@@ -12,8 +12,8 @@ from torch import nn
 from robustlab.cache import cache_dir
 from robustlab.data.synth import SynthConfig, SynthDataset
 from robustlab.errors import ConfigError, UnknownNameError, WeightsUnavailableError
-from robustlab.models import ImageClassifier
-from robustlab.nets import SmallCNN
+from robustlab.models.loading import ImageClassifier
+from robustlab.models.nets import SmallCNN
 
 SMALL = {"n_train": 2048, "steps": 300}
 

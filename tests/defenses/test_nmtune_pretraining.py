@@ -7,7 +7,7 @@ import torch
 
 from robustlab.cache import cache_dir
 from robustlab.errors import ConfigError
-from robustlab.models import load_model
+from robustlab.models.loading import load_model
 from robustlab.train import TrainConfig, _cache_key, trained_classifier
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.checkpoints import load_state_dict_file, load_strict
-from robustlab.classifiers import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.errors import ConfigError, UnknownNameError, WeightsUnavailableError
+from robustlab.models.checkpoints import load_state_dict_file, load_strict
+from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.preprocessing import Preprocessing
 from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, trained_classifier
@@ -89,8 +89,8 @@ def load_model(
 
     Args:
         name: a registered architecture (``robustlab list``), ``timm:NAME[.TAG]`` or ``timm:local-dir:DIR``
-            (:mod:`robustlab.timm_models`), ``robustbench:NAME[:DATASET/THREAT]``
-            (:mod:`robustlab.robustbench_models`), or ``package.module:factory`` for a user model (the factory
+            (:mod:`robustlab.models.timm`), ``robustbench:NAME[:DATASET/THREAT]``
+            (:mod:`robustlab.models.robustbench`), or ``package.module:factory`` for a user model (the factory
             takes no arguments and returns an ``nn.Module`` that accepts ``[0, 1]`` images).
         weights: ``synth`` (trained by robustlab on the synthetic world, cached; the default for embedded
             nets), ``synth-noise0.3`` (the same, on train labels with 30% flipped: noisy pre-training),
@@ -114,11 +114,11 @@ def _load_model(
     name: str, *, weights: str | None, num_classes: int | None, image_size: int | None, progress: bool
 ) -> ImageClassifier:
     if name.startswith("timm:"):
-        from robustlab.timm_models import load_timm_model
+        from robustlab.models.timm import load_timm_model
 
         return _finish(load_timm_model(name, weights=weights, num_classes=num_classes, image_size=image_size))
     if name.startswith("robustbench:"):
-        from robustlab.robustbench_models import load_robustbench_model
+        from robustlab.models.robustbench import load_robustbench_model
 
         return _finish(load_robustbench_model(name, weights=weights))
     if ":" in name and name not in MODELS:

@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from robustlab.checkpoints import load_state_dict_file, load_strict
-from robustlab.classifiers import ImageClassifier
 from robustlab.errors import ConfigError, UnknownNameError, WeightsUnavailableError
-from robustlab.hub_cache import hf_cache_dir, missing_hub_weights, require_cached_timm
+from robustlab.models.checkpoints import load_state_dict_file, load_strict
+from robustlab.models.classifier import ImageClassifier
+from robustlab.models.hub_cache import hf_cache_dir, missing_hub_weights, require_cached_timm
 from robustlab.preprocessing import INTERPOLATIONS, Preprocessing
 
 __all__ = ["PREFIX", "load_timm_model", "timm_preprocessing"]

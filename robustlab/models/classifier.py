@@ -1,6 +1,6 @@
 """Architectures by name and the wrapper that owns normalization: what a loaded classifier is.
 
-Kept apart from :mod:`robustlab.models` (which loads weights, and trains the embedded nets through
+Kept apart from :mod:`robustlab.models.loading` (which loads weights, and trains the embedded nets through
 :mod:`robustlab.train`) so that training can build an architecture without importing the loader.
 """
 
@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from robustlab.nets import SmallCNN, TinyResNet
+from robustlab.models.nets import SmallCNN, TinyResNet
 from robustlab.preprocessing import Preprocessing
 from robustlab.registry import Registry
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from robustlab.checkpoints import load_state_dict_file, load_strict
-from robustlab.classifiers import ImageClassifier
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
+from robustlab.models.checkpoints import load_state_dict_file, load_strict
+from robustlab.models.classifier import ImageClassifier
 from robustlab.preprocessing import Preprocessing
 
 __all__ = ["DATASET_CLASSES", "PREFIX", "RobustBenchSpec", "expected_checkpoint", "load_robustbench_model"]

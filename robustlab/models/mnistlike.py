@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.classifiers import ImageClassifier
 from robustlab.data.synth import SynthConfig, SynthDataset
+from robustlab.models.classifier import ImageClassifier
 from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, train_classifier
 
