@@ -4,7 +4,7 @@
 object stream alone: the control), on the world with informative context (``context_p=0.8``).
 ``raw_isp``: the bare network (the control) and the tiny RAW/ISP configuration the claim tests train.
 Prints the rows with their 95% intervals, the audit's verdicts, and the paired interval of each defense
-minus its control per threat mode (same samples: :func:`robustlab.report.paired_rows`)::
+minus its control per threat mode (same samples: :func:`robustlab.reports.report.paired_rows`)::
 
     python experiments/audit_defenses.py fusion -n 128 --out fusion-audit.json
     python experiments/audit_defenses.py raw_isp -n 128 --audit-arg steps=100 --out raw_isp-audit.json
@@ -18,7 +18,7 @@ from pathlib import Path
 from robustlab.budgets import parse_eps
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
 from robustlab.params import convert_param
-from robustlab.report import Report, format_table, paired_rows
+from robustlab.reports.report import Report, format_table, paired_rows
 
 HEAD = (("n_train", 2048), ("steps", 300))
 TINY_ISP = (("g_width", 6), ("f_steps", 800), ("g_steps", 600), ("n_images", 512))

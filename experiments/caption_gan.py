@@ -30,10 +30,10 @@ from torch import Tensor
 
 from robustlab.attack import ATTACKS
 from robustlab.caption_metrics import caption_metrics, fisher_p_above, goal_reached, perturbation_metrics
-from robustlab.caption_plots import caption_grid_png
 from robustlab.captioning import Captioner, load_captioner
 from robustlab.data.captions import SynthCaptions
 from robustlab.intervals import wilson_interval
+from robustlab.reports.caption_plots import caption_grid_png
 from robustlab.threat import parse_eps
 
 NOISE = "caption_noise"

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 
 from robustlab.budgets import parse_eps
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
-from robustlab.report import Report
+from robustlab.reports.report import Report
 
 DEFENSES = {
     "none": ComponentSpec("none"),

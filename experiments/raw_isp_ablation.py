@@ -24,7 +24,7 @@ from robustlab.budgets import parse_eps
 from robustlab.data import iterate_batches, load_dataset
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
 from robustlab.metrics import psnr
-from robustlab.report import format_table, paired_rows
+from robustlab.reports.report import format_table, paired_rows
 
 TINY_ISP = (("g_width", 6), ("f_steps", 800), ("g_steps", 600), ("n_images", 512))
 SKIP = ComponentSpec("raw_isp", TINY_ISP)

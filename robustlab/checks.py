@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.progress import advance
-from robustlab.report import Diagnostic, Row
+from robustlab.reports.report import Diagnostic, Row
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 

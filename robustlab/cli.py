@@ -88,7 +88,7 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
         check_model_names(options["models"], options["weights"])
 
     from robustlab.commands import gate, run_eval
-    from robustlab.gate import check_same_scope, load_baseline
+    from robustlab.reports.gate import check_same_scope, load_baseline
 
     accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
     if accepted is not None:
@@ -127,8 +127,8 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
       robustlab compare run.json baselines/synth.json --tolerance 0.02 --margin-sigmas 2
     """
     from robustlab.commands import gate
-    from robustlab.gate import load_baseline
-    from robustlab.report import Report
+    from robustlab.reports.gate import load_baseline
+    from robustlab.reports.report import Report
 
     accepted = load_baseline(baseline)
     gate(Report.from_json(new), accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)

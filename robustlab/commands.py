@@ -25,12 +25,12 @@ from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
-from robustlab.gate import check_same_grid, compare_reports, format_regressions
 from robustlab.leaderboard import check_leaderboard, describe_comparison
 from robustlab.models.loading import ModelSpec
 from robustlab.preflight import check_eval
-from robustlab.report import Report, format_table
-from robustlab.report_exports import robustbench_entry, samples_csv, samples_jsonl
+from robustlab.reports.exports import robustbench_entry, samples_csv, samples_jsonl
+from robustlab.reports.gate import check_same_grid, compare_reports, format_regressions
+from robustlab.reports.report import Report, format_table
 from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
 from robustlab.victims.downstream import DEFAULT_HEADS
@@ -353,8 +353,8 @@ _SAMPLE_FORMATS = {"robustbench": robustbench_entry, "jsonl": samples_jsonl, "sa
 
 
 def _render(report: Report, fmt: str, examples: int) -> bytes:
-    from robustlab.plots import robustness_curves_png
-    from robustlab.tables import csv_table, markdown_table
+    from robustlab.reports.plots import robustness_curves_png
+    from robustlab.reports.tables import csv_table, markdown_table
 
     if fmt == "md":
         # What the console prints under the table belongs here too: a masking flag travels with the numbers.
@@ -371,8 +371,8 @@ def _render(report: Report, fmt: str, examples: int) -> bytes:
     if fmt == "png":
         return curves
     from robustlab.examples import regenerate_examples
-    from robustlab.html import render_html
-    from robustlab.plots import image_grid_png
+    from robustlab.reports.html import render_html
+    from robustlab.reports.plots import image_grid_png
 
     note, shown = regenerate_examples(report, examples) if examples else ("examples not drawn (--examples 0)", [])
     grid = image_grid_png(shown) if shown else None

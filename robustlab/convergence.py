@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.checks import ITERATIVE_WHITE_BOX, broken_by
 from robustlab.intervals import paired_difference, with_interval
-from robustlab.report import CLASSIFICATION, Diagnostic, Row
+from robustlab.reports.report import CLASSIFICATION, Diagnostic, Row
 from robustlab.threat import Norm
 
 __all__ = ["MIN_DROP", "STRONGER", "audit_verdicts", "convergence_checks", "strongest_gradient_attack"]

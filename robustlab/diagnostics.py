@@ -22,7 +22,7 @@ from robustlab.inputs import input_note
 from robustlab.metrics import psnr
 from robustlab.models.loading import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
-from robustlab.report import CLASSIFICATION, Diagnostic, Fidelity, Row
+from robustlab.reports.report import CLASSIFICATION, Diagnostic, Fidelity, Row
 from robustlab.sanity import adversarial_data, chance_level, output_checks
 from robustlab.seeding import seeded
 from robustlab.tasks import predict

@@ -38,7 +38,7 @@ from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, for_randomized
-from robustlab.report import Diagnostic, Fidelity, Report, Row, environment
+from robustlab.reports.report import Diagnostic, Fidelity, Report, Row, environment
 from robustlab.rows import aggregate, concat
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices

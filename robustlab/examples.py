@@ -18,9 +18,9 @@ from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import iterate_batches, load_dataset
 from robustlab.inputs import load_classifier
 from robustlab.models.loading import ModelSpec
-from robustlab.plots import Example
 from robustlab.preprocessing import preprocessing_of
-from robustlab.report import CLASSIFICATION, Report
+from robustlab.reports.plots import Example
+from robustlab.reports.report import CLASSIFICATION, Report
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 

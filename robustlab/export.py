@@ -54,7 +54,7 @@ from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
 from robustlab.randomized import attacked_by, through_eot
-from robustlab.report import environment
+from robustlab.reports.report import environment
 from robustlab.runners import attack_and_score
 from robustlab.sampling import sample_indices
 from robustlab.seeding import seeded, stream_seed

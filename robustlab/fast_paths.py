@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.eval_config import EvalConfig
-from robustlab.report import Diagnostic
+from robustlab.reports.report import Diagnostic
 from robustlab.tasks import predict
 
 __all__ = ["accelerated", "fast_path_check"]

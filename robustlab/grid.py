@@ -15,7 +15,7 @@ from robustlab.defense import DEFENSES
 from robustlab.evaluate import EvalConfig
 from robustlab.jsonfile import json_ready
 from robustlab.randomized import randomized_version
-from robustlab.report import WORST_CASE, row_key
+from robustlab.reports.report import WORST_CASE, row_key
 from robustlab.runners import RUNNERS
 from robustlab.victims import NO_MODE
 

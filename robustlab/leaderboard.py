@@ -21,7 +21,7 @@ from typing import Any
 from robustlab.budgets import format_eps, parse_eps
 from robustlab.data import DataSpec
 from robustlab.errors import ConfigError, DataError
-from robustlab.report import Diagnostic, Report, Row
+from robustlab.reports.report import Diagnostic, Report, Row
 
 __all__ = ["TEST_POINTS", "Claim", "Comparison", "check_leaderboard", "describe_comparison", "find_entry", "read_claim"]
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.components import ComponentSpec
 from robustlab.defense import EOT
-from robustlab.report import Diagnostic
+from robustlab.reports.report import Diagnostic
 from robustlab.sanity import randomized
 from robustlab.victims import Target
 

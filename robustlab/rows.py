@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from robustlab.jsonfile import json_ready
-from robustlab.report import WORST_CASE, Row
+from robustlab.reports.report import WORST_CASE, Row
 from robustlab.runners import Cell
 from robustlab.tasks import InputTask, Task, WorstCaseTask
 from robustlab.victims import Target

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from robustlab.components import ComponentSpec
 from robustlab.models.loading import ModelSpec
-from robustlab.report import Diagnostic, Row
+from robustlab.reports.report import Diagnostic, Row
 
 if TYPE_CHECKING:
     from robustlab.data.adv import AdversarialDataset

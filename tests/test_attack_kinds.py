@@ -25,7 +25,7 @@ from robustlab.data import load_dataset
 from robustlab.data.synth import SynthDataset
 from robustlab.encoders import HeadConfig, load_encoder, trained_heads
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
-from robustlab.report import WORST_CASE, Report
+from robustlab.reports.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.tasks import TASKS, InputTask, Metric
 from robustlab.threat import Norm, ThreatModel
@@ -288,7 +288,7 @@ def test_an_attack_whose_task_cannot_score_it_is_refused_in_one_line(register, r
 
 
 def test_gate_on_a_lower_is_better_metric_fails_naming_the_row(run: Callable[..., Result]) -> None:
-    from robustlab.report import Row
+    from robustlab.reports.report import Row
 
     def report(value: float) -> Report:
         metric = {"bleu_to_target": {"value": value, "higher_is_better": False, "gated": True, "proportion": False}}
@@ -308,7 +308,7 @@ def test_gate_on_a_lower_is_better_metric_fails_naming_the_row(run: Callable[...
 
 
 def test_schema_1_baseline_is_read_and_gates_accuracies(run: Callable[..., Result]) -> None:
-    from robustlab.report import Row
+    from robustlab.reports.report import Row
 
     row = Row("m", "none", "-", "pgd", "linf 8/255", 100, 0.9, 0.5, 0.44, 0.03, 0.03, 1.0)
     Report(config={}, environment={}, rows=[row]).to_json(Path("new.json"))

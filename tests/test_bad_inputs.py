@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from robustlab.cli import cli
-from robustlab.report import Report, Row
+from robustlab.reports.report import Report, Row
 from robustlab.store import SqliteStore
 
 Build = Callable[[Path], list[str]]

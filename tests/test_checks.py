@@ -8,7 +8,7 @@ from robustlab.defenses.quantize import Quantize
 from torch import nn
 
 from robustlab.checks import ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
-from robustlab.report import Row
+from robustlab.reports.report import Row
 
 SETTINGS = ProbeSettings(eps_factors=(0.5, 1.0, 2.0), pgd_steps=5, square_queries=200)
 

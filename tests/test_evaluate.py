@@ -13,7 +13,7 @@ from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
-from robustlab.report import WORST_CASE, Report
+from robustlab.reports.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.threat import Norm, ThreatModel
 

@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 from robustlab.cli import cli
 from robustlab.errors import ConfigError
-from robustlab.gate import compare_reports
 from robustlab.models.loading import ModelSpec, load_model
-from robustlab.report import Report, Row
+from robustlab.reports.gate import compare_reports
+from robustlab.reports.report import Report, Row
 
 EVAL = ("eval", "--model", "smallcnn", "--weights", "model.safetensors", "--attack", "fgsm", "--n", "64", "-q")
 

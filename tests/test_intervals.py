@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from robustlab.intervals import paired_difference, wilson_interval, with_interval
-from robustlab.report import Report, Row, format_table, paired_rows
-from robustlab.tables import markdown_table
+from robustlab.reports.report import Report, Row, format_table, paired_rows
+from robustlab.reports.tables import markdown_table
 
 
 def test_wilson_matches_its_closed_form_and_stays_inside_0_1() -> None:

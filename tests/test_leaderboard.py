@@ -16,7 +16,7 @@ import robustlab.models.robustbench as rb
 from robustlab.cli import cli
 from robustlab.errors import DataError
 from robustlab.leaderboard import check_leaderboard, read_claim
-from robustlab.report import Report, Row
+from robustlab.reports.report import Report, Row
 
 CONFIG = {"data": "cifar10", "n": 1000, "subset": "first", "models": [{"name": "robustbench:Carmon2019Unlabeled"}]}
 

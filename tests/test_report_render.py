@@ -20,9 +20,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from robustlab.cli import cli
-from robustlab.plots import curve_points
-from robustlab.report import SCHEMA_VERSION, Row
-from robustlab.tables import csv_table, markdown_table
+from robustlab.reports.plots import curve_points
+from robustlab.reports.report import SCHEMA_VERSION, Row
+from robustlab.reports.tables import csv_table, markdown_table
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
 CHROMIUM_FLAGS = (
@@ -152,8 +152,8 @@ def test_html_renders_in_headless_chromium(run: Callable[..., Result], sweep: Pa
 
 
 def test_html_says_what_a_defense_does_to_clean_images() -> None:
-    from robustlab.html import render_html
-    from robustlab.report import Fidelity, Report
+    from robustlab.reports.html import render_html
+    from robustlab.reports.report import Fidelity, Report
 
     fidelity = Fidelity("smallcnn", "raw_isp", 256, 29.11, 20.64)
     report = Report(config={}, environment={}, rows=[_row("pgd", 8 / 255, 0.2)], fidelity=[fidelity])
@@ -163,7 +163,7 @@ def test_html_says_what_a_defense_does_to_clean_images() -> None:
 
 
 def test_markdown_carries_diagnostics_and_fidelity(run: Callable[..., Result], tmp_path: Path) -> None:
-    from robustlab.report import Diagnostic, Fidelity, Report
+    from robustlab.reports.report import Diagnostic, Fidelity, Report
 
     report = Report(
         config={},

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.report import Row
+from robustlab.reports.report import Row
 from robustlab.sanity import chance_level, output_checks, randomized
 
 NAMES = ("m", "none")

@@ -20,7 +20,7 @@ from robustlab.data import DATASETS
 from robustlab.defense import DEFENSES, Defense
 from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.models.loading import ModelSpec
-from robustlab.report import Report
+from robustlab.reports.report import Report
 
 
 class IdentityDefense(Defense):

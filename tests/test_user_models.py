@@ -65,7 +65,7 @@ def test_resnet18_at_its_own_size_matches_plain_pytorch_and_torchattacks(
 ) -> None:
     import torchattacks
 
-    from robustlab.report import Report
+    from robustlab.reports.report import Report
 
     model = plain_resnet18
     x, y = _files(png_folder)
@@ -226,7 +226,7 @@ def test_n_on_a_class_folder_covers_every_class(png_folder: Path) -> None:
 
 
 def test_cw_keeps_its_own_budget_under_a_bare_eps(trained_model: nn.Module, tmp_path: Path) -> None:
-    from robustlab.report import Report
+    from robustlab.reports.report import Report
 
     out = tmp_path / "run.json"
     args = ("-n", "8", "--attack", "pgd", "--attack", "cw", "--eps", "8/255", "--steps", "2", "--out", str(out))
@@ -236,7 +236,7 @@ def test_cw_keeps_its_own_budget_under_a_bare_eps(trained_model: nn.Module, tmp_
 
 
 def test_mean_and_std_override_the_architecture_and_are_recorded(trained_model: nn.Module, tmp_path: Path) -> None:
-    from robustlab.report import Report
+    from robustlab.reports.report import Report
 
     out = tmp_path / "run.json"
     result = _eval("-n", "32", "--attack", "none", "--mean", "none", "--std", "1", "--out", str(out))

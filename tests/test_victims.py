@@ -16,7 +16,7 @@ from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig
 from robustlab.inputs import load_classifier
 from robustlab.models.loading import ModelSpec
-from robustlab.report import Report
+from robustlab.reports.report import Report
 from robustlab.victims import NO_MODE, VICTIMS, Target, TargetRequest, Victim, frozen
 from robustlab.victims.base import EvalSettings
 

@@ -14,9 +14,9 @@ from robustlab.attack import ATTACKS
 from robustlab.cli import cli
 from robustlab.convergence import audit_verdicts
 from robustlab.evaluate import ComponentSpec
-from robustlab.plots import curve_points, step_points
 from robustlab.randomized import randomized_version
-from robustlab.report import Report
+from robustlab.reports.plots import curve_points, step_points
+from robustlab.reports.report import Report
 
 TINY = ["steps=3", "restarts=2", "queries=40", "aa_steps=3", "eps_factors=1/2,4", "sweep_steps=1,3"]
 """Every budget of the audit overridden to a few steps, so that a test runs it in seconds."""

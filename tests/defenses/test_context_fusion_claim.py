@@ -29,7 +29,7 @@ from collections.abc import Callable
 import pytest
 
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
-from robustlab.report import Report, Row, paired_rows
+from robustlab.reports.report import Report, Row, paired_rows
 
 HEAD = (("n_train", 2048), ("steps", 300))
 PGD = ComponentSpec("pgd", (("eps", 4 / 255), ("steps", 5)))

@@ -27,7 +27,7 @@ from robustlab.defense import ThreatMode
 from robustlab.encoders import ClassifierFeatures
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
-from robustlab.report import WORST_CASE
+from robustlab.reports.report import WORST_CASE
 
 TINY = {"epochs": 4, "n_train": 512}
 

@@ -26,7 +26,7 @@ import pytest
 from torch import nn
 
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
-from robustlab.report import Report
+from robustlab.reports.report import Report
 
 pytestmark = pytest.mark.claim
 TINY = (("g_width", 6), ("f_steps", 800), ("g_steps", 600), ("n_images", 512))

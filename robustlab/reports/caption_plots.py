@@ -1,7 +1,7 @@
 """An image grid for caption attacks: clean image, adversarial image, perturbation, and both captions.
 
-Same house style as :func:`robustlab.plots.image_grid_png` (matplotlib Agg, PNG bytes, the perturbation amplified
-to the full colour range with its factor printed), with captions in place of class predictions.
+Same house style as :func:`robustlab.reports.plots.image_grid_png` (matplotlib Agg, PNG bytes, the perturbation
+amplified to the full colour range with its factor printed), with captions in place of class predictions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from torch import Tensor
 
 from robustlab.errors import ConfigError
-from robustlab.plots import _hwc, _png
+from robustlab.reports.plots import _hwc, _png
 
 __all__ = ["caption_grid_png"]
 

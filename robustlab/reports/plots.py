@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from robustlab.report import WORST_CASE, Row
+from robustlab.reports.report import WORST_CASE, Row
 from robustlab.threat import format_eps
 
 __all__ = ["Example", "curve_points", "image_grid_png", "robustness_curves_png", "step_points"]

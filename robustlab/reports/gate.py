@@ -2,7 +2,7 @@
 
 CI runs the same evaluation on every change and fails the job when a gated metric of any row
 (clean or robust accuracy, or a task's own metric) gets worse by more than a tolerance. Rows are
-matched by :meth:`robustlab.report.Row.key`, so the two reports must cover the same grid; a baseline
+matched by :meth:`robustlab.reports.report.Row.key`, so the two reports must cover the same grid; a baseline
 row missing from the new report is bad input, not a pass, because a gate that silently skips rows
 would let a regression through.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from robustlab.errors import ConfigError
 from robustlab.intervals import wilson_sigma
-from robustlab.report import Report, Row
+from robustlab.reports.report import Report, Row
 
 __all__ = [
     "Regression",

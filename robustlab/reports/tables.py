@@ -1,6 +1,6 @@
 """A report's rows as Markdown and CSV, for pull-request comments, papers and spreadsheets.
 
-The columns are the console table's (:func:`robustlab.report.format_table`); CSV keeps full-precision
+The columns are the console table's (:func:`robustlab.reports.report.format_table`); CSV keeps full-precision
 numbers and the attack configuration as JSON so that nothing is lost on the way to a spreadsheet.
 """
 
@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from robustlab.report import TABLE_COLUMNS, Row, row_value, shown_columns
+from robustlab.reports.report import TABLE_COLUMNS, Row, row_value, shown_columns
 
 __all__ = ["COLUMNS", "CSV_COLUMNS", "NUMERIC", "csv_table", "markdown_table"]
 

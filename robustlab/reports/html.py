@@ -10,8 +10,8 @@ import base64
 import json
 from html import escape
 
-from robustlab.report import Report, row_value, shown_columns
-from robustlab.tables import COLUMNS, NUMERIC
+from robustlab.reports.report import Report, row_value, shown_columns
+from robustlab.reports.tables import COLUMNS, NUMERIC
 
 __all__ = ["render_html"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from robustlab.data import DataSpec
 from robustlab.errors import ConfigError
-from robustlab.report import Report
+from robustlab.reports.report import Report
 
 __all__ = ["robustbench_entry", "sample_records", "samples_csv", "samples_jsonl"]
 

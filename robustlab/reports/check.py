@@ -1,6 +1,6 @@
 """The shape a report JSON must have before it is read, so a hand-edited or foreign file is one clear line.
 
-:meth:`robustlab.report.Report.from_json` builds dataclasses straight from the document; without this
+:meth:`robustlab.reports.report.Report.from_json` builds dataclasses straight from the document; without this
 check a missing key or a string where a number belongs surfaced later as a traceback in the gate, and a
 NaN accuracy passed the gate both ways (every comparison with NaN is false): numbers must be finite, and
 accuracies and other proportions within ``[0, 1]``.

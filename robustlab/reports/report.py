@@ -17,7 +17,7 @@ from typing import Any
 from robustlab.cache import atomic_write
 from robustlab.errors import ConfigError, DataError
 from robustlab.intervals import PairedDifference, paired_difference, wilson_interval, with_interval
-from robustlab.report_check import check_report_document
+from robustlab.reports.check import check_report_document
 
 __all__ = [
     "CLASSIFICATION",
