@@ -115,7 +115,7 @@ def resnet18_checkpoint() -> Path:
     """A torchvision resnet18 state dict trained at 32x32 by a plain PyTorch loop (not robustlab's training path).
 
     Cached in ``ROBUSTLAB_HOME`` by its config: it stands for a checkpoint a user trained elsewhere
-    (tests/test_user_models.py) and for "a small torchvision net" (the AutoAttack parity test).
+    (tests/models/test_user_models.py) and for "a small torchvision net" (the AutoAttack parity test).
     """
     import torch.nn.functional as F
     import torchvision
