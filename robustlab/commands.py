@@ -33,7 +33,7 @@ from robustlab.reports.gate import check_same_grid, compare_reports, format_regr
 from robustlab.reports.report import Report, format_table
 from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
-from robustlab.victims.downstream import DEFAULT_HEADS
+from robustlab.victims.downstream import DEFAULT_HEADS, DownstreamOptions
 
 __all__ = [
     "REPORT_FORMATS",
@@ -133,8 +133,7 @@ def build_config(options: dict[str, Any]) -> EvalConfig:
         channels_last=options["channels_last"],
         compile=options["compile"],
         task=options["task"],
-        heads=tuple(options["heads"]) or DEFAULT_HEADS,
-        head_kind=options["head_kind"],
+        victim_options=(DownstreamOptions(tuple(options["heads"]) or DEFAULT_HEADS, options["head_kind"]),),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,10 +17,12 @@ from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
 from robustlab.jsonfile import json_ready
 from robustlab.models.loading import ModelSpec
-from robustlab.victims import VICTIMS, Victim
-from robustlab.victims.downstream import DEFAULT_HEADS
+from robustlab.victims import VICTIMS, Victim, VictimOptions
+from robustlab.victims.base import victim_option_kinds
 
 __all__ = ["EvalConfig", "run_config_hash"]
+
+OptionsT = TypeVar("OptionsT", bound=VictimOptions)
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class EvalConfig:
     """One evaluation grid; its hash identifies a run for resuming.
 
     ``task="downstream"`` evaluates each model as an encoder: its penultimate features with one head per
-    name in ``heads`` (attributes of the synthetic world), trained on ``data``'s train split.
+    attribute of the synthetic world, trained on ``data``'s train split.
+    ``victim_options``: the options of victim kinds (:class:`robustlab.victims.downstream.DownstreamOptions`
+    names the heads), each kind's defaults where not given; :meth:`options_of` reads them.
     ``task="captioning"`` loads each model as a captioner (:func:`robustlab.captioning.load_captioner`).
     ``fit_data`` is what universal and task attacks are fitted on (default: the train split of ``data``).
     ``subset``: which ``n`` samples (:func:`robustlab.sampling.sample_indices`; ``first`` and ``list:FILE`` are
@@ -57,8 +61,7 @@ class EvalConfig:
     channels_last: bool = False
     compile: bool = False
     task: str = "classification"
-    heads: tuple[str, ...] = DEFAULT_HEADS
-    head_kind: str = "mlp"
+    victim_options: tuple[VictimOptions, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
@@ -77,6 +80,11 @@ class EvalConfig:
             raise ConfigError(f"diagnostics must be on, off or full, got {self.diagnostics!r}")
         if self.draws < 1:
             raise ConfigError(f"draws must be at least 1, got {self.draws}")
+        given = [type(options) for options in self.victim_options]
+        if stray := [kind.__name__ for kind in given if kind not in victim_option_kinds()]:
+            raise ConfigError(f"{', '.join(stray)}: the options of no registered victim kind")
+        if len(set(given)) < len(given):
+            raise ConfigError("victim options given twice for one kind")
         self.victim().check(self)
 
     def victim(self) -> Victim:
@@ -85,9 +93,24 @@ class EvalConfig:
             raise ConfigError(f"task {self.task!r} is unknown; known: {', '.join(VICTIMS.names())}")
         return VICTIMS.get(self.task).factory()
 
+    def options_of(self, kind: type[OptionsT]) -> OptionsT:
+        """The run's options of type ``kind``: as given in :attr:`victim_options`, else ``kind``'s defaults."""
+        given = [options for options in self.victim_options if isinstance(options, kind)]
+        return given[0] if given else kind()
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form, recorded in the report."""
-        return json_ready(dataclasses.asdict(self))
+        """Plain JSON-able form, recorded in the report.
+
+        Every registered kind's options are fields of it beside the others (``heads``, ``head_kind``), whatever
+        the task: a report reads as before victims owned their options, and a run's hash stays what it was.
+        """
+        fields = {name: value for name, value in dataclasses.asdict(self).items() if name != "victim_options"}
+        for kind in victim_option_kinds():
+            options = dataclasses.asdict(self.options_of(kind))
+            if clash := sorted(options.keys() & fields.keys()):
+                raise ConfigError(f"{kind.__name__} names {', '.join(clash)}, which a run's config already has")
+            fields.update(options)
+        return json_ready(fields)
 
 
 def run_config_hash(config: EvalConfig) -> str:

@@ -29,6 +29,7 @@ from robustlab.reports.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.tasks import TASKS, InputTask, Metric
 from robustlab.threat import Norm, ThreatModel
+from robustlab.victims.downstream import DownstreamOptions
 
 EPS = 10 / 255
 MARGIN_UAP_BELOW_NOISE = 0.08
@@ -132,7 +133,7 @@ def test_encoder_victim_scores_a_universal_attack_on_every_head(trained_model: n
     config = EvalConfig(
         attacks=(ComponentSpec("noise", (("eps", 16 / 255),)), ComponentSpec("uap", (("eps", 16 / 255),))),
         task="downstream",
-        heads=heads,
+        victim_options=(DownstreamOptions(heads),),
         n=256,
     )
     report = Evaluator(progress=False).run(config)

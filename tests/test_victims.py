@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from robustlab.evaluate import EvalConfig
 from robustlab.inputs import load_classifier
 from robustlab.models.loading import ModelSpec
 from robustlab.reports.report import Report
-from robustlab.victims import NO_MODE, VICTIMS, Target, TargetRequest, Victim, frozen
+from robustlab.victims import NO_MODE, VICTIMS, Target, TargetRequest, Victim, VictimOptions, frozen
 from robustlab.victims.base import EvalSettings
+from robustlab.victims.downstream import DownstreamOptions
 
 
 class Halves(nn.Module):
@@ -104,3 +106,39 @@ def test_an_unknown_task_is_one_line() -> None:
         EvalConfig(task="halfs")
     result = CliRunner().invoke(cli, ["eval", "--task", "halfs", "-n", "4"])
     assert result.exit_code == 2 and "task 'halfs' is unknown" in result.output
+
+
+@dataclass(frozen=True)
+class SplitOptions(VictimOptions):
+    """A plug-in kind's own option: where the halves split."""
+
+    split: int = 5
+
+
+class SplitVictim(HalvesVictim):
+    """:class:`HalvesVictim` with an option of its own, which the evaluator does not know."""
+
+    options = SplitOptions
+
+    def check(self, config: EvalSettings) -> None:
+        if not 0 < config.options_of(SplitOptions).split < 10:
+            raise ConfigError(f"split {config.options_of(SplitOptions).split} leaves a half empty")
+
+
+def test_a_victim_kind_brings_its_own_options(register: Any) -> None:
+    register(VICTIMS, "split", SplitVictim)
+    config = EvalConfig(task="split", victim_options=(SplitOptions(split=3),))
+    assert config.options_of(SplitOptions).split == 3
+    assert config.options_of(DownstreamOptions) == DownstreamOptions(), "another kind's options: its defaults"
+    recorded = config.to_dict()
+    assert recorded["split"] == 3 and recorded["heads"] == list(DownstreamOptions().heads)
+    assert EvalConfig(task="split").options_of(SplitOptions).split == 5
+    with pytest.raises(ConfigError, match="split 0 leaves a half empty"):
+        EvalConfig(task="split", victim_options=(SplitOptions(split=0),))
+    with pytest.raises(ConfigError, match="given twice"):
+        EvalConfig(task="split", victim_options=(SplitOptions(), SplitOptions()))
+
+
+def test_options_of_an_unregistered_kind_are_refused() -> None:
+    with pytest.raises(ConfigError, match="SplitOptions: the options of no registered victim kind"):
+        EvalConfig(victim_options=(SplitOptions(),))

@@ -4,7 +4,7 @@ Importing the package registers the built-in kinds: ``classification``, ``captio
 """
 
 from robustlab.victims import classification, downstream
-from robustlab.victims.base import VICTIMS, TargetRequest, Victim
+from robustlab.victims.base import VICTIMS, TargetRequest, Victim, VictimOptions
 from robustlab.victims.targets import (
     NO_MODE,
     SUCCESS_RULES,
@@ -23,6 +23,7 @@ __all__ = [
     "Target",
     "TargetRequest",
     "Victim",
+    "VictimOptions",
     "attacked_models",
     "classification",
     "classifier_targets",

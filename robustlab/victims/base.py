@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 from torch import Tensor, nn
 
@@ -22,7 +22,20 @@ from robustlab.models.loading import ModelSpec
 from robustlab.registry import Registry
 from robustlab.victims.targets import Target
 
-__all__ = ["VICTIMS", "EvalSettings", "TargetRequest", "Victim"]
+__all__ = ["VICTIMS", "EvalSettings", "TargetRequest", "Victim", "VictimOptions", "victim_option_kinds"]
+
+
+@dataclass(frozen=True)
+class VictimOptions:
+    """A victim kind's own options (``--head`` for ``downstream``); this base has none.
+
+    A kind with options declares a frozen subclass as its :attr:`Victim.options`; a run carries them in
+    :attr:`robustlab.evaluate.EvalConfig.victim_options` and the kind reads them with ``config.options_of``.
+    A new kind thus brings its options without an edit to the evaluator.
+    """
+
+
+OptionsT = TypeVar("OptionsT", bound=VictimOptions)
 
 
 class EvalSettings(Protocol):
@@ -40,10 +53,7 @@ class EvalSettings(Protocol):
     def threat_modes(self) -> tuple[ThreatMode, ...]: ...
     @property
     def eot_samples(self) -> int: ...
-    @property
-    def heads(self) -> tuple[str, ...]: ...
-    @property
-    def head_kind(self) -> str: ...
+    def options_of(self, kind: type[OptionsT]) -> OptionsT: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class Victim(ABC):
     """A kind of model the evaluator attacks, named by ``--task`` (:attr:`name`, also its registry name)."""
 
     name: ClassVar[str]
+    options: ClassVar[type[VictimOptions]] = VictimOptions
+    """The options this kind takes (their defaults when a run gives none)."""
     task: ClassVar[str] = "classification"
     """The task (:data:`robustlab.tasks.TASKS`) that scores its targets: the rows' ``task`` column."""
     classifier_checks: ClassVar[bool] = False
@@ -97,3 +109,9 @@ class Victim(ABC):
 
 VICTIMS: Registry[Victim] = Registry("victim")
 """The kinds ``--task`` names; ``robustlab list`` prints them as victims."""
+
+
+def victim_option_kinds() -> list[type[VictimOptions]]:
+    """The options types the registered kinds declare, by kind name, each once (the empty base left out)."""
+    kinds = (getattr(entry.factory, "options", VictimOptions) for entry in VICTIMS.entries())
+    return [kind for kind in dict.fromkeys(kinds) if kind is not VictimOptions]

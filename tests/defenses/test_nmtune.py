@@ -28,6 +28,7 @@ from robustlab.encoders import ClassifierFeatures
 from robustlab.errors import ConfigError, WeightsUnavailableError
 from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
 from robustlab.reports.report import WORST_CASE
+from robustlab.victims.downstream import DownstreamOptions
 
 TINY = {"epochs": 4, "n_train": 512}
 
@@ -278,7 +279,7 @@ def test_nmtune_replaces_each_downstream_head_under_eval(trained_model: nn.Modul
         defenses=(ComponentSpec("none"), ComponentSpec("nmtune", tuple(TINY.items()))),
         attacks=(ComponentSpec("pgd", (("eps", 4 / 255), ("steps", 3))),),
         task="downstream",
-        heads=heads,
+        victim_options=(DownstreamOptions(heads),),
         n=64,
         diagnostics=False,
     )
