@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from robustlab.cli_configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
 from robustlab.cli_errors import OneLineErrors
 from robustlab.cli_eval_options import eval_options
 from robustlab.cli_options import (
-    BudgetType,
-    EpsType,
+    REPORT_FORMATS,
     attack_args_option,
+    attack_option,
+    batch_size_option,
+    choice_option,
+    count_option,
+    data_option,
     defense_args_option,
+    defense_option,
     device_option,
     eot_samples_option,
+    eps_option,
     gate_options,
+    image_size_option,
     input_options,
     model_option,
+    n_option,
     num_classes_option,
+    out_option,
     quiet_option,
     seed_option,
+    shard_option,
     steps_option,
+    threat_mode_option,
     train_data_option,
     weights_option,
 )
 
 __all__ = ["cli", "main"]
+
+_TRAIN_SPLIT = "Dataset; its train split is used."
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -69,10 +84,10 @@ def list_command() -> None:
 @cli.command("eval")
 @model_option(multiple=True, text="Architecture (robustlab list) or package.module:factory; repeat for a grid.")
 @weights_option
-@num_classes_option
+@num_classes_option()
 @input_options
 @eval_options
-def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, **options: Any) -> None:
+def eval_command(**params: Any) -> None:
     """Clean and robust accuracy for every model x defense x attack asked for.
 
     \b
@@ -81,26 +96,22 @@ def eval_command(baseline: Path | None, tolerance: float, margin_sigmas: float, 
       robustlab eval --model resnet50 --weights synth --attack pgd --attack fgsm
       robustlab eval --attack pgd --eps 2/255 --eps 8/255 --defense raw_isp --out run.json
     """
-    from robustlab.preflight import check_model_names, check_not_baseline
+    _evaluate(EvalOptions(**params))
 
-    check_not_baseline(options["out"], baseline)
-    if options["task"] == "classification":  # before torch is imported: an empty hub cache fails in a second
-        check_model_names(options["models"], options["weights"])
 
-    from robustlab.commands import gate, run_eval
-    from robustlab.reports.gate import check_same_scope, load_baseline
+def _evaluate(options: EvalOptions) -> None:
+    """Run ``eval``, refusing first what needs no torch: an empty hub cache fails in a second."""
+    from robustlab.preflight import check_eval_names
 
-    accepted = load_baseline(baseline) if baseline is not None else None  # refuse a bad baseline before the run
-    if accepted is not None:
-        check_same_scope({key: options[key] for key in ("data", "n", "task")}, accepted.config)
-    report = run_eval(baseline=accepted, **options)
-    if accepted is not None:
-        gate(report, accepted, tolerance=tolerance, margin_sigmas=margin_sigmas)
+    check_eval_names(options)
+    from robustlab.commands import run_eval
+
+    run_eval(options)
 
 
 @cli.command("merge", params=[param for param in eval_command.params if param.name != "shard"])
 @click.argument("shard_dirs", metavar="SHARD_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
-def merge_command(shard_dirs: tuple[Path, ...], **options: Any) -> None:
+def merge_command(shard_dirs: tuple[Path, ...], **params: Any) -> None:
     """Report over the finished `eval --shard K/N` runs in SHARD_DIRs, as one process would have.
 
     Pass the options every shard was run with (a shard of other options is refused); no attack runs again.
@@ -112,7 +123,7 @@ def merge_command(shard_dirs: tuple[Path, ...], **options: Any) -> None:
       robustlab eval --attack pgd --n 1000 --shard 1/2 --run-dir s1
       robustlab merge s0 s1 --attack pgd --n 1000 --out run.json
     """
-    click.get_current_context().invoke(eval_command, **options, shard=None, merge=shard_dirs)
+    _evaluate(EvalOptions(**params, shard=None, merge=shard_dirs))
 
 
 @cli.command("compare")
@@ -151,32 +162,27 @@ def run_command(ctx: click.Context, experiment: Path) -> None:
     from robustlab.experiment import experiment_options, find_experiment
 
     experiment = find_experiment(experiment)
-    options = experiment_options(experiment, eval_command, ctx)
-    if options["out"] is None:
-        options["out"] = Path(f"{experiment.stem}.json")
-    ctx.invoke(eval_command, **options)
+    options = EvalOptions(**experiment_options(experiment, eval_command, ctx))
+    _evaluate(options if options.out is not None else replace(options, out=Path(f"{experiment.stem}.json")))
 
 
 @cli.command("report")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output file (atomic)."
-)
+@out_option("Output file (atomic).", required=False, short=True)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["html", "md", "csv", "png", "robustbench", "jsonl", "samples-csv"]),
+    type=click.Choice(REPORT_FORMATS),
     default=None,
     help="html (self-contained page), md, csv (one line per row), png (robustness curves), robustbench (a "
     "model_info entry that --leaderboard reads), jsonl or samples-csv (one record per sample). Default: from "
     "-o's suffix, else html.",
 )
-@click.option(
+@count_option(
     "--examples",
-    type=click.IntRange(min=0),
-    default=4,
-    show_default=True,
-    help="Adversarial examples in the HTML image grid, recomputed from the report's config (0: none).",
+    4,
+    "Adversarial examples in the HTML image grid, recomputed from the report's config (0: none).",
+    minimum=0,
 )
 @click.option("--no-examples", is_flag=True, help="Same as --examples 0 (no model or data needed).")
 def report_command(source: Path, out: Path | None, fmt: str | None, examples: int, no_examples: bool) -> None:
@@ -196,52 +202,27 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
 @cli.command("generate")
 @model_option()
 @weights_option
-@num_classes_option
+@num_classes_option()
 @input_options
-@click.option("--attack", default="pgd", show_default=True, metavar="NAME", help="A per-input attack.")
-@click.option(
-    "--eps", type=BudgetType(), default=None, help="Budget, linf:8/255 or l2:0.5 (bare: L∞; default: the attack's)."
-)
-@steps_option
+@attack_option(multiple=False)
+@eps_option()
+@steps_option()
 @attack_args_option
-@click.option("--defense", default="none", show_default=True, metavar="NAME", help="Defense in front of the model.")
+@defense_option(multiple=False)
 @defense_args_option
-@click.option(
-    "--threat-mode",
-    type=click.Choice(["adaptive", "transfer"]),
-    default="adaptive",
-    show_default=True,
-    help="For defenses: attack the whole pipeline (adaptive) or the bare model (transfer).",
-)
-@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Source dataset, as for eval.")
+@threat_mode_option(both=False)
+@data_option("Source dataset, as for eval.")
 @click.option("--split", default="test", show_default=True, help="Split of the source dataset.")
 @train_data_option
-@click.option(
-    "--n",
-    "-n",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.",
-)
+@n_option("Number of source samples: class-stratified (seeded) where the data knows its labels, else the first n.")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of resume).")
-@click.option(
-    "--shard",
-    metavar="K/N",
-    default=None,
-    help="Write only the shards s with s % N == K (one job of N, into the same --out); no manifest.",
-)
+@shard_option("Write only the shards s with s % N == K (one job of N, into the same --out); no manifest.")
 @seed_option
 @eot_samples_option
 @device_option
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="New or empty folder, or an interrupted generation of the same config to resume.",
-)
+@out_option("New or empty folder, or an interrupted generation of the same config to resume.", folder=True)
 @quiet_option
-def generate_command(**options: Any) -> None:
+def generate_command(**params: Any) -> None:
     """Write an adversarial dataset: PNG class folders, lossless safetensors shards and a manifest.
 
     Images are stored on the 8-bit grid inside the budget and predictions are measured on the stored
@@ -254,40 +235,26 @@ def generate_command(**options: Any) -> None:
     """
     from robustlab.commands import run_generate
 
-    run_generate(**options)
+    run_generate(GenerateOptions(**params))
 
 
 @cli.command("train")
 @model_option(text="Registered architecture.")
-@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Default: the dataset's classes.")
-@click.option("--image-size", type=click.IntRange(min=8), default=None, help="Default: 32 embedded, 224 torchvision.")
-@click.option(
-    "--adversarial",
-    type=click.Choice(["none", "pgd"]),
-    default="none",
-    show_default=True,
-    help="pgd: PGD adversarial training (Madry et al. 2018) within --eps.",
-)
-@click.option("--eps", type=EpsType(), default="8/255", show_default=True, help="L∞ budget of adversarial training.")
-@click.option(
-    "--attack-steps",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="PGD steps per training batch (1: FGSM with random start, 'fast AT').",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps (default 800 / 400).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@data_option(_TRAIN_SPLIT)
+@num_classes_option("Default: the dataset's classes.")
+@image_size_option("Default: 32 embedded, 224 torchvision.")
+@choice_option("--adversarial", ["none", "pgd"], "pgd: PGD adversarial training (Madry et al. 2018) within --eps.")
+@eps_option(training=True)
+@count_option("--attack-steps", 2, "PGD steps per training batch (1: FGSM with random start, 'fast AT').")
+@steps_option("Optimizer steps (default 800 / 400).")
+@batch_size_option(128, positive=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, one cycle).")
-@click.option("--eval-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Test samples scored.")
+@count_option("--eval-n", 1000, "Test samples scored.")
 @seed_option
 @device_option
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Safetensors file to write."
-)
+@out_option("Safetensors file to write.")
 @quiet_option
-def train_command(**options: Any) -> None:
+def train_command(**params: Any) -> None:
     """Train a model on a dataset, optionally adversarially; load it back with eval --weights PATH.
 
     \b
@@ -297,21 +264,21 @@ def train_command(**options: Any) -> None:
     """
     from robustlab.commands import run_train
 
-    run_train(**options)
+    run_train(TrainOptions(**params))
 
 
 @cli.command("train-defense")
 @click.argument("defense", metavar="NAME")
 @defense_args_option
-@click.option("--data", default="synth", show_default=True, metavar="SPEC", help="Dataset; its train split is used.")
+@data_option(_TRAIN_SPLIT)
 @model_option(text="The classifier to defend (sets image size).")
 @weights_option
-@num_classes_option
+@num_classes_option()
 @input_options
 @seed_option
 @device_option
 @quiet_option
-def train_defense_command(**options: Any) -> None:
+def train_defense_command(**params: Any) -> None:
     """Train a learned defense such as raw_isp ahead of time, into the cache that eval and generate read.
 
     eval trains a defense on first use; this does it ahead of time, for instance on a large image
@@ -326,19 +293,17 @@ def train_defense_command(**options: Any) -> None:
     """
     from robustlab.commands import run_train_defense
 
-    run_train_defense(**options)
+    run_train_defense(TrainDefenseOptions(**params))
 
 
 @cli.command("fool")
 @model_option(text="Registered architecture.")
 @weights_option
-@num_classes_option
-@click.option(
+@num_classes_option()
+@choice_option(
     "--encoding",
-    type=click.Choice(["cppn", "direct", "gradient"]),
-    default="cppn",
-    show_default=True,
-    help="cppn / direct: evolution with MAP-Elites (scores only); gradient: gradient ascent (white box).",
+    ["cppn", "direct", "gradient"],
+    "cppn / direct: evolution with MAP-Elites (scores only); gradient: gradient ascent (white box).",
 )
 @click.option(
     "--generations",
@@ -346,17 +311,12 @@ def train_defense_command(**options: Any) -> None:
     default=None,
     help="Generations (evolution) or iterations (gradient); default 400 / 500.",
 )
-@click.option("--population", type=click.IntRange(min=2), default=64, show_default=True, help="Children a generation.")
+@count_option("--population", 64, "Children a generation.", minimum=2)
 @seed_option
 @device_option
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for images/, grid.png and fooling.json; a rerun into it resumes the evolution.",
-)
+@out_option("Folder for images/, grid.png and fooling.json; a rerun into it resumes the evolution.", folder=True)
 @quiet_option
-def fool_command(**options: Any) -> None:
+def fool_command(**params: Any) -> None:
     """Make fooling images: one unrecognisable image per class, classified with near certainty.
 
     Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled", CVPR 2015.
@@ -369,7 +329,7 @@ def fool_command(**options: Any) -> None:
     """
     from robustlab.commands import run_fool
 
-    run_fool(**options)
+    run_fool(FoolOptions(**params))
 
 
 def main() -> NoReturn:

@@ -10,26 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 import torch
 
-from robustlab.budgets import Budget
 from robustlab.cache import atomic_write
-from robustlab.cli_options import build_specs
-from robustlab.components import ComponentSpec
+from robustlab.cli_configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
+from robustlab.cli_options import REPORT_FORMATS, build_specs
 from robustlab.data import iterate_batches
 from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.leaderboard import check_leaderboard, describe_comparison
-from robustlab.models.loading import ModelSpec
 from robustlab.preflight import check_eval
 from robustlab.reports.exports import robustbench_entry, samples_csv, samples_jsonl
-from robustlab.reports.gate import check_same_grid, compare_reports, format_regressions
+from robustlab.reports.gate import check_same_grid, check_same_scope, compare_reports, format_regressions, load_baseline
 from robustlab.reports.report import Report, format_table
 from robustlab.shards import check_shard_run, copy_shards, mark_finished
 from robustlab.store import MemoryStore, RunStore, SqliteStore
@@ -74,66 +70,36 @@ def resolve_device(name: str) -> str:
     return str(device)
 
 
-def component_specs(
-    options: dict[str, Any], attacks: Sequence[str], defenses: Sequence[str], *, sweep: Sequence[Budget]
-) -> tuple[tuple[ComponentSpec, ...], tuple[ComponentSpec, ...]]:
-    """Attack and defense specs from a command's names, ``--attack-arg``/``--defense-arg``, ``--steps`` and budgets."""
-    import robustlab.attacks
-    import robustlab.defenses
-
-    shared = {"steps": options["steps"]}
-    return (
-        build_specs(robustlab.attacks.ATTACKS, attacks, options["attack_args"], shared=shared, sweep=sweep),
-        build_specs(robustlab.defenses.DEFENSES, defenses, options["defense_args"]),
-    )
-
-
 _DIAGNOSTICS: dict[str, bool | str] = {"auto": True, "off": False, "full": "full"}
 
 
-def model_spec(name: str, options: dict[str, Any]) -> ModelSpec:
-    """The model that a command's ``--model``, ``--weights``, ``--num-classes`` and input options name."""
-    return ModelSpec(
-        name,
-        options["weights"],
-        options["num_classes"],
-        image_size=options.get("image_size"),
-        mean=options.get("mean"),
-        std=options.get("std"),
-        resize=options.get("resize"),
-        interpolation=options.get("interpolation"),
-        crop_mode=options.get("crop_mode"),
-    )
-
-
-def build_config(options: dict[str, Any]) -> EvalConfig:
+def build_config(options: EvalOptions) -> EvalConfig:
     """The :class:`EvalConfig` that ``robustlab eval``'s options describe."""
     from robustlab.defense import ThreatMode
 
-    modes = ("transfer", "adaptive") if options["threat_mode"] == "both" else (options["threat_mode"],)
-    attacks, defenses = component_specs(options, options["attacks"], options["defenses"], sweep=options["eps"])
-
+    modes = ("transfer", "adaptive") if options.threat_mode == "both" else (options.threat_mode,)
+    attacks, defenses = options.specs(options.attacks, options.defenses, sweep=options.eps)
     return EvalConfig(
-        models=tuple(model_spec(name, options) for name in dict.fromkeys(options["models"])),
+        models=tuple(options.spec(name) for name in dict.fromkeys(options.models)),
         defenses=defenses,
         attacks=attacks,
-        data=options["data"],
-        train_data=options["train_data"],
-        fit_data=options["fit_data"],
-        n=options["n"],
-        subset=options.get("subset", "stratified"),
-        batch_size=options["batch_size"],
-        seed=options["seed"],
+        data=options.data,
+        train_data=options.train_data,
+        fit_data=options.fit_data,
+        n=options.n,
+        subset=options.subset,
+        batch_size=options.batch_size,
+        seed=options.seed,
         threat_modes=tuple(ThreatMode(mode) for mode in modes),
-        eot_samples=options["eot_samples"],
-        draws=options["draws"],
-        diagnostics=_DIAGNOSTICS[options["diagnostics"]],
-        device=resolve_device(options["device"]),
-        amp=options["amp"],
-        channels_last=options["channels_last"],
-        compile=options["compile"],
-        task=options["task"],
-        victim_options=(DownstreamOptions(tuple(options["heads"]) or DEFAULT_HEADS, options["head_kind"]),),
+        eot_samples=options.eot_samples,
+        draws=options.draws,
+        diagnostics=_DIAGNOSTICS[options.diagnostics],
+        device=resolve_device(options.device),
+        amp=options.amp,
+        channels_last=options.channels_last,
+        compile=options.compile,
+        task=options.task,
+        victim_options=(DownstreamOptions(options.heads or DEFAULT_HEADS, options.head_kind),),
     )
 
 
@@ -168,40 +134,50 @@ def _open_sharded_store(run_dir: Path | None, config: EvalConfig, *, resume: boo
     return store
 
 
-def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
-    """Run ``robustlab eval``: print the table, write the report if asked.
+def run_eval(options: EvalOptions) -> Report:
+    """Run ``robustlab eval``: print the table, write the report if asked, gate it against ``--baseline``.
 
-    A ``baseline`` the run will be gated against must cover the same grid: that is checked from the
-    config, before any model is loaded or attacked.
+    The baseline is read first and must cover the same scope and grid: that is checked from the options
+    and the config, before any model is loaded or attacked.
     """
+    baseline = load_baseline(options.baseline) if options.baseline is not None else None
+    if baseline is not None:
+        check_same_scope({"data": options.data, "n": options.n, "task": options.task}, baseline.config)
+    report = _run_eval(options, baseline)
+    if baseline is not None:
+        gate(report, baseline, tolerance=options.tolerance, margin_sigmas=options.margin_sigmas)
+    return report
+
+
+def _run_eval(options: EvalOptions, baseline: Report | None) -> Report:
     notes = check_eval(options)
     config = build_config(options)
     if baseline is not None:
         from robustlab.grid import planned_rows
 
         check_same_grid(planned_rows(config), baseline)
-    out: Path | None = options["out"]
-    if options.get("shard"):
-        check_shard_run(options["run_dir"], out, gated=baseline is not None)
-        shard = parse_shard(options["shard"])
+    out = options.out
+    if options.shard:
+        check_shard_run(options.run_dir, out, gated=baseline is not None)
+        shard = parse_shard(options.shard)
     else:
         shard = init_from_env(config.device)
-    store = _open_sharded_store(options["run_dir"], config, resume=options["resume"], shard=shard)
-    if options.get("merge"):
-        copy_shards(options["merge"], run_config_hash(config), store)
+    store = _open_sharded_store(options.run_dir, config, resume=options.resume, shard=shard)
+    if options.merge:
+        copy_shards(options.merge, run_config_hash(config), store)
     artifacts = out.with_suffix("") if out is not None else None  # run.json -> run.<attack>.safetensors
-    progress = not options["quiet"] and (shard.is_main or shard.independent)
-    evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.get("workers", 0))
+    progress = not options.quiet and (shard.is_main or shard.independent)
+    evaluator = Evaluator(store, progress=progress, shard=shard, artifacts=artifacts, workers=options.workers)
     report = evaluator.run(config)
-    if shard.independent:
-        mark_finished(options["run_dir"], shard, run_config_hash(config))
+    if shard.independent and options.run_dir is not None:  # check_shard_run refused a shard without one
+        mark_finished(options.run_dir, shard, run_config_hash(config))
         click.echo(
-            f"shard {shard.rank}/{shard.world_size} stored in {options['run_dir']}: robustlab merge reports", err=True
+            f"shard {shard.rank}/{shard.world_size} stored in {options.run_dir}: robustlab merge reports", err=True
         )
     if not shard.is_main:
         return report
-    if options.get("leaderboard") is not None:
-        report = check_leaderboard(report, options["leaderboard"])
+    if options.leaderboard is not None:
+        report = check_leaderboard(report, options.leaderboard)
     click.echo(format_table(report.rows))
     for line in report.inputs:
         click.echo(f"= {line}")
@@ -217,12 +193,12 @@ def run_eval(*, baseline: Report | None = None, **options: Any) -> Report:
         report.to_json(out)
         click.echo(f"report written to {out}", err=True)
     flagged = sorted({f"{d.model} ({d.code})" for d in report.diagnostics if d.code.startswith("sanity.")})
-    if options.get("strict") and flagged:
+    if options.strict and flagged:
         raise ConfigError(f"--strict: the sanity gate flagged {', '.join(flagged)} (see the lines under the table)")
     return report
 
 
-def run_train(**options: Any) -> float:
+def run_train(options: TrainOptions) -> float:
     """Run ``robustlab train``: train a registered model on a dataset, write safetensors, return clean accuracy.
 
     The model is built as ``load_model(name, weights="random")`` builds it, so the file loads back with
@@ -234,71 +210,67 @@ def run_train(**options: Any) -> float:
     from robustlab.preflight import check_output_file
     from robustlab.train import TrainConfig, train_classifier
 
-    out: Path = options["out"]
+    out = options.out
     check_output_file(out, "the weights")
-    device = torch.device(resolve_device(options["device"]))
-    size = options["image_size"] or (32 if MODELS.get(options["model"]).tags["family"] == "embedded" else 224)
-    train = load_dataset(options["data"], split="train", image_size=size)
-    classes = options["num_classes"] or train.num_classes
-    model = load_model(options["model"], weights="random", num_classes=classes, image_size=size, progress=False)
+    device = torch.device(resolve_device(options.device))
+    size = options.image_size or (32 if MODELS.get(options.model).tags["family"] == "embedded" else 224)
+    train = load_dataset(options.data, split="train", image_size=size)
+    classes = options.num_classes or train.num_classes
+    model = load_model(options.model, weights="random", num_classes=classes, image_size=size, progress=False)
     config = TrainConfig(
-        arch=options["model"],
+        arch=options.model,
         num_classes=classes,
         image_size=model.input_size,
-        seed=options["seed"],
-        steps=options["steps"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        adversarial=options["adversarial"] == "pgd",
-        eps=options["eps"],
-        attack_steps=options["attack_steps"],
+        seed=options.seed,
+        steps=options.steps,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        adversarial=options.adversarial == "pgd",
+        eps=options.eps,
+        attack_steps=options.attack_steps,
     )
-    train_classifier(model.to(device), config, data=train, progress=not options["quiet"])
+    train_classifier(model.to(device), config, data=train, progress=not options.quiet)
     save_weights(out, model.net.state_dict(), metadata={"config": json.dumps(dataclasses.asdict(config.resolved()))})
-    test = load_dataset(options["data"], split="test", image_size=model.input_size)
+    test = load_dataset(options.data, split="test", image_size=model.input_size)
     correct = 0
-    indices = torch.arange(min(len(test), options["eval_n"]))
-    for _, x, y in iterate_batches(test, indices, options["batch_size"]):
+    indices = torch.arange(min(len(test), options.eval_n))
+    for _, x, y in iterate_batches(test, indices, options.batch_size):
         with torch.inference_mode():
             correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
     accuracy = correct / max(len(indices), 1)
-    click.echo(f"clean accuracy {accuracy:.2%} on {len(indices)} test samples of {options['data']}")
+    click.echo(f"clean accuracy {accuracy:.2%} on {len(indices)} test samples of {options.data}")
     click.echo(f"weights written to {out}", err=True)
     return accuracy
 
 
-def run_train_defense(**options: Any) -> None:
+def run_train_defense(options: TrainDefenseOptions) -> None:
     """Run ``robustlab train-defense``: train a learned defense into the cache that ``eval`` and ``generate`` read."""
     import robustlab.defenses
     from robustlab.defense import Defense
     from robustlab.inputs import load_classifier
     from robustlab.victims import prepare_defense
 
-    name = options["defense"]
-    (spec,) = build_specs(robustlab.defenses.DEFENSES, [name], options["defense_args"])
+    name = options.defense
+    (spec,) = build_specs(robustlab.defenses.DEFENSES, [name], options.defense_args)
     defense = spec.build(robustlab.defenses.DEFENSES)
     if type(defense).fit is Defense.fit:
         raise ConfigError(f"defense {name} learns nothing, so there is nothing to train")
-    quiet = options["quiet"]
-    model = load_classifier(model_spec(options["model"], options), options["data"], progress=not quiet).to(
-        resolve_device(options["device"])
-    )
+    progress = not options.quiet
+    model = load_classifier(options.spec(options.model), options.data, progress=progress)
+    model = model.to(resolve_device(options.device))
     try:
         with warnings.catch_warnings():  # this command exists to fill the cache: a write it cannot do fails it
             warnings.simplefilter("error", CacheNotWritten)
-            prepare_defense(defense, model, options["data"], seed=options["seed"], progress=not quiet)
+            prepare_defense(defense, model, options.data, seed=options.seed, progress=progress)
     except CacheNotWritten as error:
         raise DataError(str(error).replace("is kept in memory for this run only", "is lost")) from None
     where = getattr(defense, "weights_path", None)
-    click.echo(f"{spec.label()} trained on the train split of {options['data']}" + (f": {where}" if where else ""))
+    click.echo(f"{spec.label()} trained on the train split of {options.data}" + (f": {where}" if where else ""))
     click.echo(
-        f"eval and generate reuse it with --defense {name} (and the same --defense-arg), --model {options['model']}, "
-        f"--train-data {options['data']} and --seed {options['seed']}",
+        f"eval and generate reuse it with --defense {name} (and the same --defense-arg), --model {options.model}, "
+        f"--train-data {options.data} and --seed {options.seed}",
         err=True,
     )
-
-
-REPORT_FORMATS = ("html", "md", "csv", "png", "robustbench", "jsonl", "samples-csv")
 
 
 def gate(report: Report, baseline: Report, *, tolerance: float, margin_sigmas: float) -> None:
@@ -386,34 +358,34 @@ def write_output(path: Path, data: bytes) -> None:
         raise DataError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def run_generate(**options: Any) -> None:
+def run_generate(options: GenerateOptions) -> None:
     """Build the generation config from ``robustlab generate``'s options, write the dataset, print its summary."""
     from robustlab.defense import ThreatMode
     from robustlab.export import GenerateConfig, generate
     from robustlab.preflight import check_data, check_model_names, check_output_folder
 
-    budgets = [options["eps"]] if options["eps"] is not None else []
-    (attack,), (defense,) = component_specs(options, [options["attack"]], [options["defense"]], sweep=budgets)
+    budgets = [options.eps] if options.eps is not None else []
+    (attack,), (defense,) = options.specs([options.attack], [options.defense], sweep=budgets)
     config = GenerateConfig(
-        model=model_spec(options["model"], options),
+        model=options.spec(options.model),
         attack=attack,
         defense=defense,
-        threat_mode=ThreatMode(options["threat_mode"]),
-        data=options["data"],
-        split=options["split"],
-        train_data=options["train_data"],
-        n=options["n"],
-        shard_size=options["shard_size"],
-        seed=options["seed"],
-        eot_samples=options["eot_samples"],
-        device=resolve_device(options["device"]),
+        threat_mode=ThreatMode(options.threat_mode),
+        data=options.data,
+        split=options.split,
+        train_data=options.train_data,
+        n=options.n,
+        shard_size=options.shard_size,
+        seed=options.seed,
+        eot_samples=options.eot_samples,
+        device=resolve_device(options.device),
     )
-    out: Path = options["out"]
+    out = options.out
     check_output_folder(out, "the adversarial dataset in")
-    check_model_names([options["model"]], options["weights"])
+    check_model_names([options.model], options.weights)
     notes = check_data([(config.data, config.split), (config.train_data, "train")], config.n)
-    shard = parse_shard(options["shard"]) if options.get("shard") else None
-    summary = generate(config, out, progress=not options["quiet"], shard=shard)["summary"]
+    shard = parse_shard(options.shard) if options.shard else None
+    summary = generate(config, out, progress=not options.quiet, shard=shard)["summary"]
     for note in notes:
         click.echo(f"robustlab: note: {note}", err=True)
     if shard is not None:
@@ -428,28 +400,26 @@ def run_generate(**options: Any) -> None:
     click.echo(f"evaluate them with: robustlab eval --data adv:{out}", err=True)
 
 
-def run_fool(**options: Any) -> None:
+def run_fool(options: FoolOptions) -> None:
     """Run ``robustlab fool``: evolve (or ascend to) fooling images, write them, print the summary line."""
     import robustlab.attacks
     from robustlab.models.loading import class_names, load_model
 
-    device = resolve_device(options["device"])
-    run = {key: options[key] for key in ("model", "weights", "num_classes")} | {"device": device}
-    progress = not options["quiet"]
-    victim = load_model(
-        options["model"], weights=options["weights"], num_classes=options["num_classes"], progress=progress
-    )
+    device = resolve_device(options.device)
+    run = {"model": options.model, "weights": options.weights, "num_classes": options.num_classes, "device": device}
+    progress = not options.quiet
+    victim = load_model(options.model, weights=options.weights, num_classes=options.num_classes, progress=progress)
     fooling = robustlab.attacks.ATTACKS.get("fooling").factory(
-        encoding=options["encoding"], generations=options["generations"], population=options["population"]
+        encoding=options.encoding, generations=options.generations, population=options.population
     )
-    names = class_names(options["model"], options["weights"], victim.num_classes)
+    names = class_names(options.model, options.weights, victim.num_classes)
     summary = fooling.write(
-        victim.to(device), options["out"], seed=options["seed"], class_names=names, run=run, progress=progress
+        victim.to(device), options.out, seed=options.seed, class_names=names, run=run, progress=progress
     )
     metrics = summary["metrics"]
     click.echo(
         f"{int(metrics['classes_fooled_99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
         f"({int(metrics['classes_fooled_9999'])} at >= 99.99%), median confidence {metrics['median_confidence']:.4f}, "
         f"{summary['queries']} queries, generation {summary['generation']}, {summary['seconds']:.1f} s "
-        f"-> {options['out']}"
+        f"-> {options.out}"
     )

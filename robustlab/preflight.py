@@ -12,13 +12,17 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from robustlab.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from robustlab.cli_configs import EvalOptions
 
 __all__ = [
     "check_data",
     "check_eval",
+    "check_eval_names",
     "check_model_names",
     "check_not_baseline",
     "check_output_file",
@@ -26,27 +30,33 @@ __all__ = [
 ]
 
 
-def check_eval(options: dict[str, Any]) -> list[str]:
-    """Refuse what ``robustlab eval`` would only discover late: output paths, model names, data; return notes.
+def check_eval_names(options: EvalOptions) -> None:
+    """Refuse, before torch is imported, an ``--out`` that is the ``--baseline`` and unknown classifier names."""
+    check_not_baseline(options.out, options.baseline)
+    if options.task == "classification":
+        check_model_names(options.models, options.weights)
 
-    It takes the command's options rather than its config so that it runs before the attacks are
-    imported (torchattacks pulls in scipy): a wrong ``--data`` is reported in the time Python starts.
+
+def check_eval(options: EvalOptions) -> list[str]:
+    """Refuse what ``robustlab eval`` would only discover late: output paths, data; return notes.
+
+    It runs after :func:`check_eval_names` and takes the command's options rather than its config so that
+    it runs before the attacks are imported (torchattacks pulls in scipy): a wrong ``--data`` is reported
+    in the time Python starts.
     """
-    if options["out"] is not None:
-        check_output_file(options["out"], "the report")
-    if options["run_dir"] is not None:
-        check_output_folder(options["run_dir"], "the run store in")
-    if options["task"] == "classification":
-        check_model_names(options["models"], options["weights"])
-    if options.get("leaderboard") is not None and not options["leaderboard"].exists():
-        raise DataError(f"--leaderboard {options['leaderboard']} does not exist: pass a model_info folder or JSON")
-    subset = options.get("subset", "stratified")
+    if options.out is not None:
+        check_output_file(options.out, "the report")
+    if options.run_dir is not None:
+        check_output_folder(options.run_dir, "the run store in")
+    if options.leaderboard is not None and not options.leaderboard.exists():
+        raise DataError(f"--leaderboard {options.leaderboard} does not exist: pass a model_info folder or JSON")
+    subset = options.subset
     if subset not in ("stratified", "first") and not subset.startswith("list:"):
         raise ConfigError(f"--subset {subset}: use stratified, first or list:FILE")
     if subset.startswith("list:") and not Path(subset.removeprefix("list:")).is_file():
         raise DataError(f"--subset {subset}: {subset.removeprefix('list:')} is not a file")
-    data = [(options["data"], "test"), (options["train_data"], "train"), (options["fit_data"], "train")]
-    return check_data(data, options["n"] if options["n"] > 0 else None)
+    data = [(options.data, "test"), (options.train_data, "train"), (options.fit_data, "train")]
+    return check_data(data, options.n if options.n > 0 else None)
 
 
 def check_output_file(path: Path, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import torchvision
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli
+from robustlab.cli_configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
 
 
 @pytest.fixture
@@ -42,6 +44,26 @@ def test_default_eval(run: Callable[..., Result], trained_model: torch.nn.Module
     assert row["robust_acc"] < row["clean_acc"] - 0.5
     assert report["schema_version"] == 2 and report["config"]["seed"] == 0
     assert "smallcnn" in result.stdout and "robust" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("eval", EvalOptions),
+        ("merge", EvalOptions),
+        ("generate", GenerateOptions),
+        ("train", TrainOptions),
+        ("train-defense", TrainDefenseOptions),
+        ("fool", FoolOptions),
+    ],
+)
+def test_every_parameter_of_a_command_is_a_field_of_its_options(command: str, options: type) -> None:
+    """A command builds its typed options from its parameters, one for one: a flag no field takes fails here."""
+    params = {param.name for param in cli.commands[command].params} - {"shard_dirs"}  # merge's argument
+    fields = dataclasses.fields(options)
+    assert params <= {field.name for field in fields}
+    required = {field.name for field in fields if field.default is dataclasses.MISSING}
+    assert required - params <= ({"shard"} if command == "merge" else set())
 
 
 def test_list_names_every_registry(run: Callable[..., Result]) -> None:

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli, eval_command
+from robustlab.cli_configs import EvalOptions
 from robustlab.experiment import experiment_options, find_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -64,6 +65,7 @@ def test_shipped_experiments_are_valid() -> None:
         for path in files:
             options = experiment_options(path, eval_command, ctx)
             assert options["models"] and options["out"] is not None
+            EvalOptions(**options)  # every key is a field of the typed options the run is built from
     sweep = experiment_options(EXPERIMENTS / "synth_pgd_sweep.toml", eval_command, click.Context(eval_command))
     assert tuple(budget.eps for budget in sweep["eps"]) == (1 / 255, 2 / 255, 4 / 255, 8 / 255)
     assert sweep["attacks"] == ("pgd", "fgsm")

@@ -184,15 +184,15 @@ def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(pl
 
 def test_a_bare_eps_is_never_an_l2_radius() -> None:
     from robustlab.budgets import parse_budget
-    from robustlab.commands import component_specs
+    from robustlab.cli_configs import ComponentOptions
 
-    options = {"steps": None, "attack_args": (), "defense_args": ()}
-    attacks, _ = component_specs(options, ["pgd", "cw"], ["none"], sweep=[parse_budget("4/255")])
+    options = ComponentOptions(steps=None, attack_args=(), defense_args=())
+    attacks, _ = options.specs(["pgd", "cw"], ["none"], sweep=[parse_budget("4/255")])
     params = {spec.name: dict(spec.params) for spec in attacks}
     assert params["pgd"]["eps"] == pytest.approx(4 / 255)
     assert "eps" not in params["cw"]  # cw keeps its own (unbounded) budget
     per_norm = [parse_budget("linf:4/255"), parse_budget("l2:0.5")]
-    attacks, _ = component_specs(options, ["pgd", "cw", "apgd"], ["none"], sweep=per_norm)
+    attacks, _ = options.specs(["pgd", "cw", "apgd"], ["none"], sweep=per_norm)
     found = sorted((spec.name, dict(spec.params).get("norm", ""), dict(spec.params)["eps"]) for spec in attacks)
     assert found == [("apgd", "", 4 / 255), ("apgd", "l2", 0.5), ("cw", "", 0.5), ("pgd", "", 4 / 255)]
 
