@@ -236,11 +236,8 @@ def data_option(text: str = "synth[:k=v,...], cifar10[:ROOT], imagefolder:PATH."
 
 def attack_option(*, multiple: bool) -> Decorator:
     """``--attack NAME``: the attacks of an eval grid (``multiple``), or the one per-input attack of a generation."""
-    if multiple:
-        return _names_option(
-            "attack", "pgd", "Attack to run; repeat for several (each also gets a worst-case row).", multiple=True
-        )
-    return _names_option("attack", "pgd", "A per-input attack.", multiple=False)
+    text = "Attack to run; repeat for several (each also gets a worst-case row)." if multiple else "A per-input attack."
+    return _names_option("attack", "pgd", text, multiple=multiple)
 
 
 def defense_option(*, multiple: bool) -> Decorator:
@@ -255,16 +252,14 @@ def eps_option(*, multiple: bool = False, training: bool = False) -> Decorator:
         return click.option(
             "--eps", type=EpsType(), default="8/255", show_default=True, help="L∞ budget of adversarial training."
         )
+    repeat, whose = ("; repeat for a sweep or several norms", "each attack's") if multiple else ("", "the attack's")
     return click.option(
         "--eps",
         multiple=multiple,
         type=BudgetType(),
         default=None,
-        help="Budget per norm in [0, 1] pixel units: linf:8/255, l2:0.5"
-        + ("; repeat for a sweep or several norms" if multiple else "")
-        + ". A bare 8/255 is L∞ only: L2 attacks keep their own budget unless given l2:EPS. Default: "
-        + ("each attack's" if multiple else "the attack's")
-        + " standard budget (L∞ 8/255, L2 0.5).",
+        help=f"Budget per norm in [0, 1] pixel units: linf:8/255, l2:0.5{repeat}. A bare 8/255 is L∞ only: L2 "
+        f"attacks keep their own budget unless given l2:EPS. Default: {whose} standard budget (L∞ 8/255, L2 0.5).",
     )
 
 
@@ -288,7 +283,7 @@ def shard_option(text: str) -> Decorator:
 
 
 def batch_size_option(default: int, *, positive: bool = False) -> Decorator:
-    """``--batch-size``, checked at parse time (``positive``) or by the config it goes to (eval's names the flag)."""
+    """``--batch-size``, checked at parse time (``positive``) or later by the config it goes to (eval's)."""
     kind = click.IntRange(min=1) if positive else int
     return click.option("--batch-size", type=kind, default=default, show_default=True)
 

@@ -99,7 +99,7 @@ def build_config(options: EvalOptions) -> EvalConfig:
         channels_last=options.channels_last,
         compile=options.compile,
         task=options.task,
-        victim_options=(DownstreamOptions(options.heads or DEFAULT_HEADS, options.head_kind),),
+        victim_options=(DownstreamOptions(heads=options.heads or DEFAULT_HEADS, head_kind=options.head_kind),),
     )
 
 
@@ -150,6 +150,7 @@ def run_eval(options: EvalOptions) -> Report:
 
 
 def _run_eval(options: EvalOptions, baseline: Report | None) -> Report:
+    """The run itself: check, build the config, evaluate (a shard or the whole), print and write the report."""
     notes = check_eval(options)
     config = build_config(options)
     if baseline is not None:
