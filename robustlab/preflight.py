@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from robustlab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from robustlab.cli_configs import EvalOptions
+    from robustlab.cli.configs import EvalOptions
 
 __all__ = [
     "check_data",

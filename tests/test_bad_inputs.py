@@ -726,7 +726,7 @@ def test_written_files_get_the_users_normal_permissions(tmp_path: Path) -> None:
 def test_component_values_mean_what_they_say() -> None:
     import robustlab.attacks
 
-    from robustlab.cli_options import build_specs
+    from robustlab.cli.options import build_specs
 
     (spec,) = build_specs(robustlab.attacks.ATTACKS, ["pgd"], ["random_start=no", "eps=4/255", "steps=7"])
     assert dict(spec.params) == {"random_start": False, "eps": 4 / 255, "steps": 7}

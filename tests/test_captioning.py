@@ -153,7 +153,7 @@ def test_eval_scores_only_inputs_whose_clean_caption_misses_the_goal() -> None:
 def test_a_key_given_twice_makes_one_spec_per_value() -> None:
     from robustlab.attacks import ATTACKS
 
-    from robustlab.cli_options import build_specs
+    from robustlab.cli.options import build_specs
 
     goals = ["target=a small red star on sky", "target=a large blue ring on grass"]
     specs = build_specs(ATTACKS, ["caption_gan", "caption_noise"], goals)

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli, eval_command
-from robustlab.cli_configs import EvalOptions
+from robustlab.cli.configs import EvalOptions
 from robustlab.experiment import experiment_options, find_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -184,7 +184,7 @@ def test_noisy_model_is_not_scored_above_pgd_without_early_stop_over_20_draws(pl
 
 def test_a_bare_eps_is_never_an_l2_radius() -> None:
     from robustlab.budgets import parse_budget
-    from robustlab.cli_configs import ComponentOptions
+    from robustlab.cli.configs import ComponentOptions
 
     options = ComponentOptions(steps=None, attack_args=(), defense_args=())
     attacks, _ = options.specs(["pgd", "cw"], ["none"], sweep=[parse_budget("4/255")])

@@ -1,4 +1,8 @@
-"""``robustlab`` command line: thin commands that parse, build a config, call the library, render."""
+"""``robustlab`` command line, in two thin layers: the click commands here parse flags into one typed options object
+each (:mod:`~robustlab.cli.configs`; shared flags are declared once in :mod:`~robustlab.cli.options` and
+:mod:`~robustlab.cli.eval_options`), and :mod:`~robustlab.cli.commands` runs them against the library and renders.
+:mod:`~robustlab.cli.errors` turns every robustlab error into one line and an exit code. Importing this package
+does not import torch."""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ from typing import Any, NoReturn
 
 import click
 
-from robustlab.cli_configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
-from robustlab.cli_errors import OneLineErrors
-from robustlab.cli_eval_options import eval_options
-from robustlab.cli_options import (
+from robustlab.cli.configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
+from robustlab.cli.errors import OneLineErrors
+from robustlab.cli.eval_options import eval_options
+from robustlab.cli.options import (
     REPORT_FORMATS,
     attack_args_option,
     attack_option,
@@ -104,7 +108,7 @@ def _evaluate(options: EvalOptions) -> None:
     from robustlab.preflight import check_eval_names
 
     check_eval_names(options)
-    from robustlab.commands import run_eval
+    from robustlab.cli.commands import run_eval
 
     run_eval(options)
 
@@ -137,7 +141,7 @@ def compare_command(new: Path, baseline: Path, tolerance: float, margin_sigmas: 
     Example (a CI step):
       robustlab compare run.json baselines/synth.json --tolerance 0.02 --margin-sigmas 2
     """
-    from robustlab.commands import gate
+    from robustlab.cli.commands import gate
     from robustlab.reports.gate import load_baseline
     from robustlab.reports.report import Report
 
@@ -194,7 +198,7 @@ def report_command(source: Path, out: Path | None, fmt: str | None, examples: in
       robustlab report run.json --format md
       robustlab report run.json --format robustbench -o MyModel.json
     """
-    from robustlab.commands import render_report
+    from robustlab.cli.commands import render_report
 
     render_report(source, out=out, fmt=fmt, examples=0 if no_examples else examples)
 
@@ -233,7 +237,7 @@ def generate_command(**params: Any) -> None:
       robustlab generate --attack pgd --eps 8/255 --n 1000 --out adv-pgd
       robustlab eval --data adv:adv-pgd --attack fgsm
     """
-    from robustlab.commands import run_generate
+    from robustlab.cli.commands import run_generate
 
     run_generate(GenerateOptions(**params))
 
@@ -262,7 +266,7 @@ def train_command(**params: Any) -> None:
       robustlab train --model smallcnn --adversarial pgd --out smallcnn-at.safetensors
       robustlab eval --model smallcnn --weights smallcnn-at.safetensors
     """
-    from robustlab.commands import run_train
+    from robustlab.cli.commands import run_train
 
     run_train(TrainOptions(**params))
 
@@ -291,7 +295,7 @@ def train_defense_command(**params: Any) -> None:
       robustlab eval --model resnet50 --defense raw_isp --train-data imagefolder:~/imagenet/train \\
         --data imagefolder:~/imagenet/val
     """
-    from robustlab.commands import run_train_defense
+    from robustlab.cli.commands import run_train_defense
 
     run_train_defense(TrainDefenseOptions(**params))
 
@@ -327,7 +331,7 @@ def fool_command(**params: Any) -> None:
       robustlab fool --encoding gradient --out fooling-gradient/
       robustlab fool --model resnet50 --encoding cppn --generations 5000 --population 400 --out fooling-r50/
     """
-    from robustlab.commands import run_fool
+    from robustlab.cli.commands import run_fool
 
     run_fool(FoolOptions(**params))
 

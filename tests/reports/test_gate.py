@@ -90,7 +90,7 @@ def test_report_of_another_grid_is_one_line(run: Callable[..., Result]) -> None:
 def test_a_default_given_explicitly_is_the_same_row() -> None:
     from robustlab.attacks import ATTACKS
 
-    from robustlab.cli_options import build_specs
+    from robustlab.cli.options import build_specs
 
     plain = build_specs(ATTACKS, ["pgd"], [])
     assert build_specs(ATTACKS, ["pgd"], ["steps=10", "random_start=true"], shared={"steps": 10}) == plain

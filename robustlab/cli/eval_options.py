@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-import robustlab.cli_options as shared
+import robustlab.cli.options as shared
 
 __all__ = ["eval_options"]
 

@@ -1,4 +1,5 @@
-"""Each command's options as one typed, frozen object: what :mod:`robustlab.cli` parses, :mod:`robustlab.commands` runs.
+"""Each command's options as one typed, frozen object: what :mod:`robustlab.cli` parses and
+:mod:`robustlab.cli.commands` runs.
 
 A field is named as the command's click parameter (``--batch-size`` -> ``batch_size``, ``--attack`` of
 eval -> ``attacks``), so a command builds its object with ``EvalOptions(**params)`` and an experiment
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from robustlab.budgets import Budget
-from robustlab.cli_options import build_specs
+from robustlab.cli.options import build_specs
 
 if TYPE_CHECKING:
     from robustlab.components import ComponentSpec

@@ -13,7 +13,7 @@ import torchvision
 from click.testing import CliRunner, Result
 
 from robustlab.cli import cli
-from robustlab.cli_configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
+from robustlab.cli.configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
 
 
 @pytest.fixture
