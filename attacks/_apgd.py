@@ -39,11 +39,12 @@ from robustlab.threat import Norm, ThreatModel
 __all__ = [
     "APGDAttack",
     "APGDConfig",
+    "FirstFooling",
     "RowLoop",
     "RowLoopAttack",
+    "Rows",
     "apgd",
     "best_row_per_sample",
-    "by_rows",
     "dlr_loss",
     "keep_first",
     "normalize",
@@ -181,36 +182,90 @@ def apgd(
     needed = {"dlr": 3, "dlr-targeted": 4}.get(c.loss, 2)  # the DLR denominator reads the 3rd (4th) logit
     if len(x) and (classes := num_classes_of(model, x)) < needed:
         raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
-    index = torch.arange(len(x)) if index is None else index.cpu()
-    targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
-    return by_rows(
-        x,
-        targets,
-        c.n_restarts,
-        max_rows,
-        lambda part, row_targets, runs: _apgd_rows(
-            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop, scored
-        ),
-    )
+    loop = RowLoop(seed, index, early_stop, max_rows, scored)
+    return loop.by_rows(model, x, y, c.n_targets, c.n_restarts, lambda rows: _apgd_rows(model, rows, c, loop))
 
 
-def by_rows(
-    x: Tensor,
-    targets: Tensor | None,
-    n_restarts: int,
-    max_rows: int,
-    attack_rows: Callable[[slice, Tensor | None, int], tuple[Tensor, Tensor]],
-) -> tuple[Tensor, Tensor]:
-    """``(x_adv, fooled)`` from ``attack_rows(part, row_targets, runs)`` on the samples ``part``, as many at a time
-    as ``max_rows`` rows allow (at least one): each (target, restart) of a sample is a row, targets outer."""
-    runs = n_restarts * (1 if targets is None else targets.shape[1])
-    per_chunk = max(1, max_rows // runs)
-    x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for start in range(0, len(x), per_chunk):
-        part = slice(start, start + per_chunk)
-        row_targets = None if targets is None else targets[part].repeat_interleave(n_restarts, dim=1).flatten()
-        x_adv[part], fooled[part] = attack_rows(part, row_targets, runs)
-    return x_adv, fooled
+@dataclass(frozen=True)
+class Rows:
+    """The samples one call of a row loop attacks, ``runs`` rows each (targets outer, restarts inner)."""
+
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    """Each row's target class; ``None``: untargeted."""
+    index: Tensor
+    """The samples' stream ids."""
+    runs: int
+
+    @property
+    def owner(self) -> Tensor:
+        """The sample each row attacks (rows of a sample are adjacent and in order)."""
+        return torch.arange(len(self.x), device=self.x.device).repeat_interleave(self.runs)
+
+    def directions(self, seed: int, norm: Norm) -> Tensor:
+        """Each row's random start direction, drawn from its sample's stream."""
+        return sample_streams(seed, self.index, tuple(self.x.shape[1:]), norm, self.runs).to(self.x)
+
+
+@dataclass(frozen=True)
+class RowLoop:
+    """How one call runs a row loop (:func:`apgd`, :func:`robustlab.attacks._fab.fab`): ``seed`` and ``index``
+    (default ``0..B-1``) name each sample's random stream, ``max_rows`` bounds the rows differentiated at once,
+    and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
+
+    seed: int
+    index: Tensor | None
+    early_stop: bool
+    max_rows: int
+    scored: nn.Module | None
+
+    def arguments(self) -> dict[str, Any]:
+        """The loop functions' keyword arguments."""
+        return {name: getattr(self, name) for name in ("seed", "index", "early_stop", "max_rows", "scored")}
+
+    def by_rows(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        n_targets: int,
+        n_restarts: int,
+        attack_rows: Callable[[Rows], tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, Tensor]:
+        """``(x_adv, fooled)`` from ``attack_rows`` on the samples, as many at a time as ``max_rows`` rows allow (at
+        least one): each (target, restart) of a sample is a row, the targets its ``n_targets`` runner-up classes."""
+        index = torch.arange(len(x)) if self.index is None else self.index.cpu()
+        targets = top_targets(model, x, n_targets) if n_targets else None  # fewer on a model with few classes
+        runs = n_restarts * (1 if targets is None else targets.shape[1])
+        per_chunk = max(1, self.max_rows // runs)
+        x_adv, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for start in range(0, len(x), per_chunk):
+            part = slice(start, start + per_chunk)
+            row_targets = None if targets is None else targets[part].repeat_interleave(n_restarts, dim=1).flatten()
+            x_adv[part], fooled[part] = attack_rows(Rows(x[part], y[part], row_targets, index[part], runs))
+        return x_adv, fooled
+
+
+@dataclass
+class FirstFooling:
+    """Each sample's first fooling iterate (its lowest row on a tie), gathered as a row loop finds them."""
+
+    result: Tensor
+    """Per sample: its first fooling iterate, else its clean point."""
+    fooled: Tensor
+    early_stop: bool
+
+    @classmethod
+    def start(cls, x: Tensor, early_stop: bool) -> FirstFooling:
+        """Nothing fooled yet among the samples ``x``."""
+        return cls(x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), early_stop)
+
+    def record(self, new: Tensor, owner: Tensor, points: Tensor) -> Tensor:
+        """Keep the point of each sample's first row that ``new`` says fools (if none did before); return which
+        rows go on: all of them, or with early stop those of samples still not fooled."""
+        keep_first(new & ~self.fooled[owner], owner, points, self.result, self.fooled)
+        return ~self.fooled[owner] if self.early_stop else torch.ones_like(new)
 
 
 def keep_first(new: Tensor, owner: Tensor, points: Tensor, result: Tensor, fooled: Tensor) -> None:
@@ -237,96 +292,76 @@ def best_row_per_sample(owner: Tensor, score: Tensor) -> Tensor:
     return best
 
 
-def _apgd_rows(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    target: Tensor | None,
-    c: APGDConfig,
-    seed: int,
-    index: Tensor,
-    runs: int,
-    early_stop: bool,
-    scored: nn.Module | None,
-) -> tuple[Tensor, Tensor]:
-    """APGD with ``runs`` rows per sample (targets outer, restarts inner); a sample stops at its first fooling row."""
-    n = len(x)
-    owner = torch.arange(n, device=x.device).repeat_interleave(runs)  # the sample each row attacks
-    xr, yr = x[owner], y[owner]
-    target = yr if target is None else target  # untargeted losses ignore it
-    noise = sample_streams(seed, index, tuple(x.shape[1:]), c.norm, runs).to(x)
-    x_adv = (xr + c.eps * normalize(noise, c.norm)).clamp(0.0, 1.0)
-
-    result, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
-
-    def record(logits: Tensor, points: Tensor) -> Tensor:
-        """Keep the first fooling iterate of each sample not fooled before (its lowest row on a tie); return
-        which live rows go on: all of them, or with early stop those of samples still not fooled."""
-        new = misclassified(logits, yr, points, scored) & ~fooled[owner]
-        keep_first(new, owner, points, result, fooled)
-        return ~fooled[owner] if early_stop else torch.ones_like(new)
-
+def _apgd_rows(model: nn.Module, chunk: Rows, c: APGDConfig, loop: RowLoop) -> tuple[Tensor, Tensor]:
+    """APGD on the rows of ``chunk``; a sample stops at its first fooling row."""
+    owner = chunk.owner
+    xr, yr = chunk.x[owner], chunk.y[owner]
+    target = yr if chunk.target is None else chunk.target  # untargeted losses ignore it
+    x_adv = (xr + c.eps * normalize(chunk.directions(loop.seed, c.norm), c.norm)).clamp(0.0, 1.0)
+    first = FirstFooling.start(chunk.x, loop.early_stop)
     logits, loss, grad = _loss_and_grad(model, x_adv, yr, target, c)
-    keep = record(logits, x_adv)
-    # Per-row state, each indexed by row along dim 0, so that stopped rows leave all of it at once. The loss
-    # history is the reference's: ``steps`` entries, zero-filled, so that its first checkpoint compares
-    # iteration 0 with a zero (index -1) -- a quirk kept because it decides the step-size schedule.
-    rows: dict[str, Tensor] = {
-        "x": xr, "y": yr, "target": target, "owner": owner, "x_adv": x_adv, "previous": x_adv.clone(),
-        "grad": grad, "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss,
-        "step": torch.full((len(xr), 1, 1, 1), 2.0 * c.eps, device=x.device),
-        "history": torch.zeros((len(xr), c.steps), device=x.device),
-        "last_best": loss.clone(), "halved_last": torch.ones(len(xr), dtype=torch.bool, device=x.device),
-    }  # fmt: skip
+    keep = first.record(misclassified(logits, yr, x_adv, loop.scored), owner, x_adv)
+    r = _row_state(xr, yr, target, owner, x_adv, loss, grad, c)
     checkpoint, since = max(int(0.22 * c.steps), 1), 0
     focus_at = checkpoint - 1 if c.focus else -1
     shrink, shortest = max(int(0.03 * c.steps), 1), max(int(0.06 * c.steps), 1)
     for i in range(c.steps):
         advance(f"apgd-{c.loss} iterations", i, c.steps)
         if not keep.all():
-            rows = {name: value[keep] for name, value in rows.items()}
-            yr, owner = rows["y"], rows["owner"]
-            if not len(yr):
+            r = {name: value[keep] for name, value in r.items()}
+            if not len(r["y"]):
                 break
-        r = rows
         previous = r["x_adv"]
         r["x_adv"] = _step(r["x"], r["x_adv"], r["previous"], r["grad"], r["step"], 0.75 if i > 0 else 1.0, c)
         r["previous"] = previous
-        logits, loss, r["grad"] = _loss_and_grad(model, r["x_adv"], yr, r["target"], c)
-        keep = record(logits, r["x_adv"])
-        r["history"][:, i] = loss
-        better = loss > r["loss_best"]
-        r["x_best"][better], r["grad_best"][better] = r["x_adv"][better], r["grad"][better]
-        r["loss_best"][better] = loss[better]
+        logits, loss, r["grad"] = _loss_and_grad(model, r["x_adv"], r["y"], r["target"], c)
+        keep = first.record(misclassified(logits, r["y"], r["x_adv"], loop.scored), r["owner"], r["x_adv"])
+        _track_best(r, i, loss)
         since += 1
         if since == checkpoint:
-            history = r["history"]
-            rises = sum((history[:, i - j] > history[:, i - j - 1]).float() for j in range(checkpoint))
-            halve = (rises <= checkpoint * c.rho) | (~r["halved_last"] & (r["last_best"] >= r["loss_best"]))
-            r["halved_last"], r["last_best"] = halve, r["loss_best"].clone()
-            r["step"][halve] /= 2.0
-            r["x_adv"][halve], r["grad"][halve] = r["x_best"][halve], r["grad_best"][halve]
+            _halve_stalled(r, i, checkpoint, c)
             if i == focus_at:
-                keep &= best_row_per_sample(owner, r["loss_best"])
+                keep &= best_row_per_sample(r["owner"], r["loss_best"])
             checkpoint, since = max(checkpoint - shrink, shortest), 0
-    return result, fooled
+    return first.result, first.fooled
 
 
-@dataclass(frozen=True)
-class RowLoop:
-    """How one call runs a row loop (:func:`apgd`, :func:`robustlab.attacks._fab.fab`): ``seed`` and ``index``
-    (default ``0..B-1``) name each sample's random stream, ``max_rows`` bounds the rows differentiated at once,
-    and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
+def _row_state(
+    xr: Tensor, yr: Tensor, target: Tensor, owner: Tensor, x_adv: Tensor, loss: Tensor, grad: Tensor, c: APGDConfig
+) -> dict[str, Tensor]:
+    """The loop's per-row state at the random start ``x_adv`` (its ``loss`` and ``grad``).
 
-    seed: int
-    index: Tensor | None
-    early_stop: bool
-    max_rows: int
-    scored: nn.Module | None
+    Each entry is indexed by row along dim 0, so that stopped rows leave all of it at once. The loss
+    history is the reference's: ``steps`` entries, zero-filled, so that its first checkpoint compares
+    iteration 0 with a zero (index -1) -- a quirk kept because it decides the step-size schedule.
+    """
+    return {
+        "x": xr, "y": yr, "target": target, "owner": owner, "x_adv": x_adv, "previous": x_adv.clone(),
+        "grad": grad, "x_best": x_adv.clone(), "grad_best": grad.clone(), "loss_best": loss,
+        "step": torch.full((len(xr), 1, 1, 1), 2.0 * c.eps, device=xr.device),
+        "history": torch.zeros((len(xr), c.steps), device=xr.device),
+        "last_best": loss.clone(), "halved_last": torch.ones(len(xr), dtype=torch.bool, device=xr.device),
+    }  # fmt: skip
 
-    def arguments(self) -> dict[str, Any]:
-        """The loop functions' keyword arguments."""
-        return {name: getattr(self, name) for name in ("seed", "index", "early_stop", "max_rows", "scored")}
+
+def _track_best(r: dict[str, Tensor], i: int, loss: Tensor) -> None:
+    """Log iteration ``i``'s loss of each row and keep its best point so far, with that point's gradient."""
+    r["history"][:, i] = loss
+    better = loss > r["loss_best"]
+    r["x_best"][better], r["grad_best"][better] = r["x_adv"][better], r["grad"][better]
+    r["loss_best"][better] = loss[better]
+
+
+def _halve_stalled(r: dict[str, Tensor], i: int, length: int, c: APGDConfig) -> None:
+    """The checkpoint at iteration ``i``, ``length`` iterations after the last: a row whose loss rose in at most
+    ``rho`` of them, or that did not improve and was not halved last time, halves its step and restarts from
+    its best point."""
+    history = r["history"]
+    rises = sum((history[:, i - j] > history[:, i - j - 1]).float() for j in range(length))
+    halve = (rises <= length * c.rho) | (~r["halved_last"] & (r["last_best"] >= r["loss_best"]))
+    r["halved_last"], r["last_best"] = halve, r["loss_best"].clone()
+    r["step"][halve] /= 2.0
+    r["x_adv"][halve], r["grad"][halve] = r["x_best"][halve], r["grad_best"][halve]
 
 
 class RowLoopAttack(Attack):

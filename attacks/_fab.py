@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from robustlab.attacks._apgd import by_rows, keep_first, normalize, sample_streams, top_targets
+from robustlab.attacks._apgd import FirstFooling, RowLoop, Rows, normalize
 from torch import Tensor, nn
 
 from robustlab.attack import misclassified
@@ -160,55 +160,32 @@ def fab(
     (target, restart) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
     ``index`` numbers the samples for their random streams (default ``0..B-1``).
     """
-    index = torch.arange(len(x)) if index is None else index.cpu()
-    targets = top_targets(model, x, c.n_targets) if c.n_targets else None  # fewer on a model with few classes
-    return by_rows(
-        x,
-        targets,
-        c.n_restarts,
-        max_rows,
-        lambda part, row_targets, runs: _fab_rows(
-            model, x[part], y[part], row_targets, c, seed, index[part], runs, early_stop, scored
-        ),
-    )
+    loop = RowLoop(seed, index, early_stop, max_rows, scored)
+    return loop.by_rows(model, x, y, c.n_targets, c.n_restarts, lambda rows: _fab_rows(model, rows, c, loop))
 
 
-def _fab_rows(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    target: Tensor | None,
-    c: FABConfig,
-    seed: int,
-    index: Tensor,
-    runs: int,
-    early_stop: bool,
-    scored: nn.Module | None,
-) -> tuple[Tensor, Tensor]:
-    """FAB with ``runs`` rows per sample (targets outer, restarts inner); a sample stops at its first fooling row."""
-    n = len(x)
-    owner = torch.arange(n, device=x.device).repeat_interleave(runs)  # the sample each row attacks
-    x0, yr = x[owner], y[owner]
+def _fab_rows(model: nn.Module, chunk: Rows, c: FABConfig, loop: RowLoop) -> tuple[Tensor, Tensor]:
+    """FAB on the rows of ``chunk``; a sample stops at its first fooling row."""
+    owner = chunk.owner
+    x0, yr = chunk.x[owner], chunk.y[owner]
     x1 = x0.clone()
     if c.n_restarts > 1:  # the first restart starts from the clean point, the others at random at radius eps / 2
-        noise = sample_streams(seed, index, tuple(x.shape[1:]), c.norm, runs).to(x)
-        randomized = (torch.arange(len(owner), device=x.device) % c.n_restarts > 0).view(-1, 1, 1, 1)
-        x1 = torch.where(randomized, (x0 + c.eps / 2 * normalize(noise, c.norm)).clamp(0.0, 1.0), x0)
-
-    result, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        start = x0 + c.eps / 2 * normalize(chunk.directions(loop.seed, c.norm), c.norm)
+        randomized = (torch.arange(len(owner), device=x0.device) % c.n_restarts > 0).view(-1, 1, 1, 1)
+        x1 = torch.where(randomized, start.clamp(0.0, 1.0), x0)
+    first = FirstFooling.start(chunk.x, loop.early_stop)
 
     def record(adversarial: Tensor, x0: Tensor, points: Tensor, owner: Tensor) -> Tensor:
         """Keep the first fooling iterate within eps of each sample not fooled before (its lowest row on a tie);
-        return which rows go on: all of them, or with early stop those of samples still not fooled."""
+        return which rows go on."""
         within = perturbation_norm(x0, points, c.norm) <= c.eps
-        keep_first(adversarial & within & ~fooled[owner], owner, points, result, fooled)
-        return ~fooled[owner] if early_stop else torch.ones_like(adversarial)
+        return first.record(adversarial & within, owner, points)
 
     with torch.no_grad():
-        keep = record(misclassified(model(x1), yr, x1, scored), x0, x1, owner)
+        keep = record(misclassified(model(x1), yr, x1, loop.scored), x0, x1, owner)
     rows: dict[str, Tensor] = {"x0": x0, "y": yr, "owner": owner, "x1": x1}
-    if target is not None:
-        rows["target"] = target
+    if chunk.target is not None:
+        rows["target"] = chunk.target
     for i in range(c.steps):
         advance("fab iterations", i, c.steps)
         if not keep.all():
@@ -220,6 +197,6 @@ def _fab_rows(
         with torch.no_grad():
             logits = model(x1)
         adversarial = logits.argmax(dim=1) != rows["y"]  # what the walk reacts to: the attacked model's verdict
-        keep = record(misclassified(logits, rows["y"], x1, scored), rows["x0"], x1, rows["owner"])
+        keep = record(misclassified(logits, rows["y"], x1, loop.scored), rows["x0"], x1, rows["owner"])
         rows["x1"] = torch.where(adversarial.view(-1, 1, 1, 1), rows["x0"] + (x1 - rows["x0"]) * c.beta, x1)
-    return result, fooled
+    return first.result, first.fooled
