@@ -96,9 +96,7 @@ def attack_and_score(
     started = time.perf_counter()
     limit = limit if limit is not None else BatchLimit()
     index = mask.nonzero().flatten()
-    result = task.unattacked(clean, y)
-    norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    x_adv_all = x.clone() if keep_images else None
+    gathered = _Gathered.start(task.unattacked(clean, y), x, keep_images)
     halvings, start = 0, 0
     while start < len(index):
         part = index[start : start + (limit.size or len(index))]
@@ -122,21 +120,46 @@ def attack_and_score(
             torch.cuda.empty_cache()
             continue
         part_clean = {k: v[part] for k, v in clean.items()}
-        for key, value in task.score(scored, x_adv, y[part], part_clean, attack).items():
-            result[key][part] = value.to(result[key].device)
-        norm[part] = perturbation_norm(x[part], x_adv, attack.threat.norm)
-        if x_adv_all is not None:
-            x_adv_all[part] = x_adv
+        scores = task.score(scored, x_adv, y[part], part_clean, attack)
+        gathered.add(part, scores, perturbation_norm(x[part], x_adv, attack.threat.norm), x_adv)
         start += len(part)
-    result.update(
-        norm=norm,
-        attacked=mask.clone(),
-        seconds=torch.tensor([time.perf_counter() - started]),
-        halvings=torch.tensor([halvings]),
-    )
-    if x_adv_all is not None:
-        result["x_adv"] = x_adv_all
-    return result
+    return gathered.finish(mask, started, halvings)
+
+
+@dataclass
+class _Gathered:
+    """What :func:`attack_and_score` gathers per sample, part by part: the task's tensors, the perturbation sizes
+    and, when kept, the adversarial images."""
+
+    result: dict[str, Tensor]
+    norm: Tensor
+    images: Tensor | None
+
+    @classmethod
+    def start(cls, unattacked: dict[str, Tensor], x: Tensor, keep_images: bool) -> _Gathered:
+        """Before any attack: the task's ``unattacked`` result, zero sizes, and the clean images."""
+        norm = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+        return cls(unattacked, norm, x.clone() if keep_images else None)
+
+    def add(self, part: Tensor, scores: dict[str, Tensor], norm: Tensor, x_adv: Tensor) -> None:
+        """The samples ``part``: their task ``scores``, perturbation sizes and adversarial images."""
+        for key, value in scores.items():
+            self.result[key][part] = value.to(self.result[key].device)
+        self.norm[part] = norm
+        if self.images is not None:
+            self.images[part] = x_adv
+
+    def finish(self, mask: Tensor, started: float, halvings: int) -> dict[str, Tensor]:
+        """The task's tensors with ``norm``, ``attacked``, ``seconds`` since ``started``, ``halvings`` and ``x_adv``."""
+        self.result.update(
+            norm=self.norm,
+            attacked=mask.clone(),
+            seconds=torch.tensor([time.perf_counter() - started]),
+            halvings=torch.tensor([halvings]),
+        )
+        if self.images is not None:
+            self.result["x_adv"] = self.images
+        return self.result
 
 
 @dataclass(frozen=True)
