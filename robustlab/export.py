@@ -32,6 +32,7 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from robustlab.distributed import Shard
 from robustlab.errors import ConfigError, DataError
 from robustlab.inputs import load_classifier
 from robustlab.jsonfile import json_ready, read_json
+from robustlab.models.classifier import ImageClassifier
 from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
@@ -149,17 +151,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard:
     if attack.kind is not AttackKind.PERTURBATION:
         raise ConfigError(f"{config.attack.name} is a {attack.kind} attack; generate needs a per-input attack")
     defense: Defense = config.defense.build(DEFENSES)
-    device = torch.device(config.device)
-    spec = config.model
-    model = load_classifier(spec, config.data, progress=progress).to(device)
-    dataset = load_dataset(
-        config.data, split=config.split, image_size=model.input_size, preprocessing=preprocessing_of(model)
-    )
-    if 0 < model.num_classes < dataset.num_classes:
-        raise ConfigError(
-            f"{config.data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "
-            f"pass --num-classes {dataset.num_classes} with matching weights, or other --data"
-        )
+    model, dataset = _model_and_data(config, progress=progress)
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
     try:
         _claim(out, header, concurrent=shard is not None)
@@ -183,20 +175,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard:
                 "shard": f"{shard.rank}/{shard.world_size}",
                 "summary": _summary(records) if records else {"n": 0},
             }
-        shards = [f"shards/shard-{s:05d}.safetensors" for s in range(len(starts))]
-        manifest = {
-            **header,
-            "source": {"data": config.data, "split": config.split, "quantization": "round(x * 255) / 255"},
-            "attack": {"name": config.attack.name, "config": json_ready(attack.config())},
-            "threat": {"norm": str(attack.threat.norm), "eps": attack.threat.eps, "describe": attack.threat.describe()},
-            "seed": config.seed,
-            "versions": environment(str(device)),
-            "classes": list(dataset.classes),
-            "shards": shards,
-            "sha256": {name: shard_hash(load_weights(out / name)) for name in shards},
-            "summary": _summary(records),
-            "samples": records,
-        }
+        manifest = _manifest(out, header, config, attack, dataset.classes, records, shards=len(starts))
         atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     except OSError as error:
         raise DataError(
@@ -204,6 +183,48 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard:
             f"then run the same generate again: it resumes at the first missing shard"
         ) from None
     return manifest
+
+
+def _model_and_data(config: GenerateConfig, *, progress: bool) -> tuple[ImageClassifier, ImageDataset]:
+    """The model on its device and the dataset rendered for it, which must not have more classes than it predicts."""
+    model = load_classifier(config.model, config.data, progress=progress).to(torch.device(config.device))
+    dataset = load_dataset(
+        config.data, split=config.split, image_size=model.input_size, preprocessing=preprocessing_of(model)
+    )
+    if 0 < model.num_classes < dataset.num_classes:
+        raise ConfigError(
+            f"{config.data} has {dataset.num_classes} classes but {model.name} predicts {model.num_classes}: "
+            f"pass --num-classes {dataset.num_classes} with matching weights, or other --data"
+        )
+    return model, dataset
+
+
+def _manifest(
+    out: Path,
+    header: dict[str, Any],
+    config: GenerateConfig,
+    attack: Attack,
+    classes: Sequence[str],
+    records: list[dict[str, Any]],
+    *,
+    shards: int,
+) -> dict[str, Any]:
+    """The manifest of a finished dataset: its config, versions, classes, every record, summary and the hash of each
+    of its ``shards`` files (read back from ``out``)."""
+    files = [f"shards/shard-{s:05d}.safetensors" for s in range(shards)]
+    return {
+        **header,
+        "source": {"data": config.data, "split": config.split, "quantization": "round(x * 255) / 255"},
+        "attack": {"name": config.attack.name, "config": json_ready(attack.config())},
+        "threat": {"norm": str(attack.threat.norm), "eps": attack.threat.eps, "describe": attack.threat.describe()},
+        "seed": config.seed,
+        "versions": environment(str(torch.device(config.device))),
+        "classes": list(classes),
+        "shards": files,
+        "sha256": {name: shard_hash(load_weights(out / name)) for name in files},
+        "summary": _summary(records),
+        "samples": records,
+    }
 
 
 def _claim(out: Path, header: dict[str, Any], *, concurrent: bool) -> None:
@@ -256,6 +277,60 @@ def _shard(
     if tensors.is_file() and records_file.is_file():
         fix = f"delete it and {tensors.name}, and run the same generate again to redo that shard"
         return list(read_json(records_file, what="shard records", fix=fix, kind=list))
+    images = _attack_shard(s, indices, dataset, attack, scored, attacked, config)
+    records = []
+    for i, index in enumerate(indices.tolist()):
+        label = int(images.y[i])
+        png = f"{_class_folder(label, dataset.classes[label])}/{index:06d}.png"
+        atomic_write(out / png, _png_bytes(images.stored[i]))
+        correct = int(images.clean_pred[i]) == label
+        records.append(
+            {
+                "index": index,
+                "label": label,
+                "clean_pred": int(images.clean_pred[i]),
+                "adv_pred": int(images.adv_pred[i]),
+                "success": correct and int(images.adv_pred[i]) != label,
+                "norm": round(float(images.norm[i]), 7),
+                "png": png,
+                "shard": s,
+            }
+        )
+    atomic_write(records_file, json.dumps(records).encode())
+    save_weights(
+        tensors,
+        {"image": images.stored, "source": images.source, "label": images.y.cpu(), "index": indices},
+        metadata={"format": FORMAT, "config_hash": config_hash(config.to_dict())},
+    )
+    return records
+
+
+@dataclass(frozen=True)
+class _AttackedShard:
+    """One shard attacked: its 8-bit images and what the scored model says of them."""
+
+    source: Tensor
+    """uint8 ``(N, C, H, W)``: the dataset images on the 8-bit grid, which the attack ran on."""
+    stored: Tensor
+    """uint8 ``(N, C, H, W)``: the adversarial images on the 8-bit grid, within the budget of ``source``."""
+    y: Tensor
+    clean_pred: Tensor
+    adv_pred: Tensor
+    """The scored model's predictions on the stored pixels."""
+    norm: Tensor
+    """The size of each stored perturbation."""
+
+
+def _attack_shard(
+    s: int,
+    indices: Tensor,
+    dataset: ImageDataset,
+    attack: Attack,
+    scored: nn.Module,
+    attacked: nn.Module,
+    config: GenerateConfig,
+) -> _AttackedShard:
+    """Attack the samples ``indices`` of shard ``s`` on their 8-bit source images, and score what would be stored."""
     device = next((p.device for p in scored.parameters()), torch.device(config.device))
     (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
     source = (x * 255).round().clamp(0, 255).to(torch.uint8)
@@ -286,31 +361,7 @@ def _shard(
         verify(attack.threat, x_source, x_stored)
         clean_pred, adv_pred = clean["pred"], predict(scored, x_stored)  # scored again on the stored pixels
     norm = perturbation_norm(x_source, x_stored, attack.threat.norm)
-    records = []
-    for i, index in enumerate(indices.tolist()):
-        label = int(y[i])
-        png = f"{_class_folder(label, dataset.classes[label])}/{index:06d}.png"
-        atomic_write(out / png, _png_bytes(stored[i]))
-        correct = int(clean_pred[i]) == label
-        records.append(
-            {
-                "index": index,
-                "label": label,
-                "clean_pred": int(clean_pred[i]),
-                "adv_pred": int(adv_pred[i]),
-                "success": correct and int(adv_pred[i]) != label,
-                "norm": round(float(norm[i]), 7),
-                "png": png,
-                "shard": s,
-            }
-        )
-    atomic_write(records_file, json.dumps(records).encode())
-    save_weights(
-        tensors,
-        {"image": stored, "source": source, "label": y.cpu(), "index": indices},
-        metadata={"format": FORMAT, "config_hash": config_hash(config.to_dict())},
-    )
-    return records
+    return _AttackedShard(source, stored, y, clean_pred, adv_pred, norm)
 
 
 def _class_folder(label: int, name: str) -> str:
