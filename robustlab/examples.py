@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.components import ComponentSpec, load_builtin_components
@@ -37,14 +38,7 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         RobustlabError: the model or data of the report cannot be loaded here (weights unavailable...).
     """
     config = report.config
-    block = next(
-        (
-            b
-            for b in report.samples
-            if b["defense"] == "none" and b.get("task", CLASSIFICATION) == CLASSIFICATION and b["attacks"]
-        ),
-        None,
-    )
+    block = _undefended_block(report)
     if block is None or count <= 0:
         return "no undefended results in this report: no examples", []
     models = {ModelSpec(**spec).label(): ModelSpec(**spec) for spec in config["models"]}
@@ -79,13 +73,32 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         torch.Generator().manual_seed(config["seed"]),
         keep_images=True,
     )
-    x_adv, clean_pred, adv_pred = result["x_adv"], clean["pred"], result["adv_pred"]
-    names = list(dataset.classes)
+    examples = _pairs(indices, x, y, result["x_adv"], clean["pred"], result["adv_pred"], list(dataset.classes))
+    title = f"{block['model']} / none / {shown['attack']} {shown['threat']} (recomputed from the report's config)"
+    return title, examples
+
+
+def _undefended_block(report: Report) -> dict[str, Any] | None:
+    """The report's first per-sample block of an undefended classifier with attacks, if any."""
+    return next(
+        (
+            b
+            for b in report.samples
+            if b["defense"] == "none" and b.get("task", CLASSIFICATION) == CLASSIFICATION and b["attacks"]
+        ),
+        None,
+    )
+
+
+def _pairs(
+    indices: list[int], x: Tensor, y: Tensor, x_adv: Tensor, clean_pred: Tensor, adv_pred: Tensor, names: list[str]
+) -> list[Example]:
+    """One example per sample: its clean and adversarial images, with the label and predictions by class name."""
 
     def name(k: int) -> str:  # a model may predict more classes than the dataset names
         return names[k] if k < len(names) else str(k)
 
-    examples = [
+    return [
         Example(
             index=int(indices[i]),
             label=name(int(y[i])),
@@ -96,5 +109,3 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
         )
         for i in range(len(indices))
     ]
-    title = f"{block['model']} / none / {shown['attack']} {shown['threat']} (recomputed from the report's config)"
-    return title, examples
