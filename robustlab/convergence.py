@@ -68,33 +68,40 @@ def convergence_checks(
 
     base = robust(attack) if base is None else base
     ce, dlr = robust(stronger["ce"]), robust(stronger["dlr"])
-    found = []
+    return _not_converged(label, steps, base, ce, names) + _loss_gap(ce, dlr, names)
+
+
+def _not_converged(
+    label: str, steps: int, base: list[bool], ce: list[bool], names: tuple[str, str]
+) -> list[Diagnostic]:
+    """``not_converged`` when APGD-CE with :data:`STRONGER` times the ``steps`` and restarts breaks samples that
+    ``label`` left robust (``base``, and ``ce`` for APGD-CE), by more than :data:`MIN_DROP` and the noise."""
     worst = [b and c for b, c in zip(base, ce, strict=True)]
     drop = paired_difference(base, worst)
     if drop.difference > MIN_DROP and not drop.within_noise():
-        found.append(
-            Diagnostic(
-                "not_converged",
-                f"{label} leaves {_rate(base)} of {len(base)} probe samples robust, APGD-CE with {STRONGER}x its "
-                f"{steps} steps and {STRONGER} restarts only {_rate(worst)} ({drop.describe()}): the attack had not "
-                f"converged; add steps and restarts (--attack apgd --attack-arg steps={STRONGER * steps} "
-                f"--attack-arg n_restarts={STRONGER}) or run autoattack",
-                *names,
-            )
+        message = (
+            f"{label} leaves {_rate(base)} of {len(base)} probe samples robust, APGD-CE with {STRONGER}x its "
+            f"{steps} steps and {STRONGER} restarts only {_rate(worst)} ({drop.describe()}): the attack had not "
+            f"converged; add steps and restarts (--attack apgd --attack-arg steps={STRONGER * steps} "
+            f"--attack-arg n_restarts={STRONGER}) or run autoattack"
         )
+        return [Diagnostic("not_converged", message, *names)]
+    return []
+
+
+def _loss_gap(ce: list[bool], dlr: list[bool], names: tuple[str, str]) -> list[Diagnostic]:
+    """``loss_gap`` when the stronger APGD leaves different samples robust on cross-entropy (``ce``) and on DLR
+    (``dlr``), by more than :data:`MIN_DROP` and the noise."""
     gap = paired_difference(ce, dlr)
     if abs(gap.difference) > MIN_DROP and not gap.within_noise():
         misled, other, loss = ("cross-entropy", "DLR", "dlr") if gap.difference > 0 else ("DLR", "cross-entropy", "ce")
-        found.append(
-            Diagnostic(
-                "loss_gap",
-                f"APGD leaves {_rate(ce)} robust on cross-entropy and {_rate(dlr)} on DLR ({gap.describe()}): "
-                f"{misled} misleads the attack where {other} does not; add the other loss "
-                f"(--attack apgd --attack-arg loss={loss}) and trust the worst case",
-                *names,
-            )
+        message = (
+            f"APGD leaves {_rate(ce)} robust on cross-entropy and {_rate(dlr)} on DLR ({gap.describe()}): "
+            f"{misled} misleads the attack where {other} does not; add the other loss "
+            f"(--attack apgd --attack-arg loss={loss}) and trust the worst case"
         )
-    return found
+        return [Diagnostic("loss_gap", message, *names)]
+    return []
 
 
 def strongest_gradient_attack(attacks: Sequence[tuple[str, Attack]], rows: Sequence[Row]) -> tuple[str, Attack] | None:
