@@ -19,6 +19,7 @@ position per iteration for the whole batch; per sample, the law of the draws is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -200,6 +201,58 @@ def _l2_candidate(x: Tensor, best: Tensor, u: Tensor, side: int, eps: float) -> 
     return (x + eps * _l2_normalize(delta)).clamp(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class _Scheme:
+    """A norm's start and proposal steps, and how many uniform numbers each draws per sample."""
+
+    start: Callable[[Tensor, float, Tensor], Tensor]
+    candidate: Callable[[Tensor, Tensor, Tensor, int, float], Tensor]
+    start_draws: int
+    step_draws: int
+
+    @classmethod
+    def of(cls, norm: Norm, channels: int, height: int, width: int) -> _Scheme:
+        """The scheme of ``norm`` on images of that shape; Square has one for L∞ and L2 (on at least 5x5 pixels)."""
+        if norm is Norm.L2 and min(height, width) < 5:
+            raise ConfigError(f"Square L2 needs images of at least 5x5 pixels, got {height}x{width}")
+        if norm is Norm.LINF:
+            return cls(_linf_start, _linf_candidate, channels * width, 2 + channels)
+        if norm is Norm.L2:
+            return cls(_l2_start, _l2_candidate, _l2_cells(height, width) * (1 + channels), 5 + channels)
+        raise ConfigError(f"Square supports linf and l2, got {norm}")
+
+
+def _fooled(scored: nn.Module | None, points: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
+    """Whether ``points`` fool the scored model: by their ``margins`` on the attacked one, or ``scored``'s verdict."""
+    if scored is None or not len(points):
+        return margins <= 0
+    return scored(points).argmax(dim=1) != labels
+
+
+@dataclass
+class _Best:
+    """Each queried sample's best point so far, its margin, and whether it fools the scored model."""
+
+    point: Tensor
+    margin: Tensor
+    fooled: Tensor
+
+    @classmethod
+    def at(cls, model: nn.Module, point: Tensor, y: Tensor, scored: nn.Module | None) -> _Best:
+        """The start ``point`` of samples labelled ``y``, scored."""
+        point_margin = margin(model, point, y)
+        return cls(point, point_margin, _fooled(scored, point, y, point_margin))
+
+    def accept(
+        self, live: Tensor, proposal: Tensor, proposal_margin: Tensor, y: Tensor, scored: nn.Module | None
+    ) -> None:
+        """Replace the point of each ``live`` row whose ``proposal`` has a lower margin (``y``: every row's label)."""
+        better = proposal_margin < self.margin[live]
+        self.point[live[better]] = proposal[better]
+        self.margin[live[better]] = proposal_margin[better]
+        self.fooled[live[better]] = _fooled(scored, proposal[better], y[live[better]], proposal_margin[better])
+
+
 def square_attack(
     model: nn.Module,
     x: Tensor,
@@ -217,51 +270,34 @@ def square_attack(
     one more forward pass of ``scored`` per accepted proposal.
     """
     channels, height, width = x.shape[1:]
-    if c.norm is Norm.L2 and min(height, width) < 5:
-        raise ConfigError(f"Square L2 needs images of at least 5x5 pixels, got {height}x{width}")
-    if c.norm not in (Norm.LINF, Norm.L2):
-        raise ConfigError(f"Square supports linf and l2, got {c.norm}")
+    scheme = _Scheme.of(c.norm, channels, height, width)
     owners = (torch.arange(len(x)) if index is None else index.cpu()).tolist()
-    start, candidate = (_linf_start, _linf_candidate) if c.norm is Norm.LINF else (_l2_start, _l2_candidate)
-    start_draws = channels * width if c.norm is Norm.LINF else _l2_cells(height, width) * (1 + channels)
-    step_draws = 2 + channels if c.norm is Norm.LINF else 5 + channels
     result = x.clone()
-
-    def fooled(points: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
-        if scored is None or not len(points):
-            return margins <= 0
-        return scored(points).argmax(dim=1) != labels
-
     with torch.no_grad():
-        todo = (~fooled(x, y, margin(model, x, y))).nonzero().flatten()
+        todo = (~_fooled(scored, x, y, margin(model, x, y))).nonzero().flatten()
         for restart in range(c.n_restarts):
             if not len(todo):
                 break
             rows = todo.tolist()
             xa, ya = x[todo], y[todo]
-            best = start(xa, c.eps, _draws(seed, [owners[i] for i in rows], restart, -1, (start_draws,), x))
-            best_margin = margin(model, best, ya)
-            best_fooled = fooled(best, ya, best_margin)
+            u = _draws(seed, [owners[i] for i in rows], restart, -1, (scheme.start_draws,), x)
+            best = _Best.at(model, scheme.start(xa, c.eps, u), ya, scored)
             live = torch.arange(len(rows), device=x.device)  # rows of ``xa`` still querying
-            uniforms = x.new_empty((0, CHUNK, step_draws))
+            uniforms = x.new_empty((0, CHUNK, scheme.step_draws))
             for i in range(c.n_queries + 1):
                 advance("square queries", restart * c.n_queries + i, c.n_restarts * c.n_queries)
-                done = live[best_fooled[live]]
+                done = live[best.fooled[live]]
                 if len(done):
-                    result[todo[done]] = best[done]
-                    keep = ~best_fooled[live]
+                    result[todo[done]] = best.point[done]
+                    keep = ~best.fooled[live]
                     live, uniforms = live[keep], uniforms[keep] if i % CHUNK else uniforms
                 if not len(live) or i == c.n_queries:
                     break
                 if i % CHUNK == 0:
-                    block = (min(CHUNK, c.n_queries - i), step_draws)
+                    block = (min(CHUNK, c.n_queries - i), scheme.step_draws)
                     uniforms = _draws(seed, [owners[rows[j]] for j in live.tolist()], restart, i // CHUNK, block, x)
                 side = window_side(c, i, height, width)
-                proposal = candidate(xa[live], best[live], uniforms[:, i % CHUNK], side, c.eps)
-                proposal_margin = margin(model, proposal, ya[live])
-                better = proposal_margin < best_margin[live]
-                best[live[better]] = proposal[better]
-                best_margin[live[better]] = proposal_margin[better]
-                best_fooled[live[better]] = fooled(proposal[better], ya[live[better]], proposal_margin[better])
-            todo = todo[~best_fooled]
+                proposal = scheme.candidate(xa[live], best.point[live], uniforms[:, i % CHUNK], side, c.eps)
+                best.accept(live, proposal, margin(model, proposal, ya[live]), ya, scored)
+            todo = todo[~best.fooled]
     return result
