@@ -77,9 +77,7 @@ def gradient_ascent(
     k = targets.shape[0]
     start = torch.randn((k, *shape), generator=generator, device=generator.device).to(device)
     x = mean + start / 255
-    best = x.clamp(0, 1)
-    best_p = torch.full((k,), -1.0, device=device)
-    first = torch.full((k, len(MILESTONES)), -1, dtype=torch.long, device=device)
+    best = _Best.start(x.clamp(0, 1))
     rows = torch.arange(k, device=device)
     for step in range(config.steps):
         x = x.clamp(0, 1).detach().requires_grad_(True)
@@ -88,28 +86,57 @@ def gradient_ascent(
         unit = probs if config.objective == "softmax" else logits[rows, targets]
         (grad,) = torch.autograd.grad(unit.sum(), x)
         p = probs.detach()
-        improved = p > best_p
-        best, best_p = torch.where(improved.view(-1, 1, 1, 1), x.detach(), best), torch.where(improved, p, best_p)
-        for i, level in enumerate(MILESTONES):
-            first[:, i] = torch.where((first[:, i] < 0) & (p > level), step, first[:, i])
+        best.update(step, x.detach(), p)
         if step == config.steps - 1:
             break
-        gain = torch.minimum(torch.full_like(p, config.early_prog), config.late_prog_mult * (1 - p))
-        norm2 = grad.flatten(1).square().sum(dim=1)
-        lr = torch.where(norm2 > 0, gain / norm2.clamp(min=1e-30), 0.0).clamp(max=config.max_lr)
-        x = x.detach() + lr.view(-1, 1, 1, 1) * grad
+        x = x.detach() + _progress_lr(grad, p, config).view(-1, 1, 1, 1) * grad
         x = mean + (x - mean) * (1 - config.decay)
         if config.blur_radius > 0 and step % config.blur_every == 0:
             x = _blur(x, config.blur_radius)
-    images = quantize_8bit(best)
+    images = quantize_8bit(best.images)
     with torch.no_grad():
         confidence = model(images).softmax(dim=1)[rows, targets]
     return {
         "images": images,
         "confidence": confidence,
-        "first_reached": first,
+        "first_reached": best.first,
         "queries": torch.tensor([k * (config.steps + 1)]),
     }
+
+
+@dataclass
+class _Best:
+    """Each image's best iterate so far, its class probability, and the first iteration it passed each milestone."""
+
+    images: Tensor
+    p: Tensor
+    first: Tensor
+    """``(K, len(MILESTONES))``; ``-1``: not yet."""
+
+    @classmethod
+    def start(cls, images: Tensor) -> _Best:
+        """Before the first step: ``images``, below any probability, no milestone reached."""
+        k, device = len(images), images.device
+        return cls(
+            images,
+            torch.full((k,), -1.0, device=device),
+            torch.full((k, len(MILESTONES)), -1, dtype=torch.long, device=device),
+        )
+
+    def update(self, step: int, x: Tensor, p: Tensor) -> None:
+        """Iteration ``step`` reached ``x`` with class probabilities ``p``."""
+        improved = p > self.p
+        self.images, self.p = torch.where(improved.view(-1, 1, 1, 1), x, self.images), torch.where(improved, p, self.p)
+        for i, level in enumerate(MILESTONES):
+            self.first[:, i] = torch.where((self.first[:, i] < 0) & (p > level), step, self.first[:, i])
+
+
+def _progress_lr(grad: Tensor, p: Tensor, config: AscentConfig) -> Tensor:
+    """The official "progress" policy: per image, the rate whose first-order gain is the desired progress
+    ``min(early_prog, late_prog_mult · (1 − p))`` (0 without a gradient), at most ``max_lr``."""
+    gain = torch.minimum(torch.full_like(p, config.early_prog), config.late_prog_mult * (1 - p))
+    norm2 = grad.flatten(1).square().sum(dim=1)
+    return torch.where(norm2 > 0, gain / norm2.clamp(min=1e-30), 0.0).clamp(max=config.max_lr)
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
