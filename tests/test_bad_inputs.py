@@ -31,6 +31,8 @@ from robustlab.reports.report import Report, Row
 from robustlab.store import SqliteStore
 
 Build = Callable[[Path], list[str]]
+Snapshot = dict[str, tuple[str, int, str]]
+"""What :func:`_snapshot` sees of a folder: each entry's kind, size and content hash."""
 EVAL = ["eval", "--quiet", "-n", "4", "--attack", "fgsm"]
 PATCH = pytest.MonkeyPatch()
 """Faults a case injects (a full disk...): set by its builder, undone by the ``run`` fixture."""
@@ -62,6 +64,16 @@ def _bomb(tmp: Path) -> list[str]:
     root = _images(tmp / "bomb", count=4)
     (root / "c0" / "0.png").write_bytes(_png_header_only(30000, 30000))
     return [*EVAL, *RANDOM, "--data", f"imagefolder:{root}"]
+
+
+def _attack_arg(attack: str, arg: str) -> Build:
+    """``eval`` of ``attack`` (beside FGSM) with one ``--attack-arg``."""
+    return lambda t: [*EVAL, "--attack", attack, "--attack-arg", arg]
+
+
+def _defense_arg(defense: str, arg: str) -> Build:
+    """``eval`` behind ``defense`` with one ``--defense-arg``."""
+    return lambda t: [*EVAL, "--defense", defense, "--defense-arg", arg]
 
 
 def _toml(text: str | bytes) -> Build:
@@ -363,59 +375,19 @@ CASES: dict[str, tuple[Build, tuple[str, ...], int]] = {
     # 1. component parameters are converted and checked like the flags of the same name
     "attack-arg eps above 1": (lambda t: [*EVAL, "--attack-arg", "fgsm.eps=2"], ("fgsm", "outside [0, 1]"), 2),
     "attack-arg eps nan": (lambda t: [*EVAL, "--attack-arg", "eps=nan"], ("eps=nan", "not a finite"), 2),
-    "attack-arg bool word": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "pgd.random_start=maybe"],
-        ("random_start", "not a valid boolean"),
-        2,
-    ),
-    "attack-arg steps text": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "pgd.steps=abc"],
-        ("steps=abc", "integer"),
-        2,
-    ),
-    "attack-arg steps fraction": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "steps=2.5"],
-        ("steps=2.5", "integer"),
-        2,
-    ),
-    "attack-arg steps negative": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "pgd.steps=-3"],
-        ("steps=-3", ">=1"),
-        2,
-    ),
-    "attack-arg step_size text": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "pgd.step_size=abc"],
-        ("step_size=abc",),
-        2,
-    ),
-    "attack-arg step_size negative": (
-        lambda t: [*EVAL, "--attack", "pgd", "--attack-arg", "pgd.step_size=-1/255"],
-        ("step_size", "> 0"),
-        2,
-    ),
-    "attack-arg count zero": (
-        lambda t: [*EVAL, "--attack", "apgd", "--attack-arg", "n_restarts=0"],
-        ("n_restarts=0", ">= 1"),
-        2,
-    ),
-    "attack-arg unknown norm": (
-        lambda t: [*EVAL, "--attack", "apgd", "--attack-arg", "apgd.norm=l3"],
-        ("norm=l3", "linf"),
-        2,
-    ),
+    "attack-arg bool word": (_attack_arg("pgd", "pgd.random_start=maybe"), ("random_start", "not a valid boolean"), 2),
+    "attack-arg steps text": (_attack_arg("pgd", "pgd.steps=abc"), ("steps=abc", "integer"), 2),
+    "attack-arg steps fraction": (_attack_arg("pgd", "steps=2.5"), ("steps=2.5", "integer"), 2),
+    "attack-arg steps negative": (_attack_arg("pgd", "pgd.steps=-3"), ("steps=-3", ">=1"), 2),
+    "attack-arg step_size text": (_attack_arg("pgd", "pgd.step_size=abc"), ("step_size=abc",), 2),
+    "attack-arg step_size negative": (_attack_arg("pgd", "pgd.step_size=-1/255"), ("step_size", "> 0"), 2),
+    "attack-arg count zero": (_attack_arg("apgd", "n_restarts=0"), ("n_restarts=0", ">= 1"), 2),
+    "attack-arg unknown norm": (_attack_arg("apgd", "apgd.norm=l3"), ("norm=l3", "linf"), 2),
     "attack-arg no equals": (lambda t: [*EVAL, "--attack-arg", "steps"], ("KEY=VALUE",), 2),
     "attack-arg other attack": (lambda t: [*EVAL, "--attack-arg", "pgd.steps=3"], ("'pgd'", "not among"), 2),
     "attack-arg unknown key": (lambda t: [*EVAL, "--attack-arg", "fgsm.epz=3"], ("no parameter 'epz'",), 2),
-    "defense-arg int text": (
-        lambda t: [*EVAL, "--defense", "quantize", "--defense-arg", "levels=many"],
-        ("levels=many", "integer"),
-        2,
-    ),
-    "defense-arg bool word": (
-        lambda t: [*EVAL, "--defense", "quantize", "--defense-arg", "quantize.bpda=perhaps"],
-        ("bpda=perhaps",),
-        2,
-    ),
+    "defense-arg int text": (_defense_arg("quantize", "levels=many"), ("levels=many", "integer"), 2),
+    "defense-arg bool word": (_defense_arg("quantize", "quantize.bpda=perhaps"), ("bpda=perhaps",), 2),
     # experiment files: values typed as on the command line
     "toml n true": (_toml("n = true\n"), ("key n", "'true' is not a valid integer"), 2),
     "toml n fraction": (_toml("n = 32.9\n"), ("key n", "32.9"), 2),
@@ -637,7 +609,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..
     PATCH.undo()
 
 
-def _snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+def _snapshot(root: Path) -> Snapshot:
     """Every entry under ``root``: its kind, size and content hash (symlinks and special files by kind only).
 
     Lock files are left out: they hold nothing, and a run store removes its own when it closes.
@@ -671,24 +643,27 @@ def test_the_table_is_long_enough() -> None:
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_and_writes_nothing(case: str, run: Callable[..., Result], tmp_path: Path) -> None:
-    build, fragments, code = CASES[case]
+def _run_case(
+    case: tuple[Build, tuple[str, ...], int], run: Callable[..., Result], tmp_path: Path
+) -> tuple[Snapshot, Snapshot]:
+    """Build a table row's arguments, run them and check its one error line; the folder before and after the run."""
+    build, fragments, code = case
     args = build(tmp_path)
     before = _snapshot(tmp_path)
     result = run(*args)
     assert_one_error_line(result, code, *fragments)
-    assert _snapshot(tmp_path) == before, "a failed command must not create, change or replace a file"
+    return before, _snapshot(tmp_path)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_writes_nothing(case: str, run: Callable[..., Result], tmp_path: Path) -> None:
+    before, after = _run_case(CASES[case], run, tmp_path)
+    assert after == before, "a failed command must not create, change or replace a file"
 
 
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_a_fault_is_one_line_and_keeps_what_was_there(case: str, run: Callable[..., Result], tmp_path: Path) -> None:
-    build, fragments, code = FAULTS[case]
-    args = build(tmp_path)
-    before = _snapshot(tmp_path)
-    result = run(*args)
-    assert_one_error_line(result, code, *fragments)
-    after = _snapshot(tmp_path)
+    before, after = _run_case(FAULTS[case], run, tmp_path)
     assert {path: after.get(path) for path in before} == before, "a fault must not change or remove a prior file"
 
 
