@@ -159,6 +159,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard:
             (out / _class_folder(label, name)).mkdir(parents=True, exist_ok=True)
         prepare_defense(defense, model, config.train_data or config.data, seed=config.seed, progress=progress)
         scored, attacked = _models(model, defense, config)
+        run = _Generation(out, config, dataset, attack, scored, attacked)
         chosen, _ = sample_indices(dataset, config.n, seed=config.seed)  # class-stratified, as eval's -n
         starts = range(0, len(chosen), config.shard_size)
         records: list[dict[str, Any]] = []
@@ -168,7 +169,7 @@ def generate(config: GenerateConfig, out: Path, *, progress: bool = True, shard:
                 continue
             indices = chosen[start : start + config.shard_size]
             with reporting(on_bar(bar, config.attack.label()) if progress else None):
-                records += _shard(out, s, indices, dataset, attack, scored, attacked, config)
+                records += _shard(run, s, indices)
         if shard is not None:
             return {
                 **header,
@@ -262,27 +263,32 @@ def _models(model: nn.Module, defense: Defense, config: GenerateConfig) -> tuple
     return frozen(defense.wrap(model)), next(iter(attacked.values()))
 
 
-def _shard(
-    out: Path,
-    s: int,
-    indices: Tensor,
-    dataset: ImageDataset,
-    attack: Attack,
-    scored: nn.Module,
-    attacked: nn.Module,
-    config: GenerateConfig,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _Generation:
+    """What every shard of one generation is attacked with and written to."""
+
+    out: Path
+    config: GenerateConfig
+    dataset: ImageDataset
+    attack: Attack
+    scored: nn.Module
+    attacked: nn.Module
+    """What the attacker differentiates (before EOT)."""
+
+
+def _shard(run: _Generation, s: int, indices: Tensor) -> list[dict[str, Any]]:
     """Attack one shard and write it, or read back its records when a previous run finished it."""
-    tensors, records_file = out / "shards" / f"shard-{s:05d}.safetensors", out / "shards" / f"shard-{s:05d}.json"
+    shards = run.out / "shards"
+    tensors, records_file = shards / f"shard-{s:05d}.safetensors", shards / f"shard-{s:05d}.json"
     if tensors.is_file() and records_file.is_file():
         fix = f"delete it and {tensors.name}, and run the same generate again to redo that shard"
         return list(read_json(records_file, what="shard records", fix=fix, kind=list))
-    images = _attack_shard(s, indices, dataset, attack, scored, attacked, config)
+    images = _attack_shard(run, s, indices)
     records = []
     for i, index in enumerate(indices.tolist()):
         label = int(images.y[i])
-        png = f"{_class_folder(label, dataset.classes[label])}/{index:06d}.png"
-        atomic_write(out / png, _png_bytes(images.stored[i]))
+        png = f"{_class_folder(label, run.dataset.classes[label])}/{index:06d}.png"
+        atomic_write(run.out / png, _png_bytes(images.stored[i]))
         correct = int(images.clean_pred[i]) == label
         records.append(
             {
@@ -300,7 +306,7 @@ def _shard(
     save_weights(
         tensors,
         {"image": images.stored, "source": images.source, "label": images.y.cpu(), "index": indices},
-        metadata={"format": FORMAT, "config_hash": config_hash(config.to_dict())},
+        metadata={"format": FORMAT, "config_hash": config_hash(run.config.to_dict())},
     )
     return records
 
@@ -321,18 +327,11 @@ class _AttackedShard:
     """The size of each stored perturbation."""
 
 
-def _attack_shard(
-    s: int,
-    indices: Tensor,
-    dataset: ImageDataset,
-    attack: Attack,
-    scored: nn.Module,
-    attacked: nn.Module,
-    config: GenerateConfig,
-) -> _AttackedShard:
+def _attack_shard(run: _Generation, s: int, indices: Tensor) -> _AttackedShard:
     """Attack the samples ``indices`` of shard ``s`` on their 8-bit source images, and score what would be stored."""
+    config, attack, scored = run.config, run.attack, run.scored
     device = next((p.device for p in scored.parameters()), torch.device(config.device))
-    (_, x, y), *_ = iterate_batches(dataset, indices, len(indices))
+    (_, x, y), *_ = iterate_batches(run.dataset, indices, len(indices))
     source = (x * 255).round().clamp(0, 255).to(torch.uint8)
     x_source, y = (source.float() / 255).to(device), y.to(device)
     with seeded(config.seed, f"shard{s}") as generator:
@@ -342,7 +341,7 @@ def _attack_shard(
         seeds = torch.tensor([stream_seed(config.seed, f"generate/s{int(i)}") for i in indices])  # any shard size
         # A model with randomness in forward (a user's, not only a registered defense) is attacked through EOT,
         # as eval does; generate never stops early, so no iterate is kept for fooling a single draw.
-        attacked = attacked_by(attack, through_eot(attacked, x_source, config.eot_samples))
+        attacked = attacked_by(attack, through_eot(run.attacked, x_source, config.eot_samples))
         x_adv = attack_and_score(
             attack,
             attacked,
