@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,19 @@ def child_env() -> dict[str, str]:
     ranks at one thread: a child given any other count than this process would train its own models.
     """
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+@pytest.fixture(scope="session")
+def robustlab_process(child_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m robustlab ARGS`` in a child process (:func:`child_env`), or as ``ranks`` CPU ranks of
+    ``torchrun`` on this machine; the completed process, its output captured as text."""
+
+    def run(*args: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+        command = [sys.executable, *launcher, "-m", "robustlab", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=child_env, check=False)
+
+    return run
 
 
 @pytest.fixture(scope="session")

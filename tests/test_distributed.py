@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import torch
 
@@ -19,25 +19,11 @@ def _without_timings(path: Path) -> tuple[list[dict[str, object]], list[dict[str
 
 
 def test_two_ranks_merge_to_the_single_process_report(
-    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
+    tmp_path: Path, trained_model: torch.nn.Module, robustlab_process: Callable[..., CompletedProcess[str]]
 ) -> None:
-    env = child_env
-    single = subprocess.run(
-        [sys.executable, "-m", "robustlab", *ARGS, "--out", str(tmp_path / "one.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    single = robustlab_process(*ARGS, "--out", str(tmp_path / "one.json"))
     assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    sharded = subprocess.run(
-        [*launcher, "-m", "robustlab", *ARGS, "--out", str(tmp_path / "two.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    sharded = robustlab_process(*ARGS, "--out", str(tmp_path / "two.json"), ranks=2)
     assert sharded.returncode == 0, sharded.stderr
     assert sharded.stdout.count("robust") == single.stdout.count("robust") == 1, "only rank 0 prints the table"
     assert _without_timings(tmp_path / "two.json") == _without_timings(tmp_path / "one.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -196,19 +195,10 @@ def test_the_margin_is_in_the_reports_wilson_arithmetic_even_at_100_percent() ->
 
 
 def test_gate_under_torchrun_judges_once_on_rank_0(
-    tmp_path: Path, trained_model: torch.nn.Module, child_env: dict[str, str]
+    tmp_path: Path, trained_model: torch.nn.Module, robustlab_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     args = ["eval", "-n", "32", "--batch-size", "16", "--attack", "fgsm", "--device", "cpu", "--quiet"]
-    env = child_env
-    single = [sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "one.json")]
-    assert subprocess.run(single, capture_output=True, env=env, check=False).returncode == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    sharded = subprocess.run(
-        [*launcher, "-m", "robustlab", *args, "--baseline", str(tmp_path / "one.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    assert robustlab_process(*args, "--out", str(tmp_path / "one.json")).returncode == 0
+    sharded = robustlab_process(*args, "--baseline", str(tmp_path / "one.json"), ranks=2)
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     assert sharded.stdout.count("gate passed") == 1, sharded.stdout
