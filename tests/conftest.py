@@ -108,6 +108,32 @@ def synth_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return SynthDataset("test").get_batch(torch.arange(128))
 
 
+@pytest.fixture
+def same_with_early_stop(trained_model: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``check(loop, x, y, *args, **kwargs)``: run a row loop (:func:`~robustlab.attacks._apgd.apgd`,
+    :func:`~robustlab.attacks._fab.fab`) on the trained model with and without early stop and check that a sample
+    stopped at its first fooling iterate is the one the full run reports (same points, same samples, fooling the
+    model); return the full run's ``(x_adv, fooled)``."""
+
+    def check(
+        loop: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        stopped, fooled_stopped = loop(trained_model, x, y, *args, early_stop=True, **kwargs)
+        full, fooled_full = loop(trained_model, x, y, *args, early_stop=False, **kwargs)
+        assert 0 < int(fooled_full.sum()) < len(x), "the budget should leave samples on both sides"
+        assert torch.equal(fooled_stopped, fooled_full)
+        assert torch.equal(stopped, full)
+        with torch.no_grad():
+            assert bool((trained_model(full[fooled_full]).argmax(1) != y[fooled_full]).all())
+        return full, fooled_full
+
+    return check
+
+
 PLAIN_RESNET18 = {"steps": 300, "batch": 64, "seed": 0, "lr": 2e-3}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
