@@ -10,7 +10,7 @@ when a number should not be trusted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import cast
 
@@ -25,6 +25,7 @@ from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 
 __all__ = [
+    "Probe",
     "ProbeSettings",
     "attack_gaps",
     "broken_by",
@@ -57,6 +58,34 @@ class ProbeSettings:
     noise_draws: int = 100
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One run of the masking probes: what a white-box attacker differentiates (``attacked``, the adaptive
+    pipeline) and what is scored (the defended model), probe images ``x`` in ``[0, 1]`` the scored model
+    classifies correctly and their labels ``y``, the budgets, the randomness of the probe attacks, and the model
+    and defense names the diagnostics carry."""
+
+    attacked: nn.Module
+    scored: nn.Module
+    x: Tensor
+    y: Tensor
+    settings: ProbeSettings
+    generator: torch.Generator
+    model: str = ""
+    defense: str = ""
+
+    def broken(self, name: str, *, early_stop: bool = False, **params: object) -> Tensor:
+        """Which probe samples the registered attack ``name`` breaks."""
+        import robustlab.attacks  # noqa: F401  (registers the probe attacks)
+
+        attack = ATTACKS.get(name).factory(**params)
+        return broken_by(attack, self.attacked, self.scored, self.x, self.y, self.generator, early_stop=early_stop)
+
+    def diagnostics(self, found: list[tuple[str, str]]) -> list[Diagnostic]:
+        """The ``(code, message)`` pairs ``found`` as ``masking.`` diagnostics of this model and defense."""
+        return [Diagnostic(f"masking.{code}", message, self.model, self.defense) for code, message in found]
+
+
 def probe_gradient_masking(
     attacked: nn.Module,
     scored: nn.Module,
@@ -82,23 +111,11 @@ def probe_gradient_masking(
     """
     if len(x) == 0:
         return []
-    cheap = cheap_probes(attacked, scored, x, y, settings=settings, generator=generator, model=model, defense=defense)
-    return cheap + expensive_probes(
-        attacked, scored, x, y, settings=settings, generator=generator, model=model, defense=defense
-    )
+    probe = Probe(attacked, scored, x, y, settings, generator, model, defense)
+    return cheap_probes(probe) + expensive_probes(probe)
 
 
-def cheap_probes(
-    attacked: nn.Module,
-    scored: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    settings: ProbeSettings,
-    generator: torch.Generator,
-    model: str = "",
-    defense: str = "",
-) -> list[Diagnostic]:
+def cheap_probes(probe: Probe) -> list[Diagnostic]:
     """AutoAttack's ``checks.py`` flags and a gradient-health check, a few dozen forward passes: run on every
     evaluated model.
 
@@ -106,13 +123,15 @@ def cheap_probes(
     input gradients (a saturated softmax, a rounding step, a detached input), and gradients that are
     there but useless (:func:`shattered_gradients`).
     """
-    if len(x) == 0:
+    if len(probe.x) == 0:
         return []
-    random = _randomness(scored, x)
-    found = random + _probabilities(scored, x) + _gradients(attacked, x, y, settings)
+    random = _randomness(probe.scored, probe.x)
+    found = (
+        random + _probabilities(probe.scored, probe.x) + _gradients(probe.attacked, probe.x, probe.y, probe.settings)
+    )
     if not random:  # a random model's finite differences are noise: EOT, not this check, is its remedy
-        found += shattered_gradients(attacked, scored, x, y, settings=settings, generator=generator)
-    return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+        found += shattered_gradients(probe)
+    return probe.diagnostics(found)
 
 
 def gradient_agreement(
@@ -148,23 +167,24 @@ def gradient_agreement(
     return torch.where(norms > 0, cosine, torch.full_like(cosine, float("nan"))).cpu()
 
 
-def shattered_gradients(
-    attacked: nn.Module, scored: nn.Module, x: Tensor, y: Tensor, *, settings: ProbeSettings, generator: torch.Generator
-) -> list[tuple[str, str]]:
+def shattered_gradients(probe: Probe) -> list[tuple[str, str]]:
     """Athalye et al.'s shattered gradients on a model that has gradients: finite differences disagree with
     autograd, and a short black-box attack (which never reads a gradient) confirms that gradients mislead.
 
     The black-box confirmation keeps a BPDA surrogate (whose gradient is not the forward's, by design, yet
     leads the attack well) from being flagged.
     """
-    x, y, eps = x[: settings.fd_samples], y[: settings.fd_samples], settings.eps
-    cosine = gradient_agreement(attacked, x, y, step=eps / 4, directions=settings.fd_directions, generator=generator)
+    settings, eps = probe.settings, probe.settings.eps
+    probe = replace(probe, x=probe.x[: settings.fd_samples], y=probe.y[: settings.fd_samples])
+    cosine = gradient_agreement(
+        probe.attacked, probe.x, probe.y, step=eps / 4, directions=settings.fd_directions, generator=probe.generator
+    )
     cosine = cosine[~cosine.isnan()]
     if not len(cosine) or float(cosine.median()) >= settings.fd_min_cosine:
         return []
-    pgd = _rate(_broken(attacked, scored, x, y, generator, "pgd", early_stop=True, eps=eps, steps=settings.pgd_steps))
+    pgd = _rate(probe.broken("pgd", early_stop=True, eps=eps, steps=settings.pgd_steps))
     queries = settings.fd_confirm_queries
-    square = _rate(_broken(attacked, scored, x, y, generator, "square", eps=eps, n_queries=queries))
+    square = _rate(probe.broken("square", eps=eps, n_queries=queries))
     if square <= pgd + SLACK:
         return []
     return [
@@ -178,26 +198,16 @@ def shattered_gradients(
     ]
 
 
-def expensive_probes(
-    attacked: nn.Module,
-    scored: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    settings: ProbeSettings,
-    generator: torch.Generator,
-    model: str = "",
-    defense: str = "",
-    deterministic: bool = True,
-) -> list[Diagnostic]:
+def expensive_probes(probe: Probe, *, deterministic: bool = True) -> list[Diagnostic]:
     """The Athalye et al. signs measured by probe attacks (a PGD eps sweep, large eps, FGSM, Square, and on a
     ``deterministic`` model uniform noise: a random model's draws would count as noise finding errors)."""
-    if len(x) == 0:
+    if len(probe.x) == 0:
         return []
-    found = noise_sanity(attacked, scored, x, y, settings=settings, generator=generator) if deterministic else []
+    settings = probe.settings
+    found = noise_sanity(probe) if deterministic else []
 
     def success(name: str, **params: object) -> float:
-        return _rate(_broken(attacked, scored, x, y, generator, name, early_stop=False, **params))
+        return _rate(probe.broken(name, early_stop=False, **params))
 
     sweep = [success("pgd", eps=min(1.0, settings.eps * f), steps=settings.pgd_steps) for f in settings.eps_factors]
     pgd = sweep[settings.eps_factors.index(1.0)] if 1.0 in settings.eps_factors else max(sweep)
@@ -225,14 +235,13 @@ def expensive_probes(
     square = success("square", eps=settings.eps, n_queries=settings.square_queries)
     if square > pgd + SLACK:
         found.append(("blackbox_beats_whitebox", f"black-box Square breaks {square:.0%}, white-box PGD only {pgd:.0%}"))
-    return [Diagnostic(f"masking.{code}", message, model, defense) for code, message in found]
+    return probe.diagnostics(found)
 
 
-def noise_sanity(
-    attacked: nn.Module, scored: nn.Module, x: Tensor, y: Tensor, *, settings: ProbeSettings, generator: torch.Generator
-) -> list[tuple[str, str]]:
+def noise_sanity(probe: Probe) -> list[tuple[str, str]]:
     """Athalye et al.'s fourth sign: uniform noise in the eps-ball misclassifies samples PGD left correct."""
-    pgd = _broken(attacked, scored, x, y, generator, "pgd", early_stop=True, eps=settings.eps, steps=settings.pgd_steps)
+    scored, x, y, settings, generator = probe.scored, probe.x, probe.y, probe.settings, probe.generator
+    pgd = probe.broken("pgd", early_stop=True, eps=settings.eps, steps=settings.pgd_steps)
     noisy = torch.zeros_like(pgd)
     with torch.no_grad():
         for draw in range(settings.noise_draws):
@@ -271,23 +280,6 @@ def broken_by(
     )
     broken: Tensor = result["adv_pred"] != y
     return broken
-
-
-def _broken(
-    attacked: nn.Module,
-    scored: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    generator: torch.Generator,
-    name: str,
-    *,
-    early_stop: bool = False,
-    **params: object,
-) -> Tensor:
-    """Which probe samples the registered attack ``name`` breaks."""
-    import robustlab.attacks  # noqa: F401  (registers the probe attacks)
-
-    return broken_by(ATTACKS.get(name).factory(**params), attacked, scored, x, y, generator, early_stop=early_stop)
 
 
 def _rate(broken: Tensor) -> float:

@@ -4,6 +4,7 @@ a stronger attack would not move the run's strongest gradient attack, and a prep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import Attack
-from robustlab.checks import ProbeSettings, cheap_probes, expensive_probes
+from robustlab.checks import Probe, ProbeSettings, cheap_probes, expensive_probes
 from robustlab.components import ComponentSpec
 from robustlab.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches
@@ -29,55 +30,48 @@ from robustlab.tasks import predict
 from robustlab.threat import Norm
 from robustlab.victims import NO_MODE, Target, attacked_models
 
-__all__ = ["classifier_diagnostics", "defense_fidelity", "first_batch", "probe"]
+__all__ = ["EvaluatedTarget", "classifier_diagnostics", "defense_fidelity", "first_batch", "probe"]
 
 
-def classifier_diagnostics(
-    model: nn.Module,
-    spec: ModelSpec,
-    defense: Defense,
-    target: Target,
-    indices: Tensor,
-    attacks: Sequence[tuple[ComponentSpec, Attack]],
-    config: EvalConfig,
-    rows: list[Row],
-    samples: list[dict[str, Any]],
-    *,
-    progress: bool,
-) -> list[Diagnostic]:
+@dataclass(frozen=True)
+class EvaluatedTarget:
+    """One target as the evaluator ran it, which its diagnostics read: the model and defense it was built from,
+    the samples (``indices``) and attacks it ran with ``config``, and its rows and per-sample blocks."""
+
+    model: nn.Module
+    defense: Defense
+    target: Target
+    indices: Tensor
+    attacks: Sequence[tuple[ComponentSpec, Attack]]
+    config: EvalConfig
+    rows: list[Row]
+    samples: list[dict[str, Any]]
+
+
+def classifier_diagnostics(run: EvaluatedTarget, spec: ModelSpec, *, progress: bool) -> list[Diagnostic]:
     """A classifier target's sanity gate (chance level, or for ``adv:`` data the accuracy ``generate`` recorded),
     then :func:`probe`."""
-    names = target.names
+    target = run.target
     dataset = target.dataset
     if isinstance(dataset, AdversarialDataset):
-        found = adversarial_data(rows, dataset, indices, names=names, exact=target.draws == 1)
+        found = adversarial_data(run.rows, dataset, run.indices, names=target.names, exact=target.draws == 1)
     else:
-        labels = torch.tensor(samples[0]["label"]) if samples else torch.empty(0)
-        fed = input_note(cast(ImageClassifier, model), spec, config.data)
-        found = chance_level(rows, labels, names=names, fed=fed)
-    return found + probe(model, defense, target, indices, attacks, config, rows, samples, progress=progress)
+        labels = torch.tensor(run.samples[0]["label"]) if run.samples else torch.empty(0)
+        fed = input_note(cast(ImageClassifier, run.model), spec, run.config.data)
+        found = chance_level(run.rows, labels, names=target.names, fed=fed)
+    return found + probe(run, progress=progress)
 
 
-def probe(
-    model: nn.Module,
-    defense: Defense,
-    target: Target,
-    indices: Tensor,
-    attacks: Sequence[tuple[ComponentSpec, Attack]],
-    config: EvalConfig,
-    rows: list[Row],
-    samples: list[dict[str, Any]],
-    *,
-    progress: bool,
-) -> list[Diagnostic]:
+def probe(run: EvaluatedTarget, *, progress: bool) -> list[Diagnostic]:
     """The sanity gate and the masking probes on up to 128 samples (the probes on the clean-correct ones).
 
     The cheap probes run on every model; the attack-based ones, and the check that a stronger attack would
     not move the run's strongest gradient attack (:mod:`robustlab.convergence`), behind a defense or with
     full diagnostics.
     """
+    target, config = run.target, run.config
     names = target.names
-    x, y = first_batch(target.dataset, indices, config)
+    x, y = first_batch(target.dataset, run.indices, config)
     scored = target.scored
     found = output_checks(scored, x, names=names)
     if found:
@@ -87,54 +81,37 @@ def probe(
     adaptive = ThreatMode.ADAPTIVE.value  # the pipeline a white-box attacker differentiates, built if not run
     attacked = target.attacked.get(NO_MODE, target.attacked.get(adaptive))
     if attacked is None:
-        attacked = attacked_models(model, defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)[adaptive]
-    budgets = [a.threat.eps for _, a in attacks if a.threat.norm is Norm.LINF and a.threat.eps]
+        built = attacked_models(run.model, run.defense, (ThreatMode.ADAPTIVE,), eot_samples=config.eot_samples)
+        attacked = built[adaptive]
+    budgets = [a.threat.eps for _, a in run.attacks if a.threat.norm is Norm.LINF and a.threat.eps]
     settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
     with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
-        cheap = cheap_probes(
-            attacked, scored, x, y, settings=settings, generator=generator, model=names[0], defense=names[1]
-        )
+        probes = Probe(attacked, scored, x, y, settings, generator, *names)
         said = target.draws > 1  # the ``randomized`` line already says so
-        found += [d for d in cheap if not (said and d.code == "masking.randomized_outputs")]
-        if defense.changes_model or config.diagnostics == "full":
+        found += [d for d in cheap_probes(probes) if not (said and d.code == "masking.randomized_outputs")]
+        if run.defense.changes_model or config.diagnostics == "full":
             bar = tqdm(total=0, desc=f"{' / '.join(names)}: masking probes", disable=not progress, leave=False)
             with bar, reporting(on_bar(bar, "probe") if progress else None):
-                found += expensive_probes(
-                    *(attacked, scored, x, y),
-                    settings=settings,
-                    generator=generator,
-                    model=names[0],
-                    defense=names[1],
-                    deterministic=target.draws == 1,
-                )
-                found += _convergence(attacked, x, y, keep, target, attacks, rows, samples, generator)
+                found += expensive_probes(probes, deterministic=target.draws == 1)
+                found += _convergence(run, probes, keep)
     return found
 
 
-def _convergence(
-    attacked: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    keep: Tensor,
-    target: Target,
-    attacks: Sequence[tuple[ComponentSpec, Attack]],
-    rows: list[Row],
-    samples: list[dict[str, Any]],
-    generator: torch.Generator,
-) -> list[Diagnostic]:
+def _convergence(run: EvaluatedTarget, probes: Probe, keep: Tensor) -> list[Diagnostic]:
     """The convergence check of the run's strongest gradient attack, in the mode the probes attack (``keep``: which
-    of the probe batch's samples ``(x, y)`` are)."""
-    labelled = [(spec.label(), attack) for spec, attack in attacks]
+    of the probe batch's samples ``probes`` holds)."""
+    target = run.target
+    labelled = [(spec.label(), attack) for spec, attack in run.attacks]
     mode = NO_MODE if NO_MODE in target.attacked else ThreatMode.ADAPTIVE.value
-    strongest = strongest_gradient_attack(labelled, [row for row in rows if row.threat_mode == mode])
+    strongest = strongest_gradient_attack(labelled, [row for row in run.rows if row.threat_mode == mode])
     if strongest is None:
         return []
     return convergence_checks(
-        *(attacked, target.scored, x, y, strongest[1], strongest[0]),
+        *(probes.attacked, target.scored, probes.x, probes.y, strongest[1], strongest[0]),
         early_stop=target.early_stop,
-        generator=generator,
+        generator=probes.generator,
         names=target.names,
-        base=_robust_in_run(samples, mode, strongest[0], keep),
+        base=_robust_in_run(run.samples, mode, strongest[0], keep),
     )
 
 

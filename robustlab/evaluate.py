@@ -28,7 +28,7 @@ from robustlab.convergence import audit_verdicts
 from robustlab.data import ImageDataset, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, PreprocessingDefense
-from robustlab.diagnostics import classifier_diagnostics, defense_fidelity, first_batch
+from robustlab.diagnostics import EvaluatedTarget, classifier_diagnostics, defense_fidelity, first_batch
 from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
@@ -131,11 +131,10 @@ class Evaluator:
                     labelled = [(spec.label(), attack) for spec, attack in target_attacks]
                     diagnostics += audit_verdicts(block_samples, labelled, names)
                     if victim.classifier_checks and config.diagnostics:
-                        diagnostics += classifier_diagnostics(
-                            *(model, model_spec, defense, target, indices, target_attacks, config),
-                            *(block_rows, block_samples),
-                            progress=self.progress,
+                        evaluated = EvaluatedTarget(
+                            model, defense, target, indices, target_attacks, config, block_rows, block_samples
                         )
+                        diagnostics += classifier_diagnostics(evaluated, model_spec, progress=self.progress)
                 if isinstance(defense, PreprocessingDefense):
                     fidelity.append(defense_fidelity(defense, dataset, indices, config, names=names))
         diagnostics += threat_mode_gaps(rows)

@@ -7,7 +7,7 @@ import torch
 from robustlab.defenses.quantize import Quantize
 from torch import nn
 
-from robustlab.checks import ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
+from robustlab.checks import Probe, ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
 from robustlab.reports.report import Row
 
 SETTINGS = ProbeSettings(eps_factors=(0.5, 1.0, 2.0), pgd_steps=5, square_queries=200)
@@ -116,9 +116,7 @@ def test_shattered_gradients_are_flagged_and_a_bpda_surrogate_is_not(
             return trained_model(x + 0.001 * torch.sin(10000 * x))
 
     def codes(attacked: nn.Module, scored: nn.Module) -> list[str]:
-        found = shattered_gradients(
-            attacked, scored, *probe_batch, settings=SETTINGS, generator=torch.Generator().manual_seed(0)
-        )
+        found = shattered_gradients(Probe(attacked, scored, *probe_batch, SETTINGS, torch.Generator().manual_seed(0)))
         return [code for code, _ in found]
 
     assert codes(Shattered().eval(), Shattered().eval()) == ["shattered_gradients"]
@@ -144,7 +142,7 @@ def test_noise_that_beats_the_gradient_is_flagged_and_an_honest_model_is_not(
     from robustlab.checks import noise_sanity
 
     def codes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-        found = noise_sanity(model, model, x, y, settings=SETTINGS, generator=torch.Generator().manual_seed(0))
+        found = noise_sanity(Probe(model, model, x, y, SETTINGS, torch.Generator().manual_seed(0)))
         return [code for code, _ in found]
 
     centres = (torch.randint(8, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)) + 0.5) / 8
