@@ -2,7 +2,7 @@
 
 torchattacks binds the model at construction, draws from (and sometimes reseeds) the global RNG and
 prints; the adapter builds a fresh torchattacks object per call on the model it is given, runs it
-inside :func:`torch.random.fork_rng` seeded from the caller's generator, and swallows its stdout.
+inside :func:`robustlab.seeding.global_rng_seeded` seeded from the caller's generator, and swallows its stdout.
 Normalization is never passed to torchattacks: robustlab models normalize inside.
 """
 
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import Attack, CallContext
 from robustlab.errors import ConfigError
+from robustlab.seeding import global_rng_seeded
 from robustlab.threat import Norm, perturbation_norm
 
 __all__ = [
@@ -69,8 +70,8 @@ class TorchattacksAttack(Attack):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         seed = derive_seed(context.generator)
         cuda = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), contextlib.redirect_stdout(io.StringIO()):
-            torch.manual_seed(seed)  # torchattacks draws random starts from the global RNG: confined by fork_rng
+        # torchattacks draws random starts from the global RNG: seeded, and confined to the block
+        with global_rng_seeded(seed, devices=cuda), contextlib.redirect_stdout(io.StringIO()):
             attack = self._build(model, x, seed)
             attack.set_device(x.device)
             x_adv: Tensor = attack(x, y)

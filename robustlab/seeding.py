@@ -4,7 +4,7 @@ draws from it (module constructors, third-party attacks) without disturbing the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -13,13 +13,14 @@ __all__ = ["global_rng_seeded", "seeded", "stream_seed"]
 
 
 @contextmanager
-def global_rng_seeded(seed: int) -> Iterator[None]:
+def global_rng_seeded(seed: int, *, devices: Sequence[int] = ()) -> Iterator[None]:
     """The global RNG forked and seeded with ``seed`` for the block, and as it was afterwards.
 
-    Module constructors (layer inits) draw from the global RNG: built inside this block, a network's initial
-    weights are a function of ``seed`` alone, and the caller's RNG is left untouched.
+    Module constructors (layer inits) and third-party attacks draw from the global RNG: built or run inside
+    this block, what they draw is a function of ``seed`` alone, and the caller's RNG is left untouched. The CPU
+    RNG is always forked; ``devices`` names the CUDA devices whose RNGs are forked too (those the block draws on).
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=list(devices)):
         torch.manual_seed(seed)
         yield
 
