@@ -2,8 +2,9 @@
 
 An attack is hyperparameters plus ``_run``; the model is an argument of the call, never of the
 constructor, so one configured attack can be applied to the bare and to the defended model alike.
-:meth:`Attack.__call__` is the one place that checks inputs and verifies the output against the
-threat model.
+The hyperparameters are the fields of a keyword-only dataclass (:class:`Attack` says how to declare
+them). :meth:`Attack.__call__` is the one place that checks inputs and verifies the output against
+the threat model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +22,20 @@ from torch import Tensor, nn
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
 from robustlab.store import RunStore
-from robustlab.threat import ThreatModel, verify
+from robustlab.threat import Norm, ThreatModel, verify
 
-__all__ = ["ATTACKS", "Attack", "AttackKind", "CallContext", "UniversalPerturbation", "check_images", "misclassified"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackKind",
+    "CallContext",
+    "UniversalPerturbation",
+    "check_images",
+    "misclassified",
+    "resolved",
+]
+
+T = TypeVar("T")
 
 
 class AttackKind(str, enum.Enum):
@@ -61,12 +73,17 @@ class CallContext:
     scored: nn.Module | None = None
 
 
+@dataclass(kw_only=True, eq=False)
 class Attack(ABC):
     """Base class of every attack.
 
-    Subclasses set :attr:`kind`, take keyword-only hyperparameters (papers' defaults) in
-    ``__init__``, expose :attr:`threat`, and implement :meth:`_run`. Inputs and outputs are float
-    ``(B, C, H, W)`` in ``[0, 1]``; labels are int64 ``(B,)``.
+    Subclasses set :attr:`kind`, declare their hyperparameters (papers' defaults) as the fields of a
+    ``@dataclass(kw_only=True, eq=False)`` (keyword-only; attacks compare by identity), and implement
+    :meth:`_run`. ``__post_init__`` converts and checks the fields (``Norm(norm)``, a default derived from
+    another field). State that is not a hyperparameter (what :meth:`fit` learns, caches) is a field named
+    ``_...`` declared with ``field(init=False, repr=False)``: :meth:`config` leaves it out. An attack with
+    ``eps`` and ``norm`` (a field, or a class attribute where the norm is fixed) gets :attr:`threat` from here.
+    Inputs and outputs are float ``(B, C, H, W)`` in ``[0, 1]``; labels are int64 ``(B,)``.
     """
 
     kind: ClassVar[AttackKind] = AttackKind.PERTURBATION
@@ -89,9 +106,13 @@ class Attack(ABC):
     """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
 
     @property
-    @abstractmethod
     def threat(self) -> ThreatModel:
-        """The threat model every output is verified against."""
+        """The threat model every output is verified against: the ``norm`` ball of radius ``eps`` (``None``:
+        unbounded). An attack without those two, or with another threat model, overrides this."""
+        norm: Norm | None = getattr(self, "norm", None)
+        if norm is None:
+            raise NotImplementedError(f"{type(self).__name__} has no norm: it must define its threat model")
+        return ThreatModel(norm, getattr(self, "eps", None))
 
     @final
     def __call__(
@@ -178,6 +199,19 @@ class Attack(ABC):
     def config(self) -> dict[str, Any]:
         """Hyperparameters as plain values, recorded in reports and used in cache keys."""
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def resolved(value: T | None) -> T:
+    """A field whose ``None`` default (one derived from other fields: PGD's ``step_size``) ``__post_init__`` has
+    replaced, typed without the ``None``.
+
+    Example:
+        >>> resolved(0.5)
+        0.5
+    """
+    if value is None:
+        raise RuntimeError("a derived hyperparameter was read before __post_init__ resolved it")
+    return value
 
 
 def check_images(x: Tensor) -> None:
