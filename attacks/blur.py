@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ __all__ = ["GaussianBlur"]
 @ATTACKS.register(
     "blur", summary="Gaussian blur of standard deviation sigma pixels (a corruption, no gradients).", stochastic=False
 )
+@dataclass(kw_only=True, eq=False)
 class GaussianBlur(Attack):
     """Blur every input with a Gaussian of standard deviation ``sigma`` pixels.
 
@@ -38,10 +40,12 @@ class GaussianBlur(Attack):
 
     uses_gradients = False
 
-    def __init__(self, *, sigma: float = 1.0) -> None:
-        if not (math.isfinite(sigma) and sigma >= 0):
-            raise ConfigError(f"blur sigma must be a finite number >= 0, got {sigma}")
-        self.sigma = float(sigma)
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ConfigError(f"blur sigma must be a finite number >= 0, got {self.sigma}")
+        self.sigma = float(self.sigma)
 
     @property
     def threat(self) -> ThreatModel:

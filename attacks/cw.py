@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from robustlab.attacks._torchattacks import TorchattacksAttack, within_budget
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, CallContext
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["CW"]
 
@@ -16,6 +17,7 @@ __all__ = ["CW"]
 @ATTACKS.register(
     "cw", summary="Carlini-Wagner L2, minimum-norm (white-box); bounded when eps is given.", stochastic=False
 )
+@dataclass(kw_only=True, eq=False)
 class CW(TorchattacksAttack):
     """Towards Evaluating the Robustness of Neural Networks, https://arxiv.org/abs/1608.04644.
 
@@ -32,18 +34,12 @@ class CW(TorchattacksAttack):
         eps: optional L2 budget.
     """
 
-    def __init__(
-        self, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01, eps: float | None = None
-    ) -> None:
-        self.c = c
-        self.kappa = kappa
-        self.steps = steps
-        self.lr = lr
-        self.eps = eps
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.L2, self.eps)
+    norm: ClassVar[Norm] = Norm.L2
+    c: float = 1.0
+    kappa: float = 0.0
+    steps: int = 100
+    lr: float = 0.01
+    eps: float | None = None
 
     def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
         import torchattacks  # its scipy import costs every command a second: only when run
@@ -51,4 +47,4 @@ class CW(TorchattacksAttack):
         return torchattacks.CW(model, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
-        return within_budget(x, super()._run(model, x, y, context), Norm.L2, self.eps)
+        return within_budget(x, super()._run(model, x, y, context), self.norm, self.eps)

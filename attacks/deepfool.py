@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from robustlab.attacks._torchattacks import TorchattacksAttack, within_budget
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, CallContext
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["DeepFool"]
 
@@ -16,6 +17,7 @@ __all__ = ["DeepFool"]
 @ATTACKS.register(
     "deepfool", summary="DeepFool L2, minimum-norm (white-box); bounded when eps is given.", stochastic=False
 )
+@dataclass(kw_only=True, eq=False)
 class DeepFool(TorchattacksAttack):
     """DeepFool: a simple and accurate method to fool deep neural networks, https://arxiv.org/abs/1511.04599.
 
@@ -29,14 +31,10 @@ class DeepFool(TorchattacksAttack):
         eps: optional L2 budget.
     """
 
-    def __init__(self, *, steps: int = 50, overshoot: float = 0.02, eps: float | None = None) -> None:
-        self.steps = steps
-        self.overshoot = overshoot
-        self.eps = eps
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.L2, self.eps)
+    norm: ClassVar[Norm] = Norm.L2
+    steps: int = 50
+    overshoot: float = 0.02
+    eps: float | None = None
 
     def _build(self, model: nn.Module, x: Tensor, seed: int) -> Any:
         import torchattacks  # its scipy import costs every command a second: only when run
@@ -44,4 +42,4 @@ class DeepFool(TorchattacksAttack):
         return torchattacks.DeepFool(model, steps=self.steps, overshoot=self.overshoot)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
-        return within_budget(x, super()._run(model, x, y, context), Norm.L2, self.eps)
+        return within_budget(x, super()._run(model, x, y, context), self.norm, self.eps)
