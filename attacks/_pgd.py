@@ -15,15 +15,16 @@ torchattacks to the last bit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attack import Attack, CallContext, misclassified
+from robustlab.attack import Attack, CallContext, misclassified, resolved
 from robustlab.progress import advance
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = [
     "ProjectedGradientAttack",
@@ -138,23 +139,23 @@ def projected_gradient_descent(
     return x_adv
 
 
+@dataclass(kw_only=True, eq=False)
 class ProjectedGradientAttack(Attack):
-    """PGD under ``norm``: subclasses fix the norm and give ``__init__`` their defaults (the registry reads it)."""
+    """PGD under ``norm``: subclasses fix the norm and give ``eps`` its default (the registry reads both)."""
 
     norm: ClassVar[Norm]
     early_stopping = True
     tracks_scored = True
     per_sample_streams = True
 
-    def __init__(self, *, eps: float, step_size: float | None, steps: int, random_start: bool) -> None:
-        self.eps = eps
-        self.step_size = eps / 4 if step_size is None else step_size
-        self.steps = steps
-        self.random_start = random_start
+    eps: float
+    step_size: float | None = None
+    steps: int = 10
+    random_start: bool = True
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
+    def __post_init__(self) -> None:
+        if self.step_size is None:
+            self.step_size = self.eps / 4
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         random_start, step = (linf_random_start, linf_step) if self.norm is Norm.LINF else (l2_random_start, l2_step)
@@ -170,7 +171,7 @@ class ProjectedGradientAttack(Attack):
             y,
             start,
             steps=self.steps,
-            step=step(self.eps, self.step_size),
+            step=step(self.eps, resolved(self.step_size)),
             early_stop=context.early_stop,
             scored=context.scored,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from robustlab.attacks._pgd import ProjectedGradientAttack
 
 from robustlab.attack import ATTACKS
@@ -11,6 +13,7 @@ __all__ = ["PGDL2"]
 
 
 @ATTACKS.register("pgdl2", summary="Projected Gradient Descent, L2, random start (white-box).", stochastic=True)
+@dataclass(kw_only=True, eq=False)
 class PGDL2(ProjectedGradientAttack):
     """Towards Deep Learning Models Resistant to Adversarial Attacks, https://arxiv.org/abs/1706.06083.
 
@@ -27,7 +30,4 @@ class PGDL2(ProjectedGradientAttack):
 
     norm = Norm.L2
 
-    def __init__(
-        self, *, eps: float = 0.5, step_size: float | None = None, steps: int = 10, random_start: bool = True
-    ) -> None:
-        super().__init__(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+    eps: float = 0.5

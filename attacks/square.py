@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from robustlab.attacks._square import SquareConfig, square_attack
 from robustlab.attacks._torchattacks import stream_ids
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["Square"]
 
@@ -15,6 +17,7 @@ __all__ = ["Square"]
 @ATTACKS.register(
     "square", summary="Square Attack, score-based black-box random search, L∞/L2; no gradients.", stochastic=True
 )
+@dataclass(kw_only=True, eq=False)
 class Square(Attack):
     """Square Attack: a query-efficient black-box adversarial attack via random search,
     https://arxiv.org/abs/1912.00049.
@@ -40,28 +43,18 @@ class Square(Attack):
     per_sample_streams = True
     tracks_scored = True
 
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        norm: Norm | str = Norm.LINF,
-        n_queries: int = 5000,
-        n_restarts: int = 1,
-        p_init: float = 0.8,
-        rescale_schedule: bool = True,
-    ) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.n_queries = n_queries
-        self.n_restarts = n_restarts
-        self.p_init = p_init
-        self.rescale_schedule = rescale_schedule
+    eps: float = 8 / 255
+    norm: Norm | str = Norm.LINF
+    n_queries: int = 5000
+    n_restarts: int = 1
+    p_init: float = 0.8
+    rescale_schedule: bool = True
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
-        config = SquareConfig(self.norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
+        norm = self.threat.norm
+        config = SquareConfig(norm, self.eps, self.n_queries, self.n_restarts, self.p_init, self.rescale_schedule)
         seed, index = stream_ids(context.generator, context.sample_seeds)
         return square_attack(model, x, y, config, seed=seed, index=index, scored=context.scored)
