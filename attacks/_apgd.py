@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from robustlab.attack import Attack, CallContext, misclassified
 from robustlab.errors import ConfigError
 from robustlab.progress import advance
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = [
     "APGDAttack",
@@ -366,20 +366,14 @@ def _halve_stalled(r: dict[str, Tensor], i: int, length: int, c: APGDConfig) -> 
 
 class RowLoopAttack(Attack):
     """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks._fab`): subclasses
-    set ``eps`` and ``norm`` and run the loop in :meth:`_attack`."""
+    have ``eps`` and ``norm`` fields (their threat model) and run the loop in :meth:`_attack`."""
 
     early_stopping = True
     tracks_scored = True
     per_sample_streams = True
-    eps: float
-    norm: Norm
     max_rows: int | None = None
     """The most rows (sample x target x restart) differentiated at once; ``None``: as many as the batch has
     samples, so that the caller's batch size bounds the memory, whatever the number of targets."""
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
 
     @abstractmethod
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:

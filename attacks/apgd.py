@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from robustlab.attacks._apgd import APGDAttack, APGDConfig
 
 from robustlab.attack import ATTACKS
@@ -12,6 +14,7 @@ __all__ = ["APGD"]
 
 
 @ATTACKS.register("apgd", summary="Auto-PGD with CE or DLR loss, L∞/L2 (white-box, parameter-free).", stochastic=True)
+@dataclass(kw_only=True, eq=False)
 class APGD(APGDAttack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
@@ -30,28 +33,19 @@ class APGD(APGDAttack):
         eot: gradients averaged over this many forward passes, for randomized models (20 in AutoAttack-rand).
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        norm: Norm | str = Norm.LINF,
-        steps: int = 100,
-        n_restarts: int = 1,
-        loss: str = "ce",
-        rho: float = 0.75,
-        eot: int = 1,
-    ) -> None:
-        if loss not in ("ce", "dlr"):
-            raise ConfigError(f"apgd loss must be ce or dlr, got {loss!r}")
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.loss = loss
-        self.rho = rho
-        self.eot = eot
+    eps: float = 8 / 255
+    norm: Norm | str = Norm.LINF
+    steps: int = 100
+    n_restarts: int = 1
+    loss: str = "ce"
+    rho: float = 0.75
+    eot: int = 1
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "dlr"):
+            raise ConfigError(f"apgd loss must be ce or dlr, got {self.loss!r}")
+        self.norm = Norm(self.norm)
 
     def settings(self) -> APGDConfig:
-        return APGDConfig(
-            self.norm, self.eps, self.steps, self.loss, n_restarts=self.n_restarts, eot=self.eot, rho=self.rho
-        )
+        norm = self.threat.norm
+        return APGDConfig(norm, self.eps, self.steps, self.loss, n_restarts=self.n_restarts, eot=self.eot, rho=self.rho)

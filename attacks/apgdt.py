@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from robustlab.attacks._apgd import APGDAttack, APGDConfig
 
 from robustlab.attack import ATTACKS
@@ -13,6 +15,7 @@ __all__ = ["APGDT"]
 @ATTACKS.register(
     "apgdt", summary="Targeted Auto-PGD, DLR loss over the top-9 classes, L∞/L2 (white-box).", stochastic=True
 )
+@dataclass(kw_only=True, eq=False)
 class APGDT(APGDAttack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
@@ -31,24 +34,16 @@ class APGDT(APGDAttack):
         rho: step-size halving threshold.
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        norm: Norm | str = Norm.LINF,
-        steps: int = 100,
-        n_restarts: int = 1,
-        n_target_classes: int = 9,
-        rho: float = 0.75,
-    ) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.n_target_classes = n_target_classes
-        self.rho = rho
+    eps: float = 8 / 255
+    norm: Norm | str = Norm.LINF
+    steps: int = 100
+    n_restarts: int = 1
+    n_target_classes: int = 9
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     def settings(self) -> APGDConfig:
-        return APGDConfig(
-            self.norm, self.eps, self.steps, "dlr-targeted", self.n_restarts, self.n_target_classes, rho=self.rho
-        )
+        norm, targets = self.threat.norm, self.n_target_classes
+        return APGDConfig(norm, self.eps, self.steps, "dlr-targeted", self.n_restarts, targets, rho=self.rho)

@@ -13,6 +13,7 @@ each ε factor and at each step count, each sample's result kept as ``sweep_brok
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.errors import ConfigError
-from robustlab.threat import Norm
+from robustlab.threat import Norm  # noqa: F401  (Audit's generated __init__ resolves the inherited "Norm | str" here)
 
 __all__ = ["Audit", "AuditRand"]
 
@@ -43,6 +44,7 @@ def _numbers(name: str, text: str) -> tuple[Fraction, ...]:
     summary="AutoAttack + APGD-CE/DLR 200 steps x 5 restarts + Square 5000, per-sample worst case, ε/step curves.",
     stochastic=True,
 )
+@dataclass(kw_only=True, eq=False)
 class Audit(AutoAttack):
     """The minimum automated evaluation per defense, one row: the per-sample worst case over AutoAttack
     standard (APGD-CE, APGD-T, FAB-T, Square with ``queries``), then APGD (PGD with AutoAttack's step-size
@@ -67,34 +69,26 @@ class Audit(AutoAttack):
     eot = 1
     """Forward passes each gradient averages (the rand version's 20)."""
 
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        norm: Norm | str = Norm.LINF,
-        steps: int = 200,
-        restarts: int = 5,
-        queries: int = 5000,
-        aa_steps: int = 100,
-        eps_factors: str = "1/4,1/2,2,4",
-        sweep_steps: str = "10,25,50,100",
-    ) -> None:
-        super().__init__(eps=eps, norm=norm)
-        if min(steps, restarts, queries, aa_steps) < 1:
+    steps: int = 200
+    restarts: int = 5
+    queries: int = 5000
+    aa_steps: int = 100
+    eps_factors: str = "1/4,1/2,2,4"
+    sweep_steps: str = "10,25,50,100"
+    _factors: tuple[Fraction, ...] = field(init=False, repr=False)
+    _sweep_steps: tuple[int, ...] = field(init=False, repr=False)
+    _sweep_broken: Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.bool), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.steps, self.restarts, self.queries, self.aa_steps) < 1:
             raise ConfigError("steps, restarts, queries and aa_steps must be at least 1")
-        self.steps = steps
-        self.restarts = restarts
-        self.queries = queries
-        self.aa_steps = aa_steps
-        self.eps_factors = eps_factors
-        self.sweep_steps = sweep_steps
-        self._factors = _numbers("eps_factors", eps_factors)
-        self._sweep_steps = tuple(int(s) for s in _numbers("sweep_steps", sweep_steps))
-        self._sweep_broken = torch.empty(0, 0, dtype=torch.bool)
+        self._factors = _numbers("eps_factors", self.eps_factors)
+        self._sweep_steps = tuple(int(s) for s in _numbers("sweep_steps", self.sweep_steps))
 
     def baseline(self) -> list[tuple[str, Attack]]:
         """The AutoAttack part: what an evaluation without the audit's extra budget would have run."""
-        return standard_components(self.eps, self.norm, steps=self.aa_steps, queries=self.queries)
+        return standard_components(self.eps, self.threat.norm, steps=self.aa_steps, queries=self.queries)
 
     def components(self) -> list[tuple[str, Attack]]:
         stronger = [
@@ -156,4 +150,4 @@ class AuditRand(Audit):
     averages_draws = True
 
     def baseline(self) -> list[tuple[str, Attack]]:
-        return rand_components(self.eps, self.norm, steps=self.aa_steps)
+        return rand_components(self.eps, self.threat.norm, steps=self.aa_steps)

@@ -12,6 +12,7 @@ on a resume that skipped the components it had finished.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 from robustlab.attacks._apgd import RowLoop, RowLoopAttack
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack, CallContext
 from robustlab.errors import ConfigError
 from robustlab.seeding import stream_seed
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["FABT", "AutoAttack", "AutoAttackPlus", "AutoAttackRand", "rand_components", "standard_components"]
 
@@ -49,6 +50,7 @@ def rand_components(eps: float, norm: Norm, *, steps: int = 100) -> list[tuple[s
     return [(f"apgd-{loss}", APGD(eps=eps, norm=norm, steps=steps, loss=loss, eot=EOT_DRAWS)) for loss in ("ce", "dlr")]
 
 
+@dataclass(kw_only=True, eq=False)
 class FABT(RowLoopAttack):
     """FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044), targeted over the top ``n_target_classes``.
 
@@ -58,25 +60,26 @@ class FABT(RowLoopAttack):
     within ``eps`` (which changes no result), and samples it cannot break within ``eps`` come back unchanged.
     """
 
-    def __init__(
-        self, *, eps: float, norm: Norm | str, steps: int, n_restarts: int, n_target_classes: int, targeted: bool = True
-    ) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self.steps = steps
-        self.n_restarts = n_restarts
-        self.n_target_classes = n_target_classes
-        self.targeted = targeted
+    eps: float
+    norm: Norm | str
+    steps: int
+    n_restarts: int
+    n_target_classes: int
+    targeted: bool = True
+
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
         targets = self.n_target_classes if self.targeted else 0
-        c = FABConfig(self.norm, self.eps, self.steps, self.n_restarts, targets)
+        c = FABConfig(self.threat.norm, self.eps, self.steps, self.n_restarts, targets)
         return fab(model, x, y, c, **loop.arguments())[0]
 
 
 @ATTACKS.register(
     "autoattack", summary="AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square; per-sample worst case.", stochastic=True
 )
+@dataclass(kw_only=True, eq=False)
 class AutoAttack(Attack):
     """Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks,
     https://arxiv.org/abs/2003.01690.
@@ -101,17 +104,15 @@ class AutoAttack(Attack):
     per_sample_streams = True
     saves_progress = True
 
-    def __init__(self, *, eps: float = 8 / 255, norm: Norm | str = Norm.LINF) -> None:
-        self.eps = eps
-        self.norm = Norm(norm)
-        self._broken: Counter[str] = Counter()
-        self._broken_by = torch.empty(0, dtype=torch.long)
-        self._last_seeds = torch.empty(0, dtype=torch.long)
-        """The samples' streams in the last call, for what a subclass runs after the cascade."""
+    eps: float = 8 / 255
+    norm: Norm | str = Norm.LINF
+    _broken: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _broken_by: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long), init=False, repr=False)
+    _last_seeds: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long), init=False, repr=False)
+    """The samples' streams in the last call, for what a subclass runs after the cascade."""
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
+    def __post_init__(self) -> None:
+        self.norm = Norm(self.norm)
 
     @property
     def broken_by(self) -> Tensor:
@@ -129,7 +130,7 @@ class AutoAttack(Attack):
 
     def components(self) -> list[tuple[str, Attack]]:
         """The attacks in the order the reference runs them, with the reference's names."""
-        return standard_components(self.eps, self.norm)
+        return standard_components(self.eps, self.threat.norm)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         sample_seeds, state, scored = context.sample_seeds, context.state, context.scored
@@ -210,7 +211,7 @@ class AutoAttackRand(AutoAttack):
     averages_draws = True
 
     def components(self) -> list[tuple[str, Attack]]:
-        return rand_components(self.eps, self.norm)
+        return rand_components(self.eps, self.threat.norm)
 
 
 @ATTACKS.register(
