@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import robustlab.attacks._prediction_change  # noqa: F401  (registers the paper's ASR as a task)
@@ -152,6 +153,7 @@ class _Generator(nn.Module):
     "advencoder",
     summary="AdvEncoder (Zhou et al., ICCV 2023): one perturbation or patch against a pre-trained encoder.",
 )
+@dataclass(kw_only=True, eq=False)
 class AdvEncoder(UniversalPerturbation):
     """One universal perturbation (``per``) or patch (``pat``) learned against an encoder alone.
 
@@ -186,56 +188,38 @@ class AdvEncoder(UniversalPerturbation):
 
     task: ClassVar[str | None] = None
 
-    def __init__(
-        self,
-        *,
-        mode: str = "per",
-        eps: float = 10 / 255,
-        patch_frac: float = 0.03,
-        alpha: float = 5.0,
-        hfc: float = 1.0,
-        radius: float | None = None,
-        temperature: float = 0.1,
-        epochs: int = 20,
-        n_fit: int = 2048,
-        batch_size: int = 128,
-        lr: float = 2e-4,
-        noise_dim: int = 100,
-        noise_batch: int = 64,
-        unclipped_training: bool = False,
-        bound: str = "clamp",
-        load: str | None = None,
-    ) -> None:
-        super().__init__(load=load)
-        if mode not in MODES:
-            raise ConfigError(f"advencoder mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if bound not in BOUNDS:
-            raise ConfigError(f"advencoder bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
-        if min(epochs, n_fit, batch_size, noise_dim, noise_batch) < 1:
+    mode: str = "per"
+    eps: float = 10 / 255
+    patch_frac: float = 0.03
+    alpha: float = 5.0
+    hfc: float = 1.0
+    radius: float | None = None
+    temperature: float = 0.1
+    epochs: int = 20
+    n_fit: int = 2048
+    batch_size: int = 128
+    lr: float = 2e-4
+    noise_dim: int = 100
+    noise_batch: int = 64
+    unclipped_training: bool = False
+    bound: str = "clamp"
+    diagnostics: list[dict[str, float]] = field(default_factory=list, init=False, repr=False)
+    """One entry per epoch of the last fit, on its last batch: the norm of each loss term's gradient at
+    the generator's map (``grad_infonce`` for alpha * -InfoNCE, ``grad_reconstruction``, ``grad_hfc``)
+    and ``saturated``, the share of the perturbation (or patch) within 1% of its bound. A field (not a
+    hyperparameter) only because :meth:`config` has always listed it."""
+    _patch: Tensor | None = field(default=None, init=False, repr=False)
+    _mask: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"advencoder mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.bound not in BOUNDS:
+            raise ConfigError(f"advencoder bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
+        if min(self.epochs, self.n_fit, self.batch_size, self.noise_dim, self.noise_batch) < 1:
             raise ConfigError("advencoder epochs, n_fit, batch_size, noise_dim and noise_batch must be positive")
-        if not 0 < patch_frac < 1 or eps < 0 or temperature <= 0:
+        if not 0 < self.patch_frac < 1 or self.eps < 0 or self.temperature <= 0:
             raise ConfigError("advencoder needs 0 < patch_frac < 1, eps >= 0 and temperature > 0")
-        self.mode = mode
-        self.eps = eps
-        self.patch_frac = patch_frac
-        self.alpha = alpha
-        self.hfc = hfc
-        self.radius = radius
-        self.temperature = temperature
-        self.epochs = epochs
-        self.n_fit = n_fit
-        self.batch_size = batch_size
-        self.lr = lr
-        self.noise_dim = noise_dim
-        self.noise_batch = noise_batch
-        self.unclipped_training = unclipped_training
-        self.bound = bound
-        self.diagnostics: list[dict[str, float]] = []
-        """One entry per epoch of the last fit, on its last batch: the norm of each loss term's gradient at
-        the generator's map (``grad_infonce`` for alpha * -InfoNCE, ``grad_reconstruction``, ``grad_hfc``)
-        and ``saturated``, the share of the perturbation (or patch) within 1% of its bound."""
-        self._patch: Tensor | None = None
-        self._mask: Tensor | None = None
 
     @property
     def threat(self) -> ThreatModel:

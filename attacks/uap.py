@@ -11,18 +11,19 @@ that it learned anything.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS, UniversalPerturbation
+from robustlab.attack import ATTACKS, UniversalPerturbation, resolved
 from robustlab.data import iterate_batches
 from robustlab.encoders import Encoder
 from robustlab.errors import ConfigError
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = ["UAP", "UniversalNoise"]
 
@@ -35,6 +36,7 @@ def _image_shape(dataset: Any) -> tuple[int, ...]:
 
 
 @ATTACKS.register("uap", summary="Universal perturbation by SGD on a clipped batch loss (Shafahi et al. 2020), L∞.")
+@dataclass(kw_only=True, eq=False)
 class UAP(UniversalPerturbation):
     """One L∞ perturbation for all inputs, learned on the fit split (Shafahi et al., AAAI 2020).
 
@@ -57,30 +59,19 @@ class UAP(UniversalPerturbation):
         ('linf 8/255', 'universal')
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float = 10 / 255,
-        epochs: int = 5,
-        n_fit: int = 2048,
-        batch_size: int = 128,
-        step_size: float | None = None,
-        clip: float = 9.0,
-        load: str | None = None,
-    ) -> None:
-        super().__init__(load=load)
-        if epochs < 1 or n_fit < 1 or batch_size < 1:
-            raise ValueError("epochs, n_fit and batch_size must be positive")
-        self.eps = eps
-        self.epochs = epochs
-        self.n_fit = n_fit
-        self.batch_size = batch_size
-        self.step_size = eps / 8 if step_size is None else step_size
-        self.clip = clip
+    norm: ClassVar[Norm] = Norm.LINF
+    eps: float = 10 / 255
+    epochs: int = 5
+    n_fit: int = 2048
+    batch_size: int = 128
+    step_size: float | None = None
+    clip: float = 9.0
 
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.LINF, self.eps)
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.n_fit < 1 or self.batch_size < 1:
+            raise ValueError("epochs, n_fit and batch_size must be positive")
+        if self.step_size is None:
+            self.step_size = self.eps / 8
 
     def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
         device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
@@ -90,7 +81,7 @@ class UAP(UniversalPerturbation):
         # point of the ball as SSP does
         start = (torch.rand(shape, generator=generator) * 2 - 1) * self.eps if features else torch.zeros(shape)
         delta = start.to(device)
-        n = min(self.n_fit, len(dataset))
+        n, step_size = min(self.n_fit, len(dataset)), resolved(self.step_size)
         loss_of = _feature_distortion if features else self._clipped_cross_entropy
         bar = tqdm(total=self.epochs * -(-n // self.batch_size), desc="fitting uap", disable=not progress, leave=False)
         for _ in range(self.epochs):
@@ -100,7 +91,7 @@ class UAP(UniversalPerturbation):
                 delta.requires_grad_(True)
                 loss = loss_of(model, x, (x + delta).clamp(0, 1), y)
                 (grad,) = torch.autograd.grad(loss, delta)
-                delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
+                delta = (delta.detach() + step_size * grad.sign()).clamp(-self.eps, self.eps)
                 bar.update()
         bar.close()
         return delta.detach().cpu()
@@ -116,6 +107,7 @@ def _feature_distortion(encoder: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor)
 
 
 @ATTACKS.register("noise", summary="Uniform random sign noise at the budget, one draw for all inputs (baseline).")
+@dataclass(kw_only=True, eq=False)
 class UniversalNoise(UniversalPerturbation):
     """``eps`` times a random sign per pixel, drawn once: the universal attack that learns nothing.
 
@@ -125,14 +117,8 @@ class UniversalNoise(UniversalPerturbation):
     """
 
     uses_gradients = False
-
-    def __init__(self, *, eps: float = 10 / 255, load: str | None = None) -> None:
-        super().__init__(load=load)
-        self.eps = eps
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.LINF, self.eps)
+    norm: ClassVar[Norm] = Norm.LINF
+    eps: float = 10 / 255
 
     def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
         signs = torch.randint(0, 2, _image_shape(dataset), generator=generator).float() * 2 - 1

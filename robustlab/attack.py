@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, final
 
@@ -231,6 +231,7 @@ def misclassified(logits: Tensor, y: Tensor, points: Tensor, scored: nn.Module |
         return scored(points).argmax(dim=1) != y
 
 
+@dataclass(kw_only=True, eq=False)
 class UniversalPerturbation(Attack):
     """One additive perturbation ``delta`` for every input, learned by :meth:`fit` (or loaded from a file).
 
@@ -244,9 +245,8 @@ class UniversalPerturbation(Attack):
 
     kind: ClassVar[AttackKind] = AttackKind.UNIVERSAL
 
-    def __init__(self, *, load: str | None = None) -> None:
-        self.load = load
-        self._delta: Tensor | None = None
+    load: str | None = None
+    _delta: Tensor | None = field(default=None, init=False, repr=False)
 
     @abstractmethod
     def _learn(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool) -> Tensor:
