@@ -14,6 +14,7 @@ finds such images among the first ``scan`` images of the fit split; for keywords
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from robustlab.caption_metrics import goal_reached
 from robustlab.captioning import Captioner, tokenize
 from robustlab.data import iterate_batches
 from robustlab.errors import ConfigError
-from robustlab.threat import Norm, ThreatModel
+from robustlab.threat import Norm
 
 __all__ = [
     "FEATURE_OBJECTIVES",
@@ -42,29 +43,29 @@ __all__ = [
 ]
 
 
+@dataclass(kw_only=True, eq=False)
 class CaptionAttack(Attack):
     """Base of the caption attacks: checks the goal and the budget, holds them for the subclasses."""
 
     kind: ClassVar[AttackKind] = AttackKind.TASK
+    norm: ClassVar[Norm] = Norm.LINF
+    target: str | None = None
+    keyword: str | None = None
+    eps: float = 8 / 255
 
-    def __init__(self, *, target: str | None, keyword: str | None, eps: float) -> None:
-        if (target is None) == (keyword is None):
+    def __post_init__(self) -> None:
+        if (self.target is None) == (self.keyword is None):
             raise ConfigError("a caption attack takes exactly one of target (a caption) or keyword (words to inject)")
-        for name, text in (("target", target), ("keyword", keyword)):
+        for name, text in (("target", self.target), ("keyword", self.keyword)):
             if text is not None and not tokenize(text):
                 raise ConfigError(f"{name} {text!r} has no word")
-        if not 0 < eps <= 1:
-            raise ConfigError(f"eps must be in (0, 1], got {eps}")
-        self.target, self.keyword, self.eps = target, keyword, eps
+        if not 0 < self.eps <= 1:
+            raise ConfigError(f"eps must be in (0, 1], got {self.eps}")
 
     @property
     def mode(self) -> str:
         """``targeted`` (force ``target``) or ``keyword`` (inject ``keyword``)."""
         return "targeted" if self.target is not None else "keyword"
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.LINF, self.eps)
 
     def check_vocabulary(self, captioner: Captioner) -> None:
         """Raise :class:`ConfigError` if the goal has a word the captioner can never write."""

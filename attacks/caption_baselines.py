@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,16 +31,15 @@ from robustlab.attacks._caption import (
 )
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, CallContext
+from robustlab.attack import ATTACKS, CallContext, resolved
 from robustlab.errors import ConfigError
 
 __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
 
 
-def _check_steps(steps: int, restarts: int) -> tuple[int, int]:
+def _check_steps(steps: int, restarts: int) -> None:
     if steps < 1 or restarts < 1:
         raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    return steps, restarts
 
 
 @ATTACKS.register(
@@ -47,6 +47,7 @@ def _check_steps(steps: int, restarts: int) -> tuple[int, int]:
     summary="Per-image L∞ PGD matching the captioner encoder's features of a target image (task).",
     stochastic=True,
 )
+@dataclass(kw_only=True, eq=False)
 class CaptionFeaturePGD(CaptionAttack):
     """Feature-matching PGD: ``min d(φ(x'), goal)`` per image, the goal images found by ``fit`` as in ``caption_gan``.
 
@@ -59,33 +60,28 @@ class CaptionFeaturePGD(CaptionAttack):
         scan: fit images searched for goal images.
     """
 
-    def __init__(
-        self,
-        *,
-        target: str | None = None,
-        keyword: str | None = None,
-        eps: float = 8 / 255,
-        steps: int = 50,
-        restarts: int = 1,
-        objective: str = "features",
-        n_targets: int | None = None,
-        scan: int = 2000,
-    ) -> None:
-        super().__init__(target=target, keyword=keyword, eps=eps)
-        self.steps, self.restarts = _check_steps(steps, restarts)
-        self.objective = check_objective(objective, FEATURE_OBJECTIVES)
-        self.n_targets = n_targets if n_targets is not None else default_targets(target, objective)
-        self.scan = scan
-        self._bank: Tensor | None = None
+    steps: int = 50
+    restarts: int = 1
+    objective: str = "features"
+    n_targets: int | None = None
+    scan: int = 2000
+    _bank: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_steps(self.steps, self.restarts)
+        check_objective(self.objective, FEATURE_OBJECTIVES)
+        if self.n_targets is None:
+            self.n_targets = default_targets(self.target, self.objective)
 
     def fit(
         self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True
     ) -> CaptionFeaturePGD:
         """Find the goal images' features (no training: the optimisation is per image)."""
-        captioner = as_captioner(model)
+        captioner, n_targets = as_captioner(model), resolved(self.n_targets)
         self.check_vocabulary(captioner)
         self._bank = goal_bank(
-            captioner, dataset, target=self.target, keyword=self.keyword, n_targets=self.n_targets, scan=self.scan
+            captioner, dataset, target=self.target, keyword=self.keyword, n_targets=n_targets, scan=self.scan
         )
         return self
 
@@ -111,6 +107,7 @@ class CaptionFeaturePGD(CaptionAttack):
     summary="End-to-end L∞ PGD on Show-and-Fool's logit-margin caption losses, through the decoder (task).",
     stochastic=True,
 )
+@dataclass(kw_only=True, eq=False)
 class CaptionDecoderPGD(CaptionAttack):
     """Show-and-Fool-style attack through the whole captioner (no target image needed; ``fit`` is a no-op).
 
@@ -121,18 +118,13 @@ class CaptionDecoderPGD(CaptionAttack):
         margin: κ, how far past the runner-up logit a word is pushed before its loss stops counting.
     """
 
-    def __init__(
-        self,
-        *,
-        target: str | None = None,
-        keyword: str | None = None,
-        eps: float = 8 / 255,
-        steps: int = 50,
-        restarts: int = 1,
-        margin: float = 5.0,
-    ) -> None:
-        super().__init__(target=target, keyword=keyword, eps=eps)
-        (self.steps, self.restarts), self.margin = _check_steps(steps, restarts), margin
+    steps: int = 50
+    restarts: int = 1
+    margin: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_steps(self.steps, self.restarts)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         captioner = as_captioner(model)
@@ -164,9 +156,6 @@ class CaptionNoise(CaptionAttack):
     """
 
     uses_gradients = False
-
-    def __init__(self, *, target: str | None = None, keyword: str | None = None, eps: float = 8 / 255) -> None:
-        super().__init__(target=target, keyword=keyword, eps=eps)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         generator = context.generator

@@ -23,6 +23,7 @@ No official code exists; the rest is our reconstruction (docs: ``specs/caption-g
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ from robustlab.attacks._caption import (
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS, CallContext
+from robustlab.attack import ATTACKS, CallContext, resolved
 from robustlab.errors import ConfigError
 from robustlab.seeding import global_rng_seeded
 
@@ -118,6 +119,7 @@ class PatchDiscriminator(nn.Module):
     summary="Caption-targeting GAN: a generator matches the captioner encoder's features of a target (task).",
     stochastic=False,
 )
+@dataclass(kw_only=True, eq=False)
 class CaptionGAN(CaptionAttack):
     """Controlled Caption Generation for Images Through Adversarial Attacks, https://arxiv.org/abs/2107.03050.
 
@@ -144,33 +146,26 @@ class CaptionGAN(CaptionAttack):
         scan: fit images searched for target images and used to train the generator.
     """
 
-    def __init__(
-        self,
-        *,
-        target: str | None = None,
-        keyword: str | None = None,
-        eps: float = 8 / 255,
-        steps: int = 600,
-        batch_size: int = 32,
-        lr: float = 1e-2,
-        adv_weight: float = 0.01,
-        pert_weight: float = 0.0,
-        pert_bound: float = 0.3,
-        objective: str = "features",
-        margin: float = 5.0,
-        n_targets: int | None = None,
-        scan: int = 2000,
-    ) -> None:
-        super().__init__(target=target, keyword=keyword, eps=eps)
-        if steps < 1 or batch_size < 1 or scan < 1:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-2
+    adv_weight: float = 0.01
+    pert_weight: float = 0.0
+    pert_bound: float = 0.3
+    objective: str = "features"
+    margin: float = 5.0
+    n_targets: int | None = None
+    scan: int = 2000
+    _generator: PerturbationGenerator | None = field(default=None, init=False, repr=False)
+    _losses: list[float] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1 or self.batch_size < 1 or self.scan < 1:
             raise ConfigError("steps, batch_size and scan must be >= 1")
-        self.steps, self.batch_size, self.lr = steps, batch_size, lr
-        self.adv_weight, self.pert_weight, self.pert_bound = adv_weight, pert_weight, pert_bound
-        self.objective, self.margin = check_objective(objective, (*FEATURE_OBJECTIVES, "decoder")), margin
-        self.n_targets = n_targets if n_targets is not None else default_targets(target, objective)
-        self.scan = scan
-        self._generator: PerturbationGenerator | None = None
-        self._losses: list[float] = []
+        check_objective(self.objective, (*FEATURE_OBJECTIVES, "decoder"))
+        if self.n_targets is None:
+            self.n_targets = default_targets(self.target, self.objective)
 
     @property
     def feature_losses(self) -> list[float]:
@@ -179,10 +174,10 @@ class CaptionGAN(CaptionAttack):
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> CaptionGAN:
         """Train the generator on the first ``scan`` fit images to reproduce the goal's encoder features."""
-        captioner = as_captioner(model)
+        captioner, n_targets = as_captioner(model), resolved(self.n_targets)
         self.check_vocabulary(captioner)
         bank = goal_bank(
-            captioner, dataset, target=self.target, keyword=self.keyword, n_targets=self.n_targets, scan=self.scan
+            captioner, dataset, target=self.target, keyword=self.keyword, n_targets=n_targets, scan=self.scan
         )
         device = bank.device
         seed = int(torch.randint(2**62, (1,), generator=generator))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from robustlab.attacks._map_elites import Archive, MapElites
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext
+from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, resolved
 from robustlab.cache import config_hash
 from robustlab.errors import ConfigError
 from robustlab.tasks import class_probabilities
@@ -31,6 +32,7 @@ DEFAULT_GENERATIONS = {"cppn": 400, "direct": 400, "gradient": 500}
     summary="Fooling images (Nguyen et al., CVPR 2015): evolved (CPPN/direct, MAP-Elites) or gradient-ascent "
     "images classified at >= 99.99%; generative, no input images.",
 )
+@dataclass(kw_only=True, eq=False)
 class Fooling(Attack):
     """Deep Neural Networks are Easily Fooled, https://arxiv.org/abs/1412.1897.
 
@@ -75,61 +77,44 @@ class Fooling(Attack):
     task = "class_confidence"
     uses_gradients = False  # the default encodings query scores only; ``encoding="gradient"`` is white box
 
-    def __init__(
-        self,
-        *,
-        encoding: str = "cppn",
-        generations: int | None = None,
-        population: int = 64,
-        init_size: int | None = None,
-        image_size: int | None = None,
-        ten_crop: bool | None = None,
-        coord_mode: str = "unit",
-        color: str = "hls",
-        max_hidden: int = 32,
-        halve_every: int = 1000,
-        objective: str = "softmax",
-        decay: float = 0.0,
-        blur_radius: float = 0.0,
-        blur_every: int = 1,
-        checkpoint_every: int = 10,
-        batch_size: int = 256,
-    ) -> None:
-        _check_choice("encoding", encoding, ENCODINGS)
-        _check_choice("coord_mode", coord_mode, ("code_raw", "unit"))
-        _check_choice("color", color, ("hls", "rgb"))
-        _check_choice("objective", objective, ("softmax", "logit"))
-        generations = DEFAULT_GENERATIONS[encoding] if generations is None else generations
+    encoding: str = "cppn"
+    generations: int | None = None
+    population: int = 64
+    init_size: int | None = None
+    image_size: int | None = None
+    ten_crop: bool | None = None
+    coord_mode: str = "unit"
+    color: str = "hls"
+    max_hidden: int = 32
+    halve_every: int = 1000
+    objective: str = "softmax"
+    decay: float = 0.0
+    blur_radius: float = 0.0
+    blur_every: int = 1
+    checkpoint_every: int = 10
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _check_choice("encoding", self.encoding, ENCODINGS)
+        _check_choice("coord_mode", self.coord_mode, ("code_raw", "unit"))
+        _check_choice("color", self.color, ("hls", "rgb"))
+        _check_choice("objective", self.objective, ("softmax", "logit"))
+        if self.generations is None:
+            self.generations = DEFAULT_GENERATIONS[self.encoding]
         for name, value, low in (
-            ("generations", generations, 1),
-            ("population", population, 2),
-            ("init_size", init_size or 1, 1),
-            ("image_size", image_size or 1, 1),
-            ("max_hidden", max_hidden, 1),
-            ("checkpoint_every", checkpoint_every, 1),
-            ("batch_size", batch_size, 1),
-            ("blur_every", blur_every, 1),
+            ("generations", self.generations, 1),
+            ("population", self.population, 2),
+            ("init_size", self.init_size or 1, 1),
+            ("image_size", self.image_size or 1, 1),
+            ("max_hidden", self.max_hidden, 1),
+            ("checkpoint_every", self.checkpoint_every, 1),
+            ("batch_size", self.batch_size, 1),
+            ("blur_every", self.blur_every, 1),
         ):
             if value < low:
                 raise ConfigError(f"fooling: {name} must be >= {low}, got {value}")
-        if not 0 <= decay < 1 or not (blur_radius == 0 or blur_radius >= 0.3):
+        if not 0 <= self.decay < 1 or not (self.blur_radius == 0 or self.blur_radius >= 0.3):
             raise ConfigError("fooling: decay must be in [0, 1) and blur_radius 0 or >= 0.3 (as the official code)")
-        self.encoding = encoding
-        self.generations = generations
-        self.population = population
-        self.init_size = init_size
-        self.image_size = image_size
-        self.ten_crop = ten_crop
-        self.coord_mode = coord_mode
-        self.color = color
-        self.max_hidden = max_hidden
-        self.halve_every = halve_every
-        self.objective = objective
-        self.decay = decay
-        self.blur_radius = blur_radius
-        self.blur_every = blur_every
-        self.checkpoint_every = checkpoint_every
-        self.batch_size = batch_size
 
     @property
     def threat(self) -> ThreatModel:
@@ -173,7 +158,7 @@ class Fooling(Attack):
 
     def _ascend(self, model: nn.Module, victim: _Victim, generator: torch.Generator) -> dict[str, Tensor]:
         config = AscentConfig(
-            steps=self.generations,
+            steps=resolved(self.generations),
             objective=self.objective,
             decay=self.decay,
             blur_radius=self.blur_radius,
@@ -225,13 +210,14 @@ class Fooling(Attack):
         else:
             archive = Archive.from_tensors(saved, victim.device)
             generator.set_state(saved["generator"])
-        bar = tqdm(total=self.generations, initial=min(archive.generation, self.generations), disable=not progress)
+        generations = resolved(self.generations)
+        bar = tqdm(total=generations, initial=min(archive.generation, generations), disable=not progress)
         bar.set_description("evolving fooling images")
-        while archive.generation < self.generations:
+        while archive.generation < generations:
             elites.step(archive, generator)
             bar.update(1)
             bar.set_postfix(fooled=int((archive.confidence >= 0.99).sum()), refresh=False)
-            if archive.generation % self.checkpoint_every == 0 or archive.generation == self.generations:
+            if archive.generation % self.checkpoint_every == 0 or archive.generation == generations:
                 _save(store, key, archive, generator)
         bar.close()
         return {
