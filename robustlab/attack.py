@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, final
 
@@ -197,8 +197,10 @@ class Attack(ABC):
         raise ConfigError(f"{type(self).__name__} is a {self.kind} attack: it makes no images of its own to write")
 
     def config(self) -> dict[str, Any]:
-        """Hyperparameters as plain values, recorded in reports and used in cache keys."""
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in vars(self).items() if not k.startswith("_")}
+        """Hyperparameters as plain values (the fields, less those named ``_...``; enums as their values), recorded
+        in reports and used in cache keys."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in values.items()}
 
 
 def resolved(value: T | None) -> T:
