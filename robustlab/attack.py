@@ -79,11 +79,16 @@ class Attack(ABC):
 
     Subclasses set :attr:`kind`, declare their hyperparameters (papers' defaults) as the fields of a
     ``@dataclass(kw_only=True, eq=False)`` (keyword-only; attacks compare by identity), and implement
-    :meth:`_run`. ``__post_init__`` converts and checks the fields (``Norm(norm)``, a default derived from
-    another field). State that is not a hyperparameter (what :meth:`fit` learns, caches) is a field named
-    ``_...`` declared with ``field(init=False, repr=False)``: :meth:`config` leaves it out. An attack with
-    ``eps`` and ``norm`` (a field, or a class attribute where the norm is fixed) gets :attr:`threat` from here.
-    Inputs and outputs are float ``(B, C, H, W)`` in ``[0, 1]``; labels are int64 ``(B,)``.
+    :meth:`_run`. An attack with ``eps`` and ``norm`` (a field, or a class attribute where the norm is fixed)
+    gets :attr:`threat` from here. Inputs and outputs are float ``(B, C, H, W)`` in ``[0, 1]``; labels are
+    int64 ``(B,)``.
+
+    ``__post_init__`` converts and checks the fields: a ``norm: Norm | str`` field holds a :class:`Norm` after it
+    (code that needs the type reads ``self.threat.norm``), a ``None`` default derived from another field is filled
+    in there (and read through :func:`resolved`). State that is not a hyperparameter (what :meth:`fit` learns,
+    caches) is a field named ``_...`` declared with ``field(init=False, repr=False)``: :meth:`config` leaves it
+    out. The registry and ``--attack-args`` read the generated ``__init__``'s annotations in the module of the
+    class it was made for: a subclass must import the names its inherited fields are annotated with.
     """
 
     kind: ClassVar[AttackKind] = AttackKind.PERTURBATION
