@@ -35,6 +35,5 @@ def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
     """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
     unit_seed = stream_seed(seed, key)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(unit_seed)  # randomized defenses and third-party code draw from the global RNG
+    with global_rng_seeded(unit_seed, devices=devices):  # randomized defenses and third-party code draw from it
         yield torch.Generator().manual_seed(unit_seed)
