@@ -24,6 +24,8 @@ import os
 import re
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 import pyautoattack
 import torch
@@ -97,14 +99,18 @@ def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, args: argparse.Name
     return robust_mask(model, x_adv, y), {}
 
 
+@dataclass(kw_only=True, eq=False)
 class _Measured(Attack):
     """A component of robustlab's ensemble with its seconds and work recorded (what it computes is unchanged)."""
 
     early_stopping = True
     per_sample_streams = True  # handed on to the component, which uses them if it can
+    inner: Attack
+    entry: dict[str, float]
+    n: int
 
-    def __init__(self, inner: Attack, entry: dict[str, float], n: int) -> None:
-        self.inner, self.entry, self.n = inner, entry, n
+    def config(self) -> dict[str, Any]:
+        return self.inner.config()
 
     @property
     def threat(self) -> ThreatModel:
@@ -133,7 +139,7 @@ def run_robustlab(
             for _, attack in parts:  # the wrapper hides the loops from AutoAttack: cap their rows as it would
                 if isinstance(attack, RowLoopAttack) and args.device != "cpu":
                     attack.max_rows = args.batch_size
-            return [(name, _Measured(attack, breakdown[name], len(x))) for name, attack in parts]
+            return [(name, _Measured(inner=attack, entry=breakdown[name], n=len(x))) for name, attack in parts]
 
     attack = Measured(eps=args.eps, norm=args.norm)
     generator = torch.Generator().manual_seed(args.seed)

@@ -110,6 +110,16 @@ class Attack(ABC):
     task: ClassVar[str | None] = None
     """The task (:data:`robustlab.tasks.TASKS`) that scores this attack; ``None``: the victim's own task."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a hand-written ``__init__``: :meth:`config` reads the dataclass fields, so hyperparameters set
+        there would be missing from reports and cache keys, and two configurations would share one run."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} writes its own __init__: declare its hyperparameters as the fields of a "
+                "@dataclass(kw_only=True, eq=False) instead (robustlab.attack.Attack says how)"
+            )
+
     @property
     def threat(self) -> ThreatModel:
         """The threat model every output is verified against: the ``norm`` ball of radius ``eps`` (``None``:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,16 +84,14 @@ def test_uap_below_noise_and_above_per_input_pgd(
     assert (reloaded.clean_acc, reloaded.robust_acc) == (uap.clean_acc, uap.robust_acc)
 
 
+@dataclass(kw_only=True, eq=False)
 class CountingUniversal(UniversalPerturbation):
     """A universal attack that counts its fits and can be killed after a number of applied batches."""
 
     fits: ClassVar[int] = 0
     applied: ClassVar[int] = 0
     kill_after: ClassVar[int | None] = None
-
-    def __init__(self, *, eps: float = EPS) -> None:
-        super().__init__()
-        self.eps = eps
+    eps: float = EPS
 
     @property
     def threat(self) -> ThreatModel:
@@ -224,15 +222,14 @@ class Brightness(InputTask):
         return {"mean_brightening": float((adversarial["adv_brightness"] - clean["brightness"]).mean())}
 
 
+@dataclass(kw_only=True, eq=False)
 class Brighten(Attack):
     """A task plug-in attack: fitted once (a learned offset), then applied to every input."""
 
     kind = AttackKind.TASK
     task = "brightness"
-
-    def __init__(self, *, eps: float = 4 / 255) -> None:
-        self.eps = eps
-        self._offset = torch.zeros(1)
+    eps: float = 4 / 255
+    _offset: Tensor = field(init=False, repr=False, default_factory=lambda: torch.zeros(1))
 
     @property
     def threat(self) -> ThreatModel:

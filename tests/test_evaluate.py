@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -24,14 +25,13 @@ BASE = EvalConfig(  # 4/255: at 2/255 three PGD steps fool none of 200 samples o
 )
 
 
+@dataclass(kw_only=True, eq=False)
 class Spy(Attack):
     """Records every sample it is asked to attack and breaks every third one by flipping to noise."""
 
-    calls: list[Tensor] = []  # noqa: RUF012  (class-level log shared with the test)
-    fail_after: int | None = None
-
-    def __init__(self, *, eps: float = 0.5) -> None:
-        self.eps = eps
+    calls: ClassVar[list[Tensor]] = []  # class-level log shared with the test
+    fail_after: ClassVar[int | None] = None
+    eps: float = 0.5
 
     @property
     def threat(self) -> ThreatModel:

@@ -343,3 +343,15 @@ def test_keyword_parameters(name: str) -> None:
         for key, p in params.items()
     }
     assert got == PARAMS[name]
+
+
+def test_an_attack_that_writes_its_own_init_is_refused_when_it_is_defined() -> None:
+    """config() reads the dataclass fields: hyperparameters set in a hand-written ``__init__`` would be missing from
+    reports and cache keys (two budgets, one run), so such a class fails at its definition, not silently later."""
+    from robustlab.attack import Attack
+
+    with pytest.raises(TypeError, match="declare its hyperparameters as the fields of a"):
+
+        class HandWritten(Attack):
+            def __init__(self, *, eps: float = 0.1) -> None:
+                self.eps = eps
