@@ -6,7 +6,7 @@ with more components, so it inherits what the cascade does right: each component
 every earlier one failed on (the row is the per-sample worst case over all of them), each sample keeps its
 first point that fools the scored model, each draws from its own stream, and a killed run resumes after
 the last finished component. The transfer attack is the evaluator's ``transfer`` threat mode (the audit
-crafted on the bare model, scored on the defended one); :func:`robustlab.convergence.audit_verdicts` joins
+crafted on the bare model, scored on the defended one); :func:`robustlab.diagnostics.convergence.audit_verdicts` joins
 the modes per sample. The curves are measured beside the cascade on every attacked sample: APGD-CE at
 each ε factor and at each step count, each sample's result kept as ``sweep_broken`` (one column a point).
 """
@@ -53,7 +53,7 @@ class Audit(AutoAttack):
     Beside it, on every attacked sample, the curves: APGD-CE (``aa_steps`` iterations) at ``eps`` times each
     of ``eps_factors``, and at ``eps`` with each of ``sweep_steps`` iterations. The row's
     ``broken_by_NAME`` says which component broke how many samples: what the components after AutoAttack
-    broke is the convergence verdict (:func:`robustlab.convergence.audit_verdicts`).
+    broke is the convergence verdict (:func:`robustlab.diagnostics.convergence.audit_verdicts`).
 
     Args:
         eps: budget in [0, 1] pixel units.

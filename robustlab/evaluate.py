@@ -22,13 +22,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
-from robustlab.checks import attack_gaps, threat_mode_gaps
 from robustlab.components import ComponentSpec, load_builtin_components
-from robustlab.convergence import audit_verdicts
 from robustlab.data import ImageDataset, load_batches, load_dataset
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import DEFENSES, PreprocessingDefense
-from robustlab.diagnostics import EvaluatedTarget, classifier_diagnostics, defense_fidelity, first_batch
+from robustlab.diagnostics.convergence import audit_verdicts
+from robustlab.diagnostics.masking import attack_gaps, threat_mode_gaps
+from robustlab.diagnostics.sanity import made_by
+from robustlab.diagnostics.target import EvaluatedTarget, classifier_diagnostics, defense_fidelity, first_batch
 from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
@@ -42,7 +43,6 @@ from robustlab.reports.report import Diagnostic, Fidelity, Report, Row, environm
 from robustlab.rows import aggregate, concat
 from robustlab.runners import RUNNERS, BatchLimit, Cell, RunContext, attack_and_score
 from robustlab.sampling import sample_indices
-from robustlab.sanity import made_by
 from robustlab.seeding import seeded, stream_seed
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task

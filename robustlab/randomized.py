@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.components import ComponentSpec
 from robustlab.defense import EOT
+from robustlab.diagnostics.sanity import randomized
 from robustlab.reports.report import Diagnostic
-from robustlab.sanity import randomized
 from robustlab.victims import Target
 
 __all__ = ["RANDOMIZED_ALTERNATIVES", "attacked_by", "for_randomized", "randomized_version", "through_eot"]

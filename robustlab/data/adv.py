@@ -88,7 +88,7 @@ class AdversarialDataset:
 
     def provenance(self, model: str, defense: str) -> str:
         """Where the images come from: the attack, its budget, the data and seed, and ``model`` behind ``defense``
-        (their labels, :func:`robustlab.sanity.made_by`)."""
+        (their labels, :func:`robustlab.diagnostics.sanity.made_by`)."""
         attack, threat = self.manifest.get("attack", {}).get("name"), self.manifest.get("threat", {}).get("describe")
         source = self.manifest.get("source", {})
         behind = "" if defense == "none" else f" behind {defense}"

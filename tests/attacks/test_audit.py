@@ -12,7 +12,7 @@ from torch import nn
 
 from robustlab.attack import ATTACKS
 from robustlab.cli import cli
-from robustlab.convergence import audit_verdicts
+from robustlab.diagnostics.convergence import audit_verdicts
 from robustlab.evaluate import ComponentSpec
 from robustlab.randomized import randomized_version
 from robustlab.reports.plots import curve_points, step_points

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.diagnostics.sanity import chance_level, output_checks, randomized
 from robustlab.reports.report import Row
-from robustlab.sanity import chance_level, output_checks, randomized
 
 NAMES = ("m", "none")
 

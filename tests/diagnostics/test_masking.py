@@ -7,7 +7,7 @@ import torch
 from robustlab.defenses.quantize import Quantize
 from torch import nn
 
-from robustlab.checks import Probe, ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
+from robustlab.diagnostics.masking import Probe, ProbeSettings, attack_gaps, probe_gradient_masking, threat_mode_gaps
 from robustlab.reports.report import Row
 
 SETTINGS = ProbeSettings(eps_factors=(0.5, 1.0, 2.0), pgd_steps=5, square_queries=200)
@@ -109,7 +109,7 @@ def test_autoattack_standard_is_not_flagged_not_converged() -> None:
 def test_shattered_gradients_are_flagged_and_a_bpda_surrogate_is_not(
     trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    from robustlab.checks import shattered_gradients
+    from robustlab.diagnostics.masking import shattered_gradients
 
     class Shattered(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class _SignCounter(nn.Module):
 def test_noise_that_beats_the_gradient_is_flagged_and_an_honest_model_is_not(
     trained_model: nn.Module, probe_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    from robustlab.checks import noise_sanity
+    from robustlab.diagnostics.masking import noise_sanity
 
     def codes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         found = noise_sanity(Probe(model, model, x, y, SETTINGS, torch.Generator().manual_seed(0)))

@@ -12,19 +12,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import Attack
-from robustlab.checks import Probe, ProbeSettings, cheap_probes, expensive_probes
 from robustlab.components import ComponentSpec
-from robustlab.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.data import ImageDataset, iterate_batches
 from robustlab.data.adv import AdversarialDataset
 from robustlab.defense import Defense, PreprocessingDefense, ThreatMode
+from robustlab.diagnostics.convergence import convergence_checks, strongest_gradient_attack
+from robustlab.diagnostics.masking import Probe, ProbeSettings, cheap_probes, expensive_probes
+from robustlab.diagnostics.sanity import adversarial_data, chance_level, output_checks
 from robustlab.eval_config import EvalConfig
 from robustlab.inputs import input_note
 from robustlab.metrics import psnr
 from robustlab.models.loading import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
 from robustlab.reports.report import CLASSIFICATION, Diagnostic, Fidelity, Row
-from robustlab.sanity import adversarial_data, chance_level, output_checks
 from robustlab.seeding import seeded
 from robustlab.tasks import predict
 from robustlab.threat import Norm
@@ -66,7 +66,7 @@ def probe(run: EvaluatedTarget, *, progress: bool) -> list[Diagnostic]:
     """The sanity gate and the masking probes on up to 128 samples (the probes on the clean-correct ones).
 
     The cheap probes run on every model; the attack-based ones, and the check that a stronger attack would
-    not move the run's strongest gradient attack (:mod:`robustlab.convergence`), behind a defense or with
+    not move the run's strongest gradient attack (:mod:`robustlab.diagnostics.convergence`), behind a defense or with
     full diagnostics.
     """
     target, config = run.target, run.config

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.diagnostics.sanity import randomized
 from robustlab.progress import advance
 from robustlab.reports.report import Diagnostic, Row
 from robustlab.runners import attack_and_score
@@ -287,9 +288,7 @@ def _rate(broken: Tensor) -> float:
 
 
 def _randomness(scored: nn.Module, x: Tensor) -> list[tuple[str, str]]:
-    with torch.no_grad():
-        first, second = scored(x), scored(x)
-    if torch.equal(first, second):
+    if not randomized(scored, x):
         return []
     return [
         (

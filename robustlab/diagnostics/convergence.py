@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack
-from robustlab.checks import ITERATIVE_WHITE_BOX, broken_by
+from robustlab.diagnostics.masking import ITERATIVE_WHITE_BOX, broken_by
 from robustlab.intervals import paired_difference, with_interval
 from robustlab.reports.report import CLASSIFICATION, Diagnostic, Row
 from robustlab.threat import Norm

@@ -1,0 +1,116 @@
+"""What the default SmallCNN's training costs, and whether a cheaper recipe gives the same model (issue #23, item 6).
+
+Two parts:
+
+- ``--part cost``: one training step split into rendering the synthetic batch and the forward/backward/optimiser
+  step, in plain and channels-last memory layout.
+- ``--part recipes``: trains the default architecture under each ``STEPS:LR:BATCH`` recipe for each seed and
+  reports clean accuracy (the first 2000 test samples) and PGD-10 robust accuracy at 1, 2 and 4/255 (the first
+  256), each with its 95% Wilson interval. The default recipe (800 steps, lr 2e-3, batch 128) for seed 0 is the
+  cached ``--weights synth`` model; every other run trains here without touching the cache::
+
+    OMP_NUM_THREADS=1 python experiments/default_recipe.py --part cost
+    OMP_NUM_THREADS=1 python experiments/default_recipe.py --part recipes --seeds 0 1 2 \\
+        --recipe 800:0.002:128 --recipe 800:0.002:32 --recipe 300:0.003:128
+
+Results and their reading: ``experiments/RESULTS-default-recipe.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlab.data import iterate_batches
+from robustlab.data.synth import SynthConfig, SynthDataset
+from robustlab.intervals import with_interval
+from robustlab.optimize import descend
+from robustlab.train import TrainConfig, _build, train_classifier, trained_classifier
+
+EPS = (1, 2, 4)
+
+
+def step_cost(steps: int = 25) -> None:
+    """Median milliseconds of rendering a batch and of one training step on it, plain and channels-last."""
+    config = TrainConfig(arch="smallcnn").resolved()
+    data = SynthDataset("train", config=SynthConfig(image_size=32, seed=0))
+    generator = torch.Generator().manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net = _build(config).net.to(memory_format=layout).train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr)
+        render, compute = [], []
+        for _ in range(steps):
+            started = time.perf_counter()
+            _, x, y = next(
+                iterate_batches(data, torch.randint(len(data), (config.batch_size,), generator=generator), 128)
+            )
+            rendered = time.perf_counter()
+            descend(optimizer, F.cross_entropy(net(x.contiguous(memory_format=layout)), y))
+            render.append(rendered - started)
+            compute.append(time.perf_counter() - rendered)
+        print(
+            f"{layout}: render {_median_ms(render):.1f} ms/step, "
+            f"forward+backward+step {_median_ms(compute):.1f} ms/step"
+        )
+
+
+def _median_ms(seconds: list[float]) -> float:
+    return 1000 * sorted(seconds[3:])[len(seconds[3:]) // 2]
+
+
+def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10) -> float:
+    """PGD-``steps`` L∞ robust accuracy: random start, step eps/4, cross-entropy, seed 0."""
+    generator = torch.Generator().manual_seed(0)
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model((x + delta).clamp(0, 1)), y), delta)
+        delta = (delta.detach() + eps / 4 * grad.sign()).clamp(-eps, eps)
+    with torch.no_grad():
+        return float((model((x + delta).clamp(0, 1)).argmax(1) == y).float().mean())
+
+
+def describe(label: str, model: nn.Module, x: Tensor, y: Tensor, n_attacked: int = 256) -> None:
+    with torch.no_grad():
+        clean = float((torch.cat([model(chunk) for chunk in x.split(500)]).argmax(1) == y).float().mean())
+    robust = {e: pgd_accuracy(model, x[:n_attacked], y[:n_attacked], e / 255) for e in EPS}
+    shown = " | ".join(with_interval(robust[e], n_attacked) or "" for e in EPS)
+    print(f"| {label} | {with_interval(clean, len(x))} | {shown} |", flush=True)
+
+
+def recipes(seeds: list[int], specs: list[str]) -> None:
+    x, y = SynthDataset("test", config=SynthConfig(image_size=32, seed=0)).get_batch(torch.arange(2000))
+    print("| recipe (steps, lr, batch), seed | clean (n=2000) | " + " | ".join(f"PGD-10 {e}/255 (n=256)" for e in EPS))
+    base = TrainConfig(arch="smallcnn")
+    for seed in seeds:
+        for spec in specs:
+            steps, lr, batch = spec.split(":")
+            config = replace(base, steps=int(steps), lr=float(lr), batch_size=int(batch), seed=seed)
+            if config.resolved() == base.resolved():
+                describe(f"{spec} (the cached default), seed {seed}", trained_classifier(base, progress=False), x, y)
+                continue
+            model = _build(config)
+            started = time.perf_counter()
+            train_classifier(model, config, progress=False)
+            describe(f"{spec}, seed {seed} ({time.perf_counter() - started:.0f} s)", model, x, y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("cost", "recipes"), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipe", action="append", default=[], metavar="STEPS:LR:BATCH")
+    args = parser.parse_args()
+    if args.part == "cost":
+        step_cost()
+    else:
+        recipes(args.seeds, args.recipe or ["800:0.002:128"])
+
+
+if __name__ == "__main__":
+    main()
