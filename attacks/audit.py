@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
-from robustlab.attacks.apgd import APGD
-from robustlab.attacks.autoattack import AutoAttack, rand_components, standard_components
+from robustlab.attacks.autoattack.apgd import APGD
+from robustlab.attacks.autoattack.ensemble import AutoAttack, rand_components, standard_components
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext

@@ -31,8 +31,8 @@ import pyautoattack
 import torch
 import torchattacks
 from bench_pgd import WORK  # the global forward hook that counts samples through the classifier
-from robustlab.attacks._apgd import RowLoopAttack
-from robustlab.attacks.autoattack import AutoAttack
+from robustlab.attacks.autoattack._apgd import RowLoopAttack
+from robustlab.attacks.autoattack.ensemble import AutoAttack
 from torch import Tensor, nn
 
 from robustlab.attack import Attack, CallContext

@@ -18,7 +18,7 @@ import time
 
 import torch
 from bench_autoattack import WORK, Breakdown, _work, robust_mask, run_reference, run_robustlab
-from robustlab.attacks.autoattack_fast import AutoAttackFast
+from robustlab.attacks.autoattack.fast import AutoAttackFast
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset

@@ -29,8 +29,8 @@ import torch
 import torchattacks
 from bench_pgd import WORK  # the global forward hook that counts samples through the classifier
 from pyautoattack.fab_pt import FABAttack_PT
-from robustlab.attacks.apgd import APGD
-from robustlab.attacks.autoattack import FABT
+from robustlab.attacks.autoattack.apgd import APGD
+from robustlab.attacks.autoattack.ensemble import FABT
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset

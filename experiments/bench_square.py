@@ -22,7 +22,7 @@ import time
 import pyautoattack.square
 import torch
 import torchattacks
-from robustlab.attacks.square import Square
+from robustlab.attacks.autoattack.square import Square
 from torch import Tensor, nn
 
 from robustlab.data import load_dataset

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustlab.attacks._fooling_outputs import write_fooling_outputs
-from robustlab.attacks.fooling import Fooling, max_softmax_auroc
+from robustlab.attacks.fooling.attack import Fooling, max_softmax_auroc
+from robustlab.attacks.fooling.outputs import write_fooling_outputs
 from torch import Tensor
 
 from robustlab.data.synth import SHAPES, SynthDataset

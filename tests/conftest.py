@@ -110,9 +110,9 @@ def synth_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture
 def same_with_early_stop(trained_model: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """``check(loop, x, y, *args, **kwargs)``: run a row loop (:func:`~robustlab.attacks._apgd.apgd`,
-    :func:`~robustlab.attacks._fab.fab`) on the trained model with and without early stop and check that a sample
-    stopped at its first fooling iterate is the one the full run reports (same points, same samples, fooling the
+    """``check(loop, x, y, *args, **kwargs)``: run a row loop (:func:`~robustlab.attacks.autoattack._apgd.apgd`,
+    :func:`~robustlab.attacks.autoattack._fab.fab`) on the trained model with and without early stop and check that a
+    sample stopped at its first fooling iterate is the one the full run reports (same points, same samples, fooling the
     model); return the full run's ``(x_adv, fooled)``."""
 
     def check(

@@ -19,7 +19,7 @@ import robustlab.defenses
 def _examples() -> list[doctest.DocTest]:
     tests = []
     for package in (robustlab.attacks, robustlab.defenses):
-        for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
             module = importlib.import_module(info.name)
             tests += [test for test in doctest.DocTestFinder().find(module) if test.examples]
     return tests

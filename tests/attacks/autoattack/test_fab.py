@@ -9,8 +9,8 @@ import pytest
 import torch
 from pyautoattack.fab_projections import projection_l2, projection_linf
 from pyautoattack.fab_pt import FABAttack_PT
-from robustlab.attacks._fab import FABConfig, fab, project_onto_hyperplane
-from robustlab.attacks.autoattack import FABT
+from robustlab.attacks.autoattack._fab import FABConfig, fab, project_onto_hyperplane
+from robustlab.attacks.autoattack.ensemble import FABT
 
 from robustlab.threat import Norm, perturbation_norm
 

@@ -8,7 +8,7 @@ an iterate the model misclassifies is pulled back towards the clean point by ``b
 the start points (the clean point, then random points at radius ``eps / 2``), the targets (the 2nd to
 (n+1)th highest clean logits) and the arithmetic are the reference's (the ``autoattack`` package).
 
-robustlab deviates where the evaluation needs it, as its APGD loop does (:mod:`robustlab.attacks._apgd`):
+robustlab deviates where the evaluation needs it, as its APGD loop does (:mod:`robustlab.attacks.autoattack._apgd`):
 
 * **eps-bounded**: a sample counts as fooled at its first iterate that is misclassified *and* within
   ``eps``, and that iterate is what comes back. The reference keeps the smallest adversarial iterate
@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from robustlab.attacks._apgd import FirstFooling, RowLoop, Rows, normalize
+from robustlab.attacks.autoattack._apgd import FirstFooling, RowLoop, Rows, normalize
 from torch import Tensor, nn
 
 from robustlab.attack import misclassified

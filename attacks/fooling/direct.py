@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from robustlab.attacks._evolution_ops import decode_8bit, polynomial_mutation, rand, sbx_crossover
+from robustlab.attacks.fooling.evolution import decode_8bit, polynomial_mutation, rand, sbx_crossover
 from torch import Tensor
 
 __all__ = ["DirectEncoding"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import kornia
 import torch
-from robustlab.attacks._evolution_ops import quantize_8bit
+from robustlab.attacks.fooling.evolution import quantize_8bit
 from torch import Tensor, nn
 
 __all__ = ["AscentConfig", "gradient_ascent"]

@@ -210,9 +210,9 @@ class Rows:
 
 @dataclass(frozen=True)
 class RowLoop:
-    """How one call runs a row loop (:func:`apgd`, :func:`robustlab.attacks._fab.fab`): ``seed`` and ``index``
-    (default ``0..B-1``) name each sample's random stream, ``max_rows`` bounds the rows differentiated at once,
-    and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
+    """How one call runs a row loop (:func:`apgd`, :func:`robustlab.attacks.autoattack._fab.fab`): ``seed`` and
+    ``index`` (default ``0..B-1``) name each sample's random stream, ``max_rows`` bounds the rows differentiated at
+    once, and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
 
     seed: int
     index: Tensor | None
@@ -365,8 +365,8 @@ def _halve_stalled(r: dict[str, Tensor], i: int, length: int, c: APGDConfig) -> 
 
 
 class RowLoopAttack(Attack):
-    """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks._fab`): subclasses
-    have ``eps`` and ``norm`` fields (their threat model) and run the loop in :meth:`_attack`."""
+    """Base of the attacks on a per-sample row loop (APGD here, FAB in :mod:`robustlab.attacks.autoattack._fab`):
+    subclasses have ``eps`` and ``norm`` fields (their threat model) and run the loop in :meth:`_attack`."""
 
     early_stopping = True
     tracks_scored = True

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustlab.attacks._apgd import APGDConfig
-from robustlab.attacks.apgd import APGD
-from robustlab.attacks.apgdt import APGDT
-from robustlab.attacks.autoattack import AutoAttack
+from robustlab.attacks.autoattack._apgd import APGDConfig
+from robustlab.attacks.autoattack.apgd import APGD
+from robustlab.attacks.autoattack.apgdt import APGDT
+from robustlab.attacks.autoattack.ensemble import AutoAttack
 
 from robustlab.attack import ATTACKS, Attack
 

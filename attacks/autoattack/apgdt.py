@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustlab.attacks._apgd import APGDAttack, APGDConfig
+from robustlab.attacks.autoattack._apgd import APGDAttack, APGDConfig
 
 from robustlab.attack import ATTACKS
 from robustlab.threat import Norm

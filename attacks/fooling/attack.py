@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustlab.attacks._cppn import CppnEncoding
-from robustlab.attacks._direct import DirectEncoding
-from robustlab.attacks._fooling_gradient import AscentConfig, gradient_ascent
-from robustlab.attacks._map_elites import Archive, MapElites
+from robustlab.attacks.fooling.cppn import CppnEncoding
+from robustlab.attacks.fooling.direct import DirectEncoding
+from robustlab.attacks.fooling.gradient import AscentConfig, gradient_ascent
+from robustlab.attacks.fooling.map_elites import Archive, MapElites
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -152,7 +152,7 @@ class Fooling(Attack):
     ) -> dict[str, Any]:
         """``images/NNN-name.png`` (8-bit, lossless), ``grid.png`` and ``fooling.json`` in ``out``; the evolved
         archive is checkpointed in ``out/archive.sqlite``, so a rerun resumes (:func:`write_run`)."""
-        from robustlab.attacks._fooling_outputs import write_run
+        from robustlab.attacks.fooling.outputs import write_run
 
         return write_run(self, model, out, seed=seed, class_names=class_names, run=run, progress=progress)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from robustlab.attacks._cppn import N_INPUTS, CppnEncoding
-from robustlab.attacks._evolution_ops import decode_8bit
-from robustlab.attacks._map_elites import MapElites
-from robustlab.attacks.fooling import class_probabilities
+from robustlab.attacks.fooling.attack import class_probabilities
+from robustlab.attacks.fooling.cppn import N_INPUTS, CppnEncoding
+from robustlab.attacks.fooling.evolution import decode_8bit
+from robustlab.attacks.fooling.map_elites import MapElites
 
 REFERENCE_FUNCTIONS = {  # Sferes' af_cppn node functions, written out per node
     0: math.sin,

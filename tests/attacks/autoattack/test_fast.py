@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from robustlab.attacks._apgd import best_row_per_sample
-from robustlab.attacks.autoattack import AutoAttack
-from robustlab.attacks.autoattack_fast import AutoAttackFast
+from robustlab.attacks.autoattack._apgd import best_row_per_sample
+from robustlab.attacks.autoattack.ensemble import AutoAttack
+from robustlab.attacks.autoattack.fast import AutoAttackFast
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS

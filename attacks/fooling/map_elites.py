@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from robustlab.attacks._evolution_ops import rand
+from robustlab.attacks.fooling.evolution import rand
 from torch import Tensor
 
 __all__ = ["Archive", "Encoding", "MapElites"]

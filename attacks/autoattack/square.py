@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustlab.attacks._square import SquareConfig, square_attack
 from robustlab.attacks._torchattacks import stream_ids
+from robustlab.attacks.autoattack._square import SquareConfig, square_attack
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext

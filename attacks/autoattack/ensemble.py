@@ -1,8 +1,8 @@
 """AutoAttack (Croce & Hein, ICML 2020): the standard, rand and plus versions of the reference.
 
 Every component runs on robustlab's own loops with the reference's arithmetic: APGD and APGD-T
-(:mod:`robustlab.attacks._apgd`) and FAB (:mod:`robustlab.attacks._fab`) stop a sample at its first
-success and run all target classes of a sample in one batch; Square (:mod:`robustlab.attacks._square`)
+(:mod:`robustlab.attacks.autoattack._apgd`) and FAB (:mod:`robustlab.attacks.autoattack._fab`) stop a sample at its
+first success and run all target classes of a sample in one batch; Square (:mod:`robustlab.attacks.autoattack._square`)
 stops a sample once it is misclassified, as the reference's does. Each component attacks only the samples
 every earlier one failed on, as the reference does, and the attack counts how many each one broke. Every
 random draw is a sample's own, so a sample's result does not depend on its batch, on early stopping, or
@@ -15,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from robustlab.attacks._apgd import RowLoop, RowLoopAttack
-from robustlab.attacks._fab import FABConfig, fab
 from robustlab.attacks._torchattacks import derive_seed
-from robustlab.attacks.apgd import APGD
-from robustlab.attacks.apgdt import APGDT
-from robustlab.attacks.square import Square
+from robustlab.attacks.autoattack._apgd import RowLoop, RowLoopAttack
+from robustlab.attacks.autoattack._fab import FABConfig, fab
+from robustlab.attacks.autoattack.apgd import APGD
+from robustlab.attacks.autoattack.apgdt import APGDT
+from robustlab.attacks.autoattack.square import Square
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
@@ -55,7 +55,7 @@ class FABT(RowLoopAttack):
     """FAB (Croce & Hein, ICML 2020, https://arxiv.org/abs/1907.02044), targeted over the top ``n_target_classes``.
 
     With ``targeted=False``, untargeted FAB (restarts after the first start from a random point), as in
-    AutoAttack's plus version. Runs on robustlab's own loop (:mod:`robustlab.attacks._fab`): every
+    AutoAttack's plus version. Runs on robustlab's own loop (:mod:`robustlab.attacks.autoattack._fab`): every
     (sample, target, restart) is a row of one batch, a sample stops at its first misclassified iterate
     within ``eps`` (which changes no result), and samples it cannot break within ``eps`` come back unchanged.
     """

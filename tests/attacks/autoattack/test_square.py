@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pyautoattack.square
 import pytest
-import robustlab.attacks._square as square_loop
+import robustlab.attacks.autoattack._square as square_loop
 import torch
-from robustlab.attacks.square import Square
+from robustlab.attacks.autoattack.square import Square
 from torch import Tensor, nn
 
 from robustlab.threat import Norm

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pyautoattack import AutoAttack as ReferenceAutoAttack
-from robustlab.attacks.autoattack import AutoAttack
+from robustlab.attacks.autoattack.ensemble import AutoAttack
 from torch import nn
 
 N = 8

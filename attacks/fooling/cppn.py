@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from robustlab.attacks._evolution_ops import decode_8bit, pick_uniform, polynomial_mutation, rand
+from robustlab.attacks.fooling.evolution import decode_8bit, pick_uniform, polynomial_mutation, rand
 from torch import Tensor
 
 __all__ = ["ACTIVATIONS", "CppnEncoding"]

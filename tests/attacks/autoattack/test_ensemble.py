@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from robustlab.attacks._apgd import APGDAttack, APGDConfig, apgd
-from robustlab.attacks.apgd import APGD
-from robustlab.attacks.apgdt import APGDT
-from robustlab.attacks.autoattack import FABT, AutoAttack
-from robustlab.attacks.square import Square
+from robustlab.attacks.autoattack._apgd import APGDAttack, APGDConfig, apgd
+from robustlab.attacks.autoattack.apgd import APGD
+from robustlab.attacks.autoattack.apgdt import APGDT
+from robustlab.attacks.autoattack.ensemble import FABT, AutoAttack
+from robustlab.attacks.autoattack.square import Square
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.errors import ConfigError

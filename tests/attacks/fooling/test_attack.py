@@ -13,10 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from robustlab.attacks._cppn import CppnEncoding
-from robustlab.attacks._direct import DirectEncoding
-from robustlab.attacks._map_elites import MapElites
-from robustlab.attacks.fooling import Fooling, class_probabilities
+from robustlab.attacks.fooling.attack import Fooling, class_probabilities
+from robustlab.attacks.fooling.cppn import CppnEncoding
+from robustlab.attacks.fooling.direct import DirectEncoding
+from robustlab.attacks.fooling.map_elites import MapElites
 
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.cli import cli
