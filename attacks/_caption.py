@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from robustlab.attack import Attack, AttackKind
 from robustlab.caption_metrics import goal_reached
 from robustlab.captioning import Captioner, tokenize
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm
 

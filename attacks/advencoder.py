@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from robustlab import ssl  # noqa: F401  (registers the simclr encoder this attack is evaluated against)
 from robustlab.attack import ATTACKS, Attack, CallContext, UniversalPerturbation
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.errors import ConfigError, ThreatModelViolation
 from robustlab.seeding import global_rng_seeded
 from robustlab.threat import Norm, ThreatModel

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, UniversalPerturbation, resolved
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.encoders import Encoder
 from robustlab.errors import ConfigError
 from robustlab.threat import Norm

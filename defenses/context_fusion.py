@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.defense import DEFENSES, Defense
 from robustlab.encoders import ClassifierFeatures, Encoder, encoder_fingerprint
 from robustlab.errors import ConfigError, WeightsUnavailableError

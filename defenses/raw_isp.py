@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
 from robustlab.optimize import descend

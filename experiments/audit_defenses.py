@@ -16,7 +16,8 @@ import argparse
 from pathlib import Path
 
 from robustlab.budgets import parse_eps
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.params import convert_param
 from robustlab.reports.report import Report, format_table, paired_rows
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.functional import to_pil_image
 
-from robustlab.data import iterate_batches, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import iterate_batches
 from robustlab.data.synth import SynthConfig, SynthDataset
 
 

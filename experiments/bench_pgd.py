@@ -43,8 +43,10 @@ import torch.nn.functional as F
 import torchattacks
 from torch import Tensor, nn
 
-from robustlab.data import DATASETS, load_dataset, register_builtin_datasets
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, load_builtin_components
+from robustlab.components import ComponentSpec, load_builtin_components
+from robustlab.data import load_dataset, register_builtin_datasets
+from robustlab.data.base import DATASETS
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.models.loading import ImageClassifier, ModelSpec, load_model
 
 EPS, STEP_SIZE, STEPS = 8 / 255, 2 / 255, 10

@@ -27,7 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from robustlab.budgets import parse_eps
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.reports.report import Report
 
 DEFENSES = {

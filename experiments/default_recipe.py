@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.data.synth import SynthConfig, SynthDataset
 from robustlab.intervals import with_interval
 from robustlab.optimize import descend

@@ -16,7 +16,8 @@ from dataclasses import asdict, fields
 
 import torch
 
-from robustlab.data import iterate_batches, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import iterate_batches
 from robustlab.encoders import HeadConfig, trained_heads
 from robustlab.ssl import SSLConfig, train_simclr
 

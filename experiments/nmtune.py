@@ -40,7 +40,8 @@ from robustlab.defenses.nmtune import NMTuneConfig, train_nmtune, view_features
 from torch import Tensor, nn
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.data.synth import ATTRIBUTES, COLORS, SynthConfig, SynthDataset
 from robustlab.encoders import ClassifierFeatures, Encoder, HeadConfig, train_head
 from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD, ImageClassifier

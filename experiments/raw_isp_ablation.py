@@ -21,8 +21,10 @@ from pathlib import Path
 from robustlab.defenses.camera import other_camera_rendering
 
 from robustlab.budgets import parse_eps
-from robustlab.data import iterate_batches, load_dataset
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.data import load_dataset
+from robustlab.data.base import iterate_batches
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.metrics import psnr
 from robustlab.reports.report import format_table, paired_rows
 

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.models.loading import ImageClassifier, load_model
 from robustlab.optimize import descend

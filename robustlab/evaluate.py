@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, Attack
 from robustlab.components import ComponentSpec, load_builtin_components
-from robustlab.data import ImageDataset, load_batches, load_dataset
+from robustlab.data import load_dataset
 from robustlab.data.adv import AdversarialDataset
+from robustlab.data.base import ImageDataset, load_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
 from robustlab.diagnostics.convergence import audit_verdicts
 from robustlab.diagnostics.masking import attack_gaps, threat_mode_gaps
@@ -34,7 +35,6 @@ from robustlab.distributed import Shard, gather_units
 from robustlab.errors import ConfigError
 from robustlab.eval_config import EvalConfig, run_config_hash
 from robustlab.fast_paths import accelerated, fast_path_check
-from robustlab.jsonfile import json_ready
 from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.progress import on_bar, reporting
@@ -46,17 +46,9 @@ from robustlab.sampling import sample_indices
 from robustlab.seeding import seeded, stream_seed
 from robustlab.store import KeyedStore, MemoryStore, RunStore
 from robustlab.tasks import TASKS, GenerativeTask, InputTask, Task
-from robustlab.victims import Target, TargetRequest, Victim, prepare_defense
+from robustlab.victims import Target, TargetRequest, Victim
 
-__all__ = [
-    "ComponentSpec",
-    "EvalConfig",
-    "Evaluator",
-    "json_ready",
-    "load_builtin_components",
-    "prepare_defense",
-    "run_config_hash",
-]
+__all__ = ["EvalConfig", "Evaluator", "run_config_hash"]
 
 ADVERSARIAL_CHECK = (
     "its clean accuracy is the attack's robust accuracy, so instead of the chance-level check the model and "

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from robustlab.attack import ATTACKS, AttackKind
 from robustlab.components import ComponentSpec, load_builtin_components
-from robustlab.data import iterate_batches, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import iterate_batches
 from robustlab.inputs import load_classifier
 from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of

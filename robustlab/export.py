@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 from robustlab.attack import ATTACKS, Attack, AttackKind
 from robustlab.cache import atomic_write, config_hash, load_weights, save_weights
 from robustlab.components import ComponentSpec, load_builtin_components
-from robustlab.data import ImageDataset, iterate_batches, load_dataset
+from robustlab.data import load_dataset
 from robustlab.data.adv import FORMAT, FORMAT_VERSION, shard_hash
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.defense import DEFENSES, Defense, ThreatMode
 from robustlab.distributed import Shard
 from robustlab.errors import ConfigError, DataError

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from robustlab.data import DATASETS, DataSpec, parse_kwargs, register_builtin_datasets
+from robustlab.data import register_builtin_datasets
+from robustlab.data.base import DATASETS, DataSpec, parse_kwargs
 from robustlab.errors import ConfigError
 from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.models.loading import ModelSpec, load_model

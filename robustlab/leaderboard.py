@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.budgets import format_eps, parse_eps
-from robustlab.data import DataSpec
+from robustlab.data.base import DataSpec
 from robustlab.errors import ConfigError, DataError
 from robustlab.reports.report import Diagnostic, Report, Row
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from robustlab.data import ImageDataset
+from robustlab.data.base import ImageDataset
 from robustlab.errors import DataError
 
 __all__ = ["listed_indices", "sample_indices"]

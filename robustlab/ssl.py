@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.encoders import ENCODERS, Encoder
 from robustlab.errors import CheckpointMismatchError, ConfigError
 from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD

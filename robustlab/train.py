@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
-from robustlab.data import ImageDataset, iterate_batches
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.models.classifier import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.optimize import descend

@@ -21,10 +21,11 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, UniversalPerturbation
 from robustlab.cache import load_weights
 from robustlab.cli import cli
+from robustlab.components import ComponentSpec
 from robustlab.data import load_dataset
 from robustlab.data.synth import SynthDataset
 from robustlab.encoders import HeadConfig, load_encoder, trained_heads
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
+from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.reports.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.tasks import TASKS, InputTask, Metric

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
+from robustlab.components import ComponentSpec
 from robustlab.defense import ThreatMode
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
+from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.reports.report import WORST_CASE, Report
 from robustlab.store import SqliteStore
 from robustlab.threat import Norm, ThreatModel

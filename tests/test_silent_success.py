@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.components import ComponentSpec
-from robustlab.data import DATASETS
+from robustlab.data.base import DATASETS
 from robustlab.defense import DEFENSES, Defense
 from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.models.loading import ModelSpec

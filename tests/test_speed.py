@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, Attack, CallContext
+from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, load_builtin_components
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.threat import Norm, ThreatModel
 
 CONFIG = EvalConfig(attacks=(ComponentSpec("pgd", (("eps", 2 / 255), ("steps", 3))),), n=64, batch_size=32)

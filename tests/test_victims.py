@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 from robustlab.cli import cli
-from robustlab.data import ImageDataset
+from robustlab.data.base import ImageDataset
 from robustlab.errors import ConfigError
 from robustlab.evaluate import EvalConfig
 from robustlab.inputs import load_classifier

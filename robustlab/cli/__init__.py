@@ -63,7 +63,8 @@ def list_command() -> None:
     """List every model, encoder, dataset, attack, defense, victim (--task) and task with a one-line summary."""
     import robustlab.attacks
     import robustlab.defenses
-    from robustlab.data import DATASETS, register_builtin_datasets
+    from robustlab.data import register_builtin_datasets
+    from robustlab.data.base import DATASETS
     from robustlab.encoders import ENCODERS
     from robustlab.models.loading import MODELS
     from robustlab.tasks import TASKS

@@ -18,7 +18,7 @@ import torch
 from robustlab.cache import atomic_write
 from robustlab.cli.configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
 from robustlab.cli.options import REPORT_FORMATS, build_specs
-from robustlab.data import iterate_batches
+from robustlab.data.base import iterate_batches
 from robustlab.distributed import Shard, init_from_env, parse_shard
 from robustlab.errors import CacheNotWritten, ConfigError, DataError
 from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash

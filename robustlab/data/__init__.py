@@ -8,21 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from robustlab.data.base import DATASETS, DataSpec, ImageDataset, iterate_batches, load_batches, parse_kwargs
+from robustlab.data.base import DATASETS, DataSpec, ImageDataset
 
 if TYPE_CHECKING:
     from robustlab.preprocessing import Preprocessing
 
-__all__ = [
-    "DATASETS",
-    "DataSpec",
-    "ImageDataset",
-    "iterate_batches",
-    "load_batches",
-    "load_dataset",
-    "parse_kwargs",
-    "register_builtin_datasets",
-]
+__all__ = ["load_dataset", "register_builtin_datasets"]
 
 
 def load_dataset(

@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from robustlab.attack import Attack
 from robustlab.components import ComponentSpec
-from robustlab.data import ImageDataset, iterate_batches
 from robustlab.data.adv import AdversarialDataset
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.defense import Defense, PreprocessingDefense, ThreatMode
 from robustlab.diagnostics.convergence import convergence_checks, strongest_gradient_attack
 from robustlab.diagnostics.masking import Probe, ProbeSettings, cheap_probes, expensive_probes

@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any
 
-from robustlab.data import DataSpec
+from robustlab.data.base import DataSpec
 from robustlab.errors import ConfigError
 from robustlab.reports.report import Report
 

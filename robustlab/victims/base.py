@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from robustlab.data import ImageDataset
+from robustlab.data.base import ImageDataset
 from robustlab.defense import Defense, ThreatMode
 from robustlab.models.loading import ModelSpec
 from robustlab.registry import Registry

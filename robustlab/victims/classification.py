@@ -7,7 +7,7 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from robustlab.data import ImageDataset, iterate_batches
+from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.models.loading import ImageClassifier, ModelSpec, check_logits

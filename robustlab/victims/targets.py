@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from robustlab.attack import Attack
-from robustlab.data import ImageDataset, load_dataset
+from robustlab.data import load_dataset
+from robustlab.data.base import ImageDataset
 from robustlab.defense import EOT, Defense, ThreatMode
 from robustlab.preprocessing import preprocessing_of
 

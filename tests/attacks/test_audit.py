@@ -12,8 +12,8 @@ from torch import nn
 
 from robustlab.attack import ATTACKS
 from robustlab.cli import cli
+from robustlab.components import ComponentSpec
 from robustlab.diagnostics.convergence import audit_verdicts
-from robustlab.evaluate import ComponentSpec
 from robustlab.randomized import randomized_version
 from robustlab.reports.plots import curve_points, step_points
 from robustlab.reports.report import Report

@@ -8,8 +8,8 @@ from kornia.filters import gaussian_blur2d
 from robustlab.attacks.blur import GaussianBlur
 
 from robustlab.attack import ATTACKS, AttackKind
+from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec
 from robustlab.threat import Norm
 
 

@@ -9,8 +9,8 @@ import robustlab.attacks
 import torch
 
 from robustlab.attack import ATTACKS, AttackKind
+from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec
 from robustlab.threat import Norm, perturbation_norm
 
 # Cheap settings so the whole table runs in seconds; each attack's defaults are tested elsewhere.

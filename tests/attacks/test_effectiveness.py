@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustlab.attack import ATTACKS
-from robustlab.evaluate import ComponentSpec
+from robustlab.components import ComponentSpec
 from robustlab.threat import Norm, perturbation_norm
 
 # (attack, parameters, required drop in accuracy in points). Margins are far below what the attacks

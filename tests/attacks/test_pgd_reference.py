@@ -6,7 +6,8 @@ import torch
 import torchattacks
 
 from robustlab.attack import ATTACKS
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.evaluate import EvalConfig, Evaluator
 
 
 def _robust_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from robustlab.data import DATASETS
+from robustlab.data.base import DATASETS
 from robustlab.data.synth import (
     ATTRIBUTES,
     BACKGROUNDS,

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from robustlab.data import iterate_batches, load_dataset
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.data import load_dataset
+from robustlab.data.base import iterate_batches
+from robustlab.evaluate import EvalConfig, Evaluator
 
 
 def _jpeg_tree(root: Path, per_class: int, sizes: tuple[int, int]) -> None:

@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import pytest
 
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.reports.report import Report, Row, paired_rows
 
 HEAD = (("n_train", 2048), ("steps", 300))

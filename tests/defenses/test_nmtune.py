@@ -22,11 +22,12 @@ from robustlab.defenses.nmtune import (
 )
 from torch import nn
 
+from robustlab.components import ComponentSpec
 from robustlab.data.synth import SynthDataset
 from robustlab.defense import ThreatMode
 from robustlab.encoders import ClassifierFeatures
 from robustlab.errors import ConfigError, WeightsUnavailableError
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.reports.report import WORST_CASE
 from robustlab.victims.downstream import DownstreamOptions
 

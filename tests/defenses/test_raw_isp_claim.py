@@ -25,7 +25,8 @@ from collections.abc import Callable
 import pytest
 from torch import nn
 
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+from robustlab.components import ComponentSpec
+from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.reports.report import Report
 
 pytestmark = pytest.mark.claim

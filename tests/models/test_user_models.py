@@ -199,7 +199,8 @@ def test_a_bare_eps_is_never_an_l2_radius() -> None:
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
 def test_per_sample_results_do_not_depend_on_the_batch_size(trained_model: nn.Module, attack: str) -> None:
-    from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator
+    from robustlab.components import ComponentSpec
+    from robustlab.evaluate import EvalConfig, Evaluator
 
     spec = ComponentSpec(attack, (("eps", 4 / 255), ("steps", 10)))  # a budget that leaves samples on both sides
 
@@ -282,8 +283,8 @@ def test_generate_attacks_a_noisy_user_model_through_eot(planted: str, register:
     from robustlab.attacks.fgsm import FGSM
 
     from robustlab.attack import ATTACKS
+    from robustlab.components import ComponentSpec
     from robustlab.defense import EOT
-    from robustlab.evaluate import ComponentSpec
     from robustlab.export import GenerateConfig, generate
     from robustlab.models.loading import ModelSpec
 

@@ -18,8 +18,9 @@ from robustlab.attacks.autoattack.ensemble import FABT, AutoAttack
 from robustlab.attacks.autoattack.square import Square
 
 from robustlab.attack import ATTACKS, Attack
+from robustlab.components import ComponentSpec
 from robustlab.errors import ConfigError
-from robustlab.evaluate import ComponentSpec, EvalConfig, Evaluator, run_config_hash
+from robustlab.evaluate import EvalConfig, Evaluator, run_config_hash
 from robustlab.store import SqliteStore
 from robustlab.threat import Norm
 
