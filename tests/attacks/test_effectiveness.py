@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import torch
+from robustlab.attacks import ATTACKS
 
-from robustlab.attack import ATTACKS
 from robustlab.components import ComponentSpec
 from robustlab.threat import Norm, perturbation_norm
 

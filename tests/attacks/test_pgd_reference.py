@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torchattacks
+from robustlab.attacks import ATTACKS
 
-from robustlab.attack import ATTACKS
 from robustlab.components import ComponentSpec
 from robustlab.evaluate import EvalConfig, Evaluator
 
