@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,11 +96,11 @@ def test_bad_shard_options_fail_in_one_line(
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_keep_their_own_stores(run: Callable[..., Result], child_env: dict[str, str]) -> None:
+def test_torchrun_ranks_keep_their_own_stores(
+    run: Callable[..., Result], robustlab_process: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     assert run("eval", *ARGS, "--out", "one.json").exit_code == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command = [*launcher, "-m", "robustlab", "eval", *ARGS, "--run-dir", "run", "--out", "two.json"]
-    ranks = subprocess.run(command, capture_output=True, text=True, env=child_env)
+    ranks = robustlab_process("eval", *ARGS, "--run-dir", "run", "--out", "two.json", ranks=2)
     assert ranks.returncode == 0, ranks.stderr
     assert sorted(path.parent.name for path in Path("run").glob("*/store.sqlite")) == ["rank-0-of-2", "rank-1-of-2"]
     assert _without_timings(Path("two.json")) == _without_timings(Path("one.json"))
