@@ -42,10 +42,12 @@ def test_a_samples_result_does_not_depend_on_its_batch(trained_model, synth_batc
     seeds = torch.arange(16, dtype=torch.int64) * 7919 + 11
     attack = Square(eps=BUDGETS[norm], norm=norm, n_queries=40)
     whole = attack(trained_model, x, y, sample_seeds=seeds)
-    part = attack(trained_model, x[5:11], y[5:11], sample_seeds=seeds[5:11])
-    changed = (whole[5:11] != x[5:11]).flatten(1).any(dim=1)
-    assert 0 < int(changed.sum()) < 6, "the slice should hold both fooled and unfooled samples"
-    assert torch.equal(whole[5:11], part)
+    changed = (whole != x).flatten(1).any(dim=1)
+    assert changed.any() and not changed.all(), "the batch should hold both fooled and unfooled samples"
+    # a smaller batch of both kinds, picked from wherever they are (the weights differ per thread count)
+    part_of = torch.cat([changed.nonzero()[:3, 0], (~changed).nonzero()[:3, 0]])
+    part = attack(trained_model, x[part_of], y[part_of], sample_seeds=seeds[part_of])
+    assert torch.equal(whole[part_of], part)
     other = attack(trained_model, x, y, sample_seeds=seeds + 1)
     assert not torch.equal(whole, other), "the sample seeds should drive the draws"
 
