@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from bench_autoattack import WORK, Breakdown, _work, robust_mask, run_reference, run_robustlab
@@ -57,10 +59,12 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["synth", "synth-at"])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--masks", type=Path, help="also write every path's per-sample robust mask to this JSON file")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}", flush=True)
     print("| model | norm, eps | path | robust acc [95% CI] | work/img | seconds | agree with standard | load |")
     print("| --- | --- | --- | --- | ---: | ---: | --- | ---: |")
+    saved: dict[str, list[bool]] = {}
     for weights in args.weights:
         model = load_model(args.model, weights=weights, progress=False).to(args.device).eval()
         x, y = load_dataset("synth", split="test", image_size=model.input_size).get_batch(torch.arange(args.n))
@@ -72,18 +76,27 @@ def main() -> None:
             for path in args.paths:
                 load = os.getloadavg()[0]
                 masks[path], work, seconds = measure(path, model, x, y, args)
+                saved[f"{weights} {norm} {path}"] = masks[path].tolist()
+                if args.masks:  # after every path, so a stopped run keeps what it measured
+                    args.masks.write_text(json.dumps(saved))
                 acc = float(masks[path].float().mean())
                 low, high = wilson_interval(acc, args.n)
-                agree = "--"
-                if "standard" in masks:
-                    same = int((masks[path] == masks["standard"]).sum())
-                    missed = (masks[path] & ~masks["standard"]).nonzero().flatten().tolist()
-                    agree = f"{same}/{args.n}" + (f", robust only here: {missed}" if missed else "")
+                agree = agreement(masks[path], masks["standard"]) if "standard" in masks else "--"
                 print(
                     f"| {args.model} `{weights}` (clean {clean:.3f}) | {norm} {args.eps:.4g} | {path} | "
                     f"{acc:.3f} [{low:.3f}, {high:.3f}] | {work:.1f} | {seconds:.1f} | {agree} | {load:.1f} |",
                     flush=True,
                 )
+            for path in args.paths[: args.paths.index("standard")] if "standard" in masks else []:
+                same = agreement(masks[path], masks["standard"])
+                print(f"{weights} {norm}: {path}, run before standard, agrees with it on {same}")
+
+
+def agreement(mask: Tensor, standard: Tensor) -> str:
+    """How many samples get the standard ensemble's verdict, and which ones are robust only under ``mask``'s path."""
+    same = int((mask == standard).sum())
+    missed = (mask & ~standard).nonzero().flatten().tolist()
+    return f"{same}/{len(mask)}" + (f", robust only here: {missed}" if missed else "")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 ``--weights synth`` trains with plain cross-entropy; ``--weights synth-at`` with PGD adversarial
 training (Madry et al., ICLR 2018, arXiv 1706.06083), the standard robust baseline every defense is
-compared against; ``--weights synth-noise0.3`` with plain cross-entropy on train labels of which 30%
-are flipped (the noisy pre-training that NMTune, Chen et al., ICLR 2024, starts from).
+compared against; ``--weights synth-trades`` with TRADES (Zhang et al., ICML 2019, arXiv 1901.08573), a
+second robust model trained differently; ``--weights synth-noise0.3`` with plain cross-entropy on train
+labels of which 30% are flipped (the noisy pre-training that NMTune, Chen et al., ICLR 2024, starts from).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ __all__ = [
     "TrainConfig",
     "pgd_examples",
     "robust_recipe",
+    "trades_examples",
     "train_classifier",
     "trained_attribute_classifier",
     "trained_classifier",
 ]
 
 RECIPE = 1  # bump when the training code changes what it produces, so old cached weights are not reused
+_ADDED_LATER = {"label_noise": 0.0, "trades_beta": 0.0}  # fields that name cached weights only when set
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class TrainConfig:
     attack_steps: int = 5
     recipe: int = RECIPE
     label_noise: float = 0.0
+    trades_beta: float = 0.0  # with ``adversarial``: TRADES' weight of the clean-to-adversarial KL; 0 is PGD-AT
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default: small nets get more steps, big torchvision nets fewer."""
@@ -71,7 +75,7 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
     if adversarial and not config.adversarial:
         config = robust_recipe(config)
     config = config.resolved()
-    kind = "synth-at" if config.adversarial else "synth"
+    kind = ("synth-trades" if config.trades_beta else "synth-at") if config.adversarial else "synth"
     kind += f"-noise{config.label_noise:g}" if config.label_noise else ""
     path = cache_dir("models") / f"{config.arch}-{kind}-{_cache_key(config)}.safetensors"
     model = _build(config)
@@ -88,10 +92,8 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
 
 
 def _cache_key(config: TrainConfig) -> str:
-    """The config's hash; ``label_noise`` joins it only when set, so clean configs keep their cached weights."""
-    key = asdict(config)
-    if not config.label_noise:
-        del key["label_noise"]
+    """The config's hash; fields added later join it only when set, so older configs keep their cached weights."""
+    key = {k: v for k, v in asdict(config).items() if _ADDED_LATER.get(k, object()) != v}
     return config_hash(key)
 
 
@@ -122,14 +124,15 @@ def trained_attribute_classifier(config: TrainConfig, target: str, *, progress: 
     return model
 
 
-def robust_recipe(config: TrainConfig) -> TrainConfig:
+def robust_recipe(config: TrainConfig, *, trades_beta: float = 0.0) -> TrainConfig:
     """The ``synth-at`` recipe: 200 steps of PGD-2 adversarial fine-tuning (8/255, step 1.25·eps, batch 64).
 
     Two attack steps rather than Madry's seven keep it to a few CPU minutes; with a random start and a
     1.25·eps step this is the regime where fast adversarial training stays robust to full PGD
-    (Wong et al., ICLR 2020, arXiv 2001.03994).
+    (Wong et al., ICLR 2020, arXiv 2001.03994). ``trades_beta > 0`` is ``synth-trades``: the same budget
+    and schedule with TRADES' objective (the paper's β = 6 for CIFAR-10) instead of PGD-AT's.
     """
-    return replace(config, adversarial=True, steps=200, batch_size=64, attack_steps=2)
+    return replace(config, adversarial=True, steps=200, batch_size=64, attack_steps=2, trades_beta=trades_beta)
 
 
 def _build(config: TrainConfig) -> ImageClassifier:
@@ -182,15 +185,46 @@ def train_classifier(
         chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
         _, x, y = next(iterate_batches(data, chunk, config.batch_size))
         x, y = x.to(device), y.to(device)
-        if config.adversarial:
-            model.eval()
-            x = pgd_examples(model, x, y, eps=config.eps, steps=config.attack_steps, generator=generator)
         model.train()
-        loss = F.cross_entropy(model(x), y)
+        loss = _loss(model, x, y, config, generator)
         descend(optimizer, loss, schedule)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     model.requires_grad_(False)
+
+
+def _loss(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig, generator: torch.Generator) -> Tensor:
+    """The training loss of one batch: cross-entropy, on PGD examples for PGD-AT, plus TRADES' KL term."""
+    if not config.adversarial:
+        return F.cross_entropy(model(x), y)
+    model.eval()  # the examples are made against the model as it predicts, as both papers' code does
+    if not config.trades_beta:
+        x = pgd_examples(model, x, y, eps=config.eps, steps=config.attack_steps, generator=generator)
+        model.train()
+        return F.cross_entropy(model(x), y)
+    x_adv = trades_examples(model, x, eps=config.eps, steps=config.attack_steps, generator=generator)
+    model.train()
+    logits = model(x)
+    divergence = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="batchmean")
+    return F.cross_entropy(logits, y) + config.trades_beta * divergence
+
+
+def trades_examples(model: nn.Module, x: Tensor, *, eps: float, steps: int, generator: torch.Generator) -> Tensor:
+    """TRADES' inner maximisation: L∞ steps that push the prediction away from the clean one (no label used).
+
+    As the authors' code: a start 0.001·N(0, 1) from ``x`` and signed steps on KL(p(x) ‖ p(x')), with the
+    step of :func:`pgd_examples` (2.5·eps/steps) so that few steps still reach the budget's edge.
+    """
+    step_size = 2.5 * eps / max(steps, 2)
+    with torch.no_grad():
+        clean = F.softmax(model(x), 1)
+    x_adv = x + 0.001 * torch.randn(x.shape, generator=generator).to(x.device)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        divergence = F.kl_div(F.log_softmax(model(x_adv), 1), clean, reduction="sum")
+        (grad,) = torch.autograd.grad(divergence, x_adv)
+        x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
 
 
 def pgd_examples(

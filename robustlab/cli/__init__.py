@@ -248,7 +248,11 @@ def generate_command(**params: Any) -> None:
 @data_option(_TRAIN_SPLIT)
 @num_classes_option("Default: the dataset's classes.")
 @image_size_option("Default: 32 embedded, 224 torchvision.")
-@choice_option("--adversarial", ["none", "pgd"], "pgd: PGD adversarial training (Madry et al. 2018) within --eps.")
+@choice_option(
+    "--adversarial",
+    ["none", "pgd", "trades"],
+    "pgd: PGD adversarial training (Madry et al. 2018) within --eps; trades: TRADES (Zhang et al. 2019, beta 6).",
+)
 @eps_option(training=True)
 @count_option("--attack-steps", 2, "PGD steps per training batch (1: FGSM with random start, 'fast AT').")
 @steps_option("Optimizer steps (default 800 / 400).")

@@ -226,7 +226,8 @@ def run_train(options: TrainOptions) -> float:
         steps=options.steps,
         batch_size=options.batch_size,
         lr=options.lr,
-        adversarial=options.adversarial == "pgd",
+        adversarial=options.adversarial != "none",
+        trades_beta=6.0 if options.adversarial == "trades" else 0.0,
         eps=options.eps,
         attack_steps=options.attack_steps,
     )

@@ -150,7 +150,7 @@ class GenerateOptions(RunOptions, ModelOptions, ComponentOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions(RunOptions):
-    """``robustlab train``: a registered model trained on ``data`` (adversarially with ``adversarial="pgd"``)."""
+    """``robustlab train``: a registered model trained on ``data`` (``adversarial``: none, pgd, trades)."""
 
     model: str
     data: str

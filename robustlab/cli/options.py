@@ -210,9 +210,9 @@ weights_option = click.option(
     "--weights",
     default=None,
     metavar="WEIGHTS",
-    help="synth (train on the synthetic world, cached), synth-at (PGD adversarially trained), imagenet or a "
-    "torchvision tag (IMAGENET1K_V2), random, or a checkpoint PATH. Default: synth for embedded nets, "
-    "imagenet for torchvision nets.",
+    help="synth (train on the synthetic world, cached), synth-at (PGD adversarially trained), synth-trades "
+    "(TRADES-trained), imagenet or a torchvision tag (IMAGENET1K_V2), random, or a checkpoint PATH. Default: "
+    "synth for embedded nets, imagenet for torchvision nets.",
 )
 
 

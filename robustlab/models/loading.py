@@ -26,7 +26,7 @@ from robustlab.models.checkpoints import load_state_dict_file, load_strict
 from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
 from robustlab.preprocessing import Preprocessing
 from robustlab.seeding import global_rng_seeded
-from robustlab.train import TrainConfig, trained_classifier
+from robustlab.train import TrainConfig, robust_recipe, trained_classifier
 
 __all__ = [
     "MODELS",
@@ -131,8 +131,10 @@ def _load_model(
             f"--weights {weights} is trained on the synthetic world's 10 classes, not {num_classes}; "
             "for other heads pass --weights PATH or --weights random"
         )
-    if weights in ("synth", "synth-at"):
+    if weights in ("synth", "synth-at", "synth-trades"):
         config = TrainConfig(arch=name, num_classes=num_classes or 10, image_size=image_size or 32)
+        if weights == "synth-trades":
+            config = robust_recipe(config, trades_beta=6.0)
         return _finish(trained_classifier(config, adversarial=weights == "synth-at", progress=progress))
     if weights.startswith("synth-noise"):
         noise = _label_noise(weights)
@@ -156,7 +158,7 @@ def _load_model(
 def class_names(name: str, weights: str | None, k: int) -> list[str]:
     """Readable names of a model's ``k`` classes: the synthetic world's shapes, ImageNet's categories, else indices."""
     family = MODELS.get(name).tags.get("family") if name in MODELS else None
-    if family == "embedded" and weights in (None, "synth", "synth-at"):
+    if family == "embedded" and weights in (None, "synth", "synth-at", "synth-trades"):
         from robustlab.data.synth import SHAPES
 
         if k <= len(SHAPES):
