@@ -23,18 +23,23 @@ __all__ = [
     "check_data",
     "check_eval",
     "check_eval_names",
+    "check_hub_models",
     "check_model_names",
     "check_not_baseline",
     "check_output_file",
     "check_output_folder",
+    "check_registered_models",
 ]
 
 
 def check_eval_names(options: EvalOptions) -> None:
-    """Refuse, before torch is imported, an ``--out`` that is the ``--baseline`` and unknown classifier names."""
+    """Refuse, before torch is imported, an ``--out`` that is the ``--baseline`` and hub models not in the cache.
+
+    Whether a registered name exists is the victim kind's to say (its registry imports torch): see
+    :meth:`robustlab.victims.Victim.check`.
+    """
     check_not_baseline(options.out, options.baseline)
-    if options.task == "classification":
-        check_model_names(options.models, options.weights)
+    check_hub_models(options.models, options.weights)
 
 
 def check_eval(options: EvalOptions) -> list[str]:
@@ -116,22 +121,32 @@ def check_data(specs: Sequence[tuple[str | None, str]], n: int | None) -> list[s
     return notes
 
 
-def check_model_names(names: Sequence[str], weights: str | None = None) -> None:
-    """Each registered architecture exists and a ``timm:`` model's ``--weights hub`` is in the local cache.
-
-    A ``module:factory`` user model is imported later, when loaded; timm is not imported here (seconds).
-    """
+def check_hub_models(names: Sequence[str], weights: str | None = None) -> None:
+    """A ``timm:`` model's ``--weights hub`` is in the local cache; neither timm nor torch is imported (seconds)."""
     from robustlab.models.hub_cache import require_cached_timm
 
     for name in names:
         if name.startswith("timm:") and not name.startswith("timm:local-dir:") and weights in (None, "hub"):
             require_cached_timm(name.removeprefix("timm:"))
+
+
+def check_model_names(names: Sequence[str], weights: str | None = None) -> None:
+    """Each registered architecture exists and a ``timm:`` model's ``--weights hub`` is in the local cache.
+
+    A ``module:factory`` user model is imported later, when loaded.
+    """
+    check_hub_models(names, weights)  # first: a timm-only run fails on an empty cache before torch is imported
+    check_registered_models(names)
+
+
+def check_registered_models(names: Sequence[str]) -> None:
+    """Each name without a ``family:`` prefix is a registered architecture (UnknownNameError lists close matches)."""
     registered = [name for name in names if ":" not in name]
-    if registered:  # the registry imports torch: a timm-only run fails on an empty cache before that
-        from robustlab.models.loading import MODELS
+    if registered:
+        from robustlab.models.loading import MODELS  # the registry imports torch
 
         for name in registered:
-            MODELS.get(name)  # raises UnknownNameError listing the close matches
+            MODELS.get(name)
 
 
 def _check_writable_folder(folder: Path, what: str) -> None:

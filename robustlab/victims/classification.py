@@ -11,6 +11,7 @@ from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.inputs import input_note, load_classifier
 from robustlab.models.loading import ImageClassifier, ModelSpec, check_logits
+from robustlab.preflight import check_registered_models
 from robustlab.victims.base import VICTIMS, EvalSettings, TargetRequest, Victim
 from robustlab.victims.targets import Target, classifier_targets, prepare_defense
 
@@ -23,6 +24,10 @@ class Classification(Victim):
 
     name = "classification"
     classifier_checks = True
+
+    def check(self, config: EvalSettings) -> None:
+        """Every registered architecture ``--model`` names exists (UnknownNameError lists the close matches)."""
+        check_registered_models([spec.name for spec in config.models])
 
     def load(self, spec: ModelSpec, config: EvalSettings, *, progress: bool) -> nn.Module:
         return load_classifier(spec, config.data, progress=progress)
@@ -62,6 +67,9 @@ class Captioning(Classification):
     name = "captioning"
     task = "captioning"
     classifier_checks = False
+
+    def check(self, config: EvalSettings) -> None:
+        return None  # captioners are named by load_captioner, not the classifier registry
 
     def load(self, spec: ModelSpec, config: EvalSettings, *, progress: bool) -> nn.Module:
         from robustlab.captioning import load_captioner
