@@ -60,6 +60,12 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--masks", type=Path, help="also write every path's per-sample robust mask to this JSON file")
+    parser.add_argument(
+        "--standard-from",
+        type=Path,
+        help="compare with the standard ensemble's masks in this --masks file of an earlier run (its first n samples) "
+        "instead of running it again: robustlab draws per sample, so a sample's verdict does not depend on n",
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}", flush=True)
     print("| model | norm, eps | path | robust acc [95% CI] | work/img | seconds | agree with standard | load |")
@@ -72,7 +78,8 @@ def main() -> None:
         clean = float(robust_mask(model, x, y).float().mean())
         for norm in args.norms:
             args.norm, args.eps, args.ta_norm = norm, EPS[norm], {"linf": "Linf", "l2": "L2"}[norm]
-            masks: dict[str, Tensor] = {}
+            masks = _earlier_standard(args, weights, norm)
+            unmatched: list[str] = []
             for path in args.paths:
                 load = os.getloadavg()[0]
                 masks[path], work, seconds = measure(path, model, x, y, args)
@@ -82,14 +89,27 @@ def main() -> None:
                 acc = float(masks[path].float().mean())
                 low, high = wilson_interval(acc, args.n)
                 agree = agreement(masks[path], masks["standard"]) if "standard" in masks else "--"
+                unmatched += [path] if "standard" not in masks else []
                 print(
                     f"| {args.model} `{weights}` (clean {clean:.3f}) | {norm} {args.eps:.4g} | {path} | "
                     f"{acc:.3f} [{low:.3f}, {high:.3f}] | {work:.1f} | {seconds:.1f} | {agree} | {load:.1f} |",
                     flush=True,
                 )
-            for path in args.paths[: args.paths.index("standard")] if "standard" in masks else []:
+            for path in unmatched if "standard" in masks else []:
                 same = agreement(masks[path], masks["standard"])
                 print(f"{weights} {norm}: {path}, run before standard, agrees with it on {same}")
+
+
+def _earlier_standard(args: argparse.Namespace, weights: str, norm: str) -> dict[str, Tensor]:
+    """The standard ensemble's mask from ``--standard-from``, when that file has this model and norm."""
+    earlier = json.loads(args.standard_from.read_text()) if args.standard_from else {}
+    mask = earlier.get(f"{weights} {norm} standard")
+    if mask is None or "standard" in args.paths:
+        return {}
+    if len(mask) < args.n:
+        raise SystemExit(f"--standard-from has {len(mask)} samples of {weights} {norm}, fewer than --n {args.n}")
+    print(f"{weights} {norm}: standard's masks from {args.standard_from} (first {args.n} of {len(mask)})")
+    return {"standard": torch.tensor(mask[: args.n])}
 
 
 def agreement(mask: Tensor, standard: Tensor) -> str:
