@@ -1,4 +1,4 @@
-"""``robustlab train`` writes weights that ``--weights PATH`` loads back, adversarial training (PGD-AT, TRADES) included."""
+"""``robustlab train`` writes weights that ``--weights PATH`` loads back, adversarially trained (PGD, TRADES) too."""
 
 from __future__ import annotations
 
