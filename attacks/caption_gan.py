@@ -16,14 +16,17 @@ No official code exists; the rest is our reconstruction (docs: ``specs/caption-g
 - ``objective`` (ours, issue #27): the feature term may instead pool the map or match the nearest goal image,
   which do not ask the source to copy one image's layout; ``decoder`` replaces it by the frozen decoder's
   margin loss (then the decoder is in the graph: outside the paper's threat model, an upper reference).
-- One generator per goal, trained on the fit split (the spec's "trained per target" option; a generator
-  conditioned on the goal is not built yet).
+- One generator per goal, trained on the fit split (the spec's "trained per target" option), by default. With
+  ``goals`` set (ours, issue #27; the paper's setting of one model for many targets), one
+  :class:`ConditionedGenerator` is trained over all of them at once, each training image drawn with a random goal,
+  and serves each of them: ``target``/``keyword`` says which goal a call aims at (:meth:`CaptionGAN.with_goal`
+  switches goal without refitting).
 - With a feature objective the decoder is never in the graph: only the encoder's features are differentiated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,10 +46,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab.attack import ATTACKS, CallContext, resolved
+from robustlab.captioning import Captioner, tokenize
 from robustlab.errors import ConfigError
 from robustlab.seeding import global_rng_seeded
 
-__all__ = ["CaptionGAN", "PatchDiscriminator", "PerturbationGenerator"]
+__all__ = ["CaptionGAN", "ConditionedGenerator", "PatchDiscriminator", "PerturbationGenerator", "parse_goals"]
 
 
 def _conv_in(cin: int, cout: int, *, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -93,6 +97,108 @@ class PerturbationGenerator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class _FiLMNorm(nn.Module):
+    """Conditional instance norm (Dumoulin et al., ICLR 2017, arXiv 1610.07629): instance norm, then a per-channel
+    scale and shift computed from the goal code. The linear map starts at zero, so an untrained layer is plain
+    instance norm (scale 1, shift 0)."""
+
+    def __init__(self, channels: int, code_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.film = nn.Linear(code_dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        scale, shift = self.film(code)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class _FiLMConv(nn.Module):
+    def __init__(self, cin: int, cout: int, code_dim: int, *, stride: int = 1, transposed: bool = False) -> None:
+        super().__init__()
+        self.conv: nn.Module = (
+            nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+            if transposed
+            else nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        )
+        self.norm = _FiLMNorm(cout, code_dim)
+
+    def forward(self, x: Tensor, code: Tensor, *, relu: bool = True) -> Tensor:
+        out = self.norm(self.conv(x), code)
+        return F.relu(out) if relu else out
+
+
+class _FiLMResidual(nn.Module):
+    def __init__(self, channels: int, code_dim: int) -> None:
+        super().__init__()
+        self.first, self.second = _FiLMConv(channels, channels, code_dim), _FiLMConv(channels, channels, code_dim)
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        out: Tensor = x + self.second(self.first(x, code), code, relu=False)
+        return out
+
+
+class ConditionedGenerator(nn.Module):
+    """:class:`PerturbationGenerator` conditioned on a goal code :math:`(B, K)`: every instance norm is a FiLM layer.
+
+    Why FiLM and not the code as extra input channels: each of the generator's layers is instance-normalised, which
+    removes any per-channel constant, so a goal code tiled over the image as channels would be subtracted by the
+    first norm (all but its effect at the zero-padded border). Scaling and shifting *after* each norm is how one
+    style-transfer network serves many styles (conditional instance norm); here it lets one network serve many goals.
+
+    Example:
+        >>> ConditionedGenerator(code_dim=5)(torch.rand(2, 3, 32, 32), torch.rand(2, 5)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, channels: int = 3, width: int = 8, *, code_dim: int) -> None:
+        super().__init__()
+        w = width
+        self.down = nn.ModuleList(
+            [
+                _FiLMConv(channels, w, code_dim),
+                _FiLMConv(w, 2 * w, code_dim, stride=2),
+                _FiLMConv(2 * w, 4 * w, code_dim, stride=2),
+            ]
+        )
+        self.residual = nn.ModuleList([_FiLMResidual(4 * w, code_dim) for _ in range(4)])
+        self.up = nn.ModuleList(
+            [
+                _FiLMConv(4 * w, 2 * w, code_dim, transposed=True),
+                _FiLMConv(2 * w, w, code_dim, transposed=True),
+            ]
+        )
+        self.out = nn.Conv2d(w, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        for layer in self.down:
+            x = layer(x, code)
+        for layer in [*self.residual, *self.up]:
+            x = layer(x, code)
+        out: Tensor = self.out(x)
+        return out
+
+
+def parse_goals(text: str) -> list[tuple[str | None, str | None]]:
+    """``(target, keyword)`` pairs of a ``goals`` string: ``;``-separated ``target:CAPTION`` or ``keyword:WORDS``.
+
+    Example:
+        >>> parse_goals("keyword: stripes; target:a large orange ring on bricks")
+        [(None, 'stripes'), ('a large orange ring on bricks', None)]
+    """
+    goals: list[tuple[str | None, str | None]] = []
+    for entry in (e.strip() for e in text.split(";")):
+        mode, sep, words = (part.strip() for part in entry.partition(":"))
+        if not sep or mode not in ("target", "keyword") or not tokenize(words):
+            raise ConfigError(f"each of goals must be 'target:CAPTION' or 'keyword:WORDS', got {entry!r}")
+        goals.append((words, None) if mode == "target" else (None, words))
+    keys = [(t is None, tokenize(t or k or "")) for t, k in goals]
+    if len({(m, tuple(w)) for m, w in keys}) != len(keys):
+        raise ConfigError(f"goals repeats a goal: {text!r}")
+    return goals
 
 
 class PatchDiscriminator(nn.Module):
@@ -142,8 +248,16 @@ class CaptionGAN(CaptionAttack):
             the paper's), or ``decoder``: Show-and-Fool's margin loss through the frozen decoder (its parameters
             never learn, but gradients pass through it: no longer the paper's encoder-only attack).
         margin: κ of the ``decoder`` objective.
-        n_targets: goal images found (1 for a caption matched as ``features``, 8 otherwise, by default).
+        n_targets: goal images found per goal (1 for a caption matched as ``features``, 8 otherwise, by default;
+            with ``goals``, 1 only if every goal is such a caption).
         scan: fit images searched for target images and used to train the generator.
+        goals: ``None`` (the default): one generator for the one goal ``target``/``keyword``. Otherwise the goals
+            one :class:`ConditionedGenerator` is trained for, ``;``-separated ``target:CAPTION`` or
+            ``keyword:WORDS`` entries (:func:`parse_goals`); ``target``/``keyword`` must be one of them and picks
+            the goal the attack aims every input at. The code each goal conditions on is its goal images' pooled
+            encoder features (the region-mean of :func:`~robustlab.attacks._caption.goal_bank`, the vector the
+            decoder's state starts from): it says what the goal looks like to the victim, where a learned
+            embedding per goal would only name it.
     """
 
     steps: int = 600
@@ -156,7 +270,9 @@ class CaptionGAN(CaptionAttack):
     margin: float = 5.0
     n_targets: int | None = None
     scan: int = 2000
-    _generator: PerturbationGenerator | None = field(default=None, init=False, repr=False)
+    goals: str | None = None
+    _generator: PerturbationGenerator | ConditionedGenerator | None = field(default=None, init=False, repr=False)
+    _codes: Tensor | None = field(default=None, init=False, repr=False)
     _losses: list[float] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,8 +280,39 @@ class CaptionGAN(CaptionAttack):
         if self.steps < 1 or self.batch_size < 1 or self.scan < 1:
             raise ConfigError("steps, batch_size and scan must be >= 1")
         check_objective(self.objective, (*FEATURE_OBJECTIVES, "decoder"))
+        if self.goals is not None:
+            self.goal_index  # noqa: B018  (raises ConfigError unless the goal is one of goals)
         if self.n_targets is None:
-            self.n_targets = default_targets(self.target, self.objective)
+            self.n_targets = max(default_targets(t, self.objective) for t, _ in self.goal_list)
+
+    def config(self) -> dict[str, Any]:
+        values = super().config()
+        return values if self.goals is not None else {k: v for k, v in values.items() if k != "goals"}
+
+    @property
+    def goal_list(self) -> list[tuple[str | None, str | None]]:
+        """``(target, keyword)`` of each goal the generator serves: ``goals`` parsed, or the one goal."""
+        return [(self.target, self.keyword)] if self.goals is None else parse_goals(self.goals)
+
+    @property
+    def goal_index(self) -> int:
+        """Which of ``goals`` (parsed, in order) ``target``/``keyword`` names; 0 without ``goals``."""
+        if self.goals is None:
+            return 0
+        words = tokenize(self.target or self.keyword or "")
+        for index, (target, keyword) in enumerate(parse_goals(self.goals)):
+            if (target is None) == (self.target is None) and tokenize(target or keyword or "") == words:
+                return index
+        goal = f"target:{self.target}" if self.target is not None else f"keyword:{self.keyword}"
+        raise ConfigError(f"{goal!r} is not one of goals {self.goals!r}: a conditioned generator serves only those")
+
+    def with_goal(self, *, target: str | None = None, keyword: str | None = None) -> CaptionGAN:
+        """This attack aimed at another of its ``goals``, sharing the generator ``fit`` trained (no refitting)."""
+        if self.goals is None:
+            raise ConfigError("with_goal needs goals: a generator fitted for one goal serves only that goal")
+        other = replace(self, target=target, keyword=keyword)
+        other._generator, other._codes, other._losses = self._generator, self._codes, list(self._losses)
+        return other
 
     @property
     def feature_losses(self) -> list[float]:
@@ -173,16 +320,29 @@ class CaptionGAN(CaptionAttack):
         return list(self._losses)
 
     def fit(self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True) -> CaptionGAN:
-        """Train the generator on the first ``scan`` fit images to reproduce the goal's encoder features."""
+        """Train the generator on the first ``scan`` fit images to reproduce the goal's encoder features.
+
+        With ``goals``, each training image is given a goal drawn uniformly (after its index, from ``generator``),
+        the generator is conditioned on that goal's code and the loss compares it with that goal.
+        """
         captioner, n_targets = as_captioner(model), resolved(self.n_targets)
-        self.check_vocabulary(captioner)
-        bank = goal_bank(
-            captioner, dataset, target=self.target, keyword=self.keyword, n_targets=n_targets, scan=self.scan
-        )
-        device = bank.device
+        goals = [self] if self.goals is None else [self.with_goal(target=t, keyword=k) for t, k in self.goal_list]
+        for goal in goals:
+            goal.check_vocabulary(captioner)
+        banks = [
+            goal_bank(captioner, dataset, target=g.target, keyword=g.keyword, n_targets=n_targets, scan=self.scan)
+            for g in goals
+        ]
+        device = banks[0].device
+        codes = None if self.goals is None else torch.stack([b.mean((0, 2, 3)) for b in banks])
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with global_rng_seeded(seed):  # inits draw from the global RNG: make them a function of seed
-            net, critic = PerturbationGenerator().to(device), PatchDiscriminator().to(device)
+            net: PerturbationGenerator | ConditionedGenerator = (
+                PerturbationGenerator().to(device)
+                if codes is None
+                else ConditionedGenerator(code_dim=codes.shape[1]).to(device)
+            )
+            critic = PatchDiscriminator().to(device)
         opt_g = torch.optim.Adam(net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(critic.parameters(), lr=self.lr, betas=(0.5, 0.999))
         pool = min(self.scan, len(dataset))
@@ -190,7 +350,8 @@ class CaptionGAN(CaptionAttack):
         bar = tqdm(range(self.steps), desc="caption_gan fit", disable=not progress, leave=False)
         for _ in bar:
             x = dataset_images(dataset, torch.randint(pool, (self.batch_size,), generator=generator)).to(device)
-            delta = self.eps * torch.tanh(net(x))
+            rows = None if codes is None else torch.randint(len(goals), (len(x),), generator=generator).to(device)
+            delta = self.eps * torch.tanh(_perturbation_logits(net, x, codes, rows))
             x_adv = (x + delta).clamp(0, 1)
             if self.adv_weight > 0:
                 real, fake = critic(x), critic(x_adv.detach())
@@ -198,12 +359,18 @@ class CaptionGAN(CaptionAttack):
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-            if self.objective == "decoder":
-                feature_loss = decoder_margin_loss(captioner, x_adv, self, self.margin) / len(x)
+            if rows is None:
+                feature_loss = self._objective(captioner, x, x_adv, banks[0], self)
             else:
-                with torch.no_grad():
-                    clean_features = captioner.encoder(x)
-                feature_loss = feature_distance(captioner.encoder(x_adv), bank, clean_features, self.objective).mean()
+                parts = [(rows == g).nonzero().squeeze(1) for g in range(len(goals))]
+                feature_loss = sum(
+                    (
+                        self._objective(captioner, x[p], x_adv[p], bank, goal) * len(p)
+                        for p, bank, goal in zip(parts, banks, goals, strict=True)
+                        if len(p)
+                    ),
+                    start=x.new_zeros(()),
+                ) / len(x)
             loss = feature_loss + self.pert_weight * (delta.flatten(1).norm(dim=1) - self.pert_bound).relu().mean()
             if self.adv_weight > 0:
                 judged = critic(x_adv)
@@ -213,11 +380,31 @@ class CaptionGAN(CaptionAttack):
             opt_g.step()
             self._losses.append(float(feature_loss.detach()))
             bar.set_postfix(feature=f"{self._losses[-1]:.4f}", refresh=False)
-        self._generator = net.eval().requires_grad_(False)
+        self._generator, self._codes = net.eval().requires_grad_(False), codes
         return self
+
+    def _objective(self, captioner: Captioner, x: Tensor, x_adv: Tensor, bank: Tensor, goal: CaptionGAN) -> Tensor:
+        """The objective's loss of ``x_adv`` for ``goal``, per image (mean over the batch)."""
+        if self.objective == "decoder":
+            return decoder_margin_loss(captioner, x_adv, goal, self.margin) / len(x)
+        with torch.no_grad():
+            clean_features = captioner.encoder(x)
+        return feature_distance(captioner.encoder(x_adv), bank, clean_features, self.objective).mean()
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         if self._generator is None:
             raise ConfigError("caption_gan has no generator yet: call fit(captioner, fit_dataset) first")
+        rows = None if self._codes is None else torch.full((len(x),), self.goal_index, device=x.device)
         with torch.no_grad():
-            return (x + self.eps * torch.tanh(self._generator(x))).clamp(0, 1)
+            return (x + self.eps * torch.tanh(_perturbation_logits(self._generator, x, self._codes, rows))).clamp(0, 1)
+
+
+def _perturbation_logits(
+    net: PerturbationGenerator | ConditionedGenerator, x: Tensor, codes: Tensor | None, rows: Tensor | None
+) -> Tensor:
+    """The generator's output for ``x``, each row conditioned on ``codes[rows]`` if the generator is conditioned."""
+    if isinstance(net, ConditionedGenerator):
+        if codes is None or rows is None:
+            raise ConfigError("a conditioned generator needs the goal codes fit computed")
+        return net(x, codes[rows])
+    return net(x)

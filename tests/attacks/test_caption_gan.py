@@ -294,3 +294,43 @@ def test_objectives_that_impose_no_layout() -> None:
     assert float(feature_distance(moved, bank, moved, "features")) == pytest.approx(2.0)  # the mean map: 2 and 2
     with pytest.raises(ConfigError, match="objective must be one of features, pooled, nearest, decoder"):
         _attack("caption_gan", target="a small red star on sky", objective="pixels")
+
+
+CONDITIONED = "keyword:stripes; keyword:purple"
+
+
+def test_conditioned_goals_are_checked_and_recorded() -> None:
+    gan = _attack("caption_gan", keyword="stripes", goals=CONDITIONED)
+    assert gan.config()["goals"] == CONDITIONED and gan.goal_index == 0
+    assert gan.with_goal(keyword="Purple").goal_index == 1, "goals match after tokenization"
+    assert "goals" not in _attack("caption_gan", keyword="stripes").config(), "the per-goal config is unchanged"
+    with pytest.raises(ConfigError, match="'keyword:hexagon' is not one of goals"):
+        _attack("caption_gan", keyword="hexagon", goals=CONDITIONED)
+    with pytest.raises(ConfigError, match="'target:stripes' is not one of goals"):
+        gan.with_goal(target="stripes")  # the same words as a caption are another goal
+    with pytest.raises(ConfigError, match="'target:CAPTION' or 'keyword:WORDS', got 'purple'"):
+        _attack("caption_gan", keyword="stripes", goals="keyword:stripes; purple")
+    with pytest.raises(ConfigError, match="repeats a goal"):
+        _attack("caption_gan", keyword="stripes", goals="keyword:stripes; keyword: Stripes")
+    with pytest.raises(ConfigError, match="with_goal needs goals"):
+        _attack("caption_gan", keyword="stripes").with_goal(keyword="purple")
+    # One goal image per caption only when every goal is a caption matched region by region (as per goal).
+    assert _attack("caption_gan", target="a b", goals="target:a b; target:c d").n_targets == 1
+    assert _attack("caption_gan", target="a b", goals="target:a b; keyword:c").n_targets == 8
+
+
+def test_conditioned_generator_keeps_the_budget_and_follows_the_goal(
+    captioner: Captioner, fit_data: SynthCaptions, sources: tuple[torch.Tensor, list[str]]
+) -> None:
+    x, eps = sources[0][:6], 8 / 255
+    gan = _attack("caption_gan", keyword="stripes", goals=CONDITIONED, eps=eps)
+    stripes = _run(gan, captioner, fit_data, x)
+    purple = gan.with_goal(keyword="purple")(captioner, x, torch.zeros(len(x), dtype=torch.long))
+    for x_adv in (stripes, purple):
+        assert float(perturbation_norm(x, x_adv, Norm.LINF).max()) <= eps + 1e-6
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1 and not x_adv.requires_grad
+    # One generator, two goals: the goal's code alone changes the perturbation (FiLM starts as the identity, so
+    # this also checks that fit trained the conditioning).
+    assert float((stripes - purple).abs().max()) > 1e-3 * eps
+    again = _run(_attack("caption_gan", keyword="stripes", goals=CONDITIONED, eps=eps), captioner, fit_data, x)
+    assert torch.equal(stripes, again)
