@@ -254,6 +254,7 @@ PARAMS: dict[str, dict[str, tuple[str, Any]]] = {
         "margin": ("float", 5.0),
         "n_targets": ("int | None", None),
         "scan": ("int", 2000),
+        "goals": ("str | None", None),
     },
     "caption_noise": GOAL_PARAMS,
     "cw": {
