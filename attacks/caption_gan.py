@@ -50,7 +50,14 @@ from robustlab.captioning import Captioner, tokenize
 from robustlab.errors import ConfigError
 from robustlab.seeding import global_rng_seeded
 
-__all__ = ["CaptionGAN", "ConditionedGenerator", "PatchDiscriminator", "PerturbationGenerator", "parse_goals"]
+__all__ = [
+    "CaptionGAN",
+    "ConditionedGenerator",
+    "PatchDiscriminator",
+    "PerturbationGenerator",
+    "goal_codes",
+    "parse_goals",
+]
 
 
 def _conv_in(cin: int, cout: int, *, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -182,6 +189,24 @@ class ConditionedGenerator(nn.Module):
         return out
 
 
+def goal_codes(banks: list[Tensor]) -> Tensor:
+    """The code :math:`(G, D)` each goal conditions a :class:`ConditionedGenerator` on: its goal images' pooled
+    features, less the mean over the goals, over their mean norm.
+
+    The pooled features of different goals share most of their length (on the embedded captioner: norms about 8.5,
+    differences about 4), and a FiLM layer starts from zero: centring and scaling gives every goal a code of
+    length about 1 in its own direction, which the conditioning tells apart from the first step.
+
+    Example:
+        >>> codes = goal_codes([torch.ones(1, 2, 4, 4), torch.zeros(1, 2, 4, 4)])
+        >>> codes.tolist()
+        [[0.7071067690849304, 0.7071067690849304], [-0.7071067690849304, -0.7071067690849304]]
+    """
+    pooled = torch.stack([bank.mean((0, 2, 3)) for bank in banks])
+    centred = pooled - pooled.mean(0, keepdim=True)
+    return centred / centred.norm(dim=1).mean().clamp_min(1e-12)
+
+
 def parse_goals(text: str) -> list[tuple[str | None, str | None]]:
     """``(target, keyword)`` pairs of a ``goals`` string: ``;``-separated ``target:CAPTION`` or ``keyword:WORDS``.
 
@@ -256,8 +281,8 @@ class CaptionGAN(CaptionAttack):
             ``keyword:WORDS`` entries (:func:`parse_goals`); ``target``/``keyword`` must be one of them and picks
             the goal the attack aims every input at. The code each goal conditions on is its goal images' pooled
             encoder features (the region-mean of :func:`~robustlab.attacks._caption.goal_bank`, the vector the
-            decoder's state starts from): it says what the goal looks like to the victim, where a learned
-            embedding per goal would only name it.
+            decoder's state starts from, centred and scaled over the goals: :func:`goal_codes`): it says what
+            the goal looks like to the victim, where a learned embedding per goal would only name it.
     """
 
     steps: int = 600
@@ -334,7 +359,7 @@ class CaptionGAN(CaptionAttack):
             for g in goals
         ]
         device = banks[0].device
-        codes = None if self.goals is None else torch.stack([b.mean((0, 2, 3)) for b in banks])
+        codes = None if self.goals is None else goal_codes(banks)
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with global_rng_seeded(seed):  # inits draw from the global RNG: make them a function of seed
             net: PerturbationGenerator | ConditionedGenerator = (
