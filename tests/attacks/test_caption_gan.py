@@ -135,6 +135,12 @@ def test_gan_forces_the_target_caption_one_word_away(
     assert hits / n >= noise / n + 0.5, (hits, noise, n)
 
 
+def _stripes_sources(captioner: Captioner) -> torch.Tensor:
+    """The first 256 of 3000 test images whose clean caption lacks 'stripes' (the experiment's source set)."""
+    x = SynthCaptions("test", n=3000).images_and_captions(torch.arange(3000))[0]
+    return x[[i for i, c in enumerate(captioner.caption(x)) if "stripes" not in c.split()][:256]]
+
+
 @pytest.mark.claim
 @pytest.mark.xfail(
     reason="holds at 1 thread (seeds 0-2: .445, .488, .465 over noise 0); at 2 threads (another trained captioner, "
@@ -150,9 +156,7 @@ def test_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
     # 1 thread: 114, 125, 119 of 256 (.445, .488, .465) against noise's 0, 0, 0; at 2 threads (another trained
     # captioner) .379, .348, .352 over noise 0: the claim holds at 1 thread only (xfail above).
     # Below the issue's bar (>= .5 and half of feature PGD's .98): that claim is not made here.
-    x = SynthCaptions("test", n=3000).images_and_captions(torch.arange(3000))[0]
-    x = x[[i for i, c in enumerate(captioner.caption(x)) if "stripes" not in c.split()][:256]]
-    fit = SynthCaptions("val", n=2000)
+    x, fit = _stripes_sources(captioner), SynthCaptions("val", n=2000)
     gan = _attack("caption_gan", keyword="stripes", eps=EPS, steps=300, scan=2000, objective="pooled")
     hits, n = _success(captioner, _run(gan, captioner, fit, x, claim_seed), keyword="stripes")
     noise_attack = _attack("caption_noise", keyword="stripes", eps=EPS)
@@ -334,3 +338,28 @@ def test_conditioned_generator_keeps_the_budget_and_follows_the_goal(
     assert float((stripes - purple).abs().max()) > 1e-3 * eps
     again = _run(_attack("caption_gan", keyword="stripes", goals=CONDITIONED, eps=eps), captioner, fit_data, x)
     assert torch.equal(stripes, again)
+
+
+@pytest.mark.claim
+def test_conditioned_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
+    captioner: Captioner, claim_seed: int, record_claim: Callable[[str, float], None]
+) -> None:
+    # One generator conditioned on two goals ('stripes', which the ceiling allows at 16/255, and 'purple', which
+    # no GAN reaches), aimed at 'stripes'. Measured with this very setting (experiments/caption_gan.py --keywords
+    # stripes purple --objectives pooled --only-conditioned --n 256 --gan-steps 300: 600 steps) at 1 thread,
+    # seeds 0-2: 99, 115, 88 of 256 (.387, .449, .344) against noise's 0, 0, 0 (Fisher p <= 4e-31); mean .393,
+    # sd .053, 95% prediction interval for one more run [.13, .66]: the margin .1 sits below it (the 2-thread
+    # captioner, not measured here, moved the per-goal GAN's rate by about .1). The per-goal GAN of the same
+    # setting reached .531 (seed 0): conditioning on a second goal costs about a quarter of it
+    # (experiments/RESULTS-caption_gan.md).
+    x, fit = _stripes_sources(captioner), SynthCaptions("val", n=2000)
+    gan = _attack(
+        "caption_gan", keyword="stripes", goals=CONDITIONED, eps=EPS, steps=600, scan=2000, objective="pooled"
+    )
+    hits, n = _success(captioner, _run(gan, captioner, fit, x, claim_seed), keyword="stripes")
+    noise, _ = _success(
+        captioner, _run(_attack("caption_noise", keyword="stripes", eps=EPS), captioner, fit, x), keyword="stripes"
+    )
+    record_claim("caption_gan.conditioned_stripes_over_noise", (hits - noise) / n)
+    assert noise / n <= 0.05 and fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
+    assert (hits - noise) / n >= 0.1, (hits, noise, n)
