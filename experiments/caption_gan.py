@@ -8,13 +8,17 @@ beam-3 decoding. The same adversarial images are then captioned by a second capt
 seed (transfer: the attacker never saw it). Every row has its 95% Wilson interval and the one-sided Fisher p
 against noise of the same budget on the same sources. ``--objectives`` runs the GAN (and feature PGD) once per
 objective; ``--ablate`` adds the first objective's GAN without discriminator (λ_adv = 0) and with the ‖δ‖₂
-hinge on (λ_pert = 1), with PSNR to show what the discriminator buys.
+hinge on (λ_pert = 1), with PSNR to show what the discriminator buys. ``--conditioned`` adds one generator
+conditioned on every goal of the run (the paper's setting: one model, many targets), fitted once per budget with
+the first objective and scored on each goal beside the per-goal GANs (its fit time is in its first goal's row).
 
 Run from the repository root (about 25 minutes on 2 shared CPU cores, captioners cached after the first run)::
 
     python experiments/caption_gan.py --n 256 --grid caption_gan.png > caption_gan.md
     python experiments/caption_gan.py --n 64 --eps 16/255 --targets 0 --keywords --sources "one word away" \
         --objectives features pooled nearest decoder --ablate --no-transfer
+    python experiments/caption_gan.py --n 256 --test-n 3000 --gan-steps 300 --eps 16/255 --targets 0 \
+        --keywords stripes purple hexagon --objectives pooled --conditioned --no-baselines --threads 1
 """
 
 from __future__ import annotations
@@ -39,9 +43,6 @@ from robustlab.threat import parse_eps
 NOISE = "caption_noise"
 
 
-NOISE = "caption_noise"
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=256, help="source test images per goal")
@@ -55,6 +56,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--ablate", action="store_true", help="also the first objective's GAN with λ_adv = 0 and with the ‖δ‖₂ hinge"
+    )
+    parser.add_argument(
+        "--conditioned", action="store_true", help="also one GAN conditioned on all the goals (first objective)"
+    )
+    parser.add_argument(
+        "--conditioned-steps", type=int, help="its generator updates (default: --gan-steps x the number of goals)"
+    )
+    parser.add_argument(
+        "--only-conditioned", action="store_true", help="only noise and the conditioned GAN (a seed sweep)"
     )
     parser.add_argument("--no-transfer", action="store_true", help="skip the second captioner (trained on first use)")
     parser.add_argument("--no-baselines", action="store_true", help="only noise and the GANs (a seed sweep)")
@@ -70,18 +80,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+def variants(args: argparse.Namespace, goals: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     """(row label, attack name, its arguments): noise first (the floor every p is against), then the GANs."""
     gan = {"steps": args.gan_steps, "scan": args.fit_n}
     pgd = {"steps": args.pgd_steps, "restarts": args.restarts}
     rows: list[tuple[str, str, dict[str, Any]]] = [(NOISE, NOISE, {})]
-    for objective in args.objectives:
+    for objective in [] if args.only_conditioned else args.objectives:
         rows.append((f"caption_gan[{objective}]", "caption_gan", gan | {"objective": objective}))
+    if args.conditioned or args.only_conditioned:
+        steps = args.conditioned_steps or args.gan_steps * len(goals)
+        text = "; ".join(f"target:{g['target']}" if "target" in g else f"keyword:{g['keyword']}" for g in goals)
+        label = f"caption_gan[{args.objectives[0]}, conditioned on {len(goals)} goals, {steps} steps]"
+        rows.append((label, "caption_gan", gan | {"objective": args.objectives[0], "goals": text, "steps": steps}))
     if args.ablate:
         first = gan | {"objective": args.objectives[0]}
         rows.append((f"caption_gan[{args.objectives[0]}, λ_adv=0]", "caption_gan", first | {"adv_weight": 0.0}))
         rows.append((f"caption_gan[{args.objectives[0]}, λ_pert=1]", "caption_gan", first | {"pert_weight": 1.0}))
-    if args.no_baselines:
+    if args.no_baselines or args.only_conditioned:
         return rows
     for objective in (o for o in args.objectives if o != "decoder"):
         label = f"caption_feature_pgd[{objective}]"
@@ -113,14 +128,20 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     grid_written = False
+    conditioned: dict[str, Any] = {}  # budget -> the conditioned GAN fitted on every goal
     for goal in goals:
         sources = {k: v for k, v in source_sets(clean_all[1], goal, args.n).items() if k in args.sources}
         for eps_text in args.eps:
             floor: dict[str, int] = {}
-            for label, name, kwargs in variants(args):
+            for label, name, kwargs in variants(args, goals):
                 attack = ATTACKS.get(name).factory(**goal, eps=parse_eps(eps_text), **kwargs)
                 started = time.perf_counter()
-                attack.fit(victim, fit, generator=torch.Generator().manual_seed(args.seed), progress=False)
+                if "goals" in kwargs and eps_text in conditioned:
+                    attack = conditioned[eps_text].with_goal(**goal)
+                else:
+                    attack.fit(victim, fit, generator=torch.Generator().manual_seed(args.seed), progress=False)
+                    if "goals" in kwargs:
+                        conditioned[eps_text] = attack
                 for source_label, keep in sources.items():
                     x, references = x_all[keep], [references_all[i] for i in keep]
                     seed = torch.Generator().manual_seed(args.seed + 1)
