@@ -44,7 +44,7 @@ __all__ = [
     "RowLoopAttack",
     "Rows",
     "apgd",
-    "best_row_per_sample",
+    "best_rows_per_sample",
     "dlr_loss",
     "keep_first",
     "normalize",
@@ -69,9 +69,9 @@ class APGDConfig:
     eot: int = 1
     """Gradients averaged over this many forward passes (Expectation over Transformation, randomized models)."""
     rho: float = 0.75
-    focus: bool = False
-    """At the first checkpoint each sample keeps only its row (target, restart) with the highest loss so far:
-    the remaining iterations go to the run that moved most, not to all of them (``autoattack-fast``)."""
+    focus: int = 0
+    """At the first checkpoint each sample keeps only its ``focus`` rows (target, restart) with the highest loss so
+    far (0 keeps all): the remaining iterations go to the runs that moved most, not to all (``autoattack-fast``)."""
 
 
 def dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
@@ -279,16 +279,15 @@ def keep_first(new: Tensor, owner: Tensor, points: Tensor, result: Tensor, foole
         result[owner[rows]], fooled[owner[rows]] = points[rows], True
 
 
-def best_row_per_sample(owner: Tensor, score: Tensor) -> Tensor:
-    """Mask of each sample's row with the highest ``score`` (its lowest such row on a tie; rows of a sample are
-    adjacent and in order)."""
-    top = torch.full((int(owner.max()) + 1,), -torch.inf, device=score.device)
-    top = top.scatter_reduce(0, owner, score, reduce="amax")
-    rows = (score == top[owner]).nonzero().flatten()
-    first = torch.ones_like(rows, dtype=torch.bool)
-    first[1:] = owner[rows[1:]] != owner[rows[:-1]]
+def best_rows_per_sample(owner: Tensor, score: Tensor, k: int = 1) -> Tensor:
+    """Mask of each sample's ``k`` rows with the highest ``score`` (the lower rows first on a tie; rows of a
+    sample are adjacent and in order)."""
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(owner[order], stable=True)]  # by sample, each sample's best first
+    grouped = owner[order]
+    rank = torch.arange(len(order), device=owner.device) - torch.searchsorted(grouped, grouped)
     best = torch.zeros_like(score, dtype=torch.bool)
-    best[rows[first]] = True
+    best[order[rank < k]] = True
     return best
 
 
@@ -303,7 +302,7 @@ def _apgd_rows(model: nn.Module, chunk: Rows, c: APGDConfig, loop: RowLoop) -> t
     keep = first.record(misclassified(logits, yr, x_adv, loop.scored), owner, x_adv)
     r = _row_state(xr, yr, target, owner, x_adv, loss, grad, c)
     checkpoint, since = max(int(0.22 * c.steps), 1), 0
-    focus_at = checkpoint - 1 if c.focus else -1
+    focus_at = checkpoint - 1 if c.focus > 0 else -1
     shrink, shortest = max(int(0.03 * c.steps), 1), max(int(0.06 * c.steps), 1)
     for i in range(c.steps):
         advance(f"apgd-{c.loss} iterations", i, c.steps)
@@ -321,7 +320,7 @@ def _apgd_rows(model: nn.Module, chunk: Rows, c: APGDConfig, loop: RowLoop) -> t
         if since == checkpoint:
             _halve_stalled(r, i, checkpoint, c)
             if i == focus_at:
-                keep &= best_row_per_sample(r["owner"], r["loss_best"])
+                keep &= best_rows_per_sample(r["owner"], r["loss_best"], c.focus)
             checkpoint, since = max(checkpoint - shrink, shortest), 0
     return first.result, first.fooled
 

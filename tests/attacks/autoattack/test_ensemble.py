@@ -33,7 +33,7 @@ N = 32
         APGDConfig(Norm.LINF, 2 / 255, steps=25, loss="ce"),
         APGDConfig(Norm.L2, 0.25, steps=25, loss="dlr", n_restarts=2),
         APGDConfig(Norm.LINF, 2 / 255, steps=10, loss="dlr-targeted", n_targets=3),
-        APGDConfig(Norm.LINF, 2 / 255, steps=20, loss="dlr-targeted", n_targets=3, focus=True),
+        APGDConfig(Norm.LINF, 2 / 255, steps=20, loss="dlr-targeted", n_targets=3, focus=1),
     ],
     ids=["linf-ce", "l2-dlr-restarts", "linf-targeted", "linf-targeted-focus"],
 )

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from robustlab.attacks.autoattack._apgd import best_row_per_sample
+from robustlab.attacks.autoattack._apgd import best_rows_per_sample
 from robustlab.attacks.autoattack.ensemble import AutoAttack
 from robustlab.attacks.autoattack.fast import AutoAttackFast
 from torch import Tensor, nn
@@ -17,10 +17,11 @@ from robustlab.attack import ATTACKS
 N = 4
 
 
-def test_best_row_per_sample_keeps_one_row_each() -> None:
+def test_best_rows_per_sample_keeps_the_k_best_rows_of_each_sample() -> None:
     owner = torch.tensor([0, 0, 0, 1, 1, 2])
     score = torch.tensor([1.0, 3.0, 3.0, 5.0, 2.0, -7.0])
-    assert best_row_per_sample(owner, score).tolist() == [False, True, False, True, False, True]
+    assert best_rows_per_sample(owner, score).tolist() == [False, True, False, True, False, True]
+    assert best_rows_per_sample(owner, score, 2).tolist() == [False, True, True, True, True, True]
 
 
 def test_registered_after_the_standard_components() -> None:
@@ -28,7 +29,7 @@ def test_registered_after_the_standard_components() -> None:
     assert isinstance(fast, AutoAttack) and fast.threat == AutoAttack(eps=8 / 255, norm="l2").threat
     assert fast.component_names() == ["apgd-ce", "apgd-t"]
     apgdt = dict(fast.components())["apgd-t"]
-    assert apgdt.settings().focus and apgdt.settings().n_targets == 3  # type: ignore[attr-defined]
+    assert apgdt.settings().focus == 2 and apgdt.settings().n_targets == 5  # type: ignore[attr-defined]
 
 
 @contextmanager
