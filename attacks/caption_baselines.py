@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +33,31 @@ from robustlab.attacks._caption import (
 from torch import Tensor, nn
 
 from robustlab.attack import ATTACKS, CallContext, resolved
+from robustlab.captioning import Captioner
 from robustlab.errors import ConfigError
 
 __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
 
 
-def _check_steps(steps: int, restarts: int) -> None:
-    if steps < 1 or restarts < 1:
-        raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+@dataclass(kw_only=True, eq=False)
+class _CaptionPGD(CaptionAttack):
+    """Base of the per-image PGD caption attacks: ``steps`` and ``restarts`` of :func:`pgd_until_reached`, run on the
+    loss a subclass gives."""
+
+    steps: int = 50
+    restarts: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1 or self.restarts < 1:
+            raise ConfigError(f"steps and restarts must be >= 1, got {self.steps} and {self.restarts}")
+
+    def _until_reached(
+        self, captioner: Captioner, x: Tensor, loss: Callable[[Tensor], Tensor], context: CallContext
+    ) -> Tensor:
+        return pgd_until_reached(
+            captioner, x, loss, goal=self, steps=self.steps, restarts=self.restarts, generator=context.generator
+        )
 
 
 @ATTACKS.register(
@@ -48,7 +66,7 @@ def _check_steps(steps: int, restarts: int) -> None:
     stochastic=True,
 )
 @dataclass(kw_only=True, eq=False)
-class CaptionFeaturePGD(CaptionAttack):
+class CaptionFeaturePGD(_CaptionPGD):
     """Feature-matching PGD: ``min d(φ(x'), goal)`` per image, the goal images found by ``fit`` as in ``caption_gan``.
 
     Args:
@@ -60,8 +78,6 @@ class CaptionFeaturePGD(CaptionAttack):
         scan: fit images searched for goal images.
     """
 
-    steps: int = 50
-    restarts: int = 1
     objective: str = "features"
     n_targets: int | None = None
     scan: int = 2000
@@ -69,7 +85,6 @@ class CaptionFeaturePGD(CaptionAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_steps(self.steps, self.restarts)
         check_objective(self.objective, FEATURE_OBJECTIVES)
         if self.n_targets is None:
             self.n_targets = default_targets(self.target, self.objective)
@@ -91,14 +106,11 @@ class CaptionFeaturePGD(CaptionAttack):
         captioner, bank, objective = as_captioner(model), self._bank, self.objective
         with torch.no_grad():
             clean_features = captioner.encoder(x)
-        return pgd_until_reached(
+        return self._until_reached(
             captioner,
             x,
             lambda x_adv: feature_distance(captioner.encoder(x_adv), bank, clean_features, objective).sum(),
-            goal=self,
-            steps=self.steps,
-            restarts=self.restarts,
-            generator=context.generator,
+            context,
         )
 
 
@@ -108,7 +120,7 @@ class CaptionFeaturePGD(CaptionAttack):
     stochastic=True,
 )
 @dataclass(kw_only=True, eq=False)
-class CaptionDecoderPGD(CaptionAttack):
+class CaptionDecoderPGD(_CaptionPGD):
     """Show-and-Fool-style attack through the whole captioner (no target image needed; ``fit`` is a no-op).
 
     Args:
@@ -118,25 +130,13 @@ class CaptionDecoderPGD(CaptionAttack):
         margin: κ, how far past the runner-up logit a word is pushed before its loss stops counting.
     """
 
-    steps: int = 50
-    restarts: int = 1
     margin: float = 5.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_steps(self.steps, self.restarts)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         captioner = as_captioner(model)
         self.check_vocabulary(captioner)
-        return pgd_until_reached(
-            captioner,
-            x,
-            lambda x_adv: decoder_margin_loss(captioner, x_adv, self, self.margin),
-            goal=self,
-            steps=self.steps,
-            restarts=self.restarts,
-            generator=context.generator,
+        return self._until_reached(
+            captioner, x, lambda x_adv: decoder_margin_loss(captioner, x_adv, self, self.margin), context
         )
 
 
