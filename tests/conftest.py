@@ -113,7 +113,8 @@ def same_with_early_stop(trained_model: torch.nn.Module) -> Callable[..., tuple[
     """``check(loop, x, y, *args, **kwargs)``: run a row loop (:func:`~robustlab.attacks.autoattack._apgd.apgd`,
     :func:`~robustlab.attacks.autoattack._fab.fab`) on the trained model with and without early stop and check that a
     sample stopped at its first fooling iterate is the one the full run reports (same points, same samples, fooling the
-    model); return the full run's ``(x_adv, fooled)``."""
+    model); return the full run's ``(x_adv, fooled)``. ``kwargs`` are the other fields of its ``RowLoop``."""
+    from robustlab.attacks.autoattack._apgd import RowLoop
 
     def check(
         loop: Callable[..., tuple[torch.Tensor, torch.Tensor]],
@@ -122,8 +123,8 @@ def same_with_early_stop(trained_model: torch.nn.Module) -> Callable[..., tuple[
         *args: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        stopped, fooled_stopped = loop(trained_model, x, y, *args, early_stop=True, **kwargs)
-        full, fooled_full = loop(trained_model, x, y, *args, early_stop=False, **kwargs)
+        stopped, fooled_stopped = loop(trained_model, x, y, *args, RowLoop(early_stop=True, **kwargs))
+        full, fooled_full = loop(trained_model, x, y, *args, RowLoop(early_stop=False, **kwargs))
         assert 0 < int(fooled_full.sum()) < len(x), "the budget should leave samples on both sides"
         assert torch.equal(fooled_stopped, fooled_full)
         assert torch.equal(stopped, full)

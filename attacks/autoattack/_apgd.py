@@ -24,7 +24,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,28 +160,16 @@ def _loss_and_grad(
     return logits.detach(), loss.detach(), grad / c.eot
 
 
-def apgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    c: APGDConfig,
-    *,
-    seed: int,
-    index: Tensor | None = None,
-    early_stop: bool,
-    max_rows: int,
-    scored: nn.Module | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Run APGD on every sample; return ``(x_adv, fooled)``.
+def apgd(model: nn.Module, x: Tensor, y: Tensor, c: APGDConfig, loop: RowLoop) -> tuple[Tensor, Tensor]:
+    """Run APGD on every sample as ``loop`` says; return ``(x_adv, fooled)``.
 
-    ``x_adv`` is, for a fooled sample, the first iterate that fooled the scored model (``scored``, else
-    ``model``), else ``x``; every (restart, target) of a sample is a row, ``max_rows`` rows at a time (at
-    least one sample's). ``index`` numbers the samples for their random streams (default ``0..B-1``).
+    ``x_adv`` is, for a fooled sample, the first iterate that fooled the scored model (``loop.scored``, else
+    ``model``), else ``x``; every (restart, target) of a sample is a row, ``loop.max_rows`` rows at a time (at
+    least one sample's).
     """
     needed = {"dlr": 3, "dlr-targeted": 4}.get(c.loss, 2)  # the DLR denominator reads the 3rd (4th) logit
     if len(x) and (classes := num_classes_of(model, x)) < needed:
         raise ConfigError(f"APGD's {c.loss} loss needs a model with at least {needed} classes, this one has {classes}")
-    loop = RowLoop(seed, index, early_stop, max_rows, scored)
     return loop.by_rows(model, x, y, c.n_targets, c.n_restarts, lambda rows: _apgd_rows(model, rows, c, loop))
 
 
@@ -215,14 +202,10 @@ class RowLoop:
     once, and ``scored`` is the model whose first misclassified iterate is kept, when it is not the attacked one."""
 
     seed: int
-    index: Tensor | None
     early_stop: bool
     max_rows: int
-    scored: nn.Module | None
-
-    def arguments(self) -> dict[str, Any]:
-        """The loop functions' keyword arguments."""
-        return {name: getattr(self, name) for name in ("seed", "index", "early_stop", "max_rows", "scored")}
+    index: Tensor | None = None
+    scored: nn.Module | None = None
 
     def by_rows(
         self,
@@ -381,7 +364,8 @@ class RowLoopAttack(Attack):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         seed, index = stream_ids(context.generator, context.sample_seeds)
         rows = self.max_rows or len(x)
-        return self._attack(model, x, y, RowLoop(seed, index, context.early_stop, rows, context.scored))
+        loop = RowLoop(seed, context.early_stop, rows, index=index, scored=context.scored)
+        return self._attack(model, x, y, loop)
 
 
 class APGDAttack(RowLoopAttack):
@@ -392,4 +376,4 @@ class APGDAttack(RowLoopAttack):
         """The loop's configuration for this attack."""
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
-        return apgd(model, x, y, self.settings(), **loop.arguments())[0]
+        return apgd(model, x, y, self.settings(), loop)[0]

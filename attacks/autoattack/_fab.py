@@ -141,26 +141,13 @@ def _step(x1: Tensor, x0: Tensor, f: Tensor, w: Tensor, c: FABConfig) -> Tensor:
     return ((x1 + c.eta * steps[:n]) * (1 - alpha) + (x0 + c.eta * steps[n:]) * alpha).clamp(0.0, 1.0)
 
 
-def fab(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    c: FABConfig,
-    *,
-    seed: int,
-    index: Tensor | None = None,
-    early_stop: bool,
-    max_rows: int,
-    scored: nn.Module | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Run FAB on every sample; return ``(x_adv, fooled)``.
+def fab(model: nn.Module, x: Tensor, y: Tensor, c: FABConfig, loop: RowLoop) -> tuple[Tensor, Tensor]:
+    """Run FAB on every sample as ``loop`` says; return ``(x_adv, fooled)``.
 
-    ``x_adv`` is, for a fooled sample, its first iterate within ``eps`` that the scored model (``scored``, else
-    ``model``) misclassifies, else ``x``; every
-    (target, restart) of a sample is a row, ``max_rows`` rows at a time (at least one sample's).
-    ``index`` numbers the samples for their random streams (default ``0..B-1``).
+    ``x_adv`` is, for a fooled sample, its first iterate within ``eps`` that the scored model (``loop.scored``,
+    else ``model``) misclassifies, else ``x``; every (target, restart) of a sample is a row, ``loop.max_rows``
+    rows at a time (at least one sample's).
     """
-    loop = RowLoop(seed, index, early_stop, max_rows, scored)
     return loop.by_rows(model, x, y, c.n_targets, c.n_restarts, lambda rows: _fab_rows(model, rows, c, loop))
 
 

@@ -73,7 +73,7 @@ class FABT(RowLoopAttack):
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, loop: RowLoop) -> Tensor:
         targets = self.n_target_classes if self.targeted else 0
         c = FABConfig(self.threat.norm, self.eps, self.steps, self.n_restarts, targets)
-        return fab(model, x, y, c, **loop.arguments())[0]
+        return fab(model, x, y, c, loop)[0]
 
 
 @ATTACKS.register(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from robustlab.attacks.autoattack._apgd import APGDAttack, APGDConfig, apgd
+from robustlab.attacks.autoattack._apgd import APGDAttack, APGDConfig, RowLoop, apgd
 from robustlab.attacks.autoattack.apgd import APGD
 from robustlab.attacks.autoattack.apgdt import APGDT
 from robustlab.attacks.autoattack.ensemble import FABT, AutoAttack
@@ -51,9 +51,9 @@ def test_a_sample_does_not_depend_on_its_batch(
     # Own random stream per sample and per-sample state: the same sample gives the same point in any batch.
     x, y = synth_batch[0][:N], synth_batch[1][:N]
     config = APGDConfig(Norm.LINF, 2 / 255, steps=10, loss="dlr-targeted", n_targets=2)
-    whole, _ = apgd(trained_model, x, y, config, seed=5, early_stop=True, max_rows=2 * N)
+    whole, _ = apgd(trained_model, x, y, config, RowLoop(seed=5, early_stop=True, max_rows=2 * N))
     part, _ = apgd(
-        trained_model, x[8:16], y[8:16], config, seed=5, index=torch.arange(8, 16), early_stop=True, max_rows=4
+        trained_model, x[8:16], y[8:16], config, RowLoop(seed=5, early_stop=True, max_rows=4, index=torch.arange(8, 16))
     )
     assert torch.allclose(whole[8:16], part, atol=1e-6)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyautoattack.fab_projections import projection_l2, projection_linf
 from pyautoattack.fab_pt import FABAttack_PT
+from robustlab.attacks.autoattack._apgd import RowLoop
 from robustlab.attacks.autoattack._fab import FABConfig, fab, project_onto_hyperplane
 from robustlab.attacks.autoattack.ensemble import FABT
 
@@ -63,9 +64,9 @@ def test_a_sample_does_not_depend_on_its_batch(
     # Own random stream per sample and per-sample state: the same sample gives the same point in any batch.
     x, y = synth_batch[0][:N], synth_batch[1][:N]
     config = FABConfig(Norm.LINF, LINF_EPS, steps=6, n_targets=2, n_restarts=2)
-    whole, fooled = fab(trained_model, x, y, config, seed=5, early_stop=True, max_rows=4 * N)
+    whole, fooled = fab(trained_model, x, y, config, RowLoop(seed=5, early_stop=True, max_rows=4 * N))
     index = torch.arange(8, 16)
-    part, _ = fab(trained_model, x[index], y[index], config, seed=5, index=index, early_stop=True, max_rows=4)
+    part, _ = fab(trained_model, x[index], y[index], config, RowLoop(seed=5, early_stop=True, max_rows=4, index=index))
     assert bool(fooled[8:16].any()), "some samples of the slice should be fooled"
     assert torch.allclose(whole[8:16], part, atol=1e-6)
 
