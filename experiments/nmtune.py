@@ -229,13 +229,24 @@ def main() -> None:
     print(tables(record))
 
 
-def _interval(values: list[float]) -> str:
+def _t_interval(values: list[float]) -> str:
     """Mean and 95% t interval, in points."""
     mean = 100 * statistics.mean(values)
     if len(values) < 2:
         return f"{mean:+.2f} (n=1)"
     half = T975.get(len(values) - 1, 1.96) * 100 * statistics.stdev(values) / len(values) ** 0.5
     return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(values)})"
+
+
+def _interval(groups: list[list[float]]) -> str:
+    """The t interval over all pairs, then over the groups' means (a group per encoder, when there are several).
+
+    The pairs of one encoder share it, so the pair interval is too narrow; the encoder interval is the honest one.
+    """
+    pairs = _t_interval([value for group in groups for value in group])
+    if len(groups) < 2:
+        return pairs
+    return f"{pairs}; by encoder {_t_interval([statistics.mean(group) for group in groups])}"
 
 
 def tables(record: dict[str, Any]) -> str:
@@ -254,7 +265,8 @@ def tables(record: dict[str, Any]) -> str:
     ]
     diffs = ["", "| task | noise | comparison | ID (points, 95% CI) | OOD (points, 95% CI) |", "|---|---|---|---|---|"]
     for noise, runs in sorted(record["runs"].items(), key=lambda item: float(item[0])):
-        cells = [seed for run in runs.values() for seed in run["seeds"].values()]
+        groups = [list(run["seeds"].values()) for run in runs.values()]
+        cells = [cell for group in groups for cell in group]
         for task in cells[0]:
             for method in METHODS:
                 rows = [cell[task][method] for cell in cells]
@@ -268,7 +280,9 @@ def tables(record: dict[str, Any]) -> str:
                 )
             for method in ("NMTune", *ABLATIONS):
                 gaps = {
-                    split: [cell[task][method][split] - cell[task]["MLP-res"][split] for cell in cells]
+                    split: [
+                        [cell[task][method][split] - cell[task]["MLP-res"][split] for cell in group] for group in groups
+                    ]
                     for split in ("id", "ood")
                 }
                 diffs.append(
@@ -288,16 +302,22 @@ def _noise_gaps(record: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for noise in sorted((noise for noise in runs if noise != "0"), key=float):
-        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        groups: list[list[tuple[dict[str, Any], dict[str, Any]]]] = []
         for pretrain_seed, clean_run in runs["0"].items():
             noisy_cells = runs[noise].get(pretrain_seed, {}).get("seeds", {})
-            pairs += [(cell, noisy_cells[seed]) for seed, cell in clean_run["seeds"].items() if seed in noisy_cells]
-        if not pairs:
+            groups.append(
+                [(cell, noisy_cells[seed]) for seed, cell in clean_run["seeds"].items() if seed in noisy_cells]
+            )
+        groups = [group for group in groups if group]
+        if not groups:
             continue
-        for task in pairs[0][0]:
+        for task in groups[0][0][0]:
             for method in METHODS:
                 gaps = {
-                    split: [noisy[task][method][split] - clean[task][method][split] for clean, noisy in pairs]
+                    split: [
+                        [noisy[task][method][split] - clean[task][method][split] for clean, noisy in group]
+                        for group in groups
+                    ]
                     for split in ("id", "ood")
                 }
                 lines.append(f"| {task} | {method} | {noise} | {_interval(gaps['id'])} | {_interval(gaps['ood'])} |")
