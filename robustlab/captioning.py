@@ -56,7 +56,8 @@ __all__ = [
     "trained_captioner",
 ]
 
-RECIPE = 1  # bump when training changes what it produces, so stale cached weights are not reused
+RECIPE = 2  # bump when training changes what it produces, so stale cached weights are not reused
+# 2: dropout draws seeded (before, they came from whatever state the global RNG was in)
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 
 CAPTIONERS = {
@@ -352,6 +353,8 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
 
     The loss is token cross-entropy (padding ignored) plus SAT's doubly stochastic attention penalty. A ResNet
     encoder stays frozen (only the decoder learns), as in SAT's default; the embedded CNN trains end to end.
+    The decoder's dropout draws from the global RNG, forked and seeded here, so the weights are a function of
+    ``config.seed`` alone, not of what the process drew before.
     """
     device = captioner.encoder.mean.device
     generator = torch.Generator().manual_seed(config.seed)
@@ -362,14 +365,15 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     bar = tqdm(range(config.steps), desc=f"training {config.name}", disable=not progress, leave=False)
     trainable.train()
-    for _ in bar:
-        x, captions = data.images_and_captions(torch.randint(len(data), (config.batch_size,), generator=generator))
-        tokens = captioner.encode_captions(captions)
-        logits, alphas = captioner.decoder(captioner.encoder(x.to(device)), tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
-        loss = loss + config.attention_penalty * ((1 - alphas.sum(1)) ** 2).mean()
-        descend(optimizer, loss, schedule)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    with global_rng_seeded(config.seed, devices=[device.index or 0] if device.type == "cuda" else ()):
+        for _ in bar:
+            x, captions = data.images_and_captions(torch.randint(len(data), (config.batch_size,), generator=generator))
+            tokens = captioner.encode_captions(captions)
+            logits, alphas = captioner.decoder(captioner.encoder(x.to(device)), tokens[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
+            loss = loss + config.attention_penalty * ((1 - alphas.sum(1)) ** 2).mean()
+            descend(optimizer, loss, schedule)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     captioner.eval().requires_grad_(False)
 
 
