@@ -69,9 +69,8 @@ class TorchattacksAttack(Attack):
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
         seed = derive_seed(context.generator)
-        cuda = [x.device.index or 0] if x.device.type == "cuda" else []
         # torchattacks draws random starts from the global RNG: seeded, and confined to the block
-        with global_rng_seeded(seed, devices=cuda), contextlib.redirect_stdout(io.StringIO()):
+        with global_rng_seeded(seed, device=x.device), contextlib.redirect_stdout(io.StringIO()):
             attack = self._build(model, x, seed)
             attack.set_device(x.device)
             x_adv: Tensor = attack(x, y)

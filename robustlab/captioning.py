@@ -365,7 +365,7 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     bar = tqdm(range(config.steps), desc=f"training {config.name}", disable=not progress, leave=False)
     trainable.train()
-    with global_rng_seeded(config.seed, devices=[device.index or 0] if device.type == "cuda" else ()):
+    with global_rng_seeded(config.seed, device=device):
         for _ in bar:
             x, captions = data.images_and_captions(torch.randint(len(data), (config.batch_size,), generator=generator))
             tokens = captioner.encode_captions(captions)

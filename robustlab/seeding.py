@@ -4,7 +4,7 @@ draws from it (module constructors, third-party attacks) without disturbing the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -13,14 +13,15 @@ __all__ = ["global_rng_seeded", "seeded", "stream_seed"]
 
 
 @contextmanager
-def global_rng_seeded(seed: int, *, devices: Sequence[int] = ()) -> Iterator[None]:
+def global_rng_seeded(seed: int, *, device: torch.device | None = None) -> Iterator[None]:
     """The global RNG forked and seeded with ``seed`` for the block, and as it was afterwards.
 
     Module constructors (layer inits) and third-party attacks draw from the global RNG: built or run inside
     this block, what they draw is a function of ``seed`` alone, and the caller's RNG is left untouched. The CPU
-    RNG is always forked; ``devices`` names the CUDA devices whose RNGs are forked too (those the block draws on).
+    RNG is always forked; a CUDA ``device`` (the one the block draws on) has its RNG forked too.
     """
-    with torch.random.fork_rng(devices=list(devices)):
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 
@@ -34,6 +35,7 @@ def stream_seed(seed: int, key: str) -> int:
 def seeded(seed: int, key: str) -> Iterator[torch.Generator]:
     """A generator and a forked global RNG, both seeded from ``(seed, key)`` alone."""
     unit_seed = stream_seed(seed, key)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with global_rng_seeded(unit_seed, devices=devices):  # randomized defenses and third-party code draw from it
+    initialized = torch.cuda.is_available() and torch.cuda.is_initialized()
+    device = torch.device("cuda", torch.cuda.current_device()) if initialized else None
+    with global_rng_seeded(unit_seed, device=device):  # randomized defenses and third-party code draw from it
         yield torch.Generator().manual_seed(unit_seed)
