@@ -1,6 +1,7 @@
 """AdvEncoder on the synthetic world: downstream-agnostic universal perturbations and patches vs baselines.
 
-The victim is the embedded SimCLR encoder (``load_encoder("simclr")``). The attacker fits on surrogate data
+The victim is the embedded SimCLR encoder (``load_encoder("simclr")``, or a wider, longer trained one:
+``--encoder-width``, ``--encoder-steps``). The attacker fits on surrogate data
 whose backgrounds (sky, grass) never appear downstream; the downstream heads (AdvEncoder's 3-layer MLP on
 frozen features) are trained and tested on the other backgrounds (stripes, checker, bricks). For every
 head and attack it reports clean accuracy, accuracy under attack, the paper's attack success rate (the
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.data import load_dataset
 from robustlab.data.synth import ATTRIBUTES, SynthConfig, SynthDataset
-from robustlab.encoders import Encoder, HeadConfig, load_encoder, trained_heads
+from robustlab.encoders import Encoder, HeadConfig, trained_heads
 from robustlab.ssl import SSLConfig, trained_simclr
 
 SURROGATE = "synth:backgrounds=sky+grass"
@@ -178,9 +179,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transfer", action="store_true")
     parser.add_argument("--transfer-steps", type=int, default=300, help="training steps of the second encoder")
+    victim = SSLConfig()
+    parser.add_argument("--encoder-width", type=int, default=victim.width, help="the victim SimCLR encoder's width")
+    parser.add_argument("--encoder-steps", type=int, default=victim.steps, help="its training steps (cached)")
+    parser.add_argument("--encoder-seed", type=int, default=victim.seed)
     args = parser.parse_args()
 
-    encoder = load_encoder("simclr", progress=True)
+    # The defaults are load_encoder("simclr")'s encoder; a longer or wider one is trained once and cached.
+    encoder = trained_simclr(
+        SSLConfig(width=args.encoder_width, steps=args.encoder_steps, seed=args.encoder_seed), progress=True
+    )
     head_data = "synth:backgrounds=" + "+".join(DOWNSTREAM)
     configs = [HeadConfig(task=t, data=head_data, n_train=args.n_train_heads) for t in args.heads.split(",")]
     heads = trained_heads(encoder, configs, progress=True)

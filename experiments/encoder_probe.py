@@ -1,6 +1,7 @@
 """Probe: what does the SimCLR victim need for every downstream head to reach 0.80 clean accuracy?
 
-Trains one SimCLR encoder (any :class:`robustlab.ssl.SSLConfig`; not cached, its heads are), then AdvEncoder's
+Trains one SimCLR encoder (any :class:`robustlab.ssl.SSLConfig`; cached like the heads, so a long run can be
+attacked afterwards with ``experiments/advencoder.py --encoder-*``), then AdvEncoder's
 MLP heads on its frozen features of the downstream backgrounds (as experiments/advencoder.py: 2048 train images of
 stripes/checker/bricks, 512 test images), and prints the training cost and each head's clean accuracy.
 
@@ -19,7 +20,7 @@ import torch
 from robustlab.data import load_dataset
 from robustlab.data.base import iterate_batches
 from robustlab.encoders import HeadConfig, trained_heads
-from robustlab.ssl import SSLConfig, train_simclr
+from robustlab.ssl import SSLConfig, trained_simclr
 
 DOWNSTREAM = "synth:backgrounds=stripes+checker+bricks"
 TASKS = ("shape", "color", "background", "size")
@@ -36,7 +37,7 @@ def main() -> None:
     config = SSLConfig(**{f.name: getattr(args, f.name) for f in fields(SSLConfig) if f.name != "recipe"})
     load = os.getloadavg()[0]
     cpu, wall = time.process_time(), time.perf_counter()
-    encoder = train_simclr(config, progress=False)
+    encoder = trained_simclr(config, progress=False)  # the CPU seconds are ~0 when it was cached
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     heads = trained_heads(
         encoder, [HeadConfig(task=t, data=DOWNSTREAM, n_train=args.n_train_heads) for t in TASKS], progress=False
