@@ -18,6 +18,9 @@ Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
   unclipped training loss, its ``eps * tanh`` bound instead of the clamp (with the per-epoch gradient
   norms and saturated share of every fit); ``advencoder-pat`` and a random patch in the same box.
 * ``--transfer``: the main perturbation applied to a second SimCLR encoder (another seed).
+* ``--image-size 64``: the reference's regime, every image at 64x64 px (rendered at that size: the synthetic
+  world draws any size, where the reference resizes 32 px CIFAR images), so the encoder trained at 32 px is fed
+  64 px images and the perturbation, patch and HFC radius are 64 px ones. ``--attacks`` runs a subset.
 
 Run from the repository root (about 15 minutes on 2 busy CPU cores, encoder training included)::
 
@@ -41,7 +44,7 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.data import load_dataset
 from robustlab.data.synth import ATTRIBUTES, SynthConfig, SynthDataset
 from robustlab.encoders import Encoder, HeadConfig, trained_heads
-from robustlab.ssl import SSLConfig, trained_simclr
+from robustlab.ssl import SimCLREncoder, SSLConfig, trained_simclr
 
 SURROGATE = "synth:backgrounds=sky+grass"
 DOWNSTREAM = ("stripes", "checker", "bricks")
@@ -70,10 +73,10 @@ def knn_predict(
     return votes.argmax(dim=1)
 
 
-def fitted_attacks(encoder: Encoder, surrogate: object, args: argparse.Namespace) -> dict[str, Attack]:
-    """Every universal attack, fitted on the surrogate data with the same seed."""
+def chosen_attacks(args: argparse.Namespace) -> dict[str, Attack]:
+    """The universal attacks ``--attacks`` names (all by default), unfitted: checked before anything trains."""
     fit = {"epochs": args.epochs, "n_fit": args.n_fit, "batch_size": 128, "lr": args.lr}
-    attacks: dict[str, Attack] = {
+    every: dict[str, Attack] = {
         "noise": ATTACKS.get("noise").factory(eps=EPS),
         "uap (SSP-style)": ATTACKS.get("uap").factory(eps=EPS, epochs=args.epochs, n_fit=args.n_fit),
         "advencoder": AdvEncoder(**fit),
@@ -83,28 +86,41 @@ def fitted_attacks(encoder: Encoder, surrogate: object, args: argparse.Namespace
         "advencoder tanh bound": AdvEncoder(**fit, bound="tanh"),
         "advencoder-pat": AdvEncoder(**fit, mode="pat"),
     }
+    chosen = args.attacks.split(",") if args.attacks else list(every)
+    if unknown := set(chosen) - set(every):
+        raise SystemExit(f"advencoder.py: unknown attacks {sorted(unknown)}; choose from {', '.join(every)}")
+    if args.transfer and "advencoder" not in chosen:
+        raise SystemExit("advencoder.py: --transfer applies the advencoder perturbation: add it to --attacks")
+    return {name: attack for name, attack in every.items() if name in chosen}
+
+
+def fit_attacks(
+    encoder: Encoder, surrogate: object, attacks: dict[str, Attack], args: argparse.Namespace
+) -> dict[str, Attack]:
+    """The attacks fitted on the surrogate data with the same seed, plus a random patch beside the learned one."""
     for name, attack in attacks.items():
         started = time.perf_counter()
         attack.fit(encoder, surrogate, generator=torch.Generator().manual_seed(args.seed), progress=False)
         print(f"fitted {name} in {time.perf_counter() - started:.0f} s", flush=True)
         for epoch, entry in enumerate(getattr(attack, "diagnostics", [])):  # why the generator stops learning
             print(f"  epoch {epoch}: " + ", ".join(f"{key} {value:.3g}" for key, value in entry.items()), flush=True)
-    random_patch = AdvEncoder(mode="pat")
-    pat = attacks["advencoder-pat"].fitted()
-    values = torch.rand(pat["patch"].shape, generator=torch.Generator().manual_seed(args.seed))
-    random_patch.load_fitted({"patch": values * pat["mask"], "mask": pat["mask"]})
-    attacks["random patch"] = random_patch
+    if "advencoder-pat" in attacks:
+        random_patch = AdvEncoder(mode="pat")
+        pat = attacks["advencoder-pat"].fitted()
+        values = torch.rand(pat["patch"].shape, generator=torch.Generator().manual_seed(args.seed))
+        random_patch.load_fitted({"patch": values * pat["mask"], "mask": pat["mask"]})
+        attacks["random patch"] = random_patch
     return attacks
 
 
 def measure(
     encoder: Encoder, heads: dict[str, nn.Module], attacks: dict[str, Attack], args: argparse.Namespace
 ) -> list[Row]:
-    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM))
+    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM, image_size=encoder.input_size))
     index = torch.arange(args.n_test)
     x, _ = data.get_batch(index)
     labels = data.attributes(index)
-    bank_data = SynthDataset("train", config=SynthConfig(backgrounds=DOWNSTREAM))
+    bank_data = SynthDataset("train", config=SynthConfig(backgrounds=DOWNSTREAM, image_size=encoder.input_size))
     bank_index = torch.arange(args.n_bank)
     bank_x, _ = bank_data.get_batch(bank_index)
     bank_labels = bank_data.attributes(bank_index)
@@ -151,7 +167,7 @@ def transfer_rows(
     attack: Attack, heads_of: dict[str, nn.Module], encoder: Encoder, args: argparse.Namespace
 ) -> list[str]:
     """The perturbation fitted on the main encoder, applied to another encoder's downstream models."""
-    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM))
+    data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM, image_size=encoder.input_size))
     index = torch.arange(args.n_test)
     x, _ = data.get_batch(index)
     labels = data.attributes(index)
@@ -183,17 +199,24 @@ def main() -> None:
     parser.add_argument("--encoder-width", type=int, default=victim.width, help="the victim SimCLR encoder's width")
     parser.add_argument("--encoder-steps", type=int, default=victim.steps, help="its training steps (cached)")
     parser.add_argument("--encoder-seed", type=int, default=victim.seed)
+    parser.add_argument(
+        "--image-size", type=int, default=victim.image_size, help="the reference's 64: every image at 64x64 px"
+    )
+    parser.add_argument("--attacks", help="comma-separated subset of the attacks (default: all of them)")
     args = parser.parse_args()
+    attacks = chosen_attacks(args)
 
     # The defaults are load_encoder("simclr")'s encoder; a longer or wider one is trained once and cached.
     encoder = trained_simclr(
         SSLConfig(width=args.encoder_width, steps=args.encoder_steps, seed=args.encoder_seed), progress=True
     )
+    if args.image_size != encoder.input_size:  # the reference resizes every image to 64x64 before its encoder
+        encoder = SimCLREncoder(encoder.backbone, feature_dim=encoder.feature_dim, input_size=args.image_size)
     head_data = "synth:backgrounds=" + "+".join(DOWNSTREAM)
     configs = [HeadConfig(task=t, data=head_data, n_train=args.n_train_heads) for t in args.heads.split(",")]
     heads = trained_heads(encoder, configs, progress=True)
     surrogate = load_dataset(SURROGATE, split="train", image_size=encoder.input_size)
-    attacks = fitted_attacks(encoder, surrogate, args)
+    attacks = fit_attacks(encoder, surrogate, attacks, args)
     rows = measure(encoder, heads, attacks, args)
     print("\n| attack | task | clean acc | adv acc | ASR changed (paper) | ASR label | kNN changed | high/low energy |")
     print("|---|---|---|---|---|---|---|---|")

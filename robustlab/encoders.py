@@ -239,8 +239,9 @@ def trained_heads(
 ) -> dict[str, DownstreamModel]:
     """A downstream model per config, training each head on first use and loading the cache afterwards.
 
-    Heads are keyed by the config and the encoder's weights (:func:`encoder_fingerprint`); features
-    are computed once per training set and shared by the heads that use it.
+    Heads are keyed by the config, the encoder's weights (:func:`encoder_fingerprint`) and the image size it is
+    fed (one encoder may be fed 32 or 64 px images); features are computed once per training set and shared by
+    the heads that use it.
     """
     fingerprint = encoder_fingerprint(encoder)
     device = next((p.device for p in encoder.parameters()), torch.device("cpu"))
@@ -250,7 +251,7 @@ def trained_heads(
         train = _task_data(config, "train", encoder.input_size)
         head = make_head(config.kind, encoder.feature_dim, train.num_classes)
         head = _Standardized(head, torch.zeros(encoder.feature_dim), torch.ones(encoder.feature_dim))
-        key = {"head": asdict(config), "encoder": fingerprint}
+        key = {"head": asdict(config), "encoder": fingerprint, "input_size": encoder.input_size}
         path = cache_dir("heads") / f"{encoder.name}-{config.task}-{config.kind}-{config_hash(key)}.safetensors"
         if path.is_file():
             head.load_state_dict(load_weights(path))

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustlab.encoders import ENCODERS, HeadConfig, load_encoder, train_head
+from robustlab.encoders import ENCODERS, HeadConfig, load_encoder, train_head, trained_heads
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
-from robustlab.ssl import SSLConfig, nt_xent, solo_learn_resnet18, trained_simclr
+from robustlab.ssl import SimCLREncoder, SSLConfig, nt_xent, solo_learn_resnet18, trained_simclr
 
 TINY = SSLConfig(width=8, steps=60, batch_size=64, n_images=512)
 
 
 @pytest.fixture(scope="session")
-def tiny_simclr() -> torch.nn.Module:
+def tiny_simclr() -> SimCLREncoder:
     """A tiny SimCLR encoder (about 30 s on 2 CPU cores), shared with the AdvEncoder tests."""
     return trained_simclr(TINY, progress=False)
 
@@ -45,6 +45,19 @@ def test_simclr_features_carry_the_downstream_attributes(tiny_simclr: torch.nn.M
         with torch.no_grad():
             accuracy = (head(features[512:]).argmax(1) == attrs[task][512:]).float().mean().item()
         assert accuracy > 1 / classes + 0.3, (task, accuracy)
+
+
+@pytest.mark.slow
+def test_heads_are_cached_per_input_size(tiny_simclr: SimCLREncoder) -> None:
+    """The same weights fed 16 px images (AdvEncoder's reference feeds 64 px) get heads of their own."""
+    config = [HeadConfig(task="color", n_train=64, steps=5)]
+    small = SimCLREncoder(tiny_simclr.backbone, feature_dim=tiny_simclr.feature_dim, input_size=16)
+    weights = [
+        torch.cat([p.flatten() for p in trained_heads(encoder, config, progress=False)["color"].head.parameters()])
+        for encoder in (tiny_simclr, small, small)
+    ]
+    assert not torch.equal(weights[0], weights[1])  # the 16 px head was trained, not loaded from the 32 px one
+    assert torch.equal(weights[1], weights[2])  # and is cached under its own key
 
 
 def test_nt_xent_prefers_matching_views() -> None:
