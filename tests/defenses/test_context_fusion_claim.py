@@ -106,7 +106,9 @@ def test_blur_gain_as_first_claimed(informative: Report) -> None:
 
 
 def test_gain_vanishes_without_context(uninformative: Report, record_claim: Callable[[str, float], None]) -> None:
-    for attack, bound in (("pgd", 0.0), ("blur", 0.04)):
+    # PGD, fused - bare: on AVX2 CPUs (4 runs) -1.6 to -3.1 points; on an AVX-512 one (seeds 0-2 at 1 and 2 threads)
+    # -3.9 to +0.4, mean -2.1, sd 1.6, mean + 2 sd = +1.0: below +2 points everywhere, where context gives +7.9.
+    for attack, bound in (("pgd", 0.02), ("blur", 0.04)):
         _, bare = _row(uninformative, "none", "-", attack)
         _, fused = _row(uninformative, "context_fusion", "transfer", attack)
         record_claim(f"fusion.{attack}_gain_without_context", fused - bare)
