@@ -207,9 +207,9 @@ def test_gan_moves_features_towards_the_target_and_changes_captions(
     # features towards the target's and rewrites far more captions than noise of the same size (first measured:
     # 36% vs 8% changed after 200 steps): an untargeted effect, named as such. Changed minus noise's changed over
     # seeds 0-2 at 1 and 2 threads on the RECIPE 2 captioners: .31, .38, .41, .42, .47, .42, mean - 2 sd = .29
-    # (the margin .1 was set on RECIPE 1's spread). The feature distance and loss ratios: .80-.88 and .79-.90,
-    # mean + 2 sd = .91 and .93, so their margin is .95 (experiments/RESULTS-claims.md). The exact target is
-    # reached in no run.
+    # (the margin .1 was set on RECIPE 1's spread). The feature distance and loss ratios: .80-.88 and .79-.90 on
+    # the same runs, every one below the .9 claim (mean + 2 sd = .91 and .93: close to it; experiments/
+    # RESULTS-claims.md). The exact target is reached in no run.
     record_claim("caption_gan.changed_over_noise", gan_metrics["changed"] - noise_metrics["changed"])
     record_claim(
         "caption_gan.target_success_over_noise", gan_metrics["target_success"] - noise_metrics["target_success"]
@@ -218,10 +218,10 @@ def test_gan_moves_features_towards_the_target_and_changes_captions(
     target = goal_features(captioner, fit_data, target=goal, keyword=None, n_targets=1, scan=512)
     distance = {a: float((captioner.encoder(x_adv) - target).pow(2).mean()) for a, x_adv in adversarial.items()}
     record_claim("caption_gan.feature_distance_ratio", distance["gan"] / distance["noise"])
-    assert distance["gan"] < 0.95 * distance["noise"], distance
+    assert distance["gan"] < 0.9 * distance["noise"], distance
     first, last = gan.feature_losses[:20], gan.feature_losses[-20:]
     record_claim("caption_gan.feature_loss_ratio", sum(last) / sum(first))
-    assert sum(last) < 0.95 * sum(first), "the generator's feature-matching loss must fall while it trains"
+    assert sum(last) < 0.9 * sum(first), "the generator's feature-matching loss must fall while it trains"
 
 
 def test_decoder_receives_no_gradient_during_the_gan_attack(
