@@ -13,11 +13,13 @@ images of the downstream backgrounds) and the perturbation's high/low spectral e
 Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
 
 * ``noise``: uniform random sign noise; ``uap``: robustlab's UAP, which on an encoder maximises the feature
-  distortion (the SSP-style baseline); ``pgd``: per-instance PGD-10 on encoder + head (upper bound).
+  distortion (the SSP-style baseline); ``pgd``: per-instance PGD-10 on encoder + head, away from each input's
+  clean prediction (the ceiling of the paper's rate; before issue 26's competent encoder, away from the label).
 * ``advencoder`` (hfc weight 1, the paper's), its ablations hfc 0 and hfc 1000, and the reference's
   unclipped training loss, its ``eps * tanh`` bound instead of the clamp (with the per-epoch gradient
   norms and saturated share of every fit); ``advencoder-pat`` and a random patch in the same box.
-* ``--transfer``: the main perturbation applied to a second SimCLR encoder (another seed).
+* ``--transfer``: the main perturbation and noise applied to a second SimCLR encoder: the victim's config with
+  another seed (``--transfer-seed``; ``--transfer-steps`` trains it for another length).
 * ``--image-size 64``: the reference's regime, every image at 64x64 px (rendered at that size: the synthetic
   world draws any size, where the reference resizes 32 px CIFAR images), so the encoder trained at 32 px is fed
   64 px images and the perturbation, patch and HFC radius are 64 px ones. ``--attacks`` runs a subset.
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,7 @@ from robustlab.attack import ATTACKS, Attack
 from robustlab.data import load_dataset
 from robustlab.data.synth import ATTRIBUTES, SynthConfig, SynthDataset
 from robustlab.encoders import Encoder, HeadConfig, trained_heads
+from robustlab.intervals import wilson_interval
 from robustlab.ssl import SimCLREncoder, SSLConfig, trained_simclr
 
 SURROGATE = "synth:backgrounds=sky+grass"
@@ -89,8 +92,8 @@ def chosen_attacks(args: argparse.Namespace) -> dict[str, Attack]:
     chosen = args.attacks.split(",") if args.attacks else list(every)
     if unknown := set(chosen) - set(every):
         raise SystemExit(f"advencoder.py: unknown attacks {sorted(unknown)}; choose from {', '.join(every)}")
-    if args.transfer and "advencoder" not in chosen:
-        raise SystemExit("advencoder.py: --transfer applies the advencoder perturbation: add it to --attacks")
+    if args.transfer and not {"advencoder", "noise"} <= set(chosen):
+        raise SystemExit("advencoder.py: --transfer applies advencoder's perturbation and noise: add both to --attacks")
     return {name: attack for name, attack in every.items() if name in chosen}
 
 
@@ -135,14 +138,18 @@ def measure(
         shared = attack(encoder, x, labels["shape"], generator=generator) if attack is not None else None
         for task, head in heads.items():
             y = labels[task]
-            if shared is None:
+            with torch.no_grad():
+                clean_pred = head.head(clean_features).argmax(1)
+            if shared is None:  # the ceiling of the paper's rate: push each input away from its clean prediction
                 pgd = ATTACKS.get("pgd").factory(eps=EPS, steps=10)
-                x_adv = torch.cat([pgd(head, x[s : s + 256], y[s : s + 256], generator=generator) for s in steps])
+                x_adv = torch.cat(
+                    [pgd(head, x[s : s + 256], clean_pred[s : s + 256], generator=generator) for s in steps]
+                )
             else:
                 x_adv = shared
             with torch.no_grad():
                 adv_features = encoder(x_adv)
-                clean_pred, adv_pred = head.head(clean_features).argmax(1), head.head(adv_features).argmax(1)
+                adv_pred = head.head(adv_features).argmax(1)
             classes = len(ATTRIBUTES[task])
             knn_clean = knn_predict(clean_features, bank, bank_labels[task], classes)
             knn_adv = knn_predict(adv_features, bank, bank_labels[task], classes)
@@ -164,23 +171,30 @@ def measure(
 
 
 def transfer_rows(
-    attack: Attack, heads_of: dict[str, nn.Module], encoder: Encoder, args: argparse.Namespace
+    attacks: dict[str, Attack], heads_of: dict[str, nn.Module], encoder: Encoder, args: argparse.Namespace
 ) -> list[str]:
-    """The perturbation fitted on the main encoder, applied to another encoder's downstream models."""
+    """Perturbations fitted on the main encoder, applied to another encoder's downstream models."""
     data = SynthDataset("test", config=SynthConfig(backgrounds=DOWNSTREAM, image_size=encoder.input_size))
     index = torch.arange(args.n_test)
     x, _ = data.get_batch(index)
     labels = data.attributes(index)
-    x_adv = attack(encoder, x, labels["shape"])
     lines = []
-    for task, head in heads_of.items():
-        with torch.no_grad():
-            clean, adv = head(x).argmax(1), head(x_adv).argmax(1)
-        lines.append(
-            f"| {task} | {(clean == labels[task]).float().mean():.3f} | {(adv == labels[task]).float().mean():.3f} "
-            f"| {(adv != clean).float().mean():.3f} |"
-        )
+    for name, attack in attacks.items():
+        x_adv = attack(encoder, x, labels["shape"], generator=torch.Generator().manual_seed(args.seed))
+        for task, head in heads_of.items():
+            with torch.no_grad():
+                clean, adv = head(x).argmax(1), head(x_adv).argmax(1)
+            lines.append(
+                f"| {name} | {task} | {(clean == labels[task]).float().mean():.3f} "
+                f"| {(adv == labels[task]).float().mean():.3f} | {rate((adv != clean).float().mean().item(), len(x))} |"
+            )
     return lines
+
+
+def rate(p: float, n: int) -> str:
+    """A share of ``n`` inputs with its Wilson 95% interval."""
+    low, high = wilson_interval(p, n)
+    return f"{p:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def main() -> None:
@@ -194,11 +208,13 @@ def main() -> None:
     parser.add_argument("--heads", default="shape,color,background,size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transfer", action="store_true")
-    parser.add_argument("--transfer-steps", type=int, default=300, help="training steps of the second encoder")
+    parser.add_argument("--transfer-seed", type=int, help="the second encoder's seed (default: the victim's + 1)")
+    parser.add_argument("--transfer-steps", type=int, help="its training steps (default: the victim's)")
     victim = SSLConfig()
     parser.add_argument("--encoder-width", type=int, default=victim.width, help="the victim SimCLR encoder's width")
     parser.add_argument("--encoder-steps", type=int, default=victim.steps, help="its training steps (cached)")
     parser.add_argument("--encoder-seed", type=int, default=victim.seed)
+    parser.add_argument("--encoder-lr", type=float, default=victim.lr, help="its peak learning rate")
     parser.add_argument(
         "--image-size", type=int, default=victim.image_size, help="the reference's 64: every image at 64x64 px"
     )
@@ -207,9 +223,8 @@ def main() -> None:
     attacks = chosen_attacks(args)
 
     # The defaults are load_encoder("simclr")'s encoder; a longer or wider one is trained once and cached.
-    encoder = trained_simclr(
-        SSLConfig(width=args.encoder_width, steps=args.encoder_steps, seed=args.encoder_seed), progress=True
-    )
+    victim = SSLConfig(width=args.encoder_width, steps=args.encoder_steps, lr=args.encoder_lr, seed=args.encoder_seed)
+    encoder = trained_simclr(victim, progress=True)
     if args.image_size != encoder.input_size:  # the reference resizes every image to 64x64 before its encoder
         encoder = SimCLREncoder(encoder.backbone, feature_dim=encoder.feature_dim, input_size=args.image_size)
     head_data = "synth:backgrounds=" + "+".join(DOWNSTREAM)
@@ -218,22 +233,23 @@ def main() -> None:
     surrogate = load_dataset(SURROGATE, split="train", image_size=encoder.input_size)
     attacks = fit_attacks(encoder, surrogate, attacks, args)
     rows = measure(encoder, heads, attacks, args)
-    print("\n| attack | task | clean acc | adv acc | ASR changed (paper) | ASR label | kNN changed | high/low energy |")
+    print(f"\nn = {args.n_test} test images; ASR changed with its Wilson 95% interval")
+    print("| attack | task | clean acc | adv acc | ASR changed (paper) | ASR label | kNN changed | high/low energy |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "-" if r.spectral_ratio is None else f"{r.spectral_ratio:.3g}"
         print(
-            f"| {r.attack} | {r.task} | {r.clean_acc:.3f} | {r.adv_acc:.3f} | {r.asr_changed:.3f} | "
+            f"| {r.attack} | {r.task} | {r.clean_acc:.3f} | {r.adv_acc:.3f} | {rate(r.asr_changed, args.n_test)} | "
             f"{r.asr_label:.3f} | {r.knn_changed:.3f} | {ratio} |"
         )
     if args.transfer:
-        other = trained_simclr(SSLConfig(seed=1, steps=args.transfer_steps), progress=True)
+        seed = victim.seed + 1 if args.transfer_seed is None else args.transfer_seed
+        steps = victim.steps if args.transfer_steps is None else args.transfer_steps
+        other = trained_simclr(replace(victim, seed=seed, steps=steps), progress=True)
         other_heads = trained_heads(other, configs, progress=True)
-        print(
-            f"\nTransfer: advencoder fitted on simclr (seed 0), applied to simclr seed 1, {args.transfer_steps} steps"
-        )
-        print("| task | clean acc | adv acc | ASR changed |\n|---|---|---|---|")
-        print("\n".join(transfer_rows(attacks["advencoder"], other_heads, other, args)))
+        print(f"\nTransfer: fitted on the victim (seed {victim.seed}), applied to seed {seed}, {steps} steps")
+        print("| attack | task | clean acc | adv acc | ASR changed |\n|---|---|---|---|---|")
+        print("\n".join(transfer_rows({k: attacks[k] for k in ("advencoder", "noise")}, other_heads, other, args)))
 
 
 if __name__ == "__main__":

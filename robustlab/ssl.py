@@ -100,8 +100,9 @@ class SSLConfig:
     min_crop: float = 0.35
 
     def __post_init__(self) -> None:
-        if min(self.width, self.projection_dim) < 1 or self.steps < 10 or min(self.batch_size, self.n_images) < 2:
-            raise ConfigError("ssl width and projection_dim must be positive, steps >= 10, batch_size, n_images >= 2")
+        if min(self.width, self.projection_dim) < 1 or self.steps < 20 or min(self.batch_size, self.n_images) < 2:
+            # steps >= 20: the one-cycle schedule's 10% warm-up needs at least 2 steps
+            raise ConfigError("ssl width and projection_dim must be positive, steps >= 20, batch_size, n_images >= 2")
         if self.temperature <= 0:
             raise ConfigError(f"ssl temperature must be positive, got {self.temperature}")
         if not 0 <= self.hue <= 0.5 or not 0 < self.min_crop <= 1:
