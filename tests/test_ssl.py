@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustlab import ssl
 from robustlab.encoders import ENCODERS, HeadConfig, load_encoder, train_head, trained_heads
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
-from robustlab.ssl import SimCLREncoder, SSLConfig, nt_xent, solo_learn_resnet18, trained_simclr
+from robustlab.ssl import COMPETENT_VICTIM, SimCLREncoder, SSLConfig, nt_xent, solo_learn_resnet18, trained_simclr
 
 TINY = SSLConfig(width=8, steps=60, batch_size=64, n_images=512)
 
@@ -92,3 +93,18 @@ def test_solo_learn_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.save({"state_dict": state}, tmp_path / "simclr-cifar10.ckpt")
     encoder = load_encoder("simclr", weights=str(tmp_path / "simclr-cifar10.ckpt"), progress=False)
     assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_the_competent_victim_is_registered_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``simclr-w32`` is RESULTS-advencoder's long-trained encoder (too long to train here: its config is checked)."""
+    trained: list[SSLConfig] = []
+
+    def record(config: SSLConfig, progress: bool = True) -> torch.nn.Module:
+        trained.append(config)
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(ssl, "trained_simclr", record)
+    load_encoder("simclr-w32", progress=False)
+    assert trained == [COMPETENT_VICTIM] and COMPETENT_VICTIM.width == 32 and COMPETENT_VICTIM.steps == 4800
+    with pytest.raises(ConfigError, match="trained by robustlab"):
+        load_encoder("simclr-w32", weights="any.ckpt")
