@@ -1,7 +1,7 @@
 """AdvEncoder on the synthetic world: downstream-agnostic universal perturbations and patches vs baselines.
 
 The victim is the embedded SimCLR encoder (``load_encoder("simclr")``, or a wider, longer trained one:
-``--encoder-width``, ``--encoder-steps``). The attacker fits on surrogate data
+``--encoder-width 32 --encoder-steps 4800 --encoder-lr 0.006`` is ``simclr-w32``, the competent victim). The attacker fits on surrogate data
 whose backgrounds (sky, grass) never appear downstream; the downstream heads (AdvEncoder's 3-layer MLP on
 frozen features) are trained and tested on the other backgrounds (stripes, checker, bricks). For every
 head and attack it reports clean accuracy, accuracy under attack, the paper's attack success rate (the
@@ -14,10 +14,13 @@ Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
 
 * ``noise``: uniform random sign noise; ``uap``: robustlab's UAP, which on an encoder maximises the feature
   distortion (the SSP-style baseline); ``pgd``: per-instance PGD-10 on encoder + head, away from each input's
-  clean prediction (the ceiling of the paper's rate; before issue 26's competent encoder, away from the label).
+  clean prediction (the ceiling of the paper's rate; before issue 26's competent encoder, away from the label);
+  ``uap (head-aware)``: one ``uap`` per head, fitted on the head and its labelled downstream data (a universal
+  perturbation by an attacker who knows the head: what one δ can do here, beside AdvEncoder's head-blind one).
 * ``advencoder`` (hfc weight 1, the paper's), its ablations hfc 0 and hfc 1000, and the reference's
   unclipped training loss, its ``eps * tanh`` bound instead of the clamp (with the per-epoch gradient
   norms and saturated share of every fit); ``advencoder-pat`` and a random patch in the same box.
+* After the table: AdvEncoder minus SSP-style ``uap`` and minus noise per head, with paired 95% intervals.
 * ``--transfer``: the main perturbation and noise applied to a second SimCLR encoder: the victim's config with
   another seed (``--transfer-seed``; ``--transfer-steps`` trains it for another length).
 * ``--image-size 64``: the reference's regime, every image at 64x64 px (rendered at that size: the synthetic
