@@ -1,14 +1,14 @@
 """AdvEncoder on the synthetic world: downstream-agnostic universal perturbations and patches vs baselines.
 
 The victim is the embedded SimCLR encoder (``load_encoder("simclr")``, or a wider, longer trained one:
-``--encoder-width 32 --encoder-steps 4800 --encoder-lr 0.006`` is ``simclr-w32``, the competent victim). The attacker fits on surrogate data
-whose backgrounds (sky, grass) never appear downstream; the downstream heads (AdvEncoder's 3-layer MLP on
-frozen features) are trained and tested on the other backgrounds (stripes, checker, bricks). For every
-head and attack it reports clean accuracy, accuracy under attack, the paper's attack success rate (the
-share of test inputs whose prediction *changed*, against the clean prediction) and the label-based one
-(correct inputs made wrong, the ``classification`` task's), both from the ``prediction_change`` task,
-plus the reference code's kNN monitor (k = 20, T = 0.07 on L2-normalised features, memory bank = train
-images of the downstream backgrounds) and the perturbation's high/low spectral energy ratio.
+``--encoder-width 32 --encoder-steps 4800 --encoder-lr 0.006`` is ``simclr-w32``, the competent victim). The
+attacker fits on surrogate data whose backgrounds (sky, grass) never appear downstream; the downstream heads
+(AdvEncoder's 3-layer MLP on frozen features) are trained and tested on the other backgrounds (stripes, checker,
+bricks). For every head and attack it reports clean accuracy, accuracy under attack, the paper's attack success rate
+(the share of test inputs whose prediction *changed*, against the clean prediction) and the label-based one (correct
+inputs made wrong, the ``classification`` task's), both from the ``prediction_change`` task, plus the reference
+code's kNN monitor (k = 20, T = 0.07 on L2-normalised features, memory bank = train images of the downstream
+backgrounds) and the perturbation's high/low spectral energy ratio.
 
 Attacks, all at the same budget (L∞ 10/255, or a patch of 3% of the image):
 
