@@ -20,6 +20,7 @@ from robustlab.defenses.camera import linear_to_srgb, make_raw_pair, other_camer
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from robustlab.allocator import steady_shapes
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data.base import iterate_batches
 from robustlab.defense import DEFENSES, PreprocessingDefense
@@ -257,9 +258,8 @@ class RawIsp(PreprocessingDefense):
         generator = torch.Generator(device=device).manual_seed(seed)
         pool = _load_pool(dataset, self.cfg, generator=generator).to(device)
         total = self.cfg.f_steps + self.cfg.g_steps
-        with tqdm(
-            total=total, desc="training raw_isp (first use, then cached)", file=sys.stderr, disable=not progress
-        ) as bar:
+        bar = tqdm(total=total, desc="training raw_isp (first use, then cached)", file=sys.stderr, disable=not progress)
+        with bar, steady_shapes():
             _train_encoder(self.encoder, pool, self.cfg, generator=generator, bar=bar)
             _train_isp(self.isp, pool, self.cfg, generator=generator, bar=bar)
 

@@ -1,15 +1,18 @@
 """What the default SmallCNN's training costs, and whether a cheaper recipe gives the same model (issue #23, item 6).
 
-Two parts:
+Three parts:
 
 - ``--part cost``: one training step split into rendering the synthetic batch and the forward/backward/optimiser
   step, in plain and channels-last memory layout.
+- ``--part allocator``: the same training in a fresh process under each of glibc's malloc settings that
+  robustlab's commands have used (:mod:`robustlab.allocator`): wall and CPU seconds and page faults per step.
 - ``--part recipes``: trains the default architecture under each ``STEPS:LR:BATCH`` recipe for each seed and
   reports clean accuracy (the first 2000 test samples) and PGD-10 robust accuracy at 1, 2 and 4/255 (the first
   256), each with its 95% Wilson interval. The default recipe (800 steps, lr 2e-3, batch 128) for seed 0 is the
   cached ``--weights synth`` model; every other run trains here without touching the cache::
 
     OMP_NUM_THREADS=1 python experiments/default_recipe.py --part cost
+    OMP_NUM_THREADS=2 python experiments/default_recipe.py --part allocator --repeats 3
     OMP_NUM_THREADS=1 python experiments/default_recipe.py --part recipes --seeds 0 1 2 \\
         --recipe 800:0.002:128 --recipe 800:0.002:32 --recipe 300:0.003:128
 
@@ -19,13 +22,18 @@ Results and their reading: ``experiments/RESULTS-default-recipe.md``.
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.allocator import fix_mmap_threshold, steady_shapes
 from robustlab.data.base import iterate_batches
 from robustlab.data.synth import SynthConfig, SynthDataset
 from robustlab.intervals import with_interval
@@ -57,6 +65,47 @@ def step_cost(steps: int = 25) -> None:
             f"{layout}: render {_median_ms(render):.1f} ms/step, "
             f"forward+backward+step {_median_ms(compute):.1f} ms/step"
         )
+
+
+ALLOCATORS = {
+    "glibc": "glibc's dynamic mmap threshold (a library user's process)",
+    "fixed": "threshold fixed at 1 MiB (robustlab's commands before steady_shapes)",
+    "steady": "fixed, training under steady_shapes (robustlab's commands now)",
+}
+
+
+def allocator_cost(steps: int, repeats: int) -> None:
+    """Train the default model for ``steps`` steps in a fresh process per allocator setting, ``repeats`` times."""
+    for _ in range(repeats):
+        for name in ALLOCATORS:
+            child = ["--part", "allocator-child", "--allocator", name, "--steps", str(steps)]
+            run = subprocess.run([sys.executable, __file__, *child], capture_output=True, text=True, check=True)  # noqa: S603
+            print(run.stdout.strip(), flush=True)
+    print("; ".join(f"{name}: {meaning}" for name, meaning in ALLOCATORS.items()))
+
+
+def _allocator_child(name: str, steps: int) -> None:
+    """The default recipe's training steps (contiguous layout, as ``train_classifier`` takes them) in this process."""
+    if name != "glibc":
+        fix_mmap_threshold()
+    config = TrainConfig(arch="smallcnn").resolved()
+    net = _build(config).net.train()
+    data = SynthDataset("train", config=SynthConfig(image_size=32, seed=0))
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr)
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with steady_shapes() if name == "steady" else nullcontext():
+        for _ in range(steps):
+            chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
+            _, x, y = next(iterate_batches(data, chunk, config.batch_size))
+            descend(optimizer, F.cross_entropy(net(x), y))
+    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    faults = after.ru_minflt - before.ru_minflt
+    print(
+        f"{name:>6}: {1000 * wall / steps:.0f} ms/step wall, {1000 * user / steps:.0f} user + "
+        f"{1000 * system / steps:.0f} system ms/step, {faults / steps:,.0f} page faults/step ({steps} steps)"
+    )
 
 
 def _median_ms(seconds: list[float]) -> float:
@@ -102,12 +151,19 @@ def recipes(seeds: list[int], specs: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("cost", "recipes"), required=True)
+    parser.add_argument("--part", choices=("cost", "allocator", "allocator-child", "recipes"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--recipe", action="append", default=[], metavar="STEPS:LR:BATCH")
+    parser.add_argument("--allocator", choices=tuple(ALLOCATORS), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=100, help="--part allocator: training steps per run")
+    parser.add_argument("--repeats", type=int, default=1, help="--part allocator: runs per setting")
     args = parser.parse_args()
     if args.part == "cost":
         step_cost()
+    elif args.part == "allocator":
+        allocator_cost(args.steps, args.repeats)
+    elif args.part == "allocator-child":
+        _allocator_child(args.allocator, args.steps)
     else:
         recipes(args.seeds, args.recipe or ["800:0.002:128"])
 

@@ -3,27 +3,66 @@
 glibc raises its mmap threshold each time a large block is freed (up to 32 MiB); from then on
 batch-sized tensors come from the heap, which fragments as batches of varying size come and go, so
 the peak RSS of a long ``robustlab eval`` grew with the number of batches although no per-sample image
-was kept (experiments/RESULTS-bench.md, "Memory against n"). A fixed threshold serves every tensor of
-1 MiB or more with its own mapping, returned to the system when freed.
+was kept (experiments/RESULTS-memory.md). A fixed threshold serves every tensor of 1 MiB or more with
+its own mapping, returned to the system when freed.
+
+Fresh mappings cost page faults: a training step allocates the same tensors again and again, and
+faulting them in each time made training half as slow again. Training loops run under
+:func:`steady_shapes`, which serves them from the heap: blocks of the same sizes do not fragment it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["MMAP_THRESHOLD", "fix_mmap_threshold"]
+__all__ = ["HEAP_THRESHOLD", "MMAP_THRESHOLD", "fix_mmap_threshold", "steady_shapes"]
 
 MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+HEAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic mmap threshold on 64-bit machines
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_TRIM_THRESHOLD = 128 << 10  # glibc's default: free heap above this at its top goes back to the system
+_fixed_at: int | None = None
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at ``size`` bytes (which also stops its dynamic growth); False elsewhere."""
-    if not sys.platform.startswith("linux"):
+    global _fixed_at
+    libc = _glibc()
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, size):
         return False
+    _fixed_at = size
+    return True
+
+
+@contextmanager
+def steady_shapes() -> Iterator[None]:
+    """Serve tensors up to :data:`HEAP_THRESHOLD` from the heap while a loop of same-sized steps runs (training),
+    or work whose memory does not grow with ``n`` (the diagnostics' probes on at most 128 samples).
+
+    Only where the threshold was fixed (the CLI): elsewhere glibc's dynamic threshold does so already. On
+    exit the threshold is fixed again and the heap's free pages go back to the system (``malloc_trim``).
+    """
+    libc, fixed = _glibc(), _fixed_at
+    if libc is None or fixed is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_THRESHOLD)  # as glibc's dynamic threshold does: keep the freed top
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, fixed)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
     except OSError:  # musl or another C library: nothing to tune
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
+        return None

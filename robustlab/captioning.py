@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab.allocator import steady_shapes
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_words
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
@@ -365,7 +366,7 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     bar = tqdm(range(config.steps), desc=f"training {config.name}", disable=not progress, leave=False)
     trainable.train()
-    with global_rng_seeded(config.seed, device=device):
+    with global_rng_seeded(config.seed, device=device), steady_shapes():
         for _ in bar:
             x, captions = data.images_and_captions(torch.randint(len(data), (config.batch_size,), generator=generator))
             tokens = captioner.encode_captions(captions)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab.allocator import steady_shapes
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data.base import iterate_batches
 from robustlab.encoders import ENCODERS, Encoder
@@ -172,7 +173,7 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
     generator = torch.Generator().manual_seed(config.seed)
     encoder.train()
     projector.train()
-    with global_rng_seeded(config.seed):
+    with global_rng_seeded(config.seed), steady_shapes():
         bar = tqdm(range(config.steps), desc="training simclr", disable=not progress, leave=False, dynamic_ncols=True)
         for _ in bar:
             x = pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]

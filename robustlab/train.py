@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab.allocator import steady_shapes
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
@@ -181,14 +182,15 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
     label = " ".join(filter(None, (f"training {config.arch}", "(PGD adversarial)" * config.adversarial, why)))
     bar = tqdm(range(steps), desc=label, disable=not progress, leave=False, dynamic_ncols=True)
-    for _ in bar:
-        chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
-        _, x, y = next(iterate_batches(data, chunk, config.batch_size))
-        x, y = x.to(device), y.to(device)
-        model.train()
-        loss = _loss(model, x, y, config, generator)
-        descend(optimizer, loss, schedule)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    with steady_shapes():
+        for _ in bar:
+            chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
+            _, x, y = next(iterate_batches(data, chunk, config.batch_size))
+            x, y = x.to(device), y.to(device)
+            model.train()
+            loss = _loss(model, x, y, config, generator)
+            descend(optimizer, loss, schedule)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     model.requires_grad_(False)
 

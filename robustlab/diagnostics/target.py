@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab.allocator import steady_shapes
 from robustlab.attack import Attack
 from robustlab.components import ComponentSpec
 from robustlab.data.adv import AdversarialDataset
@@ -85,7 +86,7 @@ def probe(run: EvaluatedTarget, *, progress: bool) -> list[Diagnostic]:
         attacked = built[adaptive]
     budgets = [a.threat.eps for _, a in run.attacks if a.threat.norm is Norm.LINF and a.threat.eps]
     settings = ProbeSettings(eps=budgets[0] if budgets else ProbeSettings.eps)
-    with seeded(config.seed, f"{'/'.join(names)}/probes") as generator:
+    with seeded(config.seed, f"{'/'.join(names)}/probes") as generator, steady_shapes():  # n-independent work
         probes = Probe(attacked, scored, x, y, settings, generator, *names)
         said = target.draws > 1  # the ``randomized`` line already says so
         found += [d for d in cheap_probes(probes) if not (said and d.code == "masking.randomized_outputs")]
