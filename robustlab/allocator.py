@@ -25,6 +25,7 @@ HEAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic mmap threshold 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 _TRIM_THRESHOLD = 128 << 10  # glibc's default: free heap above this at its top goes back to the system
 _fixed_at: int | None = None
+_steady_depth = 0
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
@@ -45,15 +46,18 @@ def steady_shapes() -> Iterator[None]:
     Only where the threshold was fixed (the CLI): elsewhere glibc's dynamic threshold does so already. On
     exit the threshold is fixed again and the heap's free pages go back to the system (``malloc_trim``).
     """
+    global _steady_depth
     libc, fixed = _glibc(), _fixed_at
-    if libc is None or fixed is None:
+    if libc is None or fixed is None or _steady_depth:  # nothing fixed, or an outer block already switched
         yield
         return
     libc.mallopt(_M_MMAP_THRESHOLD, HEAP_THRESHOLD)
     libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_THRESHOLD)  # as glibc's dynamic threshold does: keep the freed top
+    _steady_depth += 1
     try:
         yield
     finally:
+        _steady_depth -= 1
         libc.mallopt(_M_MMAP_THRESHOLD, fixed)
         libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
         libc.malloc_trim(0)

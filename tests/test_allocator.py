@@ -39,6 +39,8 @@ def test_steady_shapes_reuses_the_heap_instead_of_faulting_in_fresh_pages() -> N
         fix_mmap_threshold()
         fixed = faults(steps)
         with steady_shapes():
+            with steady_shapes():  # an inner block (a defense trained inside the diagnostics) leaves the outer one
+                pass
             heap = faults(steps)
         print(fixed, heap, faults(steps))
         """
