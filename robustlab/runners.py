@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from robustlab.allocator import steady_shapes
 from robustlab.attack import Attack, AttackKind
 from robustlab.cache import save_weights
 from robustlab.components import ComponentSpec
@@ -208,7 +209,8 @@ class FittedRunner:
         attack = cell.attack
 
         def fit(generator: torch.Generator) -> dict[str, Tensor]:
-            attack.fit(fit_on, context.fit_data(), generator=generator, progress=context.progress)
+            with steady_shapes():  # a training loop on the fit split, whatever the evaluation's n
+                attack.fit(fit_on, context.fit_data(), generator=generator, progress=context.progress)
             return attack.fitted()
 
         attack.load_fitted(context.unit(f"{context.fit_key}/{cell.mode}/a{cell.index}/fit", fit))
@@ -232,9 +234,10 @@ class GenerativeRunner:
 
         def generate(generator: torch.Generator) -> dict[str, Tensor]:
             started = time.perf_counter()
-            out = cell.attack.generate(
-                fit_on, generator=generator, store=KeyedStore(context.store, prefix), progress=context.progress
-            )
+            with steady_shapes():  # a population evolved or optimised step by step, whatever the evaluation's n
+                out = cell.attack.generate(
+                    fit_on, generator=generator, store=KeyedStore(context.store, prefix), progress=context.progress
+                )
             return {**out, "seconds": torch.tensor([time.perf_counter() - started])}
 
         generated = context.unit(prefix, generate)
