@@ -41,8 +41,8 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
 
 @contextmanager
 def steady_shapes() -> Iterator[None]:
-    """Serve tensors up to :data:`HEAP_THRESHOLD` from the heap while a loop of same-sized steps runs (training),
-    or work whose memory does not grow with ``n`` (the diagnostics' probes on at most 128 samples).
+    """Serve tensors up to :data:`HEAP_THRESHOLD` from the heap while work whose memory does not grow with ``n``
+    runs: a loop of same-sized steps (training, an attack's fit) or the diagnostics' probes on 128 samples.
 
     Only where the threshold was fixed (the CLI): elsewhere glibc's dynamic threshold does so already. On
     exit the threshold is fixed again and the heap's free pages go back to the system (``malloc_trim``).
