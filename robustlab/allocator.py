@@ -8,7 +8,7 @@ its own mapping, returned to the system when freed.
 
 Fresh mappings cost page faults: a training step allocates the same tensors again and again, and
 faulting them in each time made training half as slow again. Work whose memory does not grow with ``n``
-(training, the fit of universal attacks, generative attacks, the diagnostics' probes) runs under
+(training, the fit of universal attacks, generative attacks and ``fool``, the diagnostics' probes) runs under
 :func:`steady_shapes`, which serves it from the heap: blocks of the same sizes do not fragment it.
 """
 

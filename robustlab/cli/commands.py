@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import torch
 
+from robustlab.allocator import steady_shapes
 from robustlab.cache import atomic_write
 from robustlab.cli.configs import EvalOptions, FoolOptions, GenerateOptions, TrainDefenseOptions, TrainOptions
 from robustlab.cli.options import REPORT_FORMATS, build_specs
@@ -415,9 +416,10 @@ def run_fool(options: FoolOptions) -> None:
         encoding=options.encoding, generations=options.generations, population=options.population
     )
     names = class_names(options.model, options.weights, victim.num_classes)
-    summary = fooling.write(
-        victim.to(device), options.out, seed=options.seed, class_names=names, run=run, progress=progress
-    )
+    with steady_shapes():  # a population evolved generation by generation: the same tensors each time
+        summary = fooling.write(
+            victim.to(device), options.out, seed=options.seed, class_names=names, run=run, progress=progress
+        )
     metrics = summary["metrics"]
     click.echo(
         f"{int(metrics['classes_fooled_99'])}/{int(metrics['classes'])} classes fooled at >= 99% "
