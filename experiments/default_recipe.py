@@ -3,18 +3,21 @@
 Three parts:
 
 - ``--part cost``: one training step split into rendering the synthetic batch and the forward/backward/optimiser
-  step, in plain and channels-last memory layout.
+  step, in plain and channels-last memory layout, in float32 and in bfloat16 autocast.
 - ``--part allocator``: the same training in a fresh process under each of glibc's malloc settings that
   robustlab's commands have used (:mod:`robustlab.allocator`): wall and CPU seconds and page faults per step.
 - ``--part recipes``: trains the default architecture under each ``STEPS:LR:BATCH`` recipe for each seed and
   reports clean accuracy (the first 2000 test samples) and PGD-10 robust accuracy at 1, 2 and 4/255 (the first
   256), each with its 95% Wilson interval. The default recipe (800 steps, lr 2e-3, batch 128) for seed 0 is the
-  cached ``--weights synth`` model; every other run trains here without touching the cache::
+  cached ``--weights synth`` model; every other run trains here without touching the cache. A recipe may end in
+  ``:bf16`` or ``:fp32`` (``TrainConfig.bf16``; without it, what this CPU does natively)::
 
     OMP_NUM_THREADS=1 python experiments/default_recipe.py --part cost
     OMP_NUM_THREADS=2 python experiments/default_recipe.py --part allocator --repeats 3
     OMP_NUM_THREADS=1 python experiments/default_recipe.py --part recipes --seeds 0 1 2 \\
         --recipe 800:0.002:128 --recipe 800:0.002:32 --recipe 300:0.003:128
+    OMP_NUM_THREADS=2 python experiments/default_recipe.py --part recipes --seeds 0 1 2 \\
+        --recipe 800:0.002:128:bf16 --recipe 800:0.002:128:fp32
 
 Results and their reading: ``experiments/RESULTS-default-recipe.md``.
 """
@@ -44,27 +47,31 @@ EPS = (1, 2, 4)
 
 
 def step_cost(steps: int = 25) -> None:
-    """Median milliseconds of rendering a batch and of one training step on it, plain and channels-last."""
+    """Median milliseconds of rendering a batch and of one training step on it, for each memory layout and
+    precision (float32, or bfloat16 autocast as ``TrainConfig.bf16`` trains)."""
     config = TrainConfig(arch="smallcnn").resolved()
     data = SynthDataset("train", config=SynthConfig(image_size=32, seed=0))
     generator = torch.Generator().manual_seed(0)
-    for layout in (torch.contiguous_format, torch.channels_last):
-        net = _build(config).net.to(memory_format=layout).train()
-        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr)
-        render, compute = [], []
-        for _ in range(steps):
-            started = time.perf_counter()
-            _, x, y = next(
-                iterate_batches(data, torch.randint(len(data), (config.batch_size,), generator=generator), 128)
+    for bf16 in (False, True):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            net = _build(config).net.to(memory_format=layout).train()
+            optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr)
+            render, compute = [], []
+            for _ in range(steps):
+                started = time.perf_counter()
+                chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
+                _, x, y = next(iterate_batches(data, chunk, config.batch_size))
+                rendered = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = F.cross_entropy(net(x.contiguous(memory_format=layout)), y).float()
+                descend(optimizer, loss)
+                render.append(rendered - started)
+                compute.append(time.perf_counter() - rendered)
+            print(
+                f"{'bfloat16' if bf16 else 'float32'} {layout}: render {_median_ms(render):.1f} ms/step, "
+                f"forward+backward+step {_median_ms(compute):.1f} ms/step",
+                flush=True,
             )
-            rendered = time.perf_counter()
-            descend(optimizer, F.cross_entropy(net(x.contiguous(memory_format=layout)), y))
-            render.append(rendered - started)
-            compute.append(time.perf_counter() - rendered)
-        print(
-            f"{layout}: render {_median_ms(render):.1f} ms/step, "
-            f"forward+backward+step {_median_ms(compute):.1f} ms/step"
-        )
 
 
 ALLOCATORS = {
@@ -138,8 +145,9 @@ def recipes(seeds: list[int], specs: list[str]) -> None:
     base = TrainConfig(arch="smallcnn")
     for seed in seeds:
         for spec in specs:
-            steps, lr, batch = spec.split(":")
-            config = replace(base, steps=int(steps), lr=float(lr), batch_size=int(batch), seed=seed)
+            steps, lr, batch, *precision = spec.split(":")
+            bf16 = {"bf16": True, "fp32": False}[precision[0]] if precision else None
+            config = replace(base, steps=int(steps), lr=float(lr), batch_size=int(batch), seed=seed, bf16=bf16)
             if config.resolved() == base.resolved():
                 describe(f"{spec} (the cached default), seed {seed}", trained_classifier(base, progress=False), x, y)
                 continue
@@ -153,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("cost", "allocator", "allocator-child", "recipes"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--recipe", action="append", default=[], metavar="STEPS:LR:BATCH")
+    parser.add_argument("--recipe", action="append", default=[], metavar="STEPS:LR:BATCH[:bf16|:fp32]")
     parser.add_argument("--allocator", choices=tuple(ALLOCATORS), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=100, help="--part allocator: training steps per run")
     parser.add_argument("--repeats", type=int, default=1, help="--part allocator: runs per setting")

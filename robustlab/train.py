@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 RECIPE = 1  # bump when the training code changes what it produces, so old cached weights are not reused
-_ADDED_LATER = {"label_noise": 0.0, "trades_beta": 0.0}  # fields that name cached weights only when set
+_ADDED_LATER = {"label_noise": 0.0, "trades_beta": 0.0, "bf16": False}  # fields that name cached weights when set
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,24 @@ class TrainConfig:
     recipe: int = RECIPE
     label_noise: float = 0.0
     trades_beta: float = 0.0  # with ``adversarial``: TRADES' weight of the clean-to-adversarial KL; 0 is PGD-AT
+    bf16: bool | None = None
+    """Mixed precision: the forward pass in bfloat16 (autocast) on channels-last images, weights and optimiser
+    in float32. ``None`` is :func:`native_bf16`: where the CPU multiplies bfloat16 matrices itself (AMX) a
+    step costs a third (experiments/RESULTS-default-recipe.md); elsewhere bfloat16 would be emulated."""
 
     def resolved(self) -> TrainConfig:
-        """Fill ``steps`` with the family default: small nets get more steps, big torchvision nets fewer."""
-        if self.steps is not None:
-            return self
-        embedded = MODELS.get(self.arch).tags["family"] == "embedded"
-        return replace(self, steps=800 if embedded else 400)
+        """Fill ``steps`` with the family default (small nets get more steps, big torchvision nets fewer) and
+        ``bf16`` with what this CPU does natively."""
+        config = self if self.bf16 is not None else replace(self, bf16=native_bf16())
+        if config.steps is not None:
+            return config
+        embedded = MODELS.get(config.arch).tags["family"] == "embedded"
+        return replace(config, steps=800 if embedded else 400)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles, where oneDNN runs bfloat16 convolutions natively."""
+    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
 
 
 def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progress: bool = True) -> ImageClassifier:
@@ -182,15 +193,19 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
     label = " ".join(filter(None, (f"training {config.arch}", "(PGD adversarial)" * config.adversarial, why)))
     bar = tqdm(range(steps), desc=label, disable=not progress, leave=False, dynamic_ncols=True)
+    layout = torch.channels_last if config.bf16 else torch.contiguous_format
+    model.to(memory_format=layout)
     with steady_shapes():
         for _ in bar:
             chunk = torch.randint(len(data), (config.batch_size,), generator=generator)
             _, x, y = next(iterate_batches(data, chunk, config.batch_size))
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device).contiguous(memory_format=layout), y.to(device)
             model.train()
-            loss = _loss(model, x, y, config, generator)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)):
+                loss = _loss(model, x, y, config, generator).float()
             descend(optimizer, loss, schedule)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     model.requires_grad_(False)
 

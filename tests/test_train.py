@@ -10,7 +10,16 @@ from click.testing import CliRunner
 
 from robustlab.cli import cli
 from robustlab.models.loading import load_model
-from robustlab.train import TrainConfig, _cache_key, pgd_examples, robust_recipe, trades_examples
+from robustlab.train import (
+    TrainConfig,
+    _build,
+    _cache_key,
+    native_bf16,
+    pgd_examples,
+    robust_recipe,
+    trades_examples,
+    train_classifier,
+)
 
 
 @pytest.mark.parametrize("objective", ["pgd", "trades"])
@@ -65,6 +74,24 @@ def test_trades_examples_stay_in_budget_and_move_the_prediction(trained_model: t
 
 
 def test_trades_names_its_own_weights_and_leaves_synth_at_cached() -> None:
-    at = robust_recipe(TrainConfig(arch="smallcnn")).resolved()
-    assert _cache_key(at) == "4e1677cae1d6"  # the synth-at weights cached before TRADES existed stay valid
-    assert _cache_key(robust_recipe(TrainConfig(arch="smallcnn"), trades_beta=6.0).resolved()) != "4e1677cae1d6"
+    fp32 = TrainConfig(arch="smallcnn", bf16=False)
+    assert _cache_key(robust_recipe(fp32).resolved()) == "4e1677cae1d6"  # synth-at, cached before TRADES existed
+    assert _cache_key(robust_recipe(fp32, trades_beta=6.0).resolved()) != "4e1677cae1d6"
+
+
+def test_mixed_precision_follows_the_float32_training_and_leaves_float32_weights() -> None:
+    assert TrainConfig(arch="smallcnn").resolved().bf16 == native_bf16()
+    trained = {}
+    for bf16 in (False, True):
+        config = TrainConfig(arch="smallcnn", steps=20, batch_size=32, bf16=bf16)
+        model = _build(config)
+        start = _flat(model)
+        train_classifier(model, config, progress=False)
+        assert all(w.dtype in (torch.float32, torch.int64) and w.is_contiguous() for w in model.state_dict().values())
+        trained[bf16] = _flat(model)
+    # bfloat16 rounding moves the weights 0.115-0.134 of the way float32 training moved them (seeds 0-3)
+    assert (trained[True] - trained[False]).norm() < 0.25 * (trained[False] - start).norm()
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])

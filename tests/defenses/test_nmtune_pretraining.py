@@ -12,10 +12,11 @@ from robustlab.train import TrainConfig, _cache_key, trained_classifier
 
 
 def test_clean_configs_keep_their_cache_key() -> None:
-    # The hash of the default smallcnn recipe before label_noise existed: cached clean weights stay valid.
-    # (A RECIPE bump changes it on purpose; update this value then.)
-    assert _cache_key(TrainConfig(arch="smallcnn").resolved()) == "590cbb300ef8"
-    assert _cache_key(TrainConfig(arch="smallcnn", label_noise=0.3).resolved()) != "590cbb300ef8"
+    # The hash of the default smallcnn recipe in float32 before label_noise and bf16 existed: cached clean
+    # weights stay valid. (A RECIPE bump changes it on purpose; update this value then.)
+    assert _cache_key(TrainConfig(arch="smallcnn", bf16=False).resolved()) == "590cbb300ef8"
+    assert _cache_key(TrainConfig(arch="smallcnn", bf16=False, label_noise=0.3).resolved()) != "590cbb300ef8"
+    assert _cache_key(TrainConfig(arch="smallcnn", bf16=True).resolved()) != "590cbb300ef8"
 
 
 def test_noisy_pretraining_trains_on_flipped_labels_and_caches_apart() -> None:
