@@ -1,11 +1,14 @@
 """What the default SmallCNN's training costs, and whether a cheaper recipe gives the same model (issue #23, item 6).
 
-Three parts:
+Four parts:
 
 - ``--part cost``: one training step split into rendering the synthetic batch and the forward/backward/optimiser
   step, in plain and channels-last memory layout, in float32 and in bfloat16 autocast.
 - ``--part allocator``: the same training in a fresh process under each of glibc's malloc settings that
   robustlab's commands have used (:mod:`robustlab.allocator`): wall and CPU seconds and page faults per step.
+- ``--part robust-precision``: the ``synth-at`` robust model (standard training, then PGD adversarial
+  fine-tuning) trained in bfloat16 and in float32 for each seed: clean accuracy (2000 test samples) and PGD-10
+  at 4 and 8/255 (the first 512).
 - ``--part recipes``: trains the default architecture under each ``STEPS:LR:BATCH`` recipe for each seed and
   reports clean accuracy (the first 2000 test samples) and PGD-10 robust accuracy at 1, 2 and 4/255 (the first
   256), each with its 95% Wilson interval. The default recipe (800 steps, lr 2e-3, batch 128) for seed 0 is the
@@ -18,6 +21,8 @@ Three parts:
         --recipe 800:0.002:128 --recipe 800:0.002:32 --recipe 300:0.003:128
     OMP_NUM_THREADS=2 python experiments/default_recipe.py --part recipes --seeds 0 1 2 \\
         --recipe 800:0.002:128:bf16 --recipe 800:0.002:128:fp32
+    ROBUSTLAB_HOME=$(mktemp -d) OMP_NUM_THREADS=2 python experiments/default_recipe.py --part robust-precision \\
+        --seeds 0 1 2
 
 Results and their reading: ``experiments/RESULTS-default-recipe.md``.
 """
@@ -131,11 +136,13 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int 
         return float((model((x + delta).clamp(0, 1)).argmax(1) == y).float().mean())
 
 
-def describe(label: str, model: nn.Module, x: Tensor, y: Tensor, n_attacked: int = 256) -> None:
+def describe(
+    label: str, model: nn.Module, x: Tensor, y: Tensor, n_attacked: int = 256, eps: tuple[int, ...] = EPS
+) -> None:
     with torch.no_grad():
         clean = float((torch.cat([model(chunk) for chunk in x.split(500)]).argmax(1) == y).float().mean())
-    robust = {e: pgd_accuracy(model, x[:n_attacked], y[:n_attacked], e / 255) for e in EPS}
-    shown = " | ".join(with_interval(robust[e], n_attacked) or "" for e in EPS)
+    robust = {e: pgd_accuracy(model, x[:n_attacked], y[:n_attacked], e / 255) for e in eps}
+    shown = " | ".join(with_interval(robust[e], n_attacked) or "" for e in eps)
     print(f"| {label} | {with_interval(clean, len(x))} | {shown} |", flush=True)
 
 
@@ -157,9 +164,26 @@ def recipes(seeds: list[int], specs: list[str]) -> None:
             describe(f"{spec}, seed {seed} ({time.perf_counter() - started:.0f} s)", model, x, y)
 
 
+def robust_precision(seeds: list[int]) -> None:
+    """``synth-at`` (PGD-AT fine-tuning of the standard model of the same precision) in bfloat16 and float32.
+
+    Both are trained and cached through ``trained_classifier``: run it with a throw-away ``ROBUSTLAB_HOME``.
+    """
+    x, y = SynthDataset("test", config=SynthConfig(image_size=32, seed=0)).get_batch(torch.arange(2000))
+    print("| precision, seed | clean (n=2000) | PGD-10 4/255 (n=512) | PGD-10 8/255 (n=512) |")
+    for seed in seeds:
+        for bf16 in (True, False):
+            started = time.perf_counter()
+            model = trained_classifier(TrainConfig(arch="smallcnn", seed=seed, bf16=bf16), adversarial=True)
+            label = f"{'bfloat16' if bf16 else 'float32'}, seed {seed} ({time.perf_counter() - started:.0f} s)"
+            describe(label, model, x, y, n_attacked=512, eps=(4, 8))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("cost", "allocator", "allocator-child", "recipes"), required=True)
+    parser.add_argument(
+        "--part", choices=("cost", "allocator", "allocator-child", "recipes", "robust-precision"), required=True
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--recipe", action="append", default=[], metavar="STEPS:LR:BATCH[:bf16|:fp32]")
     parser.add_argument("--allocator", choices=tuple(ALLOCATORS), help=argparse.SUPPRESS)
@@ -172,6 +196,8 @@ def main() -> None:
         allocator_cost(args.steps, args.repeats)
     elif args.part == "allocator-child":
         _allocator_child(args.allocator, args.steps)
+    elif args.part == "robust-precision":
+        robust_precision(args.seeds)
     else:
         recipes(args.seeds, args.recipe or ["800:0.002:128"])
 

@@ -93,9 +93,11 @@ def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progre
     model = _build(config)
     if path.is_file():
         model.net.load_state_dict(load_weights(path))
-        return model
+        return model.eval().requires_grad_(False)  # as train_classifier leaves a model it trained
     if config.adversarial:
-        base = TrainConfig(arch=config.arch, num_classes=config.num_classes, image_size=config.image_size)
+        base = TrainConfig(
+            arch=config.arch, num_classes=config.num_classes, image_size=config.image_size, bf16=config.bf16
+        )
         standard = trained_classifier(replace(base, seed=config.seed), progress=progress)
         model.net.load_state_dict(standard.net.state_dict())
     train_classifier(model, config, progress=progress, why=f"for --weights {kind}: first use, then cached")
@@ -129,7 +131,7 @@ def trained_attribute_classifier(config: TrainConfig, target: str, *, progress: 
     model = _build(config)
     if path.is_file():
         model.net.load_state_dict(load_weights(path))
-        return model
+        return model.eval().requires_grad_(False)  # as train_classifier leaves a model it trained
     data = SynthDataset("train", config=SynthConfig(image_size=config.image_size, seed=config.seed), target=target)
     train_classifier(model, config, data=data, progress=progress)
     save_weights(path, model.net.state_dict(), metadata={"config": json.dumps(key)})

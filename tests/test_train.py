@@ -19,6 +19,7 @@ from robustlab.train import (
     robust_recipe,
     trades_examples,
     train_classifier,
+    trained_classifier,
 )
 
 
@@ -77,6 +78,18 @@ def test_trades_names_its_own_weights_and_leaves_synth_at_cached() -> None:
     fp32 = TrainConfig(arch="smallcnn", bf16=False)
     assert _cache_key(robust_recipe(fp32).resolved()) == "4e1677cae1d6"  # synth-at, cached before TRADES existed
     assert _cache_key(robust_recipe(fp32, trades_beta=6.0).resolved()) != "4e1677cae1d6"
+
+
+def test_a_cached_model_comes_back_as_a_freshly_trained_one_does() -> None:
+    from robustlab.data.synth import SynthDataset
+
+    tiny = TrainConfig(arch="smallcnn", steps=3, batch_size=8, seed=5)
+    fresh, cached = trained_classifier(tiny, progress=False), trained_classifier(tiny, progress=False)
+    for model in (fresh, cached):  # a cached model in train mode scored with batch statistics
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+    x, _ = SynthDataset("test").get_batch(torch.arange(16))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), cached(x))
 
 
 def test_mixed_precision_follows_the_float32_training_and_leaves_float32_weights() -> None:
