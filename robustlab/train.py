@@ -60,7 +60,7 @@ class TrainConfig:
     bf16: bool | None = None
     """Mixed precision: the forward pass in bfloat16 (autocast) on channels-last images, weights and optimiser
     in float32. ``None`` is :func:`native_bf16`: where the CPU multiplies bfloat16 matrices itself (AMX) a
-    step costs a third (experiments/RESULTS-default-recipe.md); elsewhere bfloat16 would be emulated."""
+    step costs 40% of float32's (experiments/RESULTS-default-recipe.md); elsewhere bfloat16 would be emulated."""
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default (small nets get more steps, big torchvision nets fewer) and
@@ -171,7 +171,8 @@ def train_classifier(
     progress: bool = True,
     why: str = "",
 ) -> None:
-    """Train ``model`` in place (AdamW, one-cycle schedule) on the device its parameters are on.
+    """Train ``model`` in place (AdamW, one-cycle schedule, mixed precision when ``config.bf16``) on the device
+    its parameters are on.
 
     Args:
         model: the classifier to train; left in eval mode with frozen parameters.
