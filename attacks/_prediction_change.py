@@ -34,6 +34,7 @@ class PredictionChange(Classification):
     """
 
     name = "prediction_change"
+    classifies = False  # every input is attacked, so its success rate is not AutoAttack's
     metrics = (
         *Classification.metrics,
         Metric("prediction_change_rate", higher_is_better=False, gated=False),

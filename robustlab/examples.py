@@ -22,7 +22,7 @@ from robustlab.inputs import load_classifier
 from robustlab.models.loading import ModelSpec
 from robustlab.preprocessing import preprocessing_of
 from robustlab.reports.plots import Example
-from robustlab.reports.report import CLASSIFICATION, Report
+from robustlab.reports.report import Report
 from robustlab.runners import attack_and_score
 from robustlab.tasks import Classification
 
@@ -82,11 +82,7 @@ def regenerate_examples(report: Report, count: int = 4) -> tuple[str, list[Examp
 def _undefended_block(report: Report) -> dict[str, Any] | None:
     """The report's first per-sample block of an undefended classifier with attacks, if any."""
     return next(
-        (
-            b
-            for b in report.samples
-            if b["defense"] == "none" and b.get("task", CLASSIFICATION) == CLASSIFICATION and b["attacks"]
-        ),
+        (b for b in report.samples if b["defense"] == "none" and b["classifies"] and b["attacks"]),
         None,
     )
 

@@ -58,6 +58,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
+    classifies: ClassVar[bool] = False
+    """Whether this task scores a classifier on the dataset's own labels, attacking the inputs it gets right (its
+    rows are what the leaderboard check, the sanity gate and per-sample exports read)."""
 
     def bind(self, attack: Any, scored: nn.Module) -> Task:
         """This task for one cell: a task whose metrics depend on the attack's goal or the victim keeps them."""
@@ -129,6 +132,7 @@ class Classification(WorstCaseTask):
     """
 
     name = "classification"
+    classifies = True
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("clean_acc", higher_is_better=True),
         Metric("robust_acc", higher_is_better=True),

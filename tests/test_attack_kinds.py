@@ -138,6 +138,8 @@ def test_encoder_victim_scores_a_universal_attack_on_every_head(trained_model: n
     report = Evaluator(progress=False).run(config)
     rows = {(row.task, row.attack): row for row in report.rows}
     assert {task for task, _ in rows} == {f"downstream/{head}" for head in heads}
+    assert not any(row.classifies for row in report.rows), "a head's rows are not the encoder's accuracy"
+    assert not any(block["classifies"] for block in report.samples)
     chance = {"shape": 0.1, "size": 0.5, "background": 0.2}
     for head in heads:
         noise, uap = rows[(f"downstream/{head}", "noise")], rows[(f"downstream/{head}", "uap")]
@@ -292,7 +294,7 @@ def test_gate_on_a_lower_is_better_metric_fails_naming_the_row(run: Callable[...
     def report(value: float) -> Report:
         metric = {"bleu_to_target": {"value": value, "higher_is_better": False, "gated": True, "proportion": False}}
         row = Row("captioner", "none", "-", "caption_gan", "linf 8/255", 64, None, None, None, None, None, 1.0,
-                  kind="task", task="captioning", metrics=metric)  # fmt: skip
+                  kind="task", task="captioning", classifies=False, metrics=metric)  # fmt: skip
         return Report(config={}, environment={}, rows=[row])
 
     report(0.20).to_json(Path("baseline.json"))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from robustlab.attack import ATTACKS, Attack
 from robustlab.diagnostics.masking import ITERATIVE_WHITE_BOX, broken_by
 from robustlab.intervals import paired_difference, with_interval
-from robustlab.reports.report import CLASSIFICATION, Diagnostic, Row
+from robustlab.reports.report import Diagnostic, Row
 from robustlab.threat import Norm
 
 __all__ = ["MIN_DROP", "STRONGER", "audit_verdicts", "convergence_checks", "strongest_gradient_attack"]
@@ -137,7 +137,7 @@ def audit_verdicts(
         modes = {
             block["threat_mode"]: (block, entry)
             for block in samples
-            if block["task"] == CLASSIFICATION
+            if block["classifies"]
             for entry in block["attacks"]
             if entry["attack"] == label and "broken_by" in entry
         }

@@ -25,7 +25,7 @@ from robustlab.inputs import input_note
 from robustlab.metrics import psnr
 from robustlab.models.loading import ImageClassifier, ModelSpec
 from robustlab.progress import on_bar, reporting
-from robustlab.reports.report import CLASSIFICATION, Diagnostic, Fidelity, Row
+from robustlab.reports.report import Diagnostic, Fidelity, Row
 from robustlab.seeding import seeded
 from robustlab.tasks import predict
 from robustlab.threat import Norm
@@ -120,7 +120,7 @@ def _robust_in_run(samples: list[dict[str, Any]], mode: str, attack: str, keep: 
     """Which of the first ``len(keep)`` samples (those ``keep`` marks) ``attack`` left robust in ``mode``, read from
     the run's per-sample results; ``None`` when the run has none for that mode."""
     for block in samples:
-        if block["threat_mode"] != mode or block["task"] != CLASSIFICATION:
+        if block["threat_mode"] != mode or not block["classifies"]:
             continue
         for entry in block["attacks"]:
             if entry["attack"] == attack and "adv_pred" in entry:

@@ -50,6 +50,10 @@ def _check_row(path: Path, i: int, row: Any) -> None:
     for name in _ROW_TEXT:
         _expect(path, f"{where}.{name}", row[name], str)
     _expect(path, f"{where}.n", row["n"], int)
+    if "task" in row:
+        _expect(path, f"{where}.task", row["task"], str)
+    if not isinstance(row.get("classifies", True), bool):
+        _fail(path, f"{where}.classifies is a JSON {_json_type(row['classifies'])}, expected a boolean")
     _number(path, f"{where}.seconds", row["seconds"])
     for name in _ROW_OPTIONAL_NUMBERS:
         if row.get(name) is not None:

@@ -137,8 +137,8 @@ def _axis_differences(missing: list[tuple[str, ...]], present: list[tuple[str, .
     """``: its attack pgd(steps=20) is not in this run (which has pgd)``, for every axis that explains ``missing``."""
     said = []
     for i, axis in enumerate(_AXES):
-        ours = list(dict.fromkeys(key[i] if len(key) > i else "classification" for key in present))
-        theirs = dict.fromkeys(key[i] if len(key) > i else "classification" for key in missing)
+        ours = list(dict.fromkeys(key[i] for key in present))
+        theirs = dict.fromkeys(key[i] for key in missing)
         absent = [value for value in theirs if value not in ours]
         if absent:
             said.append(f"its {axis} {', '.join(absent)} is not in this run (which has {', '.join(ours) or 'none'})")

@@ -57,6 +57,9 @@ class Row:
     perturbation was written to, if any. ``success_rule`` names which point of each sample's attack was
     scored (:data:`robustlab.victims.SUCCESS_RULES`; empty on rows without inputs and on older reports).
     ``clean_interval`` and ``robust_interval`` are the accuracies' 95% Wilson intervals on ``n`` samples.
+    ``classifies`` says whether the row scores a classifier on the dataset's own labels, as AutoAttack does (the
+    scoring task's :attr:`robustlab.tasks.Task.classifies`): what the leaderboard check, the sanity gate and the
+    per-sample exports read. Rows of downstream heads, captioners and generated images set it False.
     """
 
     model: str
@@ -74,6 +77,7 @@ class Row:
     attack_config: dict[str, Any] = field(default_factory=dict)
     kind: str = "perturbation"
     task: str = CLASSIFICATION
+    classifies: bool = True
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifact: str | None = None
     success_rule: str = ""
@@ -90,12 +94,6 @@ class Row:
             interval = None if value is None or self.n <= 0 else wilson_interval(value, self.n)
             object.__setattr__(self, f"{name}_interval", interval)
 
-    @property
-    def classifies(self) -> bool:
-        """Whether the row scores a plain classifier: accuracy against the dataset's own labels (not a downstream
-        head, a captioner or generated images)."""
-        return self.task == CLASSIFICATION
-
     def key(self) -> tuple[str, ...]:
         """Identity of the row across runs (what a baseline comparison matches on), see :func:`row_key`."""
         return row_key(self.model, self.defense, self.threat_mode, self.attack, self.threat, self.task)
@@ -106,14 +104,13 @@ class Row:
 
 
 def row_key(model: str, defense: str, mode: str, attack: str, threat: str, task: str) -> tuple[str, ...]:
-    """A row's identity: its labels (the task when not classification).
+    """A row's identity: its labels.
 
     Labels name only what differs from the defaults (``smallcnn`` for ``--weights synth``, ``pgd`` for
     ``--steps 10``), so one evaluation has one key however it was asked for; the gate also compares
     the attack's resolved hyperparameters (``attack_config``) of rows with the same key.
     """
-    base = (model, defense, mode, attack, threat)
-    return base if task == CLASSIFICATION else (*base, task)
+    return (model, defense, mode, attack, threat, task)
 
 
 @dataclass(frozen=True)
@@ -197,9 +194,11 @@ class Report:
             return cls(
                 config=data["config"],
                 environment=data["environment"],
-                rows=[Row(**{k: v for k, v in row.items() if k in row_fields}) for row in data["rows"]],
+                rows=[
+                    Row(**{k: v for k, v in _saying_classifies(row).items() if k in row_fields}) for row in data["rows"]
+                ],
                 diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
-                samples=data.get("samples", []),
+                samples=[_saying_classifies(block) for block in data.get("samples", [])],
                 seconds=data.get("seconds", 0.0),
                 fidelity=[Fidelity(**f) for f in data.get("fidelity", [])],
                 inputs=data.get("inputs", []),
@@ -209,6 +208,14 @@ class Report:
             raise DataError(
                 f"report {path} is not a robustlab report: {error}; regenerate it with robustlab eval"
             ) from None
+
+
+def _saying_classifies(entry: dict[str, Any]) -> dict[str, Any]:
+    """A row or per-sample block with its ``classifies`` flag: reports written before entries carried it said so by
+    the plain classifier's task name (and schema 1 had no task: it only evaluated classifiers)."""
+    if "classifies" in entry:
+        return entry
+    return {**entry, "classifies": entry.get("task", CLASSIFICATION) == CLASSIFICATION}
 
 
 def _accuracy_metrics(row: Row) -> dict[str, dict[str, Any]]:
@@ -287,11 +294,12 @@ def row_value(row: Row, name: str) -> Any:
 
 
 def shown_columns(columns: tuple[tuple[str, str, str], ...], rows: list[Row]) -> tuple[tuple[str, str, str], ...]:
-    """``columns`` less the task and metrics columns when every row is a classification (what they would repeat)."""
+    """``columns`` less the metrics column when no row has other metrics, and the task column when every row is of
+    one classifying task (what they would repeat)."""
     hidden = set()
     if not any(other_metrics(row) for row in rows):
         hidden.add("other_metrics")
-    if all(row.classifies for row in rows):
+    if all(row.classifies for row in rows) and len({row.task for row in rows}) <= 1:
         hidden.add("task")
     return tuple(column for column in columns if column[1] not in hidden)
 

@@ -81,6 +81,7 @@ def _samples(broken_by: list[int], adv_ok: list[bool], mode: str = "-") -> dict[
     return {
         "threat_mode": mode,
         "task": "classification",
+        "classifies": True,
         "label": [0] * n,
         "clean_pred": [0] * n,
         "attacks": [{"attack": "audit", "adv_pred": [0 if ok else 1 for ok in adv_ok], "broken_by": broken_by}],
