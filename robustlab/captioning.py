@@ -39,7 +39,7 @@ from robustlab.data.captions import CaptionData, SynthCaptions, synth_caption_wo
 from robustlab.errors import CheckpointMismatchError, ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, SYNTH_MEAN, SYNTH_STD
 from robustlab.models.nets import _conv_bn
-from robustlab.optimize import descend
+from robustlab.optimize import descend, one_cycle
 from robustlab.seeding import global_rng_seeded
 
 __all__ = [
@@ -363,7 +363,7 @@ def train_captioner(captioner: Captioner, config: CaptionerConfig, data: Caption
     trainable.requires_grad_(True)
     params = [p for p in captioner.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    schedule = one_cycle(optimizer, max_lr=config.lr, steps=config.steps, warmup=0.1)
     bar = tqdm(range(config.steps), desc=f"training {config.name}", disable=not progress, leave=False)
     trainable.train()
     with global_rng_seeded(config.seed, device=device), steady_shapes():

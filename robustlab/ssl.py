@@ -31,7 +31,7 @@ from robustlab.encoders import ENCODERS, Encoder
 from robustlab.errors import CheckpointMismatchError, ConfigError
 from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD
 from robustlab.models.nets import SmallCNN
-from robustlab.optimize import descend
+from robustlab.optimize import descend, one_cycle
 from robustlab.seeding import global_rng_seeded
 
 __all__ = [
@@ -169,7 +169,7 @@ def train_simclr(config: SSLConfig, *, progress: bool = True) -> SimCLREncoder:
     augment = _augmentation(config)
     parameters = [*encoder.parameters(), *projector.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    schedule = one_cycle(optimizer, max_lr=config.lr, steps=config.steps, warmup=0.1)
     generator = torch.Generator().manual_seed(config.seed)
     encoder.train()
     projector.train()

@@ -22,7 +22,7 @@ from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data.base import ImageDataset, iterate_batches
 from robustlab.errors import ConfigError
 from robustlab.models.classifier import MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
-from robustlab.optimize import descend
+from robustlab.optimize import descend, one_cycle
 from robustlab.seeding import global_rng_seeded
 
 __all__ = [
@@ -193,7 +193,7 @@ def train_classifier(
     generator = torch.Generator().manual_seed(config.seed)
     model.requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    schedule = one_cycle(optimizer, max_lr=config.lr, steps=steps, warmup=0.15)
     label = " ".join(filter(None, (f"training {config.arch}", "(PGD adversarial)" * config.adversarial, why)))
     bar = tqdm(range(steps), desc=label, disable=not progress, leave=False, dynamic_ncols=True)
     layout = torch.channels_last if config.bf16 else torch.contiguous_format

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from robustlab.cli import cli
 from robustlab.models.loading import load_model
+from robustlab.optimize import one_cycle
 from robustlab.train import (
     TrainConfig,
     _build,
@@ -108,3 +109,25 @@ def test_mixed_precision_follows_the_float32_training_and_leaves_float32_weights
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _learning_rates(make_schedule, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = make_schedule(optimizer)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+@pytest.mark.parametrize("steps", [3, 10, 20, 37])
+def test_one_cycle_is_torchs_schedule_and_a_one_step_warm_up_does_not_divide_by_zero(steps: int) -> None:
+    ours = _learning_rates(lambda opt: one_cycle(opt, max_lr=0.1, steps=steps, warmup=0.1), steps)
+    if steps == 10:  # torch's OneCycleLR raises ZeroDivisionError here: the captioner's and SimCLR's 10% warm-up
+        assert ours[0] < ours[1] == pytest.approx(0.1), "two steps of warm-up"
+        assert ours[1:] == sorted(ours[1:], reverse=True), "then the anneal"
+        return
+    torch_lr = torch.optim.lr_scheduler.OneCycleLR
+    assert ours == _learning_rates(lambda opt: torch_lr(opt, max_lr=0.1, total_steps=steps, pct_start=0.1), steps)
