@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import torch
@@ -81,7 +81,7 @@ class NMTuneConfig:
     n_train: int = 4096
     shift: int = 2
     views: int = 10
-    recipe: int = NMTUNE_RECIPE
+    recipe: int = field(default=NMTUNE_RECIPE, init=False)
 
     def __post_init__(self) -> None:
         for name in ("ratio", "top_k", "epochs", "n_train"):
@@ -333,34 +333,10 @@ class NMTune(Defense):
     changes_model = True
     tunes_encoders = True
 
-    def __init__(
-        self,
-        *,
-        ratio: int = 4,
-        res_scale_init: float = 1.0,
-        mse_weight: float = 1.0,
-        cov_weight: float = 0.04,
-        svd_weight: float = 0.001,
-        top_k: int = 5,
-        epochs: int = 30,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        n_train: int = 4096,
-        views: int = 10,
-    ) -> None:
-        self.cfg = NMTuneConfig(
-            ratio=ratio,
-            res_scale_init=res_scale_init,
-            mse_weight=mse_weight,
-            cov_weight=cov_weight,
-            svd_weight=svd_weight,
-            top_k=top_k,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            n_train=n_train,
-            views=views,
-        )
+    hyperparameters = NMTuneConfig  # the keyword arguments, as ``robustlab list`` and ``--defense-arg`` see them
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        self.cfg = NMTuneConfig(**hyperparameters)
         self._tuned: tuple[ResidualMLP, nn.Linear] | None = None
         self._fingerprint = ""
 

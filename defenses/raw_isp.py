@@ -142,43 +142,11 @@ class RawIsp(PreprocessingDefense):
     differentiable = True
     randomized = False
 
-    def __init__(
-        self,
-        *,
-        f_width: int = 16,
-        g_width: int = 8,
-        levels: int = 3,
-        f_steps: int = 3000,
-        g_steps: int = 4800,
-        batch_size: int = 16,
-        f_lr: float = 3e-3,
-        g_lr: float = 2e-3,
-        input_noise_std: float = 0.1,
-        ssim_weight: float = 0.15,
-        sensor_noise: bool = True,
-        n_images: int = 4096,
-        patch_size: int = 32,
-        skip: bool = True,
-        g_target: str = "input",
-    ) -> None:
+    hyperparameters = RawIspConfig  # the keyword arguments, as ``robustlab list`` and ``--defense-arg`` see them
+
+    def __init__(self, **hyperparameters: Any) -> None:
         super().__init__()
-        self.cfg = RawIspConfig(
-            f_width=f_width,
-            g_width=g_width,
-            levels=levels,
-            f_steps=f_steps,
-            g_steps=g_steps,
-            batch_size=batch_size,
-            f_lr=f_lr,
-            g_lr=g_lr,
-            input_noise_std=input_noise_std,
-            ssim_weight=ssim_weight,
-            sensor_noise=sensor_noise,
-            n_images=n_images,
-            patch_size=patch_size,
-            skip=skip,
-            g_target=g_target,
-        )
+        self.cfg = RawIspConfig(**hyperparameters)
         self.encoder, self.isp = _build_networks(self.cfg, seed=0)
         self.weights_path: Path | None = None
 

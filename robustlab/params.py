@@ -59,7 +59,7 @@ def _message(error: Exception) -> str:
 
 def _annotation(entry: Entry[Any], key: str) -> Any:
     """The declared type of ``key`` (``Any`` when the factory declares none or it cannot be resolved)."""
-    factory = entry.factory
+    factory = entry.declared_by
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         return typing.get_type_hints(target).get(key, Any)

@@ -29,9 +29,15 @@ class Entry(Generic[T]):
     summary: str
     tags: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def declared_by(self) -> Callable[..., Any]:
+        """What declares the factory's keyword parameters: the factory, or the frozen dataclass of hyperparameters a
+        class takes as ``**keywords`` and names in its ``hyperparameters`` attribute (each field written once)."""
+        return getattr(self.factory, "hyperparameters", self.factory)
+
     def params(self) -> dict[str, inspect.Parameter]:
         """Keyword parameters the factory accepts, by name."""
-        signature = inspect.signature(self.factory)
+        signature = inspect.signature(self.declared_by)
         return {
             name: p
             for name, p in signature.parameters.items()
