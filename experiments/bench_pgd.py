@@ -161,7 +161,7 @@ def eval_config(
 ) -> EvalConfig:
     """One grid cell of the evaluator: ``attack`` on the benchmark's in-memory images."""
     return EvalConfig(
-        models=(ModelSpec(args.model, weights),),
+        models=(ModelSpec(args.model, weights=weights),),
         attacks=(attack,),
         data="rendered",
         n=n,

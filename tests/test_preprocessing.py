@@ -60,14 +60,22 @@ def test_loaded_torchvision_weights_carry_their_preprocessing(tmp_path: Path, mo
     model = load_model("efficientnet_b0", weights="IMAGENET1K_V1", progress=False)
     assert preprocessing_of(model) == Preprocessing(224, 256, "bicubic", source=f"torchvision {weight}")
     _mixed_folder(tmp_path)
-    note = input_note(model, ModelSpec("efficientnet_b0", "IMAGENET1K_V1"), f"imagefolder:{tmp_path}")
+    note = input_note(model, ModelSpec("efficientnet_b0", weights="IMAGENET1K_V1"), f"imagefolder:{tmp_path}")
     assert "resize 256 bicubic, crop 224 (torchvision EfficientNet_B0_Weights.IMAGENET1K_V1), mean (0.485" in note
-    assert "resize" not in input_note(model, ModelSpec("efficientnet_b0", "IMAGENET1K_V1"), "synth")
+    assert "resize" not in input_note(model, ModelSpec("efficientnet_b0", weights="IMAGENET1K_V1"), "synth")
 
 
 def test_flags_override_what_the_weights_say(tmp_path: Path) -> None:
     _mixed_folder(tmp_path)
-    spec = ModelSpec("resnet18", "random", 2, image_size=64, resize=80, interpolation="bicubic", crop_mode="squash")
+    spec = ModelSpec(
+        "resnet18",
+        weights="random",
+        num_classes=2,
+        image_size=64,
+        resize=80,
+        interpolation="bicubic",
+        crop_mode="squash",
+    )
     model = load_classifier(spec, f"imagefolder:{tmp_path}", progress=False)
     fed = preprocessing_of(model)
     assert fed is not None and (fed.size, fed.resize, fed.interpolation, fed.crop_mode) == (64, 80, "bicubic", "squash")
@@ -77,7 +85,9 @@ def test_flags_override_what_the_weights_say(tmp_path: Path) -> None:
     reference = torchvision.transforms.functional.to_tensor(squashed)[:, 8:72, 8:72]
     assert torch.allclose(x, reference, atol=1e-6)
     with pytest.raises(ConfigError, match="smaller than the crop"):
-        load_classifier(ModelSpec("resnet18", "random", 2, image_size=64, resize=32), "synth", progress=False)
+        load_classifier(
+            ModelSpec("resnet18", weights="random", num_classes=2, image_size=64, resize=32), "synth", progress=False
+        )
 
 
 def test_scaling_keeps_the_crop_fraction_and_same_size_images_are_untouched() -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from robustlab.budgets import Budget
 from robustlab.cli.options import build_specs
+from robustlab.models.source import ModelSource
 
 if TYPE_CHECKING:
     from robustlab.components import ComponentSpec
@@ -44,26 +45,17 @@ class RunOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelOptions:
+class ModelOptions(ModelSource):
     """``--weights``, ``--num-classes`` and how the weights' inputs were prepared (``--image-size``, ``--mean``...).
 
     A command without the input options (``fool``) leaves them at ``None``: what the weights say.
     """
 
-    weights: str | None
-    num_classes: int | None
-    image_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    resize: int | None = None
-    interpolation: str | None = None
-    crop_mode: str | None = None
-
     def spec(self, name: str) -> ModelSpec:
-        """The model ``--model name`` with these options names (the fields are ModelSpec's, name for name)."""
+        """The model ``--model name`` with these options names."""
         from robustlab.models.loading import ModelSpec
 
-        return ModelSpec(name, **{field.name: getattr(self, field.name) for field in fields(ModelOptions)})
+        return ModelSpec(name, **{field.name: getattr(self, field.name) for field in fields(ModelSource)})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -116,7 +116,7 @@ def made_by(data: AdversarialDataset) -> tuple[str, str]:
     """The labels (as ``eval`` names them) of the model and the defense whose attack made ``data``'s images."""
     model, defense = data.recorded_victim()
     params = tuple(tuple(param) for param in defense.get("params", []))
-    model_label = ModelSpec(str(model.get("name", "?")), model.get("weights")).label()
+    model_label = ModelSpec(str(model.get("name", "?")), weights=model.get("weights")).label()
     return model_label, ComponentSpec(str(defense.get("name", "none")), params).label()
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from robustlab.errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from robustlab.models.checkpoints import load_state_dict_file, load_strict
 from robustlab.models.classifier import IMAGENET_MEAN, IMAGENET_STD, MODELS, SYNTH_MEAN, SYNTH_STD, ImageClassifier
+from robustlab.models.source import ModelSource
 from robustlab.preprocessing import Preprocessing
 from robustlab.seeding import global_rng_seeded
 from robustlab.train import TrainConfig, robust_recipe, trained_classifier
@@ -40,23 +41,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What the CLI asks for: an architecture (or ``module:factory``), weights, a class count, and how it is fed.
-
-    ``image_size``, ``mean``, ``std``, ``resize``, ``interpolation`` and ``crop_mode`` override the input size,
-    normalization and resampling (:func:`robustlab.inputs.load_classifier`); ``None``: the data's own size and
-    what the weights say (robustlab's standard when they say nothing).
-    """
+class ModelSpec(ModelSource):
+    """What the CLI asks for: an architecture (or ``module:factory``) and its :class:`ModelSource` (weights, class
+    count, how it is fed), given by keyword."""
 
     name: str
-    weights: str | None = None
-    num_classes: int | None = None
-    image_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    resize: int | None = None
-    interpolation: str | None = None
-    crop_mode: str | None = None
 
     def label(self) -> str:
         """Short name used in tables and reports: the weights are named unless they are the default ones.

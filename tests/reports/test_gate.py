@@ -96,10 +96,10 @@ def test_a_default_given_explicitly_is_the_same_row() -> None:
     assert [spec.label() for spec in plain] == ["pgd"]
     assert [spec.label() for spec in build_specs(ATTACKS, ["pgd"], [], shared={"steps": 20})] == ["pgd(steps=20)"]
     assert [spec.label() for spec in build_specs(ATTACKS, ["pgd", "fgsm", "pgd"], [])] == ["pgd", "fgsm"]
-    assert ModelSpec("smallcnn", "synth").label() == ModelSpec("smallcnn").label() == "smallcnn"
-    assert ModelSpec("smallcnn", "synth-at").label() == "smallcnn[synth-at]"
-    assert ModelSpec("resnet50", "synth").label() == "resnet50[synth]"
-    assert ModelSpec("resnet50", "imagenet").label() == "resnet50"
+    assert ModelSpec("smallcnn", weights="synth").label() == ModelSpec("smallcnn").label() == "smallcnn"
+    assert ModelSpec("smallcnn", weights="synth-at").label() == "smallcnn[synth-at]"
+    assert ModelSpec("resnet50", weights="synth").label() == "resnet50[synth]"
+    assert ModelSpec("resnet50", weights="imagenet").label() == "resnet50"
 
 
 def _baseline_of(*rows: Row, n: int = 16) -> None:
