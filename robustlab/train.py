@@ -10,6 +10,7 @@ labels of which 30% are flipped (the noisy pre-training that NMTune, Chen et al.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -59,22 +60,36 @@ class TrainConfig:
     trades_beta: float = 0.0  # with ``adversarial``: TRADES' weight of the clean-to-adversarial KL; 0 is PGD-AT
     bf16: bool | None = None
     """Mixed precision: the forward pass in bfloat16 (autocast) on channels-last images, weights and optimiser
-    in float32. ``None`` is :func:`native_bf16`: where the CPU multiplies bfloat16 matrices itself (AMX) a
+    in float32. ``None`` is :func:`default_bf16`: where the CPU multiplies bfloat16 matrices itself (AMX) a
     step costs 40% of float32's (experiments/RESULTS-default-recipe.md); elsewhere bfloat16 would be emulated."""
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default (small nets get more steps, big torchvision nets fewer) and
         ``bf16`` with what this CPU does natively."""
-        config = self if self.bf16 is not None else replace(self, bf16=native_bf16())
+        config = self if self.bf16 is not None else replace(self, bf16=default_bf16())
         if config.steps is not None:
             return config
         embedded = MODELS.get(config.arch).tags["family"] == "embedded"
         return replace(config, steps=800 if embedded else 400)
 
 
-def native_bf16() -> bool:
-    """Whether this CPU has AMX's bfloat16 tiles, where oneDNN runs bfloat16 convolutions natively."""
-    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+PRECISION_VARIABLE = "ROBUSTLAB_TRAIN_PRECISION"
+"""``auto`` (the default), ``float32`` or ``bfloat16``: how classifiers train when their config leaves it open.
+
+The two precisions train different weights, so a machine with AMX and one without each get their own models;
+set ``float32`` on the first (or ``bfloat16`` on the second, slowly) to train the other one's."""
+
+
+def default_bf16() -> bool:
+    """Whether a classifier whose config leaves the precision open trains in bfloat16: what
+    :data:`PRECISION_VARIABLE` says, else whether this CPU has AMX's bfloat16 tiles (oneDNN runs bfloat16
+    convolutions natively there)."""
+    choice = os.environ.get(PRECISION_VARIABLE, "auto").strip().lower()
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"{PRECISION_VARIABLE}={choice!r}: use auto, float32 or bfloat16")
+    if choice == "auto":
+        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+    return choice == "bfloat16"
 
 
 def trained_classifier(config: TrainConfig, *, adversarial: bool = False, progress: bool = True) -> ImageClassifier:

@@ -12,10 +12,11 @@ from robustlab.cli import cli
 from robustlab.models.loading import load_model
 from robustlab.optimize import one_cycle
 from robustlab.train import (
+    PRECISION_VARIABLE,
     TrainConfig,
     _build,
     _cache_key,
-    native_bf16,
+    default_bf16,
     pgd_examples,
     robust_recipe,
     trades_examples,
@@ -93,8 +94,21 @@ def test_a_cached_model_comes_back_as_a_freshly_trained_one_does() -> None:
         assert torch.equal(fresh(x), cached(x))
 
 
+def test_the_training_precision_can_be_chosen_for_a_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = TrainConfig(arch="smallcnn").resolved().bf16
+    assert auto == torch.cpu.get_capabilities().get("amx_bf16", False), "auto: bfloat16 where the CPU has AMX"
+    for choice, bf16 in (("float32", False), ("bfloat16", True), (" BFloat16 ", True), ("auto", auto)):
+        monkeypatch.setenv(PRECISION_VARIABLE, choice)
+        assert TrainConfig(arch="smallcnn").resolved().bf16 is bf16
+        assert TrainConfig(arch="smallcnn", bf16=not bf16).resolved().bf16 is not bf16, "a config's own choice wins"
+    monkeypatch.setenv(PRECISION_VARIABLE, "fp16")
+    result = CliRunner().invoke(cli, ["eval", "-n", "8", "-q"])
+    assert result.exit_code == 2 and "ROBUSTLAB_TRAIN_PRECISION='fp16': use auto, float32 or bfloat16" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_mixed_precision_follows_the_float32_training_and_leaves_float32_weights() -> None:
-    assert TrainConfig(arch="smallcnn").resolved().bf16 == native_bf16()
+    assert TrainConfig(arch="smallcnn").resolved().bf16 == default_bf16()
     trained = {}
     for bf16 in (False, True):
         config = TrainConfig(arch="smallcnn", steps=20, batch_size=32, bf16=bf16)
