@@ -29,6 +29,7 @@ __all__ = [
     "Attack",
     "AttackKind",
     "CallContext",
+    "GenerativeAttack",
     "UniversalPerturbation",
     "check_images",
     "misclassified",
@@ -246,6 +247,28 @@ def misclassified(logits: Tensor, y: Tensor, points: Tensor, scored: nn.Module |
         return logits.detach().argmax(dim=1) != y
     with torch.no_grad():
         return scored(points).argmax(dim=1) != y
+
+
+@dataclass(kw_only=True, eq=False)
+class GenerativeAttack(Attack):
+    """An attack that makes images from nothing (:meth:`generate`), scored by its :attr:`task`: no input to
+    perturb, so no budget (the threat model is unbounded) and nothing to call it on."""
+
+    kind = AttackKind.GENERATIVE
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(Norm.UNBOUNDED)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
+        raise ConfigError(
+            f"{type(self).__name__} is a generative attack: it makes images from nothing; call generate(model)"
+        )
+
+    @abstractmethod
+    def generate(
+        self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True
+    ) -> dict[str, Tensor]: ...
 
 
 @dataclass(kw_only=True, eq=False)

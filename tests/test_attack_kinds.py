@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from robustlab.attacks.uap import UAP
 from torch import Tensor, nn
 
-from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, UniversalPerturbation
+from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, GenerativeAttack, UniversalPerturbation
 from robustlab.cache import load_weights
 from robustlab.cli import cli
 from robustlab.components import ComponentSpec
@@ -184,18 +184,10 @@ def test_advencoder_through_eval_reports_the_papers_rate_beside_the_label_based_
         )
 
 
-class FromNothing(Attack):
+class FromNothing(GenerativeAttack):
     """A generative plug-in: random images, one per class, scored by the class-confidence task."""
 
-    kind = AttackKind.GENERATIVE
     task = "class_confidence"
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.UNBOUNDED)
-
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
-        raise AssertionError("a generative attack takes no inputs")
 
     def generate(
         self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True

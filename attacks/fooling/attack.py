@@ -15,11 +15,11 @@ from robustlab.attacks.fooling.map_elites import Archive, MapElites
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustlab.attack import ATTACKS, Attack, AttackKind, CallContext, resolved
+from robustlab.attack import ATTACKS, GenerativeAttack, resolved
 from robustlab.cache import config_hash
 from robustlab.errors import ConfigError
 from robustlab.tasks import class_probabilities
-from robustlab.threat import Norm, ThreatModel, verify
+from robustlab.threat import verify
 
 __all__ = ["ENCODINGS", "Fooling", "class_probabilities", "max_softmax_auroc"]
 
@@ -33,7 +33,7 @@ DEFAULT_GENERATIONS = {"cppn": 400, "direct": 400, "gradient": 500}
     "images classified at >= 99.99%; generative, no input images.",
 )
 @dataclass(kw_only=True, eq=False)
-class Fooling(Attack):
+class Fooling(GenerativeAttack):
     """Deep Neural Networks are Easily Fooled, https://arxiv.org/abs/1412.1897.
 
     Produces one image per class of the model that the model assigns to that class with the highest
@@ -73,7 +73,6 @@ class Fooling(Attack):
         (torch.Size([3, 3, 8, 8]), [0, 1, 2])
     """
 
-    kind = AttackKind.GENERATIVE
     task = "class_confidence"
     uses_gradients = False  # the default encodings query scores only; ``encoding="gradient"`` is white box
 
@@ -115,13 +114,6 @@ class Fooling(Attack):
                 raise ConfigError(f"fooling: {name} must be >= {low}, got {value}")
         if not 0 <= self.decay < 1 or not (self.blur_radius == 0 or self.blur_radius >= 0.3):
             raise ConfigError("fooling: decay must be in [0, 1) and blur_radius 0 or >= 0.3 (as the official code)")
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(Norm.UNBOUNDED)
-
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, context: CallContext) -> Tensor:
-        raise ConfigError("fooling is a generative attack: it makes images from nothing; call generate(model)")
 
     def generate(
         self, model: nn.Module, *, generator: torch.Generator, store: Any = None, progress: bool = True
