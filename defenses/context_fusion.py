@@ -44,9 +44,13 @@ FUSIONS = ("concat", "object", "scene", "logits")
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """The head and its training recipe; see :class:`ContextFusion` for each field."""
+    """The scene stream, the head and its training recipe; see :class:`ContextFusion` for each field."""
 
     fusion: str = "concat"
+    scene_arch: str = "smallcnn"
+    scene_weights: str | None = None
+    scene_classes: int = 365
+    scene_steps: int = 150
     hidden: int = 512
     dropout: float = 0.5
     context_weight: float = 0.0
@@ -59,7 +63,8 @@ class FusionConfig:
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ConfigError(f"context_fusion fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        for name in ("hidden", "n_train", "steps", "batch_size"):
+        MODELS.get(self.scene_arch)  # an unknown name fails here, listing the close matches
+        for name in ("scene_classes", "scene_steps", "hidden", "n_train", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"context_fusion {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -245,6 +250,7 @@ class ContextFusion(Defense):
         steps: AdamW steps of head training (cosine schedule).
         batch_size: feature vectors per step.
         lr: the head's learning rate.
+        weight_decay: AdamW's weight decay on the head.
 
     References:
         Akumalla, Haney, Bazhenov, "Contextual Fusion For Adversarial Robustness", arXiv 2011.09526, 2020.
@@ -257,47 +263,18 @@ class ContextFusion(Defense):
     randomized = False
     changes_model = True
 
-    def __init__(
-        self,
-        *,
-        fusion: str = "concat",
-        scene_arch: str = "smallcnn",
-        scene_weights: str | None = None,
-        scene_classes: int = 365,
-        scene_steps: int = 150,
-        hidden: int = 512,
-        dropout: float = 0.5,
-        context_weight: float = 0.0,
-        n_train: int = 4096,
-        steps: int = 600,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-    ) -> None:
-        self.cfg = FusionConfig(
-            fusion=fusion,
-            hidden=hidden,
-            dropout=dropout,
-            context_weight=context_weight,
-            n_train=n_train,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-        )
-        MODELS.get(scene_arch)  # an unknown name fails here, listing the close matches
-        if scene_classes < 1 or scene_steps < 1:
-            raise ConfigError("context_fusion scene_classes and scene_steps must be >= 1")
-        self.scene_arch = scene_arch
-        self.scene_weights = scene_weights
-        self.scene_classes = scene_classes
-        self.scene_steps = scene_steps
+    hyperparameters = FusionConfig  # the keyword arguments, as ``robustlab list`` and ``--defense-arg`` see them
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        self.cfg = FusionConfig(**hyperparameters)
         self._scene: Encoder | None = None
         self._head: FusionHead | None = None
 
     def config(self) -> dict[str, Any]:
-        scene = {"scene_arch": self.scene_arch, "scene_weights": self.scene_weights, "scene_steps": self.scene_steps}
-        if self.scene_weights is not None:
-            scene["scene_classes"] = self.scene_classes
-        return dataclasses.asdict(self.cfg) | scene
+        values = dataclasses.asdict(self.cfg)
+        if self.cfg.scene_weights is None:
+            del values["scene_classes"]  # the class count of a checkpoint; a trained scene net has the world's
+        return values
 
     def fit(
         self, model: nn.Module, dataset: Any, *, generator: torch.Generator, progress: bool = True
@@ -319,11 +296,11 @@ class ContextFusion(Defense):
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         device = next(model.parameters()).device
         scene = scene_network(
-            self.scene_arch,
-            self.scene_weights,
-            num_classes=self.scene_classes,
+            self.cfg.scene_arch,
+            self.cfg.scene_weights,
+            num_classes=self.cfg.scene_classes,
             image_size=model.input_size,
-            steps=self.scene_steps,
+            steps=self.cfg.scene_steps,
             progress=progress,
         ).to(device)
         objects = ClassifierFeatures(model)
