@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from robustlab.components import ComponentSpec, load_builtin_components
 from robustlab.data import load_dataset, register_builtin_datasets
-from robustlab.data.base import DATASETS
+from robustlab.data.base import DATASETS, TensorImages
 from robustlab.evaluate import EvalConfig, Evaluator
 from robustlab.models.loading import ImageClassifier, ModelSpec, load_model
 
@@ -138,24 +138,6 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
     return time.perf_counter() - started, value
 
 
-class _Rendered:
-    """The synthetic test images rendered once, so that no path pays for rendering inside its timing."""
-
-    num_classes = 10
-
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.x[index], int(self.y[index])
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.x[indices], self.y[indices]
-
-
 def eval_config(
     weights: str, args: argparse.Namespace, attack: ComponentSpec, *, n: int, batch_size: int
 ) -> EvalConfig:
@@ -175,11 +157,12 @@ def eval_config(
 def bench_model(weights: str, args: argparse.Namespace) -> dict[str, float]:
     """Time the three PGD-10 paths on one model; return images/s medians, robust accuracies and ratios."""
     model = load_model(args.model, weights=weights, progress=False).to(args.device)
-    x_cpu, y_cpu = load_dataset("synth", split="test", image_size=model.input_size).get_batch(torch.arange(args.n))
+    synth = load_dataset("synth", split="test", image_size=model.input_size)
+    x_cpu, y_cpu = synth.get_batch(torch.arange(args.n))
     x, y = x_cpu.to(args.device), y_cpu.to(args.device)
     if "rendered" not in DATASETS:  # the same images for every weights: same architecture, same input size
         DATASETS.register("rendered", summary="benchmark images held in memory")(
-            lambda arg, *, split, image_size: _Rendered(x_cpu, y_cpu)
+            lambda arg, *, split, image_size: TensorImages(x_cpu, y_cpu, classes=synth.classes)
         )
     pgd = ComponentSpec("pgd", (("eps", EPS), ("step_size", STEP_SIZE), ("steps", STEPS)))
     config = eval_config(weights, args, pgd, n=args.n, batch_size=args.batch_size)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from robustlab.cache import cache_dir, config_hash, load_weights, save_weights
 from robustlab.data import load_dataset
-from robustlab.data.base import ImageDataset, iterate_batches
+from robustlab.data.base import ImageDataset, TensorImages, iterate_batches
 from robustlab.data.synth import ATTRIBUTES, COLORS, SynthConfig, SynthDataset
 from robustlab.encoders import ClassifierFeatures, Encoder, HeadConfig, train_head
 from robustlab.models.classifier import SYNTH_MEAN, SYNTH_STD, ImageClassifier
@@ -64,7 +64,7 @@ METHODS = ("LP", "MLP", "MLP-res", "NMTune", *ABLATIONS)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}  # two-sided 95%, by df
 
 
-class NoisyShapeColour:
+class NoisyShapeColour(TensorImages):
     """The first ``n`` train images of the pre-training world (held in memory), labelled shape x colour.
 
     ``noise`` of the labels are replaced by a different class, uniformly (a fixed draw per ``seed``).
@@ -72,24 +72,14 @@ class NoisyShapeColour:
 
     def __init__(self, n: int, noise: float, seed: int) -> None:
         synth = SynthDataset("train", config=SynthConfig(backgrounds=BACKGROUNDS), n=n)
-        self.x, _ = synth.get_batch(torch.arange(n))
         attrs = synth.attributes(torch.arange(n))
         self.clean = attrs["shape"] * len(COLORS) + attrs["color"]
-        self.num_classes = len(ATTRIBUTES["shape"]) * len(COLORS)
-        self.classes = [str(k) for k in range(self.num_classes)]
+        classes = [str(k) for k in range(len(ATTRIBUTES["shape"]) * len(COLORS))]
         generator = torch.Generator().manual_seed(seed)
         flip = torch.rand(n, generator=generator) < noise
-        offset = 1 + torch.randint(self.num_classes - 1, (n,), generator=generator)
-        self.y = torch.where(flip, (self.clean + offset) % self.num_classes, self.clean)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.x[index], int(self.y[index])
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.x[indices], self.y[indices]
+        offset = 1 + torch.randint(len(classes) - 1, (n,), generator=generator)
+        noisy = torch.where(flip, (self.clean + offset) % len(classes), self.clean)
+        super().__init__(synth.get_batch(torch.arange(n))[0], noisy, classes=classes)
 
 
 def pretrained(noise: float, seed: int, args: argparse.Namespace) -> tuple[ImageClassifier, dict[str, float]]:

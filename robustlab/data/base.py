@@ -21,6 +21,7 @@ __all__ = [
     "DATASETS",
     "DataSpec",
     "ImageDataset",
+    "TensorImages",
     "iterate_batches",
     "load_batches",
     "parse_kwargs",
@@ -40,6 +41,33 @@ class ImageDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
+
+
+class TensorImages:
+    """Images ``x`` (float ``(N, C, H, W)`` in ``[0, 1]``) and labels ``y`` (int64 ``(N,)``) already in memory, as an
+    :class:`ImageDataset` (a benchmark's pre-rendered batch, relabelled data, a test's images).
+
+    Example:
+        >>> data = TensorImages(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 1, 0]), classes=("a", "b"))
+        >>> len(data), data.num_classes, data[2][1], data.get_batch(torch.tensor([1, 3]))[1].tolist()
+        (4, 2, 1, [1, 0])
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, *, classes: Sequence[str]) -> None:
+        self.x, self.y, self.classes = x, y, list(classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.x[index], int(self.y[index])
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[indices], self.y[indices]
 
 
 DatasetFactory = Callable[..., ImageDataset]

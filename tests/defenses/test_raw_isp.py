@@ -13,6 +13,7 @@ from robustlab.defenses.raw_isp import MiniPyNet, RawIsp, RgbToRawNet
 from torch import Tensor, nn
 from torch.autograd import gradcheck
 
+from robustlab.data.base import TensorImages
 from robustlab.defense import DEFENSES
 from robustlab.errors import CheckpointMismatchError, ConfigError, WeightsUnavailableError
 from robustlab.metrics import psnr
@@ -39,23 +40,12 @@ def _render(n: int, size: int, generator: torch.Generator) -> Tensor:
     return x.clamp(0, 1)
 
 
-class SmoothImages:
+class SmoothImages(TensorImages):
     """Stand-in for ``robustlab.data.synth`` following the dataset protocol, deterministic given ``seed``."""
 
-    num_classes = 1
-    classes = ("image",)
-
     def __init__(self, n: int, *, seed: int, size: int = 32) -> None:
-        self.images = _render(n, size, torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], 0
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.images[indices], torch.zeros(len(indices), dtype=torch.long)
+        images = _render(n, size, torch.Generator().manual_seed(seed))
+        super().__init__(images, torch.zeros(n, dtype=torch.long), classes=("image",))
 
 
 def _micro(**overrides: int) -> RawIsp:
@@ -194,7 +184,7 @@ def test_transform_range_shape_and_determinism(trained: RawIsp, shape: tuple[int
 
 @pytest.mark.slow
 def test_tiny_reconstructs_held_out_images(trained: RawIsp) -> None:
-    held_out = SmoothImages(128, seed=2).images
+    held_out = SmoothImages(128, seed=2).x
     with torch.no_grad():
         quality = psnr(trained.transform(held_out), held_out)
     assert quality.mean() > TINY_MIN_PSNR, f"mean PSNR {quality.mean():.2f} dB"
