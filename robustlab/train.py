@@ -65,7 +65,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default (small nets get more steps, big torchvision nets fewer) and
-        ``bf16`` with what this CPU does natively."""
+        ``bf16`` with :func:`default_bf16` (``ROBUSTLAB_TRAIN_PRECISION``, else what this CPU does natively)."""
         config = self if self.bf16 is not None else replace(self, bf16=default_bf16())
         if config.steps is not None:
             return config

@@ -95,6 +95,7 @@ def test_a_cached_model_comes_back_as_a_freshly_trained_one_does() -> None:
 
 
 def test_the_training_precision_can_be_chosen_for_a_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PRECISION_VARIABLE, raising=False)  # whatever the shell running the suite chose
     auto = TrainConfig(arch="smallcnn").resolved().bf16
     assert auto == torch.cpu.get_capabilities().get("amx_bf16", False), "auto: bfloat16 where the CPU has AMX"
     for choice, bf16 in (("float32", False), ("bfloat16", True), (" BFloat16 ", True), ("auto", auto)):
