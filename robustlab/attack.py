@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar, final
 import torch
 from torch import Tensor, nn
 
+from robustlab.enums import ValueEnum
 from robustlab.errors import ConfigError
 from robustlab.registry import Registry
 from robustlab.store import RunStore
@@ -39,7 +40,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class AttackKind(str, enum.Enum):
+class AttackKind(ValueEnum):
     """What an attack produces, which decides how the evaluator scores it.
 
     ``perturbation``: one ``x_adv`` per input inside a budget (PGD). ``universal``: one perturbation or
@@ -52,9 +53,6 @@ class AttackKind(str, enum.Enum):
     UNIVERSAL = "universal"
     GENERATIVE = "generative"
     TASK = "task"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ non-differentiable steps and EOT over random ones).
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,19 +15,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from robustlab.enums import ValueEnum
 from robustlab.registry import Registry
 
 __all__ = ["DEFENSES", "EOT", "Defense", "Preprocessed", "PreprocessingDefense", "ThreatMode", "bpda"]
 
 
-class ThreatMode(str, enum.Enum):
+class ThreatMode(ValueEnum):
     """Which model the attacker differentiates when a defense is present."""
 
     TRANSFER = "transfer"
     ADAPTIVE = "adaptive"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Defense(ABC):

@@ -7,7 +7,6 @@ report a number for an attack that did not run as declared.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
@@ -15,12 +14,13 @@ import torch
 from torch import Tensor
 
 from robustlab.budgets import format_eps, parse_eps
+from robustlab.enums import ValueEnum
 from robustlab.errors import ConfigError, ThreatModelViolation
 
 __all__ = ["Norm", "ThreatModel", "format_eps", "parse_eps", "perturbation_norm", "verify"]
 
 
-class Norm(str, enum.Enum):
+class Norm(ValueEnum):
     """How a perturbation's size is measured."""
 
     LINF = "linf"
@@ -28,9 +28,6 @@ class Norm(str, enum.Enum):
     L0 = "l0"
     PATCH = "patch"
     UNBOUNDED = "unbounded"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
