@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -110,21 +111,20 @@ class Evaluator:
                 targets = victim.targets(TargetRequest(model, defense, dataset, config, names, self.progress))
                 for ti, target in enumerate(targets):
                     head = f"/h{ti}" if target.head else ""
-                    key = f"m{mi}/d{di}{head}"
-                    target_attacks: list[tuple[ComponentSpec, Attack]] = list(attacks)
-                    if victim.classifier_checks:
-                        target, target_attacks, found = self._for_randomized(target, indices, attacks, config, key)
-                        diagnostics += found
-                    block_rows, block_samples = self._evaluate_target(
-                        target, indices, target_attacks, config, key=key, fit_key=f"m{mi}/d{di}", streams=f"m{mi}{head}"
+                    run = TargetRun(
+                        target, indices, attacks, config, f"m{mi}/d{di}{head}", f"m{mi}/d{di}", f"m{mi}{head}"
                     )
+                    if victim.classifier_checks:
+                        run, found = _for_randomized(run)
+                        diagnostics += found
+                    block_rows, block_samples = self._evaluate_target(run)
                     rows += block_rows
                     samples += block_samples
-                    labelled = [(spec.label(), attack) for spec, attack in target_attacks]
+                    labelled = [(spec.label(), attack) for spec, attack in run.attacks]
                     diagnostics += audit_verdicts(block_samples, labelled, names)
                     if victim.classifier_checks and config.diagnostics:
                         evaluated = EvaluatedTarget(
-                            model, defense, target, indices, target_attacks, config, block_rows, block_samples
+                            model, defense, run.target, indices, run.attacks, config, block_rows, block_samples
                         )
                         diagnostics += classifier_diagnostics(evaluated, model_spec, progress=self.progress)
                 if isinstance(defense, PreprocessingDefense):
@@ -142,37 +142,12 @@ class Evaluator:
             inputs=list(dict.fromkeys(inputs)),
         )
 
-    def _for_randomized(
-        self,
-        target: Target,
-        indices: Tensor,
-        attacks: Sequence[tuple[ComponentSpec, Attack]],
-        config: EvalConfig,
-        key: str,
-    ) -> tuple[Target, list[tuple[ComponentSpec, Attack]], list[Diagnostic]]:
-        """Check the scored model for randomness on the first samples; a random one is run as it must be."""
-        x, _ = first_batch(target.dataset, indices, config)
-        with seeded(config.seed, f"{key}/randomness"):
-            return for_randomized(target, attacks, x, eot_samples=config.eot_samples, draws=config.draws)
-
-    def _evaluate_target(
-        self,
-        target: Target,
-        indices: Tensor,
-        attacks: Sequence[tuple[ComponentSpec, Attack]],
-        config: EvalConfig,
-        *,
-        key: str,
-        fit_key: str,
-        streams: str,
-    ) -> tuple[list[Row], list[dict[str, Any]]]:
-        """Rows and per-sample blocks of one target. ``streams`` keys the samples' random streams: the model's,
-        not the defense's or the threat mode's, so every row of a model draws the same random starts and its
-        defended rows compare with the bare one sample for sample (a defense that changes nothing changes no
-        number)."""
+    def _evaluate_target(self, run: TargetRun) -> tuple[list[Row], list[dict[str, Any]]]:
+        """Rows and per-sample blocks of one target."""
+        target, indices, config, key = run.target, run.indices, run.config, run.key
         scored = accelerated(target.scored, config)
         attacked = {mode: accelerated(module, config) for mode, module in target.attacked.items()}
-        cells = self._prepared_cells(target, attacks, config, scored, key=key, fit_key=fit_key)
+        cells = self._prepared_cells(run, scored)
         batched = [cell for cell in cells if RUNNERS[cell.attack.kind].batched]
         tasks = {cell.task.name: cell.input_task for cell in batched}
         n_batches = -(-len(indices) // config.batch_size) if batched else 0
@@ -184,7 +159,7 @@ class Evaluator:
             leave=False,
             dynamic_ncols=True,
         )
-        batches = _Batches(self, target, config, (scored, attacked), tasks, batched, bar, key=key, streams=streams)
+        batches = _Batches(self, run, (scored, attacked), tasks, batched, bar)
         todo = [b for b in own if not batches.resumed(b)]  # a resumed batch is left out: not even its images load
         chunks = [indices[b * config.batch_size : (b + 1) * config.batch_size] for b in todo]
         for b, chunk, (x, y) in zip(
@@ -204,28 +179,20 @@ class Evaluator:
         self._report_halvings(batched, target.names)
         return aggregate(target, cells, {name: concat(parts) for name, parts in cleans.items()}, indices)
 
-    def _prepared_cells(
-        self,
-        target: Target,
-        attacks: Sequence[tuple[ComponentSpec, Attack]],
-        config: EvalConfig,
-        scored: nn.Module,
-        *,
-        key: str,
-        fit_key: str,
-    ) -> list[Cell]:
+    def _prepared_cells(self, run: TargetRun, scored: nn.Module) -> list[Cell]:
         """A cell per threat mode and attack, each prepared by its runner (universal perturbations fitted...)."""
+        target, config = run.target, run.config
         plain = target.scored
         cells = [
             Cell(mode, ai, spec, attack, self._task(attack, target))
             for mode in target.attacked
-            for ai, (spec, attack) in enumerate(attacks)
+            for ai, (spec, attack) in enumerate(run.attacks)
         ]
         context = RunContext(
             store=self.store,
             unit=lambda unit_key, compute: self._unit(unit_key, config.seed, compute),
-            key=key,
-            fit_key=fit_key,
+            key=run.key,
+            fit_key=run.fit_key,
             fit_data=lambda: load_dataset(
                 config.fit_data or config.data,
                 split="train",
@@ -280,26 +247,53 @@ class Evaluator:
                 )
 
 
+@dataclass(frozen=True)
+class TargetRun:
+    """One target of the grid, the samples and attacks it runs, and the keys its units and random streams go by."""
+
+    target: Target
+    indices: Tensor
+    attacks: Sequence[tuple[ComponentSpec, Attack]]
+    config: EvalConfig
+    key: str
+    """``m{model}/d{defense}[/h{head}]``: every unit of the target."""
+    fit_key: str
+    """``m{model}/d{defense}``: what a universal attack fits, shared by the heads of one encoder."""
+    streams: str
+    """``m{model}[/h{head}]``: the samples' random streams. The model's, not the defense's or the threat mode's, so
+    every row of a model draws the same random starts and its defended rows compare with the bare one sample for
+    sample (a defense that changes nothing changes no number)."""
+
+
+def _for_randomized(run: TargetRun) -> tuple[TargetRun, list[Diagnostic]]:
+    """Check the scored model for randomness on the first samples; a random one is run as it must be (its target
+    and attacks replaced)."""
+    config = run.config
+    x, _ = first_batch(run.target.dataset, run.indices, config)
+    with seeded(config.seed, f"{run.key}/randomness"):
+        target, attacks, found = for_randomized(
+            run.target, run.attacks, x, eot_samples=config.eot_samples, draws=config.draws
+        )
+    return replace(run, target=target, attacks=attacks), found
+
+
 class _Batches:
     """The batches of one target: each batch's clean units, then one unit per batched cell, stored as they finish."""
 
     def __init__(
         self,
         evaluator: Evaluator,
-        target: Target,
-        config: EvalConfig,
+        run: TargetRun,
         modules: tuple[nn.Module, dict[str, nn.Module]],
         tasks: dict[str, InputTask],
         cells: list[Cell],
         bar: tqdm[Any],
-        *,
-        key: str,
-        streams: str,
     ) -> None:
-        self.evaluator, self.target, self.config = evaluator, target, config
+        self.evaluator, self.target, self.config = evaluator, run.target, run.config
+        self.key, self.streams = run.key, run.streams
         self.scored, self.attacked = modules  # the scored module, and per threat mode the attacked one
-        self.tasks, self.cells, self.bar, self.key, self.streams = tasks, cells, bar, key, streams
-        self.check_fast_path = config.amp is not None or config.compile
+        self.tasks, self.cells, self.bar = tasks, cells, bar
+        self.check_fast_path = run.config.amp is not None or run.config.compile
         self.units: dict[str, dict[str, Tensor]] = {}
 
     def resumed(self, b: int) -> bool:
