@@ -45,7 +45,12 @@ __all__ = [
 
 @dataclass(kw_only=True, eq=False)
 class CaptionAttack(Attack):
-    """Base of the caption attacks: checks the goal and the budget, holds them for the subclasses."""
+    """Base of the caption attacks: checks the goal and the budget, holds them for the subclasses.
+
+    Args:
+        target: the caption to force; keyword: words to inject (exactly one of the two).
+        eps: L∞ budget.
+    """
 
     kind: ClassVar[AttackKind] = AttackKind.TASK
     norm: ClassVar[Norm] = Norm.LINF

@@ -42,7 +42,12 @@ __all__ = ["CaptionDecoderPGD", "CaptionFeaturePGD", "CaptionNoise"]
 @dataclass(kw_only=True, eq=False)
 class _CaptionPGD(CaptionAttack):
     """Base of the per-image PGD caption attacks: ``steps`` and ``restarts`` of :func:`pgd_until_reached`, run on the
-    loss a subclass gives."""
+    loss a subclass gives.
+
+    Args (besides the goal and budget of :class:`~robustlab.attacks._caption.CaptionAttack`):
+        steps: iterations per restart (random start, step ``2.5·eps/steps`` after Madry et al.).
+        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
+    """
 
     steps: int = 50
     restarts: int = 1
@@ -69,10 +74,7 @@ class _CaptionPGD(CaptionAttack):
 class CaptionFeaturePGD(_CaptionPGD):
     """Feature-matching PGD: ``min d(φ(x'), goal)`` per image, the goal images found by ``fit`` as in ``caption_gan``.
 
-    Args:
-        target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps`` after Madry et al.).
-        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
+    Args (besides those of ``_CaptionPGD``):
         objective: how features are compared with the goal's (:data:`~robustlab.attacks._caption.FEATURE_OBJECTIVES`).
         n_targets: goal images found (1 for a caption matched as ``features``, 8 otherwise, by default).
         scan: fit images searched for goal images.
@@ -123,10 +125,7 @@ class CaptionFeaturePGD(_CaptionPGD):
 class CaptionDecoderPGD(_CaptionPGD):
     """Show-and-Fool-style attack through the whole captioner (no target image needed; ``fit`` is a no-op).
 
-    Args:
-        target: the caption to force; keyword: words to inject (exactly one of the two).
-        eps: L∞ budget; steps: iterations per restart (random start, step ``2.5·eps/steps``).
-        restarts: random starts; each image stops at the first whose greedy caption reaches the goal.
+    Args (besides those of ``_CaptionPGD``):
         margin: κ, how far past the runner-up logit a word is pushed before its loss stops counting.
     """
 
