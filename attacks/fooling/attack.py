@@ -82,14 +82,14 @@ class Fooling(GenerativeAttack):
     init_size: int | None = None
     image_size: int | None = None
     ten_crop: bool | None = None
-    coord_mode: str = "unit"
-    color: str = "hls"
-    max_hidden: int = 32
-    halve_every: int = 1000
-    objective: str = "softmax"
-    decay: float = 0.0
-    blur_radius: float = 0.0
-    blur_every: int = 1
+    coord_mode: str = "unit"  # not the encoding's default, which is the official code's ``code_raw``
+    color: str = CppnEncoding.color
+    max_hidden: int = CppnEncoding.max_hidden
+    halve_every: int = DirectEncoding.halve_every
+    objective: str = AscentConfig.objective
+    decay: float = AscentConfig.decay
+    blur_radius: float = AscentConfig.blur_radius
+    blur_every: int = AscentConfig.blur_every
     checkpoint_every: int = 10
     batch_size: int = 256
 
