@@ -109,10 +109,11 @@ class Evaluator:
             for di, (defense_spec, defense) in enumerate(defenses):
                 names = (model_spec.label(), defense_spec.label())
                 targets = victim.targets(TargetRequest(model, defense, dataset, config, names, self.progress))
+                fit_key = f"m{mi}/d{di}"  # a universal attack fits once per model and defense, whatever the heads
                 for ti, target in enumerate(targets):
                     head = f"/h{ti}" if target.head else ""
                     run = TargetRun(
-                        target, indices, attacks, config, f"m{mi}/d{di}{head}", f"m{mi}/d{di}", f"m{mi}{head}"
+                        target, indices, attacks, config, key=fit_key + head, fit_key=fit_key, streams=f"m{mi}{head}"
                     )
                     if victim.classifier_checks:
                         run, found = _for_randomized(run)
