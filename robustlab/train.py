@@ -60,8 +60,9 @@ class TrainConfig:
     trades_beta: float = 0.0  # with ``adversarial``: TRADES' weight of the clean-to-adversarial KL; 0 is PGD-AT
     bf16: bool | None = None
     """Mixed precision: the forward pass in bfloat16 (autocast) on channels-last images, weights and optimiser
-    in float32. ``None`` is :func:`default_bf16`: where the CPU multiplies bfloat16 matrices itself (AMX) a
-    step costs 40% of float32's (experiments/RESULTS-default-recipe.md); elsewhere bfloat16 would be emulated."""
+    in float32. ``None`` is :func:`default_bf16`: where the CPU multiplies bfloat16 itself (AMX, or AVX-512's
+    bfloat16 dot products) a step costs 40% of float32's (experiments/RESULTS-default-recipe.md); elsewhere
+    bfloat16 would be emulated."""
 
     def resolved(self) -> TrainConfig:
         """Fill ``steps`` with the family default (small nets get more steps, big torchvision nets fewer) and
@@ -76,19 +77,23 @@ class TrainConfig:
 PRECISION_VARIABLE = "ROBUSTLAB_TRAIN_PRECISION"
 """``auto`` (the default), ``float32`` or ``bfloat16``: how classifiers train when their config leaves it open.
 
-The two precisions train different weights, so a machine with AMX and one without each get their own models;
-set ``float32`` on the first (or ``bfloat16`` on the second, slowly) to train the other one's."""
+The two precisions train different weights, so a machine with native bfloat16 and one without each get their
+own models; set ``float32`` on the first (or ``bfloat16`` on the second, slowly) to train the other one's."""
+
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
+"""The CPU features (``torch.cpu.get_capabilities()``) with which oneDNN runs bfloat16 convolutions natively:
+Intel's AMX tiles (Sapphire Rapids on) and AVX-512's bfloat16 dot products (Cooper Lake, AMD Zen 4 on)."""
 
 
 def default_bf16() -> bool:
     """Whether a classifier whose config leaves the precision open trains in bfloat16: what
-    :data:`PRECISION_VARIABLE` says, else whether this CPU has AMX's bfloat16 tiles (oneDNN runs bfloat16
-    convolutions natively there)."""
+    :data:`PRECISION_VARIABLE` says, else whether this CPU has one of :data:`NATIVE_BF16`."""
     choice = os.environ.get(PRECISION_VARIABLE, "auto").strip().lower()
     if choice not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"{PRECISION_VARIABLE}={choice!r}: use auto, float32 or bfloat16")
     if choice == "auto":
-        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+        capabilities = torch.cpu.get_capabilities()
+        return any(capabilities.get(feature, False) for feature in NATIVE_BF16)
     return choice == "bfloat16"
 
 

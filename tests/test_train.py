@@ -97,7 +97,8 @@ def test_a_cached_model_comes_back_as_a_freshly_trained_one_does() -> None:
 def test_the_training_precision_can_be_chosen_for_a_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PRECISION_VARIABLE, raising=False)  # whatever the shell running the suite chose
     auto = TrainConfig(arch="smallcnn").resolved().bf16
-    assert auto == torch.cpu.get_capabilities().get("amx_bf16", False), "auto: bfloat16 where the CPU has AMX"
+    native = any(torch.cpu.get_capabilities().get(feature, False) for feature in ("amx_bf16", "avx512_bf16"))
+    assert auto == native, "auto: bfloat16 where the CPU multiplies it natively (AMX or AVX-512 BF16)"
     for choice, bf16 in (("float32", False), ("bfloat16", True), (" BFloat16 ", True), ("auto", auto)):
         monkeypatch.setenv(PRECISION_VARIABLE, choice)
         assert TrainConfig(arch="smallcnn").resolved().bf16 is bf16
