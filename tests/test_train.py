@@ -99,6 +99,10 @@ def test_the_training_precision_can_be_chosen_for_a_machine(monkeypatch: pytest.
     auto = TrainConfig(arch="smallcnn").resolved().bf16
     native = any(torch.cpu.get_capabilities().get(feature, False) for feature in ("amx_bf16", "avx512_bf16"))
     assert auto == native, "auto: bfloat16 where the CPU multiplies it natively (AMX or AVX-512 BF16)"
+    for features, expected in (({"amx_bf16": True}, True), ({"avx512_bf16": True}, True), ({"avx512_f": True}, False)):
+        with monkeypatch.context() as cpu:
+            cpu.setattr(torch.cpu, "get_capabilities", lambda features=features: features)
+            assert default_bf16() is expected, f"a CPU with {features}"
     for choice, bf16 in (("float32", False), ("bfloat16", True), (" BFloat16 ", True), ("auto", auto)):
         monkeypatch.setenv(PRECISION_VARIABLE, choice)
         assert TrainConfig(arch="smallcnn").resolved().bf16 is bf16
